@@ -1,0 +1,169 @@
+//! Types shared by the eBPF programs and the `rsttrace` binary.
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel side writes it,
+//! userspace reads it byte for byte. Field order keeps every struct free of
+//! implicit padding so the verifier never sees uninitialised stack bytes.
+#![no_std]
+
+/// Cause identifiers as stored in kernel maps. Their names (the stable
+/// strings users see) live in userspace, in `tracer-user/src/cause.rs`.
+pub mod cause {
+    pub const UNKNOWN: u8 = 0;
+    pub const CLOSED_PORT: u8 = 1;
+    pub const ABORT_ON_CLOSE: u8 = 2;
+    pub const LINGER_ABORT: u8 = 3;
+    pub const APP_DISCONNECT: u8 = 4;
+    pub const SOCKET_KILLED: u8 = 5;
+    pub const KEEPALIVE_TIMEOUT: u8 = 6;
+    pub const DATA_AFTER_CLOSE: u8 = 7;
+    pub const LINGER2_TIMEOUT: u8 = 8;
+    pub const MEMORY_PRESSURE: u8 = 9;
+    pub const INVALID_SEGMENT: u8 = 10;
+    pub const MPTCP: u8 = 11;
+    pub const NETFILTER_REJECT: u8 = 12;
+    pub const INJECTED: u8 = 13;
+    /// Number of cause slots; array maps indexed by cause have this size.
+    pub const COUNT: u32 = 14;
+}
+
+/// Slots of the per-CPU `STATS` array that are not per-cause counters.
+/// Per-cause totals occupy slots `0..cause::COUNT`.
+pub mod stat {
+    use super::cause;
+    /// Events the ring buffer had no room for (counts stay exact).
+    pub const LOST_EVENTS: u32 = cause::COUNT;
+    /// RSTs whose remote IP found the per-remote map full (counted by cause
+    /// only).
+    pub const REMOTE_MAP_FULL: u32 = cause::COUNT + 1;
+    /// Total number of slots.
+    pub const COUNT: u32 = cause::COUNT + 2;
+}
+
+/// Size of the table mapping a kernel `sk_rst_reason` value to a cause.
+/// Values at or above this map to `cause::UNKNOWN`.
+pub const MAX_REASONS: u32 = 64;
+
+/// Marker for a field the running kernel's tracepoint does not have.
+pub const ABSENT: u32 = u32::MAX;
+
+/// How the `tcp:tcp_send_reset` record stores the addresses.
+pub mod addr_layout {
+    /// 6.10+: `saddr[28]`/`daddr[28]` hold a `sockaddr_in` or `sockaddr_in6`
+    /// (family, port and address together).
+    pub const SOCKADDR: u32 = 1;
+    /// Before 6.10: `sport`, `dport` (host order), `saddr[4]`, `daddr[4]`,
+    /// `saddr_v6[16]`, `daddr_v6[16]`, and from 6.1 a `family` field.
+    pub const SPLIT: u32 = 2;
+}
+
+/// Offsets into the `tcp:tcp_send_reset` record, read from the running
+/// kernel's format file by userspace and handed to the eBPF program as a
+/// read-only global. `ABSENT` marks a field this kernel does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendResetLayout {
+    pub addr_layout: u32,
+    pub skaddr: u32,
+    pub state: u32,
+    pub reason: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+impl SendResetLayout {
+    /// The value the eBPF object is built with: nothing known, so the
+    /// program refuses to read anything until userspace fills it in.
+    pub const UNSET: Self = Self {
+        addr_layout: 0,
+        skaddr: ABSENT,
+        state: ABSENT,
+        reason: ABSENT,
+        family: ABSENT,
+        saddr: ABSENT,
+        daddr: ABSENT,
+        sport: ABSENT,
+        dport: ABSENT,
+        saddr_v6: ABSENT,
+        daddr_v6: ABSENT,
+    };
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Key of the per-remote-IP counters: one entry per (remote address, cause).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteKey {
+    /// IPv4 in the first four bytes (rest zero), or IPv6.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub cause: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU value of the per-remote-IP counters. Times are
+/// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteStats {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+pub const TASK_COMM_LEN: usize = 16;
+
+/// One RST, as delivered through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RstEvent {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket, 0 when there was none.
+    pub skaddr: u64,
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the high half.
+    pub pid_tgid: u64,
+    /// Kernel `sk_rst_reason` value, `ABSENT` when the kernel has none.
+    pub reason: u32,
+    /// TCP state of the socket, 0 when there was no socket.
+    pub state: u32,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u8,
+    pub cause: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are repr(C), made of integers and byte arrays, with
+    // no implicit padding; any bit pattern is valid.
+    unsafe impl aya::Pod for super::SendResetLayout {}
+    unsafe impl aya::Pod for super::RemoteKey {}
+    unsafe impl aya::Pod for super::RemoteStats {}
+    unsafe impl aya::Pod for super::RstEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn structs_have_no_implicit_padding() {
+        assert_eq!(size_of::<SendResetLayout>(), 11 * 4);
+        assert_eq!(size_of::<RemoteKey>(), 20);
+        assert_eq!(size_of::<RemoteStats>(), 24);
+        assert_eq!(size_of::<RstEvent>(), 4 * 8 + 2 * 4 + 32 + 2 * 2 + 4 + 16);
+    }
+}

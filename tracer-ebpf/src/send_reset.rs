@@ -1,0 +1,165 @@
+//! `tcp:tcp_send_reset`: every RST the TCP stack sends (on 6.10+ also the
+//! ones with no socket). The record's layout differs between kernels, so all
+//! offsets come from userspace, read off the running kernel's format file.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
+    macros::{map, tracepoint},
+    maps::Array,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    ABSENT, AF_INET, AF_INET6, MAX_REASONS, RstEvent, SendResetLayout, TASK_COMM_LEN,
+    addr_layout, cause,
+};
+
+use crate::count;
+
+#[unsafe(no_mangle)]
+static SEND_RESET_LAYOUT: SendResetLayout = SendResetLayout::UNSET;
+
+/// Kernel reason value -> cause, filled by userspace from the reason names
+/// the running kernel prints (values move between kernels, names do not).
+#[map]
+static REASON_CAUSE: Array<u8> = Array::with_max_entries(MAX_REASONS, 0);
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    match try_tcp_send_reset(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+struct Endpoints {
+    family: u8,
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: a read-only global that userspace sets before load.
+    let layout = unsafe { core::ptr::read_volatile(&SEND_RESET_LAYOUT) };
+    let ends = match layout.addr_layout {
+        addr_layout::SOCKADDR => read_sockaddr_pair(ctx, &layout)?,
+        addr_layout::SPLIT => read_split(ctx, &layout)?,
+        _ => return Err(1),
+    };
+
+    let reason = if layout.reason == ABSENT {
+        ABSENT
+    } else {
+        read::<u32>(ctx, layout.reason)?
+    };
+    let cause = if reason < MAX_REASONS {
+        REASON_CAUSE.get(reason).copied().unwrap_or(cause::UNKNOWN)
+    } else {
+        cause::UNKNOWN
+    };
+    let state = if layout.state == ABSENT {
+        0
+    } else {
+        read::<i32>(ctx, layout.state)? as u32
+    };
+    let skaddr = if layout.skaddr == ABSENT {
+        0
+    } else {
+        read::<u64>(ctx, layout.skaddr)?
+    };
+
+    let ev = RstEvent {
+        // SAFETY: plain helper calls with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        skaddr,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid_tgid: bpf_get_current_pid_tgid(),
+        reason,
+        state,
+        local_addr: ends.local,
+        remote_addr: ends.remote,
+        local_port: ends.local_port,
+        remote_port: ends.remote_port,
+        family: ends.family,
+        cause,
+        _pad: [0; 2],
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+    };
+    count::record(&ev);
+    Ok(0)
+}
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; offsets come from
+    // the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| 1u32)
+}
+
+/// 6.10+: `saddr`/`daddr` are a `sockaddr_in` or `sockaddr_in6`; the
+/// tracepoint already puts the sending (local) side in `saddr`, also when it
+/// had to take the tuple from the incoming segment.
+fn read_sockaddr_pair(ctx: &TracePointContext, l: &SendResetLayout) -> Result<Endpoints, u32> {
+    let s: [u8; 28] = read(ctx, l.saddr)?;
+    let d: [u8; 28] = read(ctx, l.daddr)?;
+    let family = u16::from_ne_bytes([s[0], s[1]]);
+    let mut ends = Endpoints {
+        family: 0,
+        local: [0; 16],
+        remote: [0; 16],
+        local_port: u16::from_be_bytes([s[2], s[3]]),
+        remote_port: u16::from_be_bytes([d[2], d[3]]),
+    };
+    if family == AF_INET as u16 {
+        ends.family = AF_INET;
+        ends.local[..4].copy_from_slice(&s[4..8]);
+        ends.remote[..4].copy_from_slice(&d[4..8]);
+    } else if family == AF_INET6 as u16 {
+        ends.family = AF_INET6;
+        ends.local.copy_from_slice(&s[8..24]);
+        ends.remote.copy_from_slice(&d[8..24]);
+    } else {
+        return Err(1);
+    }
+    Ok(ends)
+}
+
+/// Before 6.10: separate v4 and v6 fields, ports in host order. 5.10 has no
+/// `family` field; there an IPv4 connection shows as a v4-mapped v6 address.
+fn read_split(ctx: &TracePointContext, l: &SendResetLayout) -> Result<Endpoints, u32> {
+    let local_port: u16 = read(ctx, l.sport)?;
+    let remote_port: u16 = read(ctx, l.dport)?;
+    let s6: [u8; 16] = read(ctx, l.saddr_v6)?;
+    let d6: [u8; 16] = read(ctx, l.daddr_v6)?;
+    let is_v4 = if l.family != ABSENT {
+        read::<u16>(ctx, l.family)? == AF_INET as u16
+    } else {
+        is_v4_mapped(&d6)
+    };
+    let mut ends = Endpoints {
+        family: AF_INET6,
+        local: s6,
+        remote: d6,
+        local_port,
+        remote_port,
+    };
+    if is_v4 {
+        let s4: [u8; 4] = read(ctx, l.saddr)?;
+        let d4: [u8; 4] = read(ctx, l.daddr)?;
+        ends.family = AF_INET;
+        ends.local = [0; 16];
+        ends.remote = [0; 16];
+        ends.local[..4].copy_from_slice(&s4);
+        ends.remote[..4].copy_from_slice(&d4);
+    }
+    Ok(ends)
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}

@@ -1,0 +1,102 @@
+//! The process behind a RST, for causes sent in process context.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+use tracer_common::RstEvent;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// Executable, when the process still exists when the event is read.
+    pub exe: Option<String>,
+    /// cgroup v2 path relative to the cgroup root, when it can be resolved.
+    pub cgroup: Option<String>,
+}
+
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Resolves cgroup ids (the cgroup directory's inode on cgroup v2) to paths,
+/// walking the hierarchy at most once per unknown id.
+pub struct ActorResolver {
+    root: PathBuf,
+    cgroups: HashMap<u64, Option<String>>,
+}
+
+impl ActorResolver {
+    pub fn new() -> Self {
+        Self {
+            root: PathBuf::from("/sys/fs/cgroup"),
+            cgroups: HashMap::new(),
+        }
+    }
+
+    pub fn resolve(&mut self, ev: &RstEvent) -> Actor {
+        let pid = (ev.pid_tgid >> 32) as u32;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        Actor {
+            pid,
+            tid: ev.pid_tgid as u32,
+            comm: comm_str(&ev.comm),
+            exe,
+            cgroup: self.cgroup_path(ev.cgroup_id),
+        }
+    }
+
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(p) = self.cgroups.get(&id) {
+            return p.clone();
+        }
+        let mut found = HashMap::new();
+        walk(&self.root, &self.root, 0, &mut found);
+        for (k, v) in found {
+            self.cgroups.insert(k, Some(v));
+        }
+        self.cgroups.entry(id).or_insert(None).clone()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, depth: usize, out: &mut HashMap<u64, String>) {
+    // Deep enough for systemd and Kubernetes hierarchies, bounded anyway.
+    if depth > 12 {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let rel = dir.strip_prefix(root).unwrap_or(dir);
+    out.insert(meta.ino(), format!("/{}", rel.display()));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(root, &e.path(), depth + 1, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_stops_at_nul() {
+        assert_eq!(comm_str(b"nginx\0\0\0garbage\0"), "nginx");
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

@@ -1,0 +1,94 @@
+//! Command-line interface.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rsttrace",
+    version,
+    about = "Attribute every TCP RST this host sends to the kernel path that produced it",
+    long_about = "Attribute every TCP RST this host sends to the kernel path that produced it \
+(closed port, application abort, keepalive timeout, ...), name the process behind it where \
+there is one, and aggregate per remote IP. Stops on Ctrl-C, SIGTERM or --duration and then \
+prints a per-remote-IP summary.\n\nNeeds root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)."
+)]
+pub struct Args {
+    /// Output format: human-readable lines, or JSON lines (one object per RST, then a summary).
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Print only the summary at the end, no line per RST.
+    #[arg(long)]
+    pub summary_only: bool,
+
+    /// Stop after this long: `30` (seconds), `30s`, `5m`, `1h`.
+    #[arg(long, short, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Text output: print at most this many RST lines per second and one
+    /// "N more" line for the rest (all are counted in the summary); 0 = no limit.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub rate: u32,
+
+    /// Text output: show this many remote IPs in the summary (JSON lists all).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+
+    /// Distinct (remote IP, cause) pairs counted in the kernel; RSTs beyond are
+    /// still counted per cause and reported as `remote_ip_overflow`.
+    #[arg(long, default_value_t = 65536, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub max_remote_ips: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string())?
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("{e} (examples: 30, 30s, 5m, 1h)"))?
+    };
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "0", "-5", "5x", "s", "99999999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_parse_and_reject() {
+        let a = Args::try_parse_from(["rsttrace", "--output", "json", "--duration", "5m"]).unwrap();
+        assert_eq!(a.output, OutputFormat::Json);
+        assert_eq!(a.duration, Some(Duration::from_secs(300)));
+        assert!(Args::try_parse_from(["rsttrace", "--output", "xml"]).is_err());
+        assert!(Args::try_parse_from(["rsttrace", "--duration", "soon"]).is_err());
+        assert!(Args::try_parse_from(["rsttrace", "--top", "0"]).is_err());
+        assert!(Args::try_parse_from(["rsttrace", "--max-remote-ips", "1"]).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! rsttrace: attributes every TCP RST this host sends to the kernel path
+//! that produced it, and aggregates per remote IP.
+
+mod actor;
+mod cause;
+mod cli;
+mod clock;
+mod event;
+mod format;
+mod output;
+mod preflight;
+mod summary;
+mod tracer;
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use clap::Parser as _;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+use tracer_common::RstEvent;
+
+use crate::{
+    actor::ActorResolver, cli::Args, clock::BootClock, event::Decoder, format::Format,
+    format::SendResetFormat, output::Sink,
+};
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits with 2.
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rsttrace: can't start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rsttrace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    preflight::check_capabilities()?;
+    let tracefs = preflight::tracefs()?;
+    let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_send_reset")?;
+    let fmt = Format::parse(&text)
+        .and_then(|f| SendResetFormat::from_format(&f))
+        .context("reading the tcp:tcp_send_reset format file")?;
+    let reason_causes = cause::reason_table(&fmt.reasons);
+    preflight::raise_memlock_limit();
+
+    let mut tracer = tracer::Tracer::load(&tracer::Options {
+        send_reset: fmt.layout,
+        reason_causes: &reason_causes,
+        emit_events: !args.summary_only,
+        max_remote_ips: args.max_remote_ips,
+    })?;
+    let events = tracer.take_events()?;
+    // SAFETY: the ring buffer owns its fd, which stays open as long as the
+    // AsyncFd that owns the ring buffer.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    tracer.attach()?;
+    let started = Instant::now();
+    let clock = BootClock::new();
+    eprintln!(
+        "rsttrace: attached to tcp:tcp_send_reset ({}); {}",
+        if fmt.reasons.is_empty() {
+            "this kernel gives no RST reason: causes show as unknown"
+        } else {
+            "causes from the kernel's RST reason"
+        },
+        match args.duration {
+            Some(d) => format!("tracing for {}", humantime::format_duration(d)),
+            None => "stop with Ctrl-C".to_string(),
+        }
+    );
+
+    let stdout: Box<dyn Write> = Box::new(io::BufWriter::new(io::stdout()));
+    let mut sink = output::new_sink(args.output, stdout, args.rate, args.top);
+    let mut decoder = Decoder {
+        clock,
+        reasons: fmt.reasons.clone(),
+        actors: ActorResolver::new(),
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+
+    let mut output_ok = true;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+            _ = tick.tick() => {
+                if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
+            }
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                if let Err(e) = drain(guard.get_inner_mut(), &mut decoder, sink.as_mut()) {
+                    output_ok = stop_on_output_error(e)?;
+                    break;
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+
+    // Detach before the final drain so every counted RST is either shown
+    // or reported as lost.
+    tracer.detach()?;
+    if output_ok {
+        if let Err(e) = drain(events.get_mut(), &mut decoder, sink.as_mut()) {
+            output_ok = stop_on_output_error(e)?;
+        }
+    }
+    let summary = summary::build(
+        &tracer.stats()?,
+        tracer.remotes()?,
+        &decoder.clock,
+        started.elapsed(),
+    );
+    if output_ok {
+        if let Err(e) = sink.summary(&summary) {
+            stop_on_output_error(e)?;
+        }
+    }
+    Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, sink: &mut dyn Sink) -> io::Result<()> {
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<RstEvent>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole RstEvent; read_unaligned copes
+        // with the ring's 8-byte alignment.
+        let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        drop(item);
+        if let Some(rst) = decoder.decode(&ev) {
+            sink.rst(&rst)?;
+        }
+    }
+    Ok(())
+}
+
+/// A closed stdout (`rsttrace | head`) ends the trace quietly; other write
+/// errors are errors.
+fn stop_on_output_error(e: io::Error) -> Result<bool> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(false)
+    } else {
+        Err(e).context("writing output")
+    }
+}

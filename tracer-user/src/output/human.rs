@@ -1,0 +1,270 @@
+//! The default output: a line per RST (rate-limited) and a summary table.
+
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use super::Sink;
+use crate::{clock::time_of_day, event::Rst, summary::Summary};
+
+pub struct Human {
+    out: Box<dyn Write>,
+    /// Lines per second; 0 = no limit.
+    rate: u32,
+    top: usize,
+    window: Instant,
+    shown: u32,
+    suppressed: u64,
+}
+
+impl Human {
+    pub fn new(out: Box<dyn Write>, rate: u32, top: usize) -> Self {
+        Self {
+            out,
+            rate,
+            top,
+            window: Instant::now(),
+            shown: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn roll_window(&mut self, now: Instant) -> io::Result<()> {
+        if now.duration_since(self.window) < Duration::from_secs(1) {
+            return Ok(());
+        }
+        self.flush_suppressed()?;
+        self.window = now;
+        self.shown = 0;
+        Ok(())
+    }
+
+    fn flush_suppressed(&mut self) -> io::Result<()> {
+        if self.suppressed > 0 {
+            writeln!(
+                self.out,
+                "... {} more RSTs not shown (over {}/s; all are counted in the summary)",
+                self.suppressed, self.rate
+            )?;
+            self.suppressed = 0;
+        }
+        Ok(())
+    }
+}
+
+fn endpoint(a: &SocketAddr) -> String {
+    // SocketAddr's Display already brackets IPv6: [::1]:9.
+    a.to_string()
+}
+
+pub fn rst_text(rst: &Rst) -> String {
+    let mut line = format!(
+        "{} {:<17} to {:<22} from {:<22} reason={} state={}",
+        time_of_day(rst.ts),
+        rst.cause.name(),
+        endpoint(&rst.remote),
+        endpoint(&rst.local),
+        rst.kernel_reason.as_deref().unwrap_or("-"),
+        rst.state.map_or("-", |s| s.trim_start_matches("TCP_")),
+    );
+    if let Some(a) = &rst.actor {
+        line.push_str(&format!(" actor={}/{}", a.pid, a.comm));
+        if let Some(cg) = &a.cgroup {
+            line.push_str(&format!(" cgroup={cg}"));
+        }
+    }
+    for l in &rst.labels {
+        line.push_str(&format!(" [{l}]"));
+    }
+    line
+}
+
+pub fn summary_text(s: &Summary, top: usize) -> String {
+    let mut t = String::new();
+    let secs = s.duration.as_secs_f64();
+    t.push_str(&format!(
+        "\nrsttrace summary: {} RST{} sent in {secs:.1}s\n",
+        s.total,
+        if s.total == 1 { "" } else { "s" }
+    ));
+    if !s.by_remote_ip.is_empty() {
+        t.push_str(&format!(
+            "\n{:<40} {:>8}  {:<15}  {:<15}  CAUSES\n",
+            "REMOTE IP", "TOTAL", "FIRST SEEN", "LAST SEEN"
+        ));
+        for r in s.by_remote_ip.iter().take(top) {
+            let causes: Vec<String> = r
+                .by_cause
+                .iter()
+                .map(|(c, n)| format!("{c}={n}"))
+                .collect();
+            t.push_str(&format!(
+                "{:<40} {:>8}  {:<15}  {:<15}  {}\n",
+                r.remote_ip.to_string(),
+                r.total,
+                time_of_day(r.first_seen),
+                time_of_day(r.last_seen),
+                causes.join(" ")
+            ));
+        }
+        if s.by_remote_ip.len() > top {
+            let rest = &s.by_remote_ip[top..];
+            t.push_str(&format!(
+                "... and {} more remote IPs ({} RSTs)\n",
+                rest.len(),
+                rest.iter().map(|r| r.total).sum::<u64>()
+            ));
+        }
+    }
+    if !s.by_cause.is_empty() {
+        t.push_str(&format!("\n{:<40} {:>8}\n", "CAUSE", "TOTAL"));
+        let mut causes: Vec<_> = s.by_cause.iter().collect();
+        causes.sort_by_key(|(c, n)| (std::cmp::Reverse(**n), **c));
+        for (c, n) in causes {
+            t.push_str(&format!("{:<40} {:>8}\n", c.name(), n));
+        }
+    }
+    if s.remote_ip_overflow > 0 {
+        t.push_str(&format!(
+            "\n{} RSTs are counted by cause only: more distinct remote IPs than --max-remote-ips\n",
+            s.remote_ip_overflow
+        ));
+    }
+    t.push_str(&format!(
+        "\nlost events: {}{}\n",
+        s.lost,
+        if s.lost > 0 {
+            " (not shown live; every count above is exact)"
+        } else {
+            ""
+        }
+    ));
+    t
+}
+
+impl Sink for Human {
+    fn rst(&mut self, rst: &Rst) -> io::Result<()> {
+        let now = Instant::now();
+        self.roll_window(now)?;
+        if self.rate != 0 && self.shown >= self.rate {
+            self.suppressed += 1;
+            return Ok(());
+        }
+        self.shown += 1;
+        writeln!(self.out, "{}", rst_text(rst))
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.roll_window(Instant::now())?;
+        self.out.flush()
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.flush_suppressed()?;
+        write!(self.out, "{}", summary_text(s, self.top))?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{cause::Cause, event::Family, summary::RemoteSummary};
+    use std::{
+        sync::{Arc, Mutex},
+        time::UNIX_EPOCH,
+    };
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn rst() -> Rst {
+        Rst {
+            ts: UNIX_EPOCH,
+            cause: Cause::ClosedPort,
+            kernel_reason: Some("NO_SOCKET".into()),
+            family: Family::Ipv6,
+            local: "[::1]:9".parse().unwrap(),
+            remote: "[::1]:50976".parse().unwrap(),
+            state: None,
+            netns: None,
+            actor: None,
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn rst_line_names_cause_endpoints_and_reason() {
+        let l = rst_text(&rst());
+        assert!(l.starts_with("00:00:00.000000 closed-port"), "{l}");
+        assert!(l.contains("to [::1]:50976"), "{l}");
+        assert!(l.contains("from [::1]:9"), "{l}");
+        assert!(l.ends_with("reason=NO_SOCKET state=-"), "{l}");
+    }
+
+    #[test]
+    fn floods_are_rate_limited_with_one_note() {
+        let buf = Buf::default();
+        let mut h = Human::new(Box::new(buf.clone()), 3, 10);
+        for _ in 0..10 {
+            h.rst(&rst()).unwrap();
+        }
+        let s = Summary {
+            duration: Duration::from_secs(1),
+            total: 10,
+            lost: 0,
+            remote_ip_overflow: 0,
+            by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
+            by_remote_ip: vec![RemoteSummary {
+                remote_ip: "::1".parse().unwrap(),
+                total: 10,
+                by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
+                first_seen: UNIX_EPOCH,
+                last_seen: UNIX_EPOCH,
+            }],
+        };
+        h.summary(&s).unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("closed-port       to").count(), 3, "{text}");
+        assert_eq!(text.matches("7 more RSTs not shown").count(), 1, "{text}");
+        assert!(text.contains("rsttrace summary: 10 RSTs sent"), "{text}");
+        assert!(text.contains("closed-port=10"), "{text}");
+        assert!(text.contains("lost events: 0\n"), "{text}");
+    }
+
+    #[test]
+    fn summary_shows_top_n_and_the_rest() {
+        let r = |ip: &str, n| RemoteSummary {
+            remote_ip: ip.parse().unwrap(),
+            total: n,
+            by_cause: [(Cause::ClosedPort, n)].into_iter().collect(),
+            first_seen: UNIX_EPOCH,
+            last_seen: UNIX_EPOCH,
+        };
+        let s = Summary {
+            duration: Duration::from_secs(1),
+            total: 6,
+            lost: 2,
+            remote_ip_overflow: 0,
+            by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
+            by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
+        };
+        let t = summary_text(&s, 2);
+        assert!(t.contains("127.0.0.3"));
+        assert!(t.contains("127.0.0.2"));
+        assert!(!t.contains("127.0.0.1 "));
+        assert!(t.contains("... and 1 more remote IPs (1 RSTs)"));
+        assert!(t.contains("lost events: 2 (not shown live"));
+    }
+}

@@ -1,0 +1,216 @@
+//! `--output json`: the JSON-lines contract of DESIGN.md.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::Sink;
+use crate::{
+    actor::Actor, cause::Cause, clock::rfc3339, event::Rst, summary::Summary,
+};
+
+#[derive(Serialize)]
+struct RstLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: String,
+    cause: Cause,
+    kernel_reason: Option<&'a str>,
+    family: &'static str,
+    local_ip: IpAddr,
+    local_port: u16,
+    remote_ip: IpAddr,
+    remote_port: u16,
+    state: Option<&'static str>,
+    netns: Option<u64>,
+    actor: Option<&'a Actor>,
+    labels: &'a [String],
+}
+
+#[derive(Serialize)]
+struct RemoteLine<'a> {
+    remote_ip: IpAddr,
+    total: u64,
+    by_cause: &'a BTreeMap<Cause, u64>,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    duration_s: f64,
+    total: u64,
+    lost: u64,
+    remote_ip_overflow: u64,
+    by_cause: &'a BTreeMap<Cause, u64>,
+    by_remote_ip: Vec<RemoteLine<'a>>,
+    drops: [(); 0],
+}
+
+pub struct Json {
+    out: Box<dyn Write>,
+}
+
+impl Json {
+    pub fn new(out: Box<dyn Write>) -> Self {
+        Self { out }
+    }
+
+    fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+pub fn rst_value(rst: &Rst) -> serde_json::Value {
+    serde_json::to_value(rst_line(rst)).expect("serializable")
+}
+
+fn rst_line(rst: &Rst) -> RstLine<'_> {
+    RstLine {
+        kind: "rst",
+        ts: rfc3339(rst.ts),
+        cause: rst.cause,
+        kernel_reason: rst.kernel_reason.as_deref(),
+        family: rst.family.name(),
+        local_ip: rst.local.ip(),
+        local_port: rst.local.port(),
+        remote_ip: rst.remote.ip(),
+        remote_port: rst.remote.port(),
+        state: rst.state,
+        netns: rst.netns,
+        actor: rst.actor.as_ref(),
+        labels: &rst.labels,
+    }
+}
+
+fn summary_line(s: &Summary) -> SummaryLine<'_> {
+    SummaryLine {
+        kind: "summary",
+        duration_s: s.duration.as_secs_f64(),
+        total: s.total,
+        lost: s.lost,
+        remote_ip_overflow: s.remote_ip_overflow,
+        by_cause: &s.by_cause,
+        by_remote_ip: s
+            .by_remote_ip
+            .iter()
+            .map(|r| RemoteLine {
+                remote_ip: r.remote_ip,
+                total: r.total,
+                by_cause: &r.by_cause,
+                first_seen: rfc3339(r.first_seen),
+                last_seen: rfc3339(r.last_seen),
+            })
+            .collect(),
+        drops: [],
+    }
+}
+
+impl Sink for Json {
+    fn rst(&mut self, rst: &Rst) -> io::Result<()> {
+        self.line(&rst_line(rst))
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.line(&summary_line(s))?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::Family, summary::RemoteSummary};
+    use serde_json::json;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rst_line_follows_the_contract() {
+        let rst = Rst {
+            ts: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_001),
+            cause: Cause::AbortOnClose,
+            kernel_reason: Some("TCP_ABORT_ON_CLOSE".into()),
+            family: Family::Ipv4,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.4.0.1:40000".parse().unwrap(),
+            state: Some("TCP_ESTABLISHED"),
+            netns: None,
+            actor: Some(Actor {
+                pid: 42,
+                tid: 43,
+                comm: "server".into(),
+                exe: None,
+                cgroup: Some("/user.slice".into()),
+            }),
+            labels: vec![],
+        };
+        assert_eq!(
+            rst_value(&rst),
+            json!({
+                "type": "rst",
+                "ts": "2023-11-14T22:13:20.000001Z",
+                "cause": "abort-on-close",
+                "kernel_reason": "TCP_ABORT_ON_CLOSE",
+                "family": "ipv4",
+                "local_ip": "127.0.0.1",
+                "local_port": 8080,
+                "remote_ip": "127.4.0.1",
+                "remote_port": 40000,
+                "state": "TCP_ESTABLISHED",
+                "netns": null,
+                "actor": {"pid": 42, "tid": 43, "comm": "server", "exe": null, "cgroup": "/user.slice"},
+                "labels": [],
+            })
+        );
+    }
+
+    #[test]
+    fn summary_line_follows_the_contract() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let s = Summary {
+            duration: Duration::from_millis(2500),
+            total: 3,
+            lost: 1,
+            remote_ip_overflow: 0,
+            by_cause: [(Cause::ClosedPort, 3)].into_iter().collect(),
+            by_remote_ip: vec![RemoteSummary {
+                remote_ip: "::1".parse().unwrap(),
+                total: 3,
+                by_cause: [(Cause::ClosedPort, 3)].into_iter().collect(),
+                first_seen: t,
+                last_seen: t,
+            }],
+        };
+        let v = serde_json::to_value(summary_line(&s)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "type": "summary",
+                "duration_s": 2.5,
+                "total": 3,
+                "lost": 1,
+                "remote_ip_overflow": 0,
+                "by_cause": {"closed-port": 3},
+                "by_remote_ip": [{
+                    "remote_ip": "::1",
+                    "total": 3,
+                    "by_cause": {"closed-port": 3},
+                    "first_seen": "2023-11-14T22:13:20.000000Z",
+                    "last_seen": "2023-11-14T22:13:20.000000Z",
+                }],
+                "drops": [],
+            })
+        );
+    }
+}

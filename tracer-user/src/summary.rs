@@ -1,0 +1,183 @@
+//! Where RSTs are counted for the report: the summary is built from the
+//! kernel's counters (exact even when events were lost), never from the
+//! event stream.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use tracer_common::{RemoteKey, RemoteStats, cause as cause_id, stat};
+
+use crate::{cause::Cause, clock::BootClock, event::ip_from};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSummary {
+    pub remote_ip: IpAddr,
+    pub total: u64,
+    pub by_cause: BTreeMap<Cause, u64>,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub duration: Duration,
+    pub total: u64,
+    /// Events that did not reach userspace (counts above stay exact).
+    pub lost: u64,
+    /// RSTs counted by cause but not per remote IP: the per-remote map was full.
+    pub remote_ip_overflow: u64,
+    pub by_cause: BTreeMap<Cause, u64>,
+    /// Sorted by total, descending (then by address, for a stable order).
+    pub by_remote_ip: Vec<RemoteSummary>,
+}
+
+/// `stats`: the per-CPU `STATS` slots summed over CPUs. `remotes`: each
+/// per-remote map entry with its per-CPU values.
+pub fn build(
+    stats: &[u64],
+    remotes: impl IntoIterator<Item = (RemoteKey, Vec<RemoteStats>)>,
+    clock: &BootClock,
+    duration: Duration,
+) -> Summary {
+    let slot = |i: u32| stats.get(i as usize).copied().unwrap_or(0);
+    let by_cause: BTreeMap<Cause, u64> = (0..cause_id::COUNT)
+        .filter(|i| slot(*i) > 0)
+        .map(|i| (Cause::from_id(i as u8), slot(i)))
+        .collect();
+
+    struct Acc {
+        total: u64,
+        by_cause: BTreeMap<Cause, u64>,
+        first: u64,
+        last: u64,
+    }
+    let mut per_ip: HashMap<IpAddr, Acc> = HashMap::new();
+    for (key, per_cpu) in remotes {
+        let Some(ip) = ip_from(key.family, &key.addr) else {
+            continue;
+        };
+        let mut count = 0;
+        let mut first = u64::MAX;
+        let mut last = 0;
+        for v in per_cpu.iter().filter(|v| v.count > 0) {
+            count += v.count;
+            first = first.min(v.first_ns);
+            last = last.max(v.last_ns);
+        }
+        if count == 0 {
+            continue;
+        }
+        let acc = per_ip.entry(ip).or_insert(Acc {
+            total: 0,
+            by_cause: BTreeMap::new(),
+            first: u64::MAX,
+            last: 0,
+        });
+        acc.total += count;
+        *acc.by_cause.entry(Cause::from_id(key.cause)).or_default() += count;
+        acc.first = acc.first.min(first);
+        acc.last = acc.last.max(last);
+    }
+    let mut by_remote_ip: Vec<RemoteSummary> = per_ip
+        .into_iter()
+        .map(|(ip, a)| RemoteSummary {
+            remote_ip: ip,
+            total: a.total,
+            by_cause: a.by_cause,
+            first_seen: clock.to_system_time(a.first),
+            last_seen: clock.to_system_time(a.last),
+        })
+        .collect();
+    by_remote_ip.sort_by_key(|r| (Reverse(r.total), r.remote_ip));
+
+    Summary {
+        duration,
+        total: by_cause.values().sum(),
+        lost: slot(stat::LOST_EVENTS),
+        remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
+        by_cause,
+        by_remote_ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{AF_INET, AF_INET6};
+
+    fn key(ip: IpAddr, cause: Cause) -> RemoteKey {
+        let mut addr = [0; 16];
+        let family = match ip {
+            IpAddr::V4(v4) => {
+                addr[..4].copy_from_slice(&v4.octets());
+                AF_INET
+            }
+            IpAddr::V6(v6) => {
+                addr = v6.octets();
+                AF_INET6
+            }
+        };
+        RemoteKey {
+            addr,
+            family,
+            cause: cause as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    fn v(count: u64, first_ns: u64, last_ns: u64) -> RemoteStats {
+        RemoteStats {
+            count,
+            first_ns,
+            last_ns,
+        }
+    }
+
+    #[test]
+    fn merges_cpus_and_causes_per_ip_and_sorts_by_total() {
+        let a: IpAddr = "127.3.0.1".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        let mut stats = vec![0; stat::COUNT as usize];
+        stats[Cause::ClosedPort as usize] = 5;
+        stats[Cause::AbortOnClose as usize] = 2;
+        stats[stat::LOST_EVENTS as usize] = 3;
+        stats[stat::REMOTE_MAP_FULL as usize] = 1;
+        let remotes = vec![
+            (key(a, Cause::ClosedPort), vec![v(1, 100, 100), v(0, 0, 0)]),
+            (key(b, Cause::ClosedPort), vec![v(2, 50, 60), v(1, 40, 45)]),
+            (key(b, Cause::AbortOnClose), vec![v(0, 0, 0), v(2, 70, 80)]),
+        ];
+        let clock = BootClock::with_boot_epoch_ns(0);
+        let s = build(&stats, remotes, &clock, Duration::from_secs(1));
+        assert_eq!(s.total, 7);
+        assert_eq!(s.lost, 3);
+        assert_eq!(s.remote_ip_overflow, 1);
+        assert_eq!(s.by_cause[&Cause::ClosedPort], 5);
+        assert_eq!(s.by_remote_ip.len(), 2);
+        let top = &s.by_remote_ip[0];
+        assert_eq!(top.remote_ip, b);
+        assert_eq!(top.total, 5);
+        assert_eq!(top.by_cause[&Cause::ClosedPort], 3);
+        assert_eq!(top.by_cause[&Cause::AbortOnClose], 2);
+        assert_eq!(top.first_seen, clock.to_system_time(40));
+        assert_eq!(top.last_seen, clock.to_system_time(80));
+        assert_eq!(s.by_remote_ip[1].remote_ip, a);
+        assert_eq!(s.by_remote_ip[1].total, 1);
+    }
+
+    #[test]
+    fn empty_run_is_all_zero() {
+        let s = build(
+            &[0; stat::COUNT as usize],
+            vec![],
+            &BootClock::with_boot_epoch_ns(0),
+            Duration::ZERO,
+        );
+        assert_eq!(s.total, 0);
+        assert!(s.by_cause.is_empty() && s.by_remote_ip.is_empty());
+    }
+}

@@ -1,0 +1,105 @@
+//! The kernel side as userspace sees it: load the eBPF object with this
+//! kernel's offsets, attach, and read the counters back.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{TracePoint, trace_point::TracePointLinkId},
+};
+use tracer_common::{RemoteKey, RemoteStats, SendResetLayout};
+
+use crate::cause::Cause;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+pub struct Options<'a> {
+    pub send_reset: SendResetLayout,
+    pub reason_causes: &'a [(u32, Cause)],
+    pub emit_events: bool,
+    pub max_remote_ips: u32,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    link: Option<TracePointLinkId>,
+}
+
+impl Tracer {
+    pub fn load(opts: &Options<'_>) -> Result<Self> {
+        let emit = u8::from(opts.emit_events);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
+            .override_global("EMIT_EVENTS", &emit, true)
+            .map_max_entries("REMOTES", opts.max_remote_ips)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs")?;
+
+        let mut table: Array<_, u8> = Array::try_from(
+            ebpf.map_mut("REASON_CAUSE")
+                .context("REASON_CAUSE map missing")?,
+        )?;
+        for (reason, cause) in opts.reason_causes {
+            table
+                .set(*reason, *cause as u8, 0)
+                .with_context(|| format!("filling the reason table (reason {reason})"))?;
+        }
+        Ok(Self { ebpf, link: None })
+    }
+
+    pub fn attach(&mut self) -> Result<()> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut("tcp_send_reset")
+            .context("program tcp_send_reset missing")?
+            .try_into()?;
+        prog.load()
+            .context("the kernel verifier rejected the tcp_send_reset program")?;
+        let link = prog
+            .attach("tcp", "tcp_send_reset")
+            .context("attaching to tracepoint tcp:tcp_send_reset")?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Stops new events; counters keep what was counted.
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut("tcp_send_reset")
+                .context("program tcp_send_reset missing")?
+                .try_into()?;
+            prog.detach(link)
+                .context("detaching from tcp:tcp_send_reset")?;
+        }
+        Ok(())
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The `STATS` slots, summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<u64>> {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").context("STATS map missing")?)?;
+        let mut out = Vec::new();
+        for per_cpu in stats.iter() {
+            out.push(per_cpu?.iter().sum());
+        }
+        Ok(out)
+    }
+
+    pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
+        let map: PerCpuHashMap<_, RemoteKey, RemoteStats> =
+            PerCpuHashMap::try_from(self.ebpf.map("REMOTES").context("REMOTES map missing")?)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.context("reading the per-remote-IP counters")?;
+            out.push((k, v.iter().copied().collect()));
+        }
+        Ok(out)
+    }
+}
