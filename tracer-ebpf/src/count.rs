@@ -14,8 +14,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 /// Per (remote IP, cause) counters. Userspace may resize it before load.
 #[map]
-static REMOTES: PerCpuHashMap<RemoteKey, RemoteStats> =
-    PerCpuHashMap::with_max_entries(65536, 0);
+static REMOTES: PerCpuHashMap<RemoteKey, RemoteStats> = PerCpuHashMap::with_max_entries(65536, 0);
 
 /// One record per RST for the live output. Userspace may resize it.
 #[map]
@@ -61,14 +60,7 @@ pub fn record(ev: &RstEvent) {
 #[inline(always)]
 fn bump_remote(key: &RemoteKey, now: u64) -> bool {
     if let Some(v) = REMOTES.get_ptr_mut(key) {
-        // SAFETY: this CPU's copy of the value.
-        unsafe {
-            if (*v).count == 0 {
-                (*v).first_ns = now;
-            }
-            (*v).count += 1;
-            (*v).last_ns = now;
-        }
+        add(v, now);
         return true;
     }
     let fresh = RemoteStats {
@@ -76,23 +68,28 @@ fn bump_remote(key: &RemoteKey, now: u64) -> bool {
         first_ns: now,
         last_ns: now,
     };
-    match REMOTES.insert(key, &fresh, BPF_NOEXIST as u64) {
+    match REMOTES.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => true,
         // Another CPU inserted the key first; our copy starts at zero.
         Err(e) if e == -EEXIST => match REMOTES.get_ptr_mut(key) {
             Some(v) => {
-                // SAFETY: this CPU's copy of the value.
-                unsafe {
-                    if (*v).count == 0 {
-                        (*v).first_ns = now;
-                    }
-                    (*v).count += 1;
-                    (*v).last_ns = now;
-                }
+                add(v, now);
                 true
             }
             None => false,
         },
         Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn add(v: *mut RemoteStats, now: u64) {
+    // SAFETY: a pointer to this CPU's copy of a live map value.
+    unsafe {
+        if (*v).count == 0 {
+            (*v).first_ns = now;
+        }
+        (*v).count += 1;
+        (*v).last_ns = now;
     }
 }

@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, MAX_REASONS, RstEvent, SendResetLayout, TASK_COMM_LEN,
-    addr_layout, cause,
+    ABSENT, AF_INET, AF_INET6, MAX_REASONS, RstEvent, SendResetLayout, TASK_COMM_LEN, addr_layout,
+    cause,
 };
 
 use crate::count;

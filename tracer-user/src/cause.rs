@@ -107,10 +107,13 @@ pub fn cause_for_reason(name: &str) -> Cause {
         "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" => Cause::DataAfterClose,
         "TCP_ABORT_ON_LINGER" => Cause::Linger2Timeout,
         "TCP_ABORT_ON_MEMORY" => Cause::MemoryPressure,
-        "TCP_INVALID_ACK_SEQUENCE" | "TCP_RFC7323_PAWS" | "TCP_TOO_OLD_ACK"
-        | "TCP_ACK_UNSENT_DATA" | "TCP_FLAGS" | "TCP_OLD_ACK" | "INVALID_SYN" => {
-            Cause::InvalidSegment
-        }
+        "TCP_INVALID_ACK_SEQUENCE"
+        | "TCP_RFC7323_PAWS"
+        | "TCP_TOO_OLD_ACK"
+        | "TCP_ACK_UNSENT_DATA"
+        | "TCP_FLAGS"
+        | "TCP_OLD_ACK"
+        | "INVALID_SYN" => Cause::InvalidSegment,
         n if n.starts_with("MPTCP_") => Cause::Mptcp,
         _ => Cause::Unknown,
     }
@@ -143,11 +146,10 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Cause::ALL.len());
-        assert!(
-            names
-                .iter()
-                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-' || c == '2'))
-        );
+        assert!(names.iter().all(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-' || c == '2')
+        }));
     }
 
     #[test]

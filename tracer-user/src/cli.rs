@@ -56,8 +56,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .map_err(|e| e.to_string())?
     } else {
-        humantime::parse_duration(s)
-            .map_err(|e| format!("{e} (examples: 30, 30s, 5m, 1h)"))?
+        humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30, 30s, 5m, 1h)"))?
     };
     if d.is_zero() {
         return Err("must be longer than zero".into());

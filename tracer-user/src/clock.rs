@@ -30,11 +30,7 @@ impl BootClock {
         Self { boot_epoch_ns }
     }
 
-    pub fn now_boot_ns(&self) -> u64 {
-        now_ns(libc::CLOCK_BOOTTIME) as u64
-    }
-
-    pub fn to_system_time(&self, boot_ns: u64) -> SystemTime {
+    pub fn to_system_time(self, boot_ns: u64) -> SystemTime {
         let ns = (self.boot_epoch_ns + i128::from(boot_ns)).max(0);
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     }

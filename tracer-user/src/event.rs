@@ -65,7 +65,9 @@ pub fn tcp_state_name(state: u32) -> Option<&'static str> {
 
 pub fn ip_from(family: u8, addr: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
         AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*addr))),
         _ => None,
     }

@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(s.layout.addr_layout, addr_layout::SPLIT);
         assert_eq!(s.layout.family, ABSENT);
         assert_eq!(s.layout.reason, ABSENT);
-        assert_eq!((s.layout.sport, s.layout.saddr, s.layout.daddr_v6), (28, 32, 56));
+        assert_eq!(
+            (s.layout.sport, s.layout.saddr, s.layout.daddr_v6),
+            (28, 32, 56)
+        );
     }
 
     #[test]

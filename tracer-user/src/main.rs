@@ -133,10 +133,8 @@ async fn run(args: Args) -> Result<()> {
     // Detach before the final drain so every counted RST is either shown
     // or reported as lost.
     tracer.detach()?;
-    if output_ok {
-        if let Err(e) = drain(events.get_mut(), &mut decoder, sink.as_mut()) {
-            output_ok = stop_on_output_error(e)?;
-        }
+    if output_ok && let Err(e) = drain(events.get_mut(), &mut decoder, sink.as_mut()) {
+        output_ok = stop_on_output_error(e)?;
     }
     let summary = summary::build(
         &tracer.stats()?,
@@ -144,15 +142,17 @@ async fn run(args: Args) -> Result<()> {
         &decoder.clock,
         started.elapsed(),
     );
-    if output_ok {
-        if let Err(e) = sink.summary(&summary) {
-            stop_on_output_error(e)?;
-        }
+    if output_ok && let Err(e) = sink.summary(&summary) {
+        stop_on_output_error(e)?;
     }
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, sink: &mut dyn Sink) -> io::Result<()> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    decoder: &mut Decoder,
+    sink: &mut dyn Sink,
+) -> io::Result<()> {
     while let Some(item) = ring.next() {
         if item.len() < size_of::<RstEvent>() {
             continue;

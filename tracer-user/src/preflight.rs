@@ -85,7 +85,9 @@ pub fn tracefs() -> Result<PathBuf> {
         );
     }
     if !is_tracefs(Path::new(TRACEFS)) {
-        bail!("mounted tracefs at {TRACEFS} but it has no events/ directory: is CONFIG_TRACING set?");
+        bail!(
+            "mounted tracefs at {TRACEFS} but it has no events/ directory: is CONFIG_TRACING set?"
+        );
     }
     eprintln!("rsttrace: mounted tracefs at {TRACEFS}");
     Ok(PathBuf::from(TRACEFS))
@@ -93,7 +95,11 @@ pub fn tracefs() -> Result<PathBuf> {
 
 /// Text of a tracepoint's format file, or an error naming the tracepoint.
 pub fn tracepoint_format(tracefs: &Path, category: &str, name: &str) -> Result<String> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -138,7 +144,9 @@ mod tests {
     #[test]
     fn missing_tracepoint_is_named() {
         let dir = std::env::temp_dir();
-        let e = tracepoint_format(&dir, "tcp", "no_such_tp").unwrap_err().to_string();
+        let e = tracepoint_format(&dir, "tcp", "no_such_tp")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no tcp:no_such_tp tracepoint"), "{e}");
     }
 }

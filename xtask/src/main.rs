@@ -1,1 +1,174 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup|build|run|test|lint`.
+
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "rsttrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building needs (nightly rust-src, bpf-linker) and mount
+    /// tracefs; does nothing that is already done.
+    Setup,
+    /// Set up, then build target/release/rsttrace with the eBPF object embedded.
+    Build,
+    /// Set up, build and start tracing (through `sudo -E` when not root).
+    /// Arguments after `--` go to rsttrace, e.g. `cargo xtask run -- --duration 10`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, build and run every test: unit and privileged integration
+    /// (test binaries run through `sudo -E` when not root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- closed_port`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace
+    /// (the eBPF crate included).
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Cmd::Build => {
+            setup::run()?;
+            build()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { args } => {
+            setup::run()?;
+            build()?;
+            let bin = workspace_root().join("target/release/rsttrace");
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                eprintln!("xtask: not root: running rsttrace through `sudo -E`");
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            cmd.args(&args);
+            Ok(exit_code(status(&mut cmd)?))
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            build()?;
+            let mut cmd = cargo();
+            cmd.args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+            ]);
+            cmd.args(&args);
+            if !is_root() {
+                eprintln!("xtask: not root: test binaries run through `sudo -E`");
+                cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+            }
+            let st = status(&mut cmd)?;
+            if !st.success() {
+                bail!("tests failed ({st})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Lint => {
+            setup::run()?;
+            check(cargo().args(["fmt", "--all", "--check"]))?;
+            check(cargo().args([
+                "clippy",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            // The eBPF crate only compiles for the BPF target, with nightly.
+            check(
+                Command::new("cargo")
+                    .args([
+                        "+nightly",
+                        "clippy",
+                        "--release",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ])
+                    .current_dir(workspace_root().join("tracer-ebpf")),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    check(cargo().args(["build", "--release", "--package", "tracer-user"]))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn status(cmd: &mut Command) -> Result<std::process::ExitStatus> {
+    cmd.status()
+        .with_context(|| format!("can't run {:?}", cmd.get_program()))
+}
+
+pub fn check(cmd: &mut Command) -> Result<()> {
+    let st = status(cmd)?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn exit_code(st: std::process::ExitStatus) -> ExitCode {
+    ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8)
+}

@@ -95,11 +95,7 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             "REMOTE IP", "TOTAL", "FIRST SEEN", "LAST SEEN"
         ));
         for r in s.by_remote_ip.iter().take(top) {
-            let causes: Vec<String> = r
-                .by_cause
-                .iter()
-                .map(|(c, n)| format!("{c}={n}"))
-                .collect();
+            let causes: Vec<String> = r.by_cause.iter().map(|(c, n)| format!("{c}={n}")).collect();
             t.push_str(&format!(
                 "{:<40} {:>8}  {:<15}  {:<15}  {}\n",
                 r.remote_ip.to_string(),

@@ -9,9 +9,7 @@ use std::{
 use serde::Serialize;
 
 use super::Sink;
-use crate::{
-    actor::Actor, cause::Cause, clock::rfc3339, event::Rst, summary::Summary,
-};
+use crate::{actor::Actor, cause::Cause, clock::rfc3339, event::Rst, summary::Summary};
 
 #[derive(Serialize)]
 struct RstLine<'a> {
@@ -66,10 +64,6 @@ impl Json {
         serde_json::to_writer(&mut self.out, value)?;
         self.out.write_all(b"\n")
     }
-}
-
-pub fn rst_value(rst: &Rst) -> serde_json::Value {
-    serde_json::to_value(rst_line(rst)).expect("serializable")
 }
 
 fn rst_line(rst: &Rst) -> RstLine<'_> {
@@ -156,7 +150,7 @@ mod tests {
             labels: vec![],
         };
         assert_eq!(
-            rst_value(&rst),
+            serde_json::to_value(rst_line(&rst)).unwrap(),
             json!({
                 "type": "rst",
                 "ts": "2023-11-14T22:13:20.000001Z",

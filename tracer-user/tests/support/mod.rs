@@ -1,0 +1,287 @@
+//! Helpers for the privileged integration tests: a private network
+//! namespace per scenario, the real `rsttrace` binary, and the netns's own
+//! TCP counters as ground truth.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Privileged tests must fail loudly, never pass by skipping.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "privileged integration test: run as root (`cargo xtask test` does this through sudo)"
+    );
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running `ip` (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace that exists for one test and is deleted on drop,
+/// also when the test panics.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let name = format!("rsttrace-t-{tag}");
+        // Left over from a run that was killed: start clean.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Adds an address to the namespace's loopback (no duplicate detection,
+    /// so IPv6 addresses are usable at once).
+    pub fn add_addr(&self, cidr: &str) {
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", "lo", "nodad"]);
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeds.
+    pub fn exec(&self, argv: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{argv:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates belong to the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: a valid namespace fd; affects only this thread.
+            let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// Tcp OutRsts of this namespace: exactly the RSTs its TCP stack sent.
+    pub fn out_rsts(&self) -> u64 {
+        self.run(out_rsts_here)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Tcp OutRsts of the calling thread's namespace.
+pub fn out_rsts_here() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = tcp.next().expect("Tcp header").split_whitespace().collect();
+    let values: Vec<&str> = tcp.next().expect("Tcp values").split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "OutRsts").expect("OutRsts");
+    values[i].parse().expect("number")
+}
+
+/// A socket bound to `local` (port 0), connected or not to `remote`.
+pub fn connect_from(local: IpAddr, remote: SocketAddr) -> std::io::Result<Socket> {
+    let domain = if remote.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SocketAddr::new(local, 0).into())?;
+    s.connect(&remote.into())?;
+    Ok(s)
+}
+
+/// A running `rsttrace --output json`, stopped with SIGINT.
+pub struct Trace {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+#[derive(Debug)]
+pub struct TraceOutput {
+    pub rsts: Vec<Value>,
+    pub summary: Value,
+    pub stderr: String,
+}
+
+impl Trace {
+    pub fn start(extra: &[&str]) -> Self {
+        require_root();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+            .args(["--output", "json"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning rsttrace");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains("attached") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("rsttrace did not attach within 60s; stderr:\n{seen}");
+                }
+            }
+        }
+        Trace { child, stderr: rx }
+    }
+
+    pub fn stop(mut self) -> TraceOutput {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("reading rsttrace output");
+        let status = self.child.wait().expect("waiting for rsttrace");
+        let stderr: String = self.stderr.try_iter().collect::<Vec<_>>().join("\n");
+        assert!(
+            status.success(),
+            "rsttrace exited with {status}; stderr:\n{stderr}"
+        );
+        parse_output(&out, stderr)
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn parse_output(out: &str, stderr: String) -> TraceOutput {
+    let mut rsts = vec![];
+    let mut summary = None;
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        match v["type"].as_str() {
+            Some("rst") => rsts.push(v),
+            Some("summary") => {
+                assert!(summary.is_none(), "two summaries");
+                summary = Some(v);
+            }
+            other => panic!("unexpected type {other:?} in {line}"),
+        }
+    }
+    TraceOutput {
+        rsts,
+        summary: summary.unwrap_or_else(|| panic!("no summary line in:\n{out}")),
+        stderr,
+    }
+}
+
+impl TraceOutput {
+    /// RST events sent to `remote`.
+    pub fn rsts_to(&self, remote: &str) -> Vec<&Value> {
+        self.rsts
+            .iter()
+            .filter(|r| r["remote_ip"] == remote)
+            .collect()
+    }
+
+    /// The summary's by_remote_ip entry for `remote`.
+    pub fn remote(&self, remote: &str) -> Option<&Value> {
+        self.summary["by_remote_ip"]
+            .as_array()
+            .expect("by_remote_ip array")
+            .iter()
+            .find(|r| r["remote_ip"] == remote)
+    }
+
+    /// Asserts that `remote` received exactly `n` RSTs, all of `cause`, in
+    /// both the event stream and the summary, and returns its events.
+    pub fn assert_exactly(&self, remote: &str, n: u64, cause: &str) -> Vec<&Value> {
+        assert_eq!(
+            self.summary["lost"], 0,
+            "events were lost: {}",
+            self.summary
+        );
+        let evs = self.rsts_to(remote);
+        let causes: BTreeMap<&str, usize> = evs.iter().fold(BTreeMap::new(), |mut m, e| {
+            *m.entry(e["cause"].as_str().unwrap_or("?")).or_default() += 1;
+            m
+        });
+        assert_eq!(evs.len() as u64, n, "events to {remote}: {causes:?}");
+        assert_eq!(
+            causes,
+            BTreeMap::from([(cause, n as usize)]),
+            "causes of the RSTs to {remote}"
+        );
+        let entry = self
+            .remote(remote)
+            .unwrap_or_else(|| panic!("{remote} missing from summary {}", self.summary));
+        assert_eq!(entry["total"], n, "summary total for {remote}: {entry}");
+        assert_eq!(
+            entry["by_cause"],
+            serde_json::json!({ cause: n }),
+            "summary causes for {remote}"
+        );
+        evs
+    }
+}
