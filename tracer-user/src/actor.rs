@@ -28,14 +28,27 @@ pub fn comm_str(comm: &[u8]) -> String {
 /// Resolves cgroup ids (the cgroup directory's inode on cgroup v2) to paths,
 /// walking the hierarchy at most once per unknown id.
 pub struct ActorResolver {
-    root: PathBuf,
+    /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
+    root: Option<PathBuf>,
     cgroups: HashMap<u64, Option<String>>,
+}
+
+/// The cgroup2 mount point: /sys/fs/cgroup on unified hosts, often
+/// /sys/fs/cgroup/unified on hybrid ones (whose v1 roots share inode numbers
+/// with v2 directories, so only the v2 tree may be walked).
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_src, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
 }
 
 impl ActorResolver {
     pub fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         Self {
-            root: PathBuf::from("/sys/fs/cgroup"),
+            root: cgroup2_mount(&mounts),
             cgroups: HashMap::new(),
         }
     }
@@ -61,8 +74,10 @@ impl ActorResolver {
         if let Some(p) = self.cgroups.get(&id) {
             return p.clone();
         }
+        let root = self.root.as_ref()?;
         let mut found = HashMap::new();
-        walk(&self.root, &self.root, 0, &mut found);
+        let dev = std::fs::metadata(root).ok()?.dev();
+        walk(root, root, dev, 0, &mut found);
         for (k, v) in found {
             self.cgroups.insert(k, Some(v));
         }
@@ -70,7 +85,7 @@ impl ActorResolver {
     }
 }
 
-fn walk(root: &Path, dir: &Path, depth: usize, out: &mut HashMap<u64, String>) {
+fn walk(root: &Path, dir: &Path, dev: u64, depth: usize, out: &mut HashMap<u64, String>) {
     // Deep enough for systemd and Kubernetes hierarchies, bounded anyway.
     if depth > 12 {
         return;
@@ -78,6 +93,9 @@ fn walk(root: &Path, dir: &Path, depth: usize, out: &mut HashMap<u64, String>) {
     let Ok(meta) = std::fs::metadata(dir) else {
         return;
     };
+    if meta.dev() != dev {
+        return;
+    }
     let rel = dir.strip_prefix(root).unwrap_or(dir);
     out.insert(meta.ino(), format!("/{}", rel.display()));
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -85,7 +103,7 @@ fn walk(root: &Path, dir: &Path, depth: usize, out: &mut HashMap<u64, String>) {
     };
     for e in entries.flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            walk(root, &e.path(), depth + 1, out);
+            walk(root, &e.path(), dev, depth + 1, out);
         }
     }
 }
@@ -93,6 +111,26 @@ fn walk(root: &Path, dir: &Path, depth: usize, out: &mut HashMap<u64, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_on_unified_and_hybrid_hosts() {
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+    }
 
     #[test]
     fn comm_stops_at_nul() {

@@ -111,7 +111,17 @@ fn abort_on_close_with_unread_data() {
         assert_eq!(e["state"], "TCP_CLOSE");
         // close() runs in the test's own process: it is the actor.
         assert_eq!(e["actor"]["pid"], std::process::id(), "actor of {e}");
+        assert_eq!(e["actor"]["cgroup"], own_cgroup2_path(), "actor of {e}");
     }
+}
+
+/// This process's cgroup v2 path ("0::/path" in /proc/self/cgroup).
+fn own_cgroup2_path() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 entry")
+        .to_string()
 }
 
 #[test]
