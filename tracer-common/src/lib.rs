@@ -43,6 +43,48 @@ pub mod stat {
 /// Values at or above this map to `cause::UNKNOWN`.
 pub const MAX_REASONS: u32 = 64;
 
+/// Flag in a `REASON_CAUSE` entry: the reason alone is ambiguous, so the
+/// kernel stack decides through `StackRules`; the low bits hold the cause
+/// to use when no rule matches.
+pub const NEEDS_STACK: u8 = 0x80;
+
+/// Frames of the kernel stack examined for a stack rule.
+pub const STACK_DEPTH: usize = 24;
+pub const MAX_STACK_RULES: usize = 8;
+
+/// "A return address inside [start, end) means `cause`": a kernel function
+/// on the stack of an ambiguous RST, resolved by userspace from kallsyms.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackRule {
+    pub start: u64,
+    pub end: u64,
+    pub cause: u32,
+    pub _pad: u32,
+}
+
+/// Rules in priority order: the first rule with a frame on the stack wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackRules {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [StackRule; MAX_STACK_RULES],
+}
+
+impl StackRules {
+    pub const EMPTY: Self = Self {
+        count: 0,
+        _pad: 0,
+        rules: [StackRule {
+            start: 0,
+            end: 0,
+            cause: 0,
+            _pad: 0,
+        }; MAX_STACK_RULES],
+    };
+}
+
 /// Marker for a field the running kernel's tracepoint does not have.
 pub const ABSENT: u32 = u32::MAX;
 
@@ -63,6 +105,7 @@ pub mod addr_layout {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendResetLayout {
     pub addr_layout: u32,
+    pub skbaddr: u32,
     pub skaddr: u32,
     pub state: u32,
     pub reason: u32,
@@ -80,6 +123,7 @@ impl SendResetLayout {
     /// program refuses to read anything until userspace fills it in.
     pub const UNSET: Self = Self {
         addr_layout: 0,
+        skbaddr: ABSENT,
         skaddr: ABSENT,
         state: ABSENT,
         reason: ABSENT,
@@ -90,6 +134,31 @@ impl SendResetLayout {
         dport: ABSENT,
         saddr_v6: ABSENT,
         daddr_v6: ABSENT,
+    };
+}
+
+/// Offsets (from BTF) along the pointer chains that lead from a socket or
+/// an skb to its network namespace's inode number. `ABSENT` when the
+/// kernel has no BTF or no network namespaces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    /// `sock.__sk_common.skc_net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `sk_buff.dev`.
+    pub skb_dev: u32,
+    /// `net_device.nd_net` (a `struct net *`).
+    pub dev_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+}
+
+impl NetnsOffsets {
+    pub const UNSET: Self = Self {
+        sock_net: ABSENT,
+        skb_dev: ABSENT,
+        dev_net: ABSENT,
+        net_inum: ABSENT,
     };
 }
 
@@ -134,6 +203,11 @@ pub struct RstEvent {
     pub reason: u32,
     /// TCP state of the socket, 0 when there was no socket.
     pub state: u32,
+    /// Inode of the network namespace, 0 when unknown.
+    pub netns: u32,
+    /// Kernel stack in the `STACK_TRACES` map, taken for `unknown` RSTs so
+    /// the gap can be closed; negative when none was taken.
+    pub stack_id: i32,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub local_port: u16,
@@ -152,6 +226,8 @@ mod pod {
     unsafe impl aya::Pod for super::RemoteKey {}
     unsafe impl aya::Pod for super::RemoteStats {}
     unsafe impl aya::Pod for super::RstEvent {}
+    unsafe impl aya::Pod for super::StackRules {}
+    unsafe impl aya::Pod for super::NetnsOffsets {}
 }
 
 #[cfg(test)]
@@ -161,9 +237,11 @@ mod tests {
 
     #[test]
     fn structs_have_no_implicit_padding() {
-        assert_eq!(size_of::<SendResetLayout>(), 11 * 4);
+        assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
+        assert_eq!(size_of::<NetnsOffsets>(), 4 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);
+        assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 24);
         assert_eq!(size_of::<RemoteStats>(), 24);
-        assert_eq!(size_of::<RstEvent>(), 4 * 8 + 2 * 4 + 32 + 2 * 2 + 4 + 16);
+        assert_eq!(size_of::<RstEvent>(), 4 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
     }
 }

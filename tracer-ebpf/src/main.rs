@@ -2,7 +2,9 @@
 #![no_main]
 
 mod count;
+mod netns;
 mod send_reset;
+mod stack;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -12,11 +12,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, MAX_REASONS, RstEvent, SendResetLayout, TASK_COMM_LEN, addr_layout,
-    cause,
+    ABSENT, AF_INET, AF_INET6, MAX_REASONS, NEEDS_STACK, RstEvent, SendResetLayout, TASK_COMM_LEN,
+    addr_layout, cause,
 };
 
-use crate::count;
+use crate::{count, netns, stack};
 
 #[unsafe(no_mangle)]
 static SEND_RESET_LAYOUT: SendResetLayout = SendResetLayout::UNSET;
@@ -56,10 +56,15 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     } else {
         read::<u32>(ctx, layout.reason)?
     };
-    let cause = if reason < MAX_REASONS {
+    let entry = if reason < MAX_REASONS {
         REASON_CAUSE.get(reason).copied().unwrap_or(cause::UNKNOWN)
     } else {
         cause::UNKNOWN
+    };
+    let cause = if entry & NEEDS_STACK != 0 {
+        stack::cause_from_stack(ctx).unwrap_or(entry & !NEEDS_STACK)
+    } else {
+        entry
     };
     let state = if layout.state == ABSENT {
         0
@@ -71,6 +76,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     } else {
         read::<u64>(ctx, layout.skaddr)?
     };
+    let skbaddr = if layout.skbaddr == ABSENT {
+        0
+    } else {
+        read::<u64>(ctx, layout.skbaddr)?
+    };
 
     let ev = RstEvent {
         // SAFETY: plain helper calls with no arguments.
@@ -80,6 +90,12 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         pid_tgid: bpf_get_current_pid_tgid(),
         reason,
         state,
+        netns: netns::of(skaddr, skbaddr),
+        stack_id: if cause == cause::UNKNOWN {
+            stack::unknown_stack_id(ctx)
+        } else {
+            -1
+        },
         local_addr: ends.local,
         remote_addr: ends.remote,
         local_port: ends.local_port,

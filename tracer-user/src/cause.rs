@@ -96,9 +96,8 @@ impl Serialize for Cause {
     }
 }
 
-/// The cause a kernel `sk_rst_reason` name decides on its own. TCP_STATE
-/// and TCP_DISCONNECT_WITH_DATA need the kernel stack to tell close, linger,
-/// disconnect and socket destruction apart, so they stay `unknown` here.
+/// The cause a kernel `sk_rst_reason` name decides on its own. Reasons the
+/// kernel reuses on several paths are in `ambiguous_reason` instead.
 pub fn cause_for_reason(name: &str) -> Cause {
     match name {
         "NO_SOCKET" => Cause::ClosedPort,
@@ -119,13 +118,92 @@ pub fn cause_for_reason(name: &str) -> Cause {
     }
 }
 
-/// The table the kernel program indexes by reason value.
-pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, Cause)> {
+/// Reasons sent on several paths: the kernel stack decides through
+/// `STACK_RULES`; the value is the cause when no rule matches. TCP_STATE
+/// with none of the functions below on the stack is a segment that was
+/// invalid for the socket's state.
+pub fn ambiguous_reason(name: &str) -> Option<Cause> {
+    match name {
+        "TCP_STATE" => Some(Cause::InvalidSegment),
+        "TCP_DISCONNECT_WITH_DATA" | "NOT_SPECIFIED" => Some(Cause::Unknown),
+        _ => None,
+    }
+}
+
+/// Kernel functions that decide an ambiguous RST when on its stack, in
+/// priority order (the first that matches wins).
+pub const STACK_RULES: &[(&str, Cause)] = &[
+    // sock_diag SOCK_DESTROY (`ss -K`, runtime-security agents) and
+    // bpf_sock_destroy both end in tcp_abort.
+    ("tcp_abort", Cause::SocketKilled),
+    // close() with SO_LINGER {on, 0}: tcp_close -> tcp_disconnect.
+    ("__tcp_close", Cause::LingerAbort),
+    ("tcp_close", Cause::LingerAbort),
+    // connect(AF_UNSPEC) on a live connection: tcp_disconnect alone.
+    ("tcp_disconnect", Cause::AppDisconnect),
+];
+
+/// One entry of the table the kernel program indexes by reason value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonEntry {
+    pub cause: Cause,
+    /// Stack rules decide; `cause` applies when none matches.
+    pub by_stack: bool,
+}
+
+impl ReasonEntry {
+    pub fn raw(self) -> u8 {
+        self.cause as u8
+            | if self.by_stack {
+                tracer_common::NEEDS_STACK
+            } else {
+                0
+            }
+    }
+}
+
+pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> {
     reasons
         .iter()
         .filter(|(v, _)| **v < u64::from(tracer_common::MAX_REASONS))
-        .map(|(v, n)| (*v as u32, cause_for_reason(n)))
+        .map(|(v, n)| {
+            let entry = match ambiguous_reason(n) {
+                Some(fallback) => ReasonEntry {
+                    cause: fallback,
+                    by_stack: true,
+                },
+                None => ReasonEntry {
+                    cause: cause_for_reason(n),
+                    by_stack: false,
+                },
+            };
+            (*v as u32, entry)
+        })
         .collect()
+}
+
+/// The stack rules as the kernel program takes them; rules whose function
+/// this kernel lacks are left out and returned by name.
+pub fn resolve_stack_rules(
+    ksyms: &crate::kallsyms::Kallsyms,
+) -> (tracer_common::StackRules, Vec<&'static str>) {
+    let mut rules = tracer_common::StackRules::EMPTY;
+    let mut missing = vec![];
+    for (func, cause) in STACK_RULES {
+        match ksyms.range(func) {
+            Some((start, end)) if (rules.count as usize) < rules.rules.len() => {
+                rules.rules[rules.count as usize] = tracer_common::StackRule {
+                    start,
+                    end,
+                    cause: *cause as u32,
+                    _pad: 0,
+                };
+                rules.count += 1;
+            }
+            _ => missing.push(*func),
+        }
+    }
+    (rules, missing)
 }
 
 #[cfg(test)]
@@ -160,7 +238,20 @@ mod tests {
         ))
         .unwrap();
         let f = crate::format::Format::parse(&text).unwrap();
-        let table: BTreeMap<u32, Cause> = reason_table(&f.symbols("reason")).into_iter().collect();
+        let table: BTreeMap<u32, Cause> = reason_table(&f.symbols("reason"))
+            .into_iter()
+            .map(|(v, e)| (v, e.cause))
+            .collect();
+        let stack: Vec<u32> = reason_table(&f.symbols("reason"))
+            .into_iter()
+            .filter(|(_, e)| e.by_stack)
+            .map(|(v, _)| v)
+            .collect();
+        assert_eq!(
+            stack,
+            vec![0, 14, 16],
+            "NOT_SPECIFIED, TCP_STATE, TCP_DISCONNECT_WITH_DATA"
+        );
         let expect = [
             (0, Cause::Unknown),
             (1, Cause::ClosedPort),
@@ -176,7 +267,7 @@ mod tests {
             (11, Cause::AbortOnClose),
             (12, Cause::Linger2Timeout),
             (13, Cause::MemoryPressure),
-            (14, Cause::Unknown),
+            (14, Cause::InvalidSegment),
             (15, Cause::KeepaliveTimeout),
             (16, Cause::Unknown),
             (17, Cause::Mptcp),
@@ -186,6 +277,31 @@ mod tests {
         for (v, c) in expect {
             assert_eq!(table.get(&v), Some(&c), "reason {v}");
         }
+    }
+
+    #[test]
+    fn stack_rules_resolve_in_priority_order() {
+        let k = crate::kallsyms::Kallsyms::parse(
+            "ffffffff8206b520 T tcp_abort\nffffffff820711c0 T __tcp_close\n\
+             ffffffff820715f0 T tcp_close\nffffffff820719a0 T tcp_disconnect\n\
+             ffffffff820719f0 T after\n",
+        )
+        .unwrap();
+        let (rules, missing) = resolve_stack_rules(&k);
+        assert!(missing.is_empty());
+        assert_eq!(rules.count, 4);
+        assert_eq!(rules.rules[0].cause, Cause::SocketKilled as u32);
+        assert_eq!(rules.rules[0].start, 0xffffffff8206b520);
+        assert_eq!(rules.rules[0].end, 0xffffffff820711c0);
+        assert_eq!(rules.rules[3].cause, Cause::AppDisconnect as u32);
+        let entry = ReasonEntry {
+            cause: Cause::InvalidSegment,
+            by_stack: true,
+        };
+        assert_eq!(
+            entry.raw(),
+            Cause::InvalidSegment as u8 | tracer_common::NEEDS_STACK
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::{
     actor::{Actor, ActorResolver},
     cause::Cause,
     clock::BootClock,
+    kallsyms::Kallsyms,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,9 @@ pub struct Rst {
     pub netns: Option<u64>,
     pub actor: Option<Actor>,
     pub labels: Vec<String>,
+    /// Kernel stack, symbolized (`function+0xoff [module]`), for RSTs no
+    /// rule explains.
+    pub stack: Option<Vec<String>>,
 }
 
 /// TCP states are stable ABI (include/net/tcp_states.h); the format file
@@ -77,10 +81,27 @@ pub struct Decoder {
     pub clock: BootClock,
     pub reasons: BTreeMap<u64, String>,
     pub actors: ActorResolver,
+    pub ksyms: Option<Kallsyms>,
+}
+
+/// `function+0xoff [module]`, or the bare address when unresolvable.
+pub fn symbolize(ksyms: Option<&Kallsyms>, ip: u64) -> String {
+    match ksyms.and_then(|k| k.symbolize(ip)) {
+        Some((s, off)) => match &s.module {
+            Some(m) => format!("{}+{off:#x} [{m}]", s.name),
+            None => format!("{}+{off:#x}", s.name),
+        },
+        None => format!("{ip:#x}"),
+    }
 }
 
 impl Decoder {
-    pub fn decode(&mut self, ev: &RstEvent) -> Option<Rst> {
+    /// `stack` looks a stack id up in the kernel's stack map.
+    pub fn decode(
+        &mut self,
+        ev: &RstEvent,
+        stack: impl FnOnce(i32) -> Option<Vec<u64>>,
+    ) -> Option<Rst> {
         let family = match ev.family {
             AF_INET => Family::Ipv4,
             AF_INET6 => Family::Ipv6,
@@ -104,9 +125,17 @@ impl Decoder {
             local: SocketAddr::new(local, ev.local_port),
             remote: SocketAddr::new(remote, ev.remote_port),
             state: tcp_state_name(ev.state),
-            netns: None,
+            netns: (ev.netns != 0).then_some(u64::from(ev.netns)),
             actor,
             labels: Vec::new(),
+            stack: (ev.stack_id >= 0)
+                .then(|| stack(ev.stack_id))
+                .flatten()
+                .map(|ips| {
+                    ips.into_iter()
+                        .map(|ip| symbolize(self.ksyms.as_ref(), ip))
+                        .collect()
+                }),
         })
     }
 }

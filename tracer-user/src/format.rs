@@ -174,6 +174,7 @@ impl SendResetFormat {
             .field("saddr")
             .context("field saddr is missing: unsupported layout")?;
         let mut layout = SendResetLayout {
+            skbaddr: opt("skbaddr", 8)?,
             skaddr: opt("skaddr", 8)?,
             state: opt("state", 4)?,
             reason: opt("reason", 4)?,
@@ -226,6 +227,7 @@ mod tests {
             s.layout,
             SendResetLayout {
                 addr_layout: addr_layout::SOCKADDR,
+                skbaddr: 8,
                 skaddr: 16,
                 state: 24,
                 reason: 28,
@@ -258,6 +260,7 @@ mod tests {
             s.layout,
             SendResetLayout {
                 addr_layout: addr_layout::SPLIT,
+                skbaddr: 8,
                 skaddr: 16,
                 state: 24,
                 sport: 28,

@@ -2,11 +2,13 @@
 //! that produced it, and aggregates per remote IP.
 
 mod actor;
+mod btf;
 mod cause;
 mod cli;
 mod clock;
 mod event;
 mod format;
+mod kallsyms;
 mod output;
 mod preflight;
 mod summary;
@@ -62,11 +64,33 @@ async fn run(args: Args) -> Result<()> {
         .and_then(|f| SendResetFormat::from_format(&f))
         .context("reading the tcp:tcp_send_reset format file")?;
     let reason_causes = cause::reason_table(&fmt.reasons);
+    let ksyms = kallsyms::Kallsyms::load();
+    let stack_rules = match &ksyms {
+        Ok(k) => {
+            let (rules, missing) = cause::resolve_stack_rules(k);
+            if !missing.is_empty() {
+                eprintln!(
+                    "rsttrace: warning: kernel functions not found: {}; their stack rules are off",
+                    missing.join(", ")
+                );
+            }
+            rules
+        }
+        Err(e) => {
+            eprintln!(
+                "rsttrace: warning: {e:#}; socket-killed, linger-abort and app-disconnect \
+                 can't be told apart and show as their fallback cause"
+            );
+            tracer_common::StackRules::EMPTY
+        }
+    };
     preflight::raise_memlock_limit();
 
     let mut tracer = tracer::Tracer::load(&tracer::Options {
         send_reset: fmt.layout,
         reason_causes: &reason_causes,
+        stack_rules,
+        netns: netns_offsets(),
         emit_events: !args.summary_only,
         max_remote_ips: args.max_remote_ips,
     })?;
@@ -97,6 +121,7 @@ async fn run(args: Args) -> Result<()> {
         clock,
         reasons: fmt.reasons.clone(),
         actors: ActorResolver::new(),
+        ksyms: ksyms.ok(),
     };
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -121,7 +146,7 @@ async fn run(args: Args) -> Result<()> {
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                if let Err(e) = drain(guard.get_inner_mut(), &mut decoder, sink.as_mut()) {
+                if let Err(e) = drain(guard.get_inner_mut(), &tracer, &mut decoder, sink.as_mut()) {
                     output_ok = stop_on_output_error(e)?;
                     break;
                 }
@@ -133,7 +158,7 @@ async fn run(args: Args) -> Result<()> {
     // Detach before the final drain so every counted RST is either shown
     // or reported as lost.
     tracer.detach()?;
-    if output_ok && let Err(e) = drain(events.get_mut(), &mut decoder, sink.as_mut()) {
+    if output_ok && let Err(e) = drain(events.get_mut(), &tracer, &mut decoder, sink.as_mut()) {
         output_ok = stop_on_output_error(e)?;
     }
     let summary = summary::build(
@@ -148,8 +173,33 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Offsets for reading a RST's network namespace; without BTF the trace
+/// still runs, with `netns` null.
+fn netns_offsets() -> tracer_common::NetnsOffsets {
+    let offsets = btf::Btf::from_sys_fs().and_then(|b| {
+        let ptr = |s: &str, p: &[&str]| -> Result<u32> {
+            let m = b.member(s, p)?;
+            anyhow::ensure!(m.size == 8, "{s}.{} is not a pointer", p.join("."));
+            Ok(m.offset)
+        };
+        let inum = b.member("net", &["ns", "inum"])?;
+        anyhow::ensure!(inum.size == 4, "net.ns.inum is not 32 bits");
+        Ok(tracer_common::NetnsOffsets {
+            sock_net: ptr("sock", &["__sk_common", "skc_net", "net"])?,
+            skb_dev: ptr("sk_buff", &["dev"])?,
+            dev_net: ptr("net_device", &["nd_net", "net"])?,
+            net_inum: inum.offset,
+        })
+    });
+    offsets.unwrap_or_else(|e| {
+        eprintln!("rsttrace: warning: network namespaces will not be shown: {e:#}");
+        tracer_common::NetnsOffsets::UNSET
+    })
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
+    tracer: &tracer::Tracer,
     decoder: &mut Decoder,
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
@@ -161,7 +211,7 @@ fn drain(
         // with the ring's 8-byte alignment.
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
-        if let Some(rst) = decoder.decode(&ev) {
+        if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id)) {
             sink.rst(&rst)?;
         }
     }

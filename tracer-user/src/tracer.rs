@@ -4,18 +4,20 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{TracePoint, trace_point::TracePointLinkId},
 };
-use tracer_common::{RemoteKey, RemoteStats, SendResetLayout};
+use tracer_common::{NetnsOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules};
 
-use crate::cause::Cause;
+use crate::cause::ReasonEntry;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub struct Options<'a> {
     pub send_reset: SendResetLayout,
-    pub reason_causes: &'a [(u32, Cause)],
+    pub reason_causes: &'a [(u32, ReasonEntry)],
+    pub stack_rules: StackRules,
+    pub netns: NetnsOffsets,
     pub emit_events: bool,
     pub max_remote_ips: u32,
 }
@@ -31,6 +33,8 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
             .override_global("EMIT_EVENTS", &emit, true)
+            .override_global("STACK_RULES", &opts.stack_rules, true)
+            .override_global("NETNS_OFFSETS", &opts.netns, true)
             .map_max_entries("REMOTES", opts.max_remote_ips)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
@@ -39,9 +43,9 @@ impl Tracer {
             ebpf.map_mut("REASON_CAUSE")
                 .context("REASON_CAUSE map missing")?,
         )?;
-        for (reason, cause) in opts.reason_causes {
+        for (reason, entry) in opts.reason_causes {
             table
-                .set(*reason, *cause as u8, 0)
+                .set(*reason, entry.raw(), 0)
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
         }
         Ok(Self { ebpf, link: None })
@@ -74,6 +78,14 @@ impl Tracer {
                 .context("detaching from tcp:tcp_send_reset")?;
         }
         Ok(())
+    }
+
+    /// Return addresses of a stack the kernel stored, innermost first.
+    pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        let map = self.ebpf.map("STACK_TRACES")?;
+        let stacks = StackTraceMap::try_from(map).ok()?;
+        let st = stacks.get(&u32::try_from(id).ok()?, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {

@@ -40,7 +40,7 @@ fn closed_port_ipv4() {
     );
     let out = trace.stop();
     assert_eq!(sent, 5, "OutRsts delta in the namespace");
-    let evs = out.assert_exactly("127.3.0.1", sent, "closed-port");
+    let evs = out.assert_exactly(&ns, "127.3.0.1", sent, "closed-port");
     for e in evs {
         assert_eq!(e["kernel_reason"], "NO_SOCKET");
         assert_eq!(e["family"], "ipv4");
@@ -68,7 +68,7 @@ fn closed_port_ipv6() {
     );
     let out = trace.stop();
     assert_eq!(sent, 4, "OutRsts delta in the namespace");
-    let evs = out.assert_exactly("fd72:7374::3", sent, "closed-port");
+    let evs = out.assert_exactly(&ns, "fd72:7374::3", sent, "closed-port");
     for e in evs {
         assert_eq!(e["family"], "ipv6");
         assert_eq!(e["local_ip"], "::1");
@@ -103,7 +103,7 @@ fn abort_on_close_with_unread_data() {
     });
     let out = trace.stop();
     assert_eq!(sent, n, "OutRsts delta in the namespace");
-    let evs = out.assert_exactly("127.4.0.1", sent, "abort-on-close");
+    let evs = out.assert_exactly(&ns, "127.4.0.1", sent, "abort-on-close");
     for e in evs {
         assert_eq!(e["kernel_reason"], "TCP_ABORT_ON_CLOSE");
         assert_eq!(e["local_ip"], "127.0.0.1");
@@ -175,7 +175,7 @@ fn keepalive_timeout() {
     thread::sleep(Duration::from_millis(100));
     let out = trace.stop();
     assert_eq!(sent, n, "OutRsts delta in the namespace");
-    let evs = out.assert_exactly("127.5.0.1", sent, "keepalive-timeout");
+    let evs = out.assert_exactly(&ns, "127.5.0.1", sent, "keepalive-timeout");
     for e in evs {
         assert_eq!(e["kernel_reason"], "TCP_KEEPALIVE_TIMEOUT");
         assert_eq!(e["actor"], serde_json::Value::Null, "timer path: no actor");
@@ -199,4 +199,118 @@ fn summary_only_prints_exact_counts_and_no_events() {
     assert_eq!(entry["total"], 7);
     assert_eq!(entry["by_cause"], serde_json::json!({"closed-port": 7}));
     assert!(out.summary["total"].as_u64().unwrap() >= 7);
+}
+
+/// Opens `n` connections from `client` to a listener in the calling
+/// thread's namespace; returns (client, server side) pairs.
+fn established(client: &str, n: usize) -> Vec<(std::net::TcpStream, std::net::TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    (0..n)
+        .map(|_| {
+            let c = connect_from(client.parse().unwrap(), server).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            (c.into(), s)
+        })
+        .collect()
+}
+
+fn assert_reset(mut client: std::net::TcpStream) {
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let err = client.read(&mut buf).expect_err("reset expected");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+}
+
+#[test]
+fn socket_killed_by_sock_diag_destroy() {
+    let ns = Netns::new("killed");
+    let trace = Trace::start(&[]);
+    let n = 2;
+    let sent = ns.run(move || {
+        let before = out_rsts_here();
+        let pairs = established("127.7.0.1", n);
+        // `ss -K` destroys the server-side sockets through sock_diag, the
+        // way runtime-security agents do; it runs in this namespace.
+        let out = std::process::Command::new("ss")
+            .args(["-K", "dst", "127.7.0.1"])
+            .output()
+            .expect("running ss (iproute2)");
+        assert!(out.status.success(), "ss -K: {out:?}");
+        for (c, _s) in pairs {
+            assert_reset(c);
+        }
+        out_rsts_here() - before
+    });
+    let out = trace.stop();
+    assert_eq!(sent, n as u64, "OutRsts delta in the namespace");
+    let evs = out.assert_exactly(&ns, "127.7.0.1", sent, "socket-killed");
+    for e in evs {
+        assert_eq!(e["kernel_reason"], "TCP_STATE");
+        // The destroying process is the actor, not the socket's owner.
+        assert_eq!(e["actor"]["comm"], "ss", "actor of {e}");
+    }
+}
+
+#[test]
+fn linger_abort_on_close() {
+    let ns = Netns::new("linger");
+    let trace = Trace::start(&[]);
+    let n = 3;
+    let sent = ns.run(move || {
+        let before = out_rsts_here();
+        for (c, s) in established("127.8.0.1", n) {
+            SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+            drop(s);
+            assert_reset(c);
+        }
+        out_rsts_here() - before
+    });
+    let out = trace.stop();
+    assert_eq!(sent, n as u64, "OutRsts delta in the namespace");
+    let evs = out.assert_exactly(&ns, "127.8.0.1", sent, "linger-abort");
+    for e in evs {
+        assert_eq!(e["kernel_reason"], "TCP_STATE");
+        assert_eq!(e["actor"]["pid"], std::process::id(), "actor of {e}");
+    }
+}
+
+#[test]
+fn app_disconnect_with_connect_af_unspec() {
+    let ns = Netns::new("disconnect");
+    let trace = Trace::start(&[]);
+    let n = 2;
+    let sent = ns.run(move || {
+        let before = out_rsts_here();
+        for (c, s) in established("127.9.0.1", n) {
+            let unspec = libc::sockaddr {
+                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+                sa_data: [0; 14],
+            };
+            // SAFETY: a valid socket and a sockaddr of the size given.
+            let rc = unsafe {
+                libc::connect(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    &unspec,
+                    size_of::<libc::sockaddr>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "connect(AF_UNSPEC): {}",
+                std::io::Error::last_os_error()
+            );
+            assert_reset(c);
+        }
+        out_rsts_here() - before
+    });
+    let out = trace.stop();
+    assert_eq!(sent, n as u64, "OutRsts delta in the namespace");
+    let evs = out.assert_exactly(&ns, "127.9.0.1", sent, "app-disconnect");
+    for e in evs {
+        assert_eq!(e["actor"]["pid"], std::process::id(), "actor of {e}");
+    }
 }

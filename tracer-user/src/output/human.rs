@@ -78,6 +78,11 @@ pub fn rst_text(rst: &Rst) -> String {
     for l in &rst.labels {
         line.push_str(&format!(" [{l}]"));
     }
+    if let Some(stack) = &rst.stack {
+        // The innermost frames name the path that needs a rule.
+        let frames: Vec<&str> = stack.iter().take(6).map(String::as_str).collect();
+        line.push_str(&format!(" stack={}", frames.join("<-")));
+    }
     line
 }
 
@@ -197,6 +202,7 @@ mod tests {
             netns: None,
             actor: None,
             labels: vec![],
+            stack: None,
         }
     }
 

@@ -27,6 +27,8 @@ struct RstLine<'a> {
     netns: Option<u64>,
     actor: Option<&'a Actor>,
     labels: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -81,6 +83,7 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
         netns: rst.netns,
         actor: rst.actor.as_ref(),
         labels: &rst.labels,
+        stack: rst.stack.as_deref(),
     }
 }
 
@@ -148,6 +151,7 @@ mod tests {
                 cgroup: Some("/user.slice".into()),
             }),
             labels: vec![],
+            stack: None,
         };
         assert_eq!(
             serde_json::to_value(rst_line(&rst)).unwrap(),
@@ -166,6 +170,33 @@ mod tests {
                 "actor": {"pid": 42, "tid": 43, "comm": "server", "exe": null, "cgroup": "/user.slice"},
                 "labels": [],
             })
+        );
+    }
+
+    #[test]
+    fn unknown_rsts_carry_their_stack() {
+        let rst = Rst {
+            ts: UNIX_EPOCH,
+            cause: Cause::Unknown,
+            kernel_reason: Some("NOT_SPECIFIED".into()),
+            family: Family::Ipv4,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.2:2".parse().unwrap(),
+            state: None,
+            netns: Some(4026531840),
+            actor: None,
+            labels: vec![],
+            stack: Some(vec![
+                "tcp_v4_send_reset+0x1a".into(),
+                "nft_do_chain+0x10 [nf_tables]".into(),
+            ]),
+        };
+        let v = serde_json::to_value(rst_line(&rst)).unwrap();
+        assert_eq!(v["cause"], "unknown");
+        assert_eq!(v["netns"], 4026531840u64);
+        assert_eq!(
+            v["stack"],
+            json!(["tcp_v4_send_reset+0x1a", "nft_do_chain+0x10 [nf_tables]"])
         );
     }
 

@@ -97,6 +97,14 @@ impl Netns {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
+    /// The namespace's inode number, as rsttrace reports it in `netns`.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+
     /// Tcp OutRsts of this namespace: exactly the RSTs its TCP stack sent.
     pub fn out_rsts(&self) -> u64 {
         self.run(out_rsts_here)
@@ -254,9 +262,10 @@ impl TraceOutput {
             .find(|r| r["remote_ip"] == remote)
     }
 
-    /// Asserts that `remote` received exactly `n` RSTs, all of `cause`, in
-    /// both the event stream and the summary, and returns its events.
-    pub fn assert_exactly(&self, remote: &str, n: u64, cause: &str) -> Vec<&Value> {
+    /// Asserts that `remote` received exactly `n` RSTs, all of `cause` and
+    /// all from namespace `ns`, in both the event stream and the summary,
+    /// and returns its events.
+    pub fn assert_exactly(&self, ns: &Netns, remote: &str, n: u64, cause: &str) -> Vec<&Value> {
         assert_eq!(
             self.summary["lost"], 0,
             "events were lost: {}",
@@ -273,6 +282,9 @@ impl TraceOutput {
             BTreeMap::from([(cause, n as usize)]),
             "causes of the RSTs to {remote}"
         );
+        for e in &evs {
+            assert_eq!(e["netns"], ns.inode(), "netns of {e}");
+        }
         let entry = self
             .remote(remote)
             .unwrap_or_else(|| panic!("{remote} missing from summary {}", self.summary));

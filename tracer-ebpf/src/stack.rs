@@ -1,0 +1,67 @@
+//! Stack rules: for reasons the kernel reuses on several paths (TCP_STATE
+//! is sent by close with SO_LINGER 0, by connect(AF_UNSPEC) and by sock_diag
+//! destroy alike), the functions on the kernel stack tell the paths apart.
+//! Userspace resolves the functions to address ranges; the first rule with
+//! a frame inside its range decides, so counts in the kernel are by the
+//! final cause. Stacks are only taken for ambiguous reasons: they cost.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::bpf_get_stack,
+    macros::map,
+    maps::{PerCpuArray, StackTrace},
+    programs::{TracePointContext, tracing::StackIdContext as _},
+};
+use tracer_common::{MAX_STACK_RULES, STACK_DEPTH, StackRules};
+
+#[unsafe(no_mangle)]
+static STACK_RULES: StackRules = StackRules::EMPTY;
+
+/// Stacks of RSTs no rule explains, deduplicated by the kernel.
+#[map]
+static STACK_TRACES: StackTrace = StackTrace::with_max_entries(1024, 0);
+
+pub fn unknown_stack_id(ctx: &TracePointContext) -> i32 {
+    ctx.get_stackid(&STACK_TRACES, 0).map_or(-1, |id| id as i32)
+}
+
+#[map]
+static STACK_BUF: PerCpuArray<[u64; STACK_DEPTH]> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C) -> Option<u8> {
+    let buf = STACK_BUF.get_ptr_mut(0)?;
+    // SAFETY: buf is a per-CPU scratch of exactly the size passed.
+    let n = unsafe { bpf_get_stack(ctx.as_ptr(), buf.cast(), (STACK_DEPTH * 8) as u32, 0) };
+    if n <= 0 {
+        return None;
+    }
+    let frames = (n as usize / 8).min(STACK_DEPTH);
+    let rules = &STACK_RULES;
+    // SAFETY: a read-only global that userspace sets before load.
+    let count = unsafe { core::ptr::read_volatile(&rules.count) } as usize;
+    for r in 0..MAX_STACK_RULES {
+        if r >= count {
+            break;
+        }
+        let rule = rules.rules.get(r)?;
+        // SAFETY: as above.
+        let (start, end, cause) = unsafe {
+            (
+                core::ptr::read_volatile(&rule.start),
+                core::ptr::read_volatile(&rule.end),
+                core::ptr::read_volatile(&rule.cause),
+            )
+        };
+        for i in 0..STACK_DEPTH {
+            if i >= frames {
+                break;
+            }
+            // SAFETY: i < STACK_DEPTH, inside the scratch buffer.
+            let ip = unsafe { (*buf)[i] };
+            if ip >= start && ip < end {
+                return Some(cause as u8);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,131 @@
+//! /proc/kallsyms: kernel function address ranges, for stack rules and for
+//! naming the frames of a stack.
+
+use anyhow::{Result, bail};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol {
+    pub addr: u64,
+    pub name: String,
+    pub module: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    /// Text symbols, sorted by address.
+    syms: Vec<Symbol>,
+}
+
+impl Kallsyms {
+    pub fn load() -> Result<Self> {
+        let text = std::fs::read_to_string("/proc/kallsyms")
+            .map_err(|e| anyhow::anyhow!("can't read /proc/kallsyms: {e}"))?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut syms = Vec::new();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T" | "w" | "W") {
+                continue;
+            }
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            let module = f
+                .next()
+                .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+            syms.push(Symbol {
+                addr,
+                name: name.to_string(),
+                module,
+            });
+        }
+        if syms.is_empty() {
+            bail!("no function symbols in /proc/kallsyms");
+        }
+        if syms.iter().all(|s| s.addr == 0) {
+            bail!(
+                "kernel symbol addresses are hidden (kernel.kptr_restrict; run as root with CAP_SYSLOG)"
+            );
+        }
+        syms.sort_by_key(|s| s.addr);
+        Ok(Self { syms })
+    }
+
+    /// [start, end) of a function: up to the next symbol's address.
+    pub fn range(&self, name: &str) -> Option<(u64, u64)> {
+        let i = self.syms.iter().position(|s| s.name == name)?;
+        let start = self.syms[i].addr;
+        let end = self.syms[i + 1..]
+            .iter()
+            .map(|s| s.addr)
+            .find(|a| *a > start)
+            .unwrap_or(start + 1);
+        Some((start, end))
+    }
+
+    /// The function containing `addr`, and the offset into it.
+    pub fn symbolize(&self, addr: u64) -> Option<(&Symbol, u64)> {
+        let i = self.syms.partition_point(|s| s.addr <= addr);
+        let s = self.syms.get(i.checked_sub(1)?)?;
+        Some((s, addr - s.addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffff8206b520 T tcp_abort
+ffffffff820711c0 T __tcp_close
+ffffffff820715f0 T tcp_close
+ffffffff820719a0 T tcp_disconnect
+ffffffff82071000 d some_data
+ffffffffc0a01000 t nft_do_chain\t[nf_tables]
+ffffffff820719f0 t next_fn
+";
+
+    #[test]
+    fn ranges_end_at_the_next_function() {
+        let k = Kallsyms::parse(SAMPLE).unwrap();
+        assert_eq!(
+            k.range("tcp_close"),
+            Some((0xffffffff820715f0, 0xffffffff820719a0))
+        );
+        assert_eq!(
+            k.range("tcp_disconnect"),
+            Some((0xffffffff820719a0, 0xffffffff820719f0))
+        );
+        assert_eq!(k.range("some_data"), None, "data symbols are not functions");
+        assert_eq!(k.range("missing"), None);
+    }
+
+    #[test]
+    fn symbolizes_with_module() {
+        let k = Kallsyms::parse(SAMPLE).unwrap();
+        let (s, off) = k.symbolize(0xffffffff820715f0 + 0x10).unwrap();
+        assert_eq!((s.name.as_str(), off), ("tcp_close", 0x10));
+        let (s, _) = k.symbolize(0xffffffffc0a01010).unwrap();
+        assert_eq!(s.module.as_deref(), Some("nf_tables"));
+        assert!(k.symbolize(0x1000).is_none());
+    }
+
+    #[test]
+    fn hidden_addresses_and_garbage_are_errors() {
+        let hidden = "0000000000000000 T tcp_abort\n0000000000000000 T tcp_close\n";
+        assert!(
+            Kallsyms::parse(hidden)
+                .unwrap_err()
+                .to_string()
+                .contains("kptr_restrict")
+        );
+        assert!(Kallsyms::parse("garbage\n\nzz T x\n").is_err());
+        assert!(Kallsyms::parse("").is_err());
+    }
+}
