@@ -6,7 +6,6 @@
 //! final cause. Stacks are only taken for ambiguous reasons: they cost.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::generated::bpf_get_stack,
     macros::map,
     maps::{PerCpuArray, StackTrace},
