@@ -9,6 +9,8 @@ use std::{
 use serde::Serialize;
 use tracer_common::RstEvent;
 
+use crate::agents::Agents;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
     pub pid: u32,
@@ -18,6 +20,9 @@ pub struct Actor {
     pub exe: Option<String>,
     /// cgroup v2 path relative to the cgroup root, when it can be resolved.
     pub cgroup: Option<String>,
+    /// The runtime-security agent this process is, if it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 pub fn comm_str(comm: &[u8]) -> String {
@@ -28,6 +33,7 @@ pub fn comm_str(comm: &[u8]) -> String {
 /// Resolves cgroup ids (the cgroup directory's inode on cgroup v2) to paths,
 /// walking the hierarchy at most once per unknown id.
 pub struct ActorResolver {
+    agents: Agents,
     /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
     root: Option<PathBuf>,
     cgroups: HashMap<u64, Option<String>>,
@@ -45,9 +51,10 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 }
 
 impl ActorResolver {
-    pub fn new() -> Self {
+    pub fn new(agents: Agents) -> Self {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         Self {
+            agents,
             root: cgroup2_mount(&mounts),
             cgroups: HashMap::new(),
         }
@@ -58,12 +65,15 @@ impl ActorResolver {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
+        let comm = comm_str(&ev.comm);
+        let agent = self.agents.classify(&comm, exe.as_deref());
         Actor {
             pid,
             tid: ev.pid_tgid as u32,
-            comm: comm_str(&ev.comm),
+            comm,
             exe,
             cgroup: self.cgroup_path(ev.cgroup_id),
+            agent,
         }
     }
 

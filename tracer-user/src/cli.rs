@@ -36,6 +36,12 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
 
+    /// Label RSTs whose actor matches PATTERN (process name or executable
+    /// path; `*` and `?` wildcards) as `security-agent`, in addition to the
+    /// built-in list of well-known agents. Repeatable.
+    #[arg(long, value_name = "PATTERN", value_parser = crate::agents::parse_pattern)]
+    pub agent: Vec<String>,
+
     /// Distinct (remote IP, cause) pairs counted in the kernel; RSTs beyond are
     /// still counted per cause and reported as `remote_ip_overflow`.
     #[arg(long, default_value_t = 65536, value_name = "N",

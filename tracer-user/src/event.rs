@@ -117,6 +117,10 @@ impl Decoder {
                 .unwrap_or_else(|| format!("REASON_{}", ev.reason))
         });
         let actor = cause.has_actor().then(|| self.actors.resolve(ev));
+        let labels = match actor.as_ref().and_then(|a| a.agent.as_ref()) {
+            Some(_) => vec!["security-agent".to_string()],
+            None => Vec::new(),
+        };
         Some(Rst {
             ts: self.clock.to_system_time(ev.ts_ns),
             cause,
@@ -127,7 +131,7 @@ impl Decoder {
             state: tcp_state_name(ev.state),
             netns: (ev.netns != 0).then_some(u64::from(ev.netns)),
             actor,
-            labels: Vec::new(),
+            labels,
             stack: (ev.stack_id >= 0)
                 .then(|| stack(ev.stack_id))
                 .flatten()

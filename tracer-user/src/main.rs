@@ -2,10 +2,12 @@
 //! that produced it, and aggregates per remote IP.
 
 mod actor;
+mod agents;
 mod btf;
 mod cause;
 mod cli;
 mod clock;
+mod diagnosis;
 mod event;
 mod format;
 mod kallsyms;
@@ -30,8 +32,8 @@ use tokio::{
 use tracer_common::RstEvent;
 
 use crate::{
-    actor::ActorResolver, cli::Args, clock::BootClock, event::Decoder, format::Format,
-    format::SendResetFormat, output::Sink,
+    actor::ActorResolver, cli::Args, clock::BootClock, diagnosis::ActorTally, event::Decoder,
+    format::Format, format::SendResetFormat, output::Sink,
 };
 
 fn main() -> ExitCode {
@@ -120,7 +122,7 @@ async fn run(args: Args) -> Result<()> {
     let mut decoder = Decoder {
         clock,
         reasons: fmt.reasons.clone(),
-        actors: ActorResolver::new(),
+        actors: ActorResolver::new(agents::Agents::new(args.agent.clone())),
         ksyms: ksyms.ok(),
     };
 
@@ -136,6 +138,7 @@ async fn run(args: Args) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     let mut output_ok = true;
+    let mut tally = ActorTally::default();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -146,7 +149,7 @@ async fn run(args: Args) -> Result<()> {
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                if let Err(e) = drain(guard.get_inner_mut(), &tracer, &mut decoder, sink.as_mut()) {
+                if let Err(e) = drain(guard.get_inner_mut(), &tracer, &mut decoder, &mut tally, sink.as_mut()) {
                     output_ok = stop_on_output_error(e)?;
                     break;
                 }
@@ -158,15 +161,26 @@ async fn run(args: Args) -> Result<()> {
     // Detach before the final drain so every counted RST is either shown
     // or reported as lost.
     tracer.detach()?;
-    if output_ok && let Err(e) = drain(events.get_mut(), &tracer, &mut decoder, sink.as_mut()) {
+    if output_ok
+        && let Err(e) = drain(
+            events.get_mut(),
+            &tracer,
+            &mut decoder,
+            &mut tally,
+            sink.as_mut(),
+        )
+    {
         output_ok = stop_on_output_error(e)?;
     }
-    let summary = summary::build(
+    let mut summary = summary::build(
         &tracer.stats()?,
         tracer.remotes()?,
         &decoder.clock,
         started.elapsed(),
     );
+    for r in &mut summary.by_remote_ip {
+        r.diagnosis = Some(diagnosis::diagnose(r, &tally));
+    }
     if output_ok && let Err(e) = sink.summary(&summary) {
         stop_on_output_error(e)?;
     }
@@ -201,6 +215,7 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     tracer: &tracer::Tracer,
     decoder: &mut Decoder,
+    tally: &mut ActorTally,
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
@@ -212,6 +227,7 @@ fn drain(
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
         if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id)) {
+            tally.observe(&rst);
             sink.rst(&rst)?;
         }
     }

@@ -20,6 +20,8 @@ pub struct RemoteSummary {
     pub by_cause: BTreeMap<Cause, u64>,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
+    /// What to look at next (human output), filled in by `diagnosis`.
+    pub diagnosis: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +92,7 @@ pub fn build(
             by_cause: a.by_cause,
             first_seen: clock.to_system_time(a.first),
             last_seen: clock.to_system_time(a.last),
+            diagnosis: None,
         })
         .collect();
     by_remote_ip.sort_by_key(|r| (Reverse(r.total), r.remote_ip));

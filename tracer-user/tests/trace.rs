@@ -251,6 +251,11 @@ fn socket_killed_by_sock_diag_destroy() {
         assert_eq!(e["kernel_reason"], "TCP_STATE");
         // The destroying process is the actor, not the socket's owner.
         assert_eq!(e["actor"]["comm"], "ss", "actor of {e}");
+        assert_eq!(
+            e["labels"],
+            serde_json::json!([]),
+            "ss is no security agent"
+        );
     }
 }
 
@@ -313,4 +318,57 @@ fn app_disconnect_with_connect_af_unspec() {
     for e in evs {
         assert_eq!(e["actor"]["pid"], std::process::id(), "actor of {e}");
     }
+}
+
+/// The motivating case: a runtime-security agent blocks a peer by
+/// destroying its sockets. A known agent's name and an in-house one given
+/// with --agent both earn the `security-agent` label.
+#[test]
+fn socket_killed_by_a_security_agent_is_labelled() {
+    let ns = Netns::new("agent");
+    let dir = std::env::temp_dir().join(format!("rsttrace-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ss = which_ss();
+    // Copies of ss whose process names are those of agents.
+    for name in ["crowdsec", "blocklistd"] {
+        std::fs::copy(&ss, dir.join(name)).unwrap();
+    }
+    let trace = Trace::start(&["--agent", "blocklist*"]);
+    let dir2 = dir.clone();
+    let sent = ns.run(move || {
+        let before = out_rsts_here();
+        let a = established("127.11.0.1", 2);
+        let b = established("127.12.0.1", 1);
+        for (agent, peer) in [("crowdsec", "127.11.0.1"), ("blocklistd", "127.12.0.1")] {
+            let out = std::process::Command::new(dir2.join(agent))
+                .args(["-K", "dst", peer])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{agent} -K: {out:?}");
+        }
+        for (c, _s) in a.into_iter().chain(b) {
+            assert_reset(c);
+        }
+        out_rsts_here() - before
+    });
+    let out = trace.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(sent, 3, "OutRsts delta in the namespace");
+    for e in out.assert_exactly(&ns, "127.11.0.1", 2, "socket-killed") {
+        assert_eq!(e["actor"]["comm"], "crowdsec");
+        assert_eq!(e["actor"]["agent"], "CrowdSec");
+        assert_eq!(e["labels"], serde_json::json!(["security-agent"]));
+    }
+    for e in out.assert_exactly(&ns, "127.12.0.1", 1, "socket-killed") {
+        assert_eq!(e["actor"]["agent"], "blocklistd");
+        assert_eq!(e["labels"], serde_json::json!(["security-agent"]));
+    }
+}
+
+fn which_ss() -> std::path::PathBuf {
+    ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .expect("ss (iproute2) is installed")
 }

@@ -75,8 +75,12 @@ pub fn rst_text(rst: &Rst) -> String {
             line.push_str(&format!(" cgroup={cg}"));
         }
     }
+    let agent = rst.actor.as_ref().and_then(|a| a.agent.as_deref());
     for l in &rst.labels {
-        line.push_str(&format!(" [{l}]"));
+        match agent {
+            Some(name) if l == "security-agent" => line.push_str(&format!(" [{l}: {name}]")),
+            _ => line.push_str(&format!(" [{l}]")),
+        }
     }
     if let Some(stack) = &rst.stack {
         // The innermost frames name the path that needs a rule.
@@ -125,6 +129,18 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         causes.sort_by_key(|(c, n)| (std::cmp::Reverse(**n), **c));
         for (c, n) in causes {
             t.push_str(&format!("{:<40} {:>8}\n", c.name(), n));
+        }
+    }
+    let diagnoses: Vec<_> = s
+        .by_remote_ip
+        .iter()
+        .take(top)
+        .filter_map(|r| Some((r.remote_ip, r.diagnosis.as_deref()?)))
+        .collect();
+    if !diagnoses.is_empty() {
+        t.push_str("\nDIAGNOSIS\n");
+        for (ip, d) in diagnoses {
+            t.push_str(&format!("{ip}: {d}\n"));
         }
     }
     if s.remote_ip_overflow > 0 {
@@ -234,6 +250,7 @@ mod tests {
                 by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
                 first_seen: UNIX_EPOCH,
                 last_seen: UNIX_EPOCH,
+                diagnosis: None,
             }],
         };
         h.summary(&s).unwrap();
@@ -253,6 +270,7 @@ mod tests {
             by_cause: [(Cause::ClosedPort, n)].into_iter().collect(),
             first_seen: UNIX_EPOCH,
             last_seen: UNIX_EPOCH,
+            diagnosis: None,
         };
         let s = Summary {
             duration: Duration::from_secs(1),

@@ -149,6 +149,7 @@ mod tests {
                 comm: "server".into(),
                 exe: None,
                 cgroup: Some("/user.slice".into()),
+                agent: None,
             }),
             labels: vec![],
             stack: None,
@@ -215,6 +216,7 @@ mod tests {
                 by_cause: [(Cause::ClosedPort, 3)].into_iter().collect(),
                 first_seen: t,
                 last_seen: t,
+                diagnosis: None,
             }],
         };
         let v = serde_json::to_value(summary_line(&s)).unwrap();

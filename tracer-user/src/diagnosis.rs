@@ -1,0 +1,174 @@
+//! The last lines of the human summary: per remote IP, the dominant cause
+//! and what to look at next.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::{cause::Cause, event::Rst, summary::RemoteSummary};
+
+/// (cause, process name, security agent it is).
+type ActorKey = (Cause, String, Option<String>);
+
+/// Who sent the RSTs that have an actor, per remote IP, from the events
+/// that reached userspace.
+#[derive(Debug, Default)]
+pub struct ActorTally {
+    by_remote: HashMap<IpAddr, HashMap<ActorKey, u64>>,
+}
+
+impl ActorTally {
+    pub fn observe(&mut self, rst: &Rst) {
+        let Some(actor) = &rst.actor else { return };
+        *self
+            .by_remote
+            .entry(rst.remote.ip())
+            .or_default()
+            .entry((rst.cause, actor.comm.clone(), actor.agent.clone()))
+            .or_default() += 1;
+    }
+
+    /// The process that sent most RSTs of `cause` to `ip`.
+    fn top(&self, ip: IpAddr, cause: Cause) -> Option<(&str, Option<&str>, u64)> {
+        self.by_remote
+            .get(&ip)?
+            .iter()
+            .filter(|((c, _, _), _)| *c == cause)
+            .max_by_key(|(k, n)| (**n, std::cmp::Reverse(k.1.clone())))
+            .map(|((_, comm, agent), n)| (comm.as_str(), agent.as_deref(), *n))
+    }
+}
+
+pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
+    let Some((&cause, &n)) = r
+        .by_cause
+        .iter()
+        .max_by_key(|(c, n)| (**n, std::cmp::Reverse(**c)))
+    else {
+        return String::new();
+    };
+    let lead = format!("{cause} ({n} of {})", r.total);
+    let advice = match cause {
+        Cause::SocketKilled => match tally.top(r.remote_ip, cause) {
+            Some((comm, Some(agent), k)) => format!(
+                "process {comm} (security agent: {agent}) destroyed {k} connections from this IP: check its block list"
+            ),
+            Some((comm, None, k)) => format!(
+                "process {comm} destroyed {k} connections from this IP (sock_diag destroy): check why it blocks this peer"
+            ),
+            None => "another process destroyed these connections (sock_diag destroy)".to_string(),
+        },
+        Cause::ClosedPort => {
+            "connections to ports nobody listens on: a scan, or a service that is down".to_string()
+        }
+        Cause::AbortOnClose => actor_advice(
+            r,
+            tally,
+            cause,
+            "closed connections without reading what the peer sent: check its errors and timeouts",
+        ),
+        Cause::LingerAbort => actor_advice(
+            r,
+            tally,
+            cause,
+            "closes with SO_LINGER 0 (abortive close): often deliberate in proxies and load balancers",
+        ),
+        Cause::AppDisconnect => actor_advice(
+            r,
+            tally,
+            cause,
+            "dropped live connections with connect(AF_UNSPEC)",
+        ),
+        Cause::KeepaliveTimeout => "keepalive probes went unanswered: the peer, or a NAT/firewall idle timeout on the way, dropped the connection".to_string(),
+        Cause::DataAfterClose => "the peer sent data after this host closed: a keep-alive race; make this server's idle timeout longer than the client's".to_string(),
+        Cause::Linger2Timeout => "FIN_WAIT2 timed out: the peer never closed its side (net.ipv4.tcp_fin_timeout)".to_string(),
+        Cause::MemoryPressure => "TCP memory or orphan limits forced aborts: check net.ipv4.tcp_mem and tcp_max_orphans".to_string(),
+        Cause::InvalidSegment => "segments invalid for the connection's state: a middlebox rewriting sequence numbers, or a peer reusing a port too early".to_string(),
+        Cause::Mptcp => "MPTCP subflow resets".to_string(),
+        Cause::NetfilterReject => "a netfilter REJECT rule answered: check the ruleset".to_string(),
+        Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, or a kernel module)".to_string(),
+        Cause::Unknown => "no rule explains these: the events carry the kernel stack; please report it".to_string(),
+    };
+    format!("{lead}: {advice}")
+}
+
+fn actor_advice(r: &RemoteSummary, tally: &ActorTally, cause: Cause, what: &str) -> String {
+    match tally.top(r.remote_ip, cause) {
+        Some((comm, _, _)) => format!("{comm} {what}"),
+        None => format!("the application {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{actor::Actor, event::Family};
+    use std::time::UNIX_EPOCH;
+
+    fn remote(ip: &str, causes: &[(Cause, u64)]) -> RemoteSummary {
+        RemoteSummary {
+            remote_ip: ip.parse().unwrap(),
+            total: causes.iter().map(|c| c.1).sum(),
+            by_cause: causes.iter().copied().collect(),
+            first_seen: UNIX_EPOCH,
+            last_seen: UNIX_EPOCH,
+            diagnosis: None,
+        }
+    }
+
+    fn killed_by(comm: &str, agent: Option<&str>) -> Rst {
+        Rst {
+            ts: UNIX_EPOCH,
+            cause: Cause::SocketKilled,
+            kernel_reason: Some("TCP_STATE".into()),
+            family: Family::Ipv4,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "127.7.0.1:5000".parse().unwrap(),
+            state: Some("TCP_ESTABLISHED"),
+            netns: None,
+            actor: Some(Actor {
+                pid: 1,
+                tid: 1,
+                comm: comm.into(),
+                exe: None,
+                cgroup: None,
+                agent: agent.map(Into::into),
+            }),
+            labels: vec![],
+            stack: None,
+        }
+    }
+
+    #[test]
+    fn socket_killed_by_an_agent_names_it_and_its_block_list() {
+        let mut t = ActorTally::default();
+        for _ in 0..3 {
+            t.observe(&killed_by("crowdsec", Some("CrowdSec")));
+        }
+        let d = diagnose(
+            &remote(
+                "127.7.0.1",
+                &[(Cause::SocketKilled, 3), (Cause::ClosedPort, 1)],
+            ),
+            &t,
+        );
+        assert_eq!(
+            d,
+            "socket-killed (3 of 4): process crowdsec (security agent: CrowdSec) destroyed 3 connections from this IP: check its block list"
+        );
+    }
+
+    #[test]
+    fn dominant_cause_leads() {
+        let t = ActorTally::default();
+        let d = diagnose(
+            &remote(
+                "127.0.0.9",
+                &[(Cause::ClosedPort, 9), (Cause::KeepaliveTimeout, 2)],
+            ),
+            &t,
+        );
+        assert!(
+            d.starts_with("closed-port (9 of 11): connections to ports nobody listens on"),
+            "{d}"
+        );
+    }
+}
