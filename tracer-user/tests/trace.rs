@@ -8,6 +8,7 @@ mod support;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -76,33 +77,35 @@ fn closed_port_ipv6() {
     }
 }
 
-#[test]
-fn abort_on_close_with_unread_data() {
-    let ns = Netns::new("abort");
-    let trace = Trace::start(&[]);
-    let n = 3;
-    let sent = ns.run(move || {
+/// The server closes `n` connections from `client` with the request
+/// unread; returns the namespace's OutRsts delta.
+fn abort_on_close(ns: &Netns, client: &'static str, n: u64) -> u64 {
+    ns.run(move || {
         let before = out_rsts_here();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = listener.local_addr().unwrap();
         for _ in 0..n {
-            let client = connect_from("127.4.0.1".parse().unwrap(), server).unwrap();
-            let mut client: std::net::TcpStream = client.into();
-            client.write_all(b"unread request").unwrap();
+            let c = connect_from(client.parse().unwrap(), server).unwrap();
+            let mut c: std::net::TcpStream = c.into();
+            c.write_all(b"unread request").unwrap();
             let (conn, _) = listener.accept().unwrap();
             // Wait until the data sits in the receive queue, unread.
             let mut buf = [0u8; 4];
             assert_eq!(conn.peek(&mut buf).unwrap(), 4);
             drop(conn);
-            // The client sees the reset.
-            let mut rest = Vec::new();
-            let err = client.read_to_end(&mut rest).expect_err("reset expected");
-            assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+            assert_reset(c);
         }
         out_rsts_here() - before
-    });
+    })
+}
+
+#[test]
+fn abort_on_close_with_unread_data() {
+    let ns = Netns::new("abort");
+    let trace = Trace::start(&[]);
+    let sent = abort_on_close(&ns, "127.4.0.1", 3);
     let out = trace.stop();
-    assert_eq!(sent, n, "OutRsts delta in the namespace");
+    assert_eq!(sent, 3, "OutRsts delta in the namespace");
     let evs = out.assert_exactly(&ns, "127.4.0.1", sent, "abort-on-close");
     for e in evs {
         assert_eq!(e["kernel_reason"], "TCP_ABORT_ON_CLOSE");
@@ -124,21 +127,18 @@ fn own_cgroup2_path() -> String {
         .to_string()
 }
 
-#[test]
-fn keepalive_timeout() {
-    let ns = Netns::new("keepalive");
-    // Swallow everything the client sends once connected, so that the
-    // server's keepalive probes go unanswered (this namespace only).
-    let trace = Trace::start(&[]);
-    let n = 2;
+/// `n` idle connections from `client` whose server side has a 1 s
+/// keepalive; an nft rule in the test's namespace swallows the client's
+/// answers so the probes go unanswered. Returns the OutRsts delta.
+fn keepalive_timeout_scenario(ns: &Netns, client: &'static str, n: u64) -> u64 {
     let ns_name = ns.name.clone();
-    let sent = ns.run(move || {
+    ns.run(move || {
         let before = out_rsts_here();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = listener.local_addr().unwrap();
         let mut pairs = vec![];
         for _ in 0..n {
-            let client = connect_from("127.5.0.1".parse().unwrap(), server).unwrap();
+            let c = connect_from(client.parse().unwrap(), server).unwrap();
             let (conn, _) = listener.accept().unwrap();
             SockRef::from(&conn)
                 .set_tcp_keepalive(
@@ -148,7 +148,7 @@ fn keepalive_timeout() {
                         .with_retries(1),
                 )
                 .unwrap();
-            pairs.push((client, conn));
+            pairs.push((c, conn));
         }
         let nft = |rule: &str| {
             let st = std::process::Command::new("nft")
@@ -160,7 +160,9 @@ fn keepalive_timeout() {
         // nft runs in this thread's namespace: the test's own.
         nft("add table inet rsttrace_test");
         nft("add chain inet rsttrace_test in { type filter hook input priority 0 ; }");
-        nft("add rule inet rsttrace_test in ip saddr 127.5.0.1 drop");
+        nft(&format!(
+            "add rule inet rsttrace_test in ip saddr {client} drop"
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         for (_client, mut conn) in pairs {
             conn.set_read_timeout(Some(deadline - Instant::now()))
@@ -170,11 +172,16 @@ fn keepalive_timeout() {
             assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
         }
         out_rsts_here() - before
-    });
-    // Let the kernel's events reach the tracer's ring before stopping.
-    thread::sleep(Duration::from_millis(100));
+    })
+}
+
+#[test]
+fn keepalive_timeout() {
+    let ns = Netns::new("keepalive");
+    let trace = Trace::start(&[]);
+    let sent = keepalive_timeout_scenario(&ns, "127.5.0.1", 2);
     let out = trace.stop();
-    assert_eq!(sent, n, "OutRsts delta in the namespace");
+    assert_eq!(sent, 2, "OutRsts delta in the namespace");
     let evs = out.assert_exactly(&ns, "127.5.0.1", sent, "keepalive-timeout");
     for e in evs {
         assert_eq!(e["kernel_reason"], "TCP_KEEPALIVE_TIMEOUT");
@@ -224,28 +231,32 @@ fn assert_reset(mut client: std::net::TcpStream) {
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
 }
 
-#[test]
-fn socket_killed_by_sock_diag_destroy() {
-    let ns = Netns::new("killed");
-    let trace = Trace::start(&[]);
-    let n = 2;
-    let sent = ns.run(move || {
+/// `killer` (ss or a copy of it) destroys the server side of `n`
+/// connections from `client` through sock_diag, the way runtime-security
+/// agents do. Returns the OutRsts delta.
+fn socket_killed(ns: &Netns, client: &'static str, n: usize, killer: PathBuf) -> u64 {
+    ns.run(move || {
         let before = out_rsts_here();
-        let pairs = established("127.7.0.1", n);
-        // `ss -K` destroys the server-side sockets through sock_diag, the
-        // way runtime-security agents do; it runs in this namespace.
-        let out = std::process::Command::new("ss")
-            .args(["-K", "dst", "127.7.0.1"])
+        let pairs = established(client, n);
+        let out = std::process::Command::new(&killer)
+            .args(["-K", "dst", client])
             .output()
-            .expect("running ss (iproute2)");
-        assert!(out.status.success(), "ss -K: {out:?}");
+            .unwrap_or_else(|e| panic!("running {}: {e}", killer.display()));
+        assert!(out.status.success(), "{} -K: {out:?}", killer.display());
         for (c, _s) in pairs {
             assert_reset(c);
         }
         out_rsts_here() - before
-    });
+    })
+}
+
+#[test]
+fn socket_killed_by_sock_diag_destroy() {
+    let ns = Netns::new("killed");
+    let trace = Trace::start(&[]);
+    let sent = socket_killed(&ns, "127.7.0.1", 2, which_ss());
     let out = trace.stop();
-    assert_eq!(sent, n as u64, "OutRsts delta in the namespace");
+    assert_eq!(sent, 2, "OutRsts delta in the namespace");
     let evs = out.assert_exactly(&ns, "127.7.0.1", sent, "socket-killed");
     for e in evs {
         assert_eq!(e["kernel_reason"], "TCP_STATE");
@@ -259,22 +270,26 @@ fn socket_killed_by_sock_diag_destroy() {
     }
 }
 
-#[test]
-fn linger_abort_on_close() {
-    let ns = Netns::new("linger");
-    let trace = Trace::start(&[]);
-    let n = 3;
-    let sent = ns.run(move || {
+/// The server closes `n` connections from `client` with SO_LINGER 0.
+fn linger_abort(ns: &Netns, client: &'static str, n: usize) -> u64 {
+    ns.run(move || {
         let before = out_rsts_here();
-        for (c, s) in established("127.8.0.1", n) {
+        for (c, s) in established(client, n) {
             SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
             drop(s);
             assert_reset(c);
         }
         out_rsts_here() - before
-    });
+    })
+}
+
+#[test]
+fn linger_abort_on_close() {
+    let ns = Netns::new("linger");
+    let trace = Trace::start(&[]);
+    let sent = linger_abort(&ns, "127.8.0.1", 3);
     let out = trace.stop();
-    assert_eq!(sent, n as u64, "OutRsts delta in the namespace");
+    assert_eq!(sent, 3, "OutRsts delta in the namespace");
     let evs = out.assert_exactly(&ns, "127.8.0.1", sent, "linger-abort");
     for e in evs {
         assert_eq!(e["kernel_reason"], "TCP_STATE");
@@ -282,14 +297,12 @@ fn linger_abort_on_close() {
     }
 }
 
-#[test]
-fn app_disconnect_with_connect_af_unspec() {
-    let ns = Netns::new("disconnect");
-    let trace = Trace::start(&[]);
-    let n = 2;
-    let sent = ns.run(move || {
+/// The server drops `n` live connections from `client` with
+/// connect(AF_UNSPEC).
+fn app_disconnect(ns: &Netns, client: &'static str, n: usize) -> u64 {
+    ns.run(move || {
         let before = out_rsts_here();
-        for (c, s) in established("127.9.0.1", n) {
+        for (c, s) in established(client, n) {
             let unspec = libc::sockaddr {
                 sa_family: libc::AF_UNSPEC as libc::sa_family_t,
                 sa_data: [0; 14],
@@ -311,9 +324,16 @@ fn app_disconnect_with_connect_af_unspec() {
             assert_reset(c);
         }
         out_rsts_here() - before
-    });
+    })
+}
+
+#[test]
+fn app_disconnect_with_connect_af_unspec() {
+    let ns = Netns::new("disconnect");
+    let trace = Trace::start(&[]);
+    let sent = app_disconnect(&ns, "127.9.0.1", 2);
     let out = trace.stop();
-    assert_eq!(sent, n as u64, "OutRsts delta in the namespace");
+    assert_eq!(sent, 2, "OutRsts delta in the namespace");
     let evs = out.assert_exactly(&ns, "127.9.0.1", sent, "app-disconnect");
     for e in evs {
         assert_eq!(e["actor"]["pid"], std::process::id(), "actor of {e}");
@@ -334,23 +354,8 @@ fn socket_killed_by_a_security_agent_is_labelled() {
         std::fs::copy(&ss, dir.join(name)).unwrap();
     }
     let trace = Trace::start(&["--agent", "blocklist*"]);
-    let dir2 = dir.clone();
-    let sent = ns.run(move || {
-        let before = out_rsts_here();
-        let a = established("127.11.0.1", 2);
-        let b = established("127.12.0.1", 1);
-        for (agent, peer) in [("crowdsec", "127.11.0.1"), ("blocklistd", "127.12.0.1")] {
-            let out = std::process::Command::new(dir2.join(agent))
-                .args(["-K", "dst", peer])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{agent} -K: {out:?}");
-        }
-        for (c, _s) in a.into_iter().chain(b) {
-            assert_reset(c);
-        }
-        out_rsts_here() - before
-    });
+    let sent = socket_killed(&ns, "127.11.0.1", 2, dir.join("crowdsec"))
+        + socket_killed(&ns, "127.12.0.1", 1, dir.join("blocklistd"));
     let out = trace.stop();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(sent, 3, "OutRsts delta in the namespace");
@@ -365,10 +370,70 @@ fn socket_killed_by_a_security_agent_is_labelled() {
     }
 }
 
-fn which_ss() -> std::path::PathBuf {
+fn which_ss() -> PathBuf {
     ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"]
         .iter()
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .find(|p| p.exists())
         .expect("ss (iproute2) is installed")
+}
+
+/// Every cause at once under one rsttrace, each scenario in its own
+/// namespace and from its own remote: each remote gets exactly its cause.
+#[test]
+fn mixed_causes_each_remote_gets_exactly_its_own() {
+    type Scenario = (
+        &'static str,
+        &'static str,
+        u64,
+        fn(&Netns, &'static str) -> u64,
+    );
+    let scenarios: [Scenario; 7] = [
+        ("mix-closed", "127.21.0.1", 4, |ns, c| {
+            closed_port(ns, c.parse().unwrap(), "127.0.0.1:9".parse().unwrap(), 4)
+        }),
+        ("mix-abort", "127.22.0.1", 2, |ns, c| {
+            abort_on_close(ns, c, 2)
+        }),
+        ("mix-linger", "127.23.0.1", 3, |ns, c| {
+            linger_abort(ns, c, 3)
+        }),
+        ("mix-disconnect", "127.24.0.1", 2, |ns, c| {
+            app_disconnect(ns, c, 2)
+        }),
+        ("mix-killed", "127.25.0.1", 3, |ns, c| {
+            socket_killed(ns, c, 3, which_ss())
+        }),
+        ("mix-keepalive", "127.26.0.1", 1, |ns, c| {
+            keepalive_timeout_scenario(ns, c, 1)
+        }),
+        ("mix-closed6", "fd72:7374::26", 2, |ns, c| {
+            ns.add_addr(&format!("{c}/128"));
+            closed_port(ns, c.parse().unwrap(), "[::1]:9".parse().unwrap(), 2)
+        }),
+    ];
+    let causes = [
+        "closed-port",
+        "abort-on-close",
+        "linger-abort",
+        "app-disconnect",
+        "socket-killed",
+        "keepalive-timeout",
+        "closed-port",
+    ];
+    let namespaces: Vec<Netns> = scenarios.iter().map(|s| Netns::new(s.0)).collect();
+    let trace = Trace::start(&[]);
+    let sent: Vec<u64> = thread::scope(|scope| {
+        let handles: Vec<_> = scenarios
+            .iter()
+            .zip(&namespaces)
+            .map(|(s, ns)| scope.spawn(move || (s.3)(ns, s.1)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let out = trace.stop();
+    for (((s, ns), sent), cause) in scenarios.iter().zip(&namespaces).zip(sent).zip(causes) {
+        assert_eq!(sent, s.2, "OutRsts delta of {}", s.0);
+        out.assert_exactly(ns, s.1, sent, cause);
+    }
 }
