@@ -35,8 +35,14 @@ pub mod stat {
     /// RSTs whose remote IP found the per-remote map full (counted by cause
     /// only).
     pub const REMOTE_MAP_FULL: u32 = cause::COUNT + 1;
+    /// RSTs seen leaving through a device (coverage).
+    pub const EGRESS_RSTS: u32 = cause::COUNT + 2;
+    /// ... of which the TCP stack sent (and tcp_send_reset attributed).
+    pub const EGRESS_TCP_STACK: u32 = cause::COUNT + 3;
+    /// ... of which no rule explains (counted as `unknown`, with a stack).
+    pub const EGRESS_UNEXPLAINED: u32 = cause::COUNT + 4;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT + 2;
+    pub const COUNT: u32 = cause::COUNT + 5;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.
@@ -62,6 +68,10 @@ pub struct StackRule {
     pub cause: u32,
     pub _pad: u32,
 }
+
+/// Cause value of an egress stack rule that means "the TCP stack sent it"
+/// (IPv6 replies leave without a socket): counted for coverage only.
+pub const RULE_TCP_STACK: u32 = 0xff;
 
 /// Rules in priority order: the first rule with a frame on the stack wins.
 #[repr(C)]
@@ -165,6 +175,44 @@ impl NetnsOffsets {
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 
+/// Offsets (from BTF) the egress program needs to read an outgoing packet
+/// and its socket. `ABSENT` disables the egress program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EgressOffsets {
+    pub skb_sk: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_type: u32,
+    pub sk_protocol: u32,
+    pub sk_socket: u32,
+    pub socket_file: u32,
+}
+
+impl EgressOffsets {
+    pub const UNSET: Self = Self {
+        skb_sk: ABSENT,
+        skb_head: ABSENT,
+        skb_network_header: ABSENT,
+        sk_family: ABSENT,
+        sk_state: ABSENT,
+        sk_type: ABSENT,
+        sk_protocol: ABSENT,
+        sk_socket: ABSENT,
+        socket_file: ABSENT,
+    };
+}
+
+/// Where an event was observed.
+pub mod source {
+    /// `tcp:tcp_send_reset`: the TCP stack.
+    pub const TCP_STACK: u8 = 0;
+    /// The egress hook: a RST the TCP stack did not send.
+    pub const EGRESS: u8 = 1;
+}
+
 /// Key of the per-remote-IP counters: one entry per (remote address, cause).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -214,7 +262,9 @@ pub struct RstEvent {
     pub remote_port: u16,
     pub family: u8,
     pub cause: u8,
-    pub _pad: [u8; 2],
+    /// `source::*`.
+    pub source: u8,
+    pub _pad: u8,
     pub comm: [u8; TASK_COMM_LEN],
 }
 
@@ -228,6 +278,7 @@ mod pod {
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::StackRules {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
+    unsafe impl aya::Pod for super::EgressOffsets {}
 }
 
 #[cfg(test)]
@@ -239,6 +290,7 @@ mod tests {
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
         assert_eq!(size_of::<NetnsOffsets>(), 4 * 4);
+        assert_eq!(size_of::<EgressOffsets>(), 9 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 24);
         assert_eq!(size_of::<RemoteStats>(), 24);

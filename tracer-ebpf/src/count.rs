@@ -27,7 +27,7 @@ static EMIT_EVENTS: u8 = 1;
 const EEXIST: i32 = 17;
 
 #[inline(always)]
-fn bump(slot: u32) {
+pub fn bump(slot: u32) {
     if let Some(p) = STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot; a tracepoint program does not migrate.
         unsafe { *p += 1 };

@@ -2,6 +2,7 @@
 #![no_main]
 
 mod count;
+mod egress;
 mod netns;
 mod send_reset;
 mod stack;

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, MAX_REASONS, NEEDS_STACK, RstEvent, SendResetLayout, TASK_COMM_LEN,
-    addr_layout, cause,
+    addr_layout, cause, source,
 };
 
 use crate::{count, netns, stack};
@@ -62,7 +62,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         cause::UNKNOWN
     };
     let cause = if entry & NEEDS_STACK != 0 {
-        stack::cause_from_stack(ctx).unwrap_or(entry & !NEEDS_STACK)
+        stack::cause_from_stack(ctx, stack::Rules::SendReset).unwrap_or(entry & !NEEDS_STACK)
     } else {
         entry
     };
@@ -92,7 +92,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         state,
         netns: netns::of(skaddr, skbaddr),
         stack_id: if cause == cause::UNKNOWN {
-            stack::unknown_stack_id(ctx)
+            stack::stack_id(ctx)
         } else {
             -1
         },
@@ -102,7 +102,8 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         remote_port: ends.remote_port,
         family: ends.family,
         cause,
-        _pad: [0; 2],
+        source: source::TCP_STACK,
+        _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
     };
     count::record(&ev);

@@ -9,25 +9,35 @@ use aya_ebpf::{
     helpers::generated::bpf_get_stack,
     macros::map,
     maps::{PerCpuArray, StackTrace},
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    programs::tracing::StackIdContext,
 };
 use tracer_common::{MAX_STACK_RULES, STACK_DEPTH, StackRules};
 
 #[unsafe(no_mangle)]
 static STACK_RULES: StackRules = StackRules::EMPTY;
 
+/// Rules for egress RSTs that have no socket (netfilter, modules).
+#[unsafe(no_mangle)]
+static EGRESS_STACK_RULES: StackRules = StackRules::EMPTY;
+
+#[derive(Clone, Copy)]
+pub enum Rules {
+    SendReset,
+    Egress,
+}
+
 /// Stacks of RSTs no rule explains, deduplicated by the kernel.
 #[map]
 static STACK_TRACES: StackTrace = StackTrace::with_max_entries(1024, 0);
 
-pub fn unknown_stack_id(ctx: &TracePointContext) -> i32 {
+pub fn stack_id<C: StackIdContext>(ctx: &C) -> i32 {
     ctx.get_stackid(&STACK_TRACES, 0).map_or(-1, |id| id as i32)
 }
 
 #[map]
 static STACK_BUF: PerCpuArray<[u64; STACK_DEPTH]> = PerCpuArray::with_max_entries(1, 0);
 
-pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C) -> Option<u8> {
+pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules) -> Option<u8> {
     let buf = STACK_BUF.get_ptr_mut(0)?;
     // SAFETY: buf is a per-CPU scratch of exactly the size passed.
     let n = unsafe { bpf_get_stack(ctx.as_ptr(), buf.cast(), (STACK_DEPTH * 8) as u32, 0) };
@@ -35,7 +45,10 @@ pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C) -> Option<u8> {
         return None;
     }
     let frames = (n as usize / 8).min(STACK_DEPTH);
-    let rules = &STACK_RULES;
+    let rules = match which {
+        Rules::SendReset => &STACK_RULES,
+        Rules::Egress => &EGRESS_STACK_RULES,
+    };
     // SAFETY: a read-only global that userspace sets before load.
     let count = unsafe { core::ptr::read_volatile(&rules.count) } as usize;
     for r in 0..MAX_STACK_RULES {

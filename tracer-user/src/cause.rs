@@ -143,6 +143,38 @@ pub const STACK_RULES: &[(&str, Cause)] = &[
     ("tcp_disconnect", Cause::AppDisconnect),
 ];
 
+/// Kernel functions that decide an egress RST that has no socket, in
+/// priority order. Modules come last: a RST built by a module that is not
+/// netfilter's reject is `injected`.
+pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
+    // iptables/ip6tables REJECT --reject-with tcp-reset (xtables, legacy or
+    // through nft_compat) and nft `reject with tcp reset` all build the RST
+    // here.
+    ("nf_send_reset", EgressRule::Cause(Cause::NetfilterReject)),
+    ("nf_send_reset6", EgressRule::Cause(Cause::NetfilterReject)),
+    // The TCP stack's IPv6 replies (closed port, time-wait) leave without
+    // a socket; tcp_send_reset has counted them already.
+    ("tcp_v6_send_response", EgressRule::TcpStack),
+    ("tcp_v6_send_reset", EgressRule::TcpStack),
+    ("tcp_v4_send_reset", EgressRule::TcpStack),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressRule {
+    Cause(Cause),
+    /// Sent by the TCP stack: coverage only.
+    TcpStack,
+}
+
+impl EgressRule {
+    fn raw(self) -> u32 {
+        match self {
+            EgressRule::Cause(c) => c as u32,
+            EgressRule::TcpStack => tracer_common::RULE_TCP_STACK,
+        }
+    }
+}
+
 /// One entry of the table the kernel program indexes by reason value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReasonEntry {
@@ -187,15 +219,49 @@ pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> 
 pub fn resolve_stack_rules(
     ksyms: &crate::kallsyms::Kallsyms,
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
+    let rules: Vec<(&'static str, u32)> =
+        STACK_RULES.iter().map(|(f, c)| (*f, *c as u32)).collect();
+    resolve(ksyms, &rules)
+}
+
+/// The egress rules; a final rule covers the module area (`injected`).
+/// nf_send_reset lives in a module (nf_reject_ipv4) on most distribution
+/// kernels, so it is looked up in modules too and must come first.
+pub fn resolve_egress_rules(
+    ksyms: &crate::kallsyms::Kallsyms,
+) -> (tracer_common::StackRules, Vec<&'static str>) {
+    let table: Vec<(&'static str, u32)> = EGRESS_STACK_RULES
+        .iter()
+        .map(|(f, r)| (*f, r.raw()))
+        .collect();
+    let (mut rules, missing) = resolve(ksyms, &table);
+    if let Some((start, end)) = ksyms.module_area()
+        && (rules.count as usize) < rules.rules.len()
+    {
+        rules.rules[rules.count as usize] = tracer_common::StackRule {
+            start,
+            end,
+            cause: Cause::Injected as u32,
+            _pad: 0,
+        };
+        rules.count += 1;
+    }
+    (rules, missing)
+}
+
+fn resolve(
+    ksyms: &crate::kallsyms::Kallsyms,
+    table: &[(&'static str, u32)],
+) -> (tracer_common::StackRules, Vec<&'static str>) {
     let mut rules = tracer_common::StackRules::EMPTY;
     let mut missing = vec![];
-    for (func, cause) in STACK_RULES {
+    for (func, cause) in table {
         match ksyms.range(func) {
             Some((start, end)) if (rules.count as usize) < rules.rules.len() => {
                 rules.rules[rules.count as usize] = tracer_common::StackRule {
                     start,
                     end,
-                    cause: *cause as u32,
+                    cause: *cause,
                     _pad: 0,
                 };
                 rules.count += 1;

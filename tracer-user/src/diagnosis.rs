@@ -134,6 +134,8 @@ mod tests {
             }),
             labels: vec![],
             stack: None,
+            netfilter: None,
+            module: None,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::{
     cause::Cause,
     clock::BootClock,
     kallsyms::Kallsyms,
+    netfilter::{self, Netfilter},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +44,11 @@ pub struct Rst {
     pub actor: Option<Actor>,
     pub labels: Vec<String>,
     /// Kernel stack, symbolized (`function+0xoff [module]`), for RSTs no
-    /// rule explains.
+    /// rule explains and RSTs built by a module.
     pub stack: Option<Vec<String>>,
+    pub netfilter: Option<Netfilter>,
+    /// The kernel module that built an injected RST.
+    pub module: Option<String>,
 }
 
 /// TCP states are stable ABI (include/net/tcp_states.h); the format file
@@ -95,6 +99,16 @@ pub fn symbolize(ksyms: Option<&Kallsyms>, ip: u64) -> String {
     }
 }
 
+/// Function and module of each frame, innermost first.
+fn frames(ksyms: Option<&Kallsyms>, ips: &[u64]) -> Vec<(String, Option<String>)> {
+    ips.iter()
+        .map(|ip| match ksyms.and_then(|k| k.symbolize(*ip)) {
+            Some((s, _)) => (s.name.clone(), s.module.clone()),
+            None => (format!("{ip:#x}"), None),
+        })
+        .collect()
+}
+
 impl Decoder {
     /// `stack` looks a stack id up in the kernel's stack map.
     pub fn decode(
@@ -116,7 +130,27 @@ impl Decoder {
                 .cloned()
                 .unwrap_or_else(|| format!("REASON_{}", ev.reason))
         });
-        let actor = cause.has_actor().then(|| self.actors.resolve(ev));
+        let ips = if ev.stack_id >= 0 {
+            stack(ev.stack_id)
+        } else {
+            None
+        };
+        let ksyms = self.ksyms.as_ref();
+        let named = ips.as_deref().map(|ips| frames(ksyms, ips));
+        let netfilter = (cause == Cause::NetfilterReject)
+            .then(|| {
+                named
+                    .as_ref()
+                    .map(|f| netfilter::from_stack(f.iter().map(|(n, _)| n.as_str())))
+            })
+            .flatten();
+        // A module built it: the first module frame names it.
+        let module = (cause == Cause::Injected)
+            .then(|| named.as_ref()?.iter().find_map(|(_, m)| m.clone()))
+            .flatten();
+        // Raw and packet sockets send in the injector's process context; a
+        // module's RST may come from any context.
+        let actor = (cause.has_actor() && module.is_none()).then(|| self.actors.resolve(ev));
         let labels = match actor.as_ref().and_then(|a| a.agent.as_ref()) {
             Some(_) => vec!["security-agent".to_string()],
             None => Vec::new(),
@@ -132,14 +166,11 @@ impl Decoder {
             netns: (ev.netns != 0).then_some(u64::from(ev.netns)),
             actor,
             labels,
-            stack: (ev.stack_id >= 0)
-                .then(|| stack(ev.stack_id))
-                .flatten()
-                .map(|ips| {
-                    ips.into_iter()
-                        .map(|ip| symbolize(self.ksyms.as_ref(), ip))
-                        .collect()
-                }),
+            stack: ips
+                .filter(|_| matches!(cause, Cause::Unknown | Cause::Injected))
+                .map(|ips| ips.into_iter().map(|ip| symbolize(ksyms, ip)).collect()),
+            netfilter,
+            module,
         })
     }
 }

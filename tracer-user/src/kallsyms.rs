@@ -69,6 +69,16 @@ impl Kallsyms {
         Some((start, end))
     }
 
+    /// [lowest, highest] address of module functions, when modules are
+    /// loaded: frames in there belong to a module.
+    pub fn module_area(&self) -> Option<(u64, u64)> {
+        let mut mods = self.syms.iter().filter(|s| s.module.is_some());
+        let first = mods.next()?.addr;
+        let last = mods.next_back().map_or(first, |s| s.addr);
+        // The last function extends past its start; a page covers it.
+        Some((first, last + 4096))
+    }
+
     /// The function containing `addr`, and the offset into it.
     pub fn symbolize(&self, addr: u64) -> Option<(&Symbol, u64)> {
         let i = self.syms.partition_point(|s| s.addr <= addr);
@@ -114,6 +124,17 @@ ffffffff820719f0 t next_fn
         let (s, _) = k.symbolize(0xffffffffc0a01010).unwrap();
         assert_eq!(s.module.as_deref(), Some("nf_tables"));
         assert!(k.symbolize(0x1000).is_none());
+    }
+
+    #[test]
+    fn module_area_spans_module_functions() {
+        let k = Kallsyms::parse(SAMPLE).unwrap();
+        assert_eq!(
+            k.module_area(),
+            Some((0xffffffffc0a01000, 0xffffffffc0a02000))
+        );
+        let no_mods = Kallsyms::parse("ffffffff81000000 T a\n").unwrap();
+        assert_eq!(no_mods.module_area(), None);
     }
 
     #[test]

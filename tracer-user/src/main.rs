@@ -11,6 +11,7 @@ mod diagnosis;
 mod event;
 mod format;
 mod kallsyms;
+mod netfilter;
 mod output;
 mod preflight;
 mod summary;
@@ -67,6 +68,10 @@ async fn run(args: Args) -> Result<()> {
         .context("reading the tcp:tcp_send_reset format file")?;
     let reason_causes = cause::reason_table(&fmt.reasons);
     let ksyms = kallsyms::Kallsyms::load();
+    let egress_rules = match &ksyms {
+        Ok(k) => cause::resolve_egress_rules(k).0,
+        Err(_) => tracer_common::StackRules::EMPTY,
+    };
     let stack_rules = match &ksyms {
         Ok(k) => {
             let (rules, missing) = cause::resolve_stack_rules(k);
@@ -93,6 +98,7 @@ async fn run(args: Args) -> Result<()> {
         reason_causes: &reason_causes,
         stack_rules,
         netns: netns_offsets(),
+        egress: egress_offsets().map(|o| (o, egress_rules)),
         emit_events: !args.summary_only,
         max_remote_ips: args.max_remote_ips,
     })?;
@@ -101,6 +107,10 @@ async fn run(args: Args) -> Result<()> {
     // AsyncFd that owns the ring buffer.
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    // Before attaching: a SIGINT that arrives once "attached" is printed
+    // must stop the trace cleanly, not kill it.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tracer.attach()?;
     let started = Instant::now();
     let clock = BootClock::new();
@@ -126,8 +136,6 @@ async fn run(args: Args) -> Result<()> {
         ksyms: ksyms.ok(),
     };
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let deadline = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -185,6 +193,44 @@ async fn run(args: Args) -> Result<()> {
         stop_on_output_error(e)?;
     }
     Ok(())
+}
+
+/// Offsets for reading outgoing packets at the egress hook; without them
+/// only the TCP stack's RSTs are seen, and rsttrace says so.
+fn egress_offsets() -> Option<tracer_common::EgressOffsets> {
+    let offsets = btf::Btf::from_sys_fs().and_then(|b| {
+        let m = |s: &str, p: &[&str], size: u32| -> Result<u32> {
+            let m = b.member(s, p)?;
+            anyhow::ensure!(
+                m.size == size,
+                "{s}.{} has size {} (expected {size})",
+                p.join("."),
+                m.size
+            );
+            Ok(m.offset)
+        };
+        Ok(tracer_common::EgressOffsets {
+            skb_sk: m("sk_buff", &["sk"], 8)?,
+            skb_head: m("sk_buff", &["head"], 8)?,
+            skb_network_header: m("sk_buff", &["network_header"], 2)?,
+            sk_family: m("sock", &["__sk_common", "skc_family"], 2)?,
+            sk_state: m("sock", &["__sk_common", "skc_state"], 1)?,
+            sk_type: m("sock", &["sk_type"], 2)?,
+            sk_protocol: m("sock", &["sk_protocol"], 2)?,
+            sk_socket: m("sock", &["sk_socket"], 8)?,
+            socket_file: m("socket", &["file"], 8)?,
+        })
+    });
+    match offsets {
+        Ok(o) => Some(o),
+        Err(e) => {
+            eprintln!(
+                "rsttrace: warning: RSTs the TCP stack does not send (netfilter, raw sockets) \
+                 will not be seen: {e:#}"
+            );
+            None
+        }
+    }
 }
 
 /// Offsets for reading a RST's network namespace; without BTF the trace

@@ -24,6 +24,16 @@ pub struct RemoteSummary {
     pub diagnosis: Option<String>,
 }
 
+/// RSTs seen at the egress hook and how they were explained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub egress_rsts: u64,
+    /// Sent by the TCP stack (attributed through tcp_send_reset).
+    pub tcp_stack: u64,
+    /// No rule explains them: counted as `unknown`.
+    pub unexplained: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub duration: Duration,
@@ -32,6 +42,7 @@ pub struct Summary {
     pub lost: u64,
     /// RSTs counted by cause but not per remote IP: the per-remote map was full.
     pub remote_ip_overflow: u64,
+    pub coverage: Coverage,
     pub by_cause: BTreeMap<Cause, u64>,
     /// Sorted by total, descending (then by address, for a stable order).
     pub by_remote_ip: Vec<RemoteSummary>,
@@ -102,6 +113,11 @@ pub fn build(
         total: by_cause.values().sum(),
         lost: slot(stat::LOST_EVENTS),
         remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
+        coverage: Coverage {
+            egress_rsts: slot(stat::EGRESS_RSTS),
+            tcp_stack: slot(stat::EGRESS_TCP_STACK),
+            unexplained: slot(stat::EGRESS_UNEXPLAINED),
+        },
         by_cause,
         by_remote_ip,
     }

@@ -5,9 +5,14 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{
+        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
-use tracer_common::{NetnsOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules};
+use tracer_common::{
+    EgressOffsets, NetnsOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
+};
 
 use crate::cause::ReasonEntry;
 
@@ -18,6 +23,8 @@ pub struct Options<'a> {
     pub reason_causes: &'a [(u32, ReasonEntry)],
     pub stack_rules: StackRules,
     pub netns: NetnsOffsets,
+    /// `None` leaves the egress hook off (no BTF to read packets with).
+    pub egress: Option<(EgressOffsets, StackRules)>,
     pub emit_events: bool,
     pub max_remote_ips: u32,
 }
@@ -25,12 +32,19 @@ pub struct Options<'a> {
 pub struct Tracer {
     ebpf: Ebpf,
     link: Option<TracePointLinkId>,
+    egress_link: Option<RawTracePointLinkId>,
+    egress: bool,
 }
 
 impl Tracer {
     pub fn load(opts: &Options<'_>) -> Result<Self> {
         let emit = u8::from(opts.emit_events);
+        let (egress_offsets, egress_rules) = opts
+            .egress
+            .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
         let mut ebpf = EbpfLoader::new()
+            .override_global("EGRESS_OFFSETS", &egress_offsets, true)
+            .override_global("EGRESS_STACK_RULES", &egress_rules, true)
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("STACK_RULES", &opts.stack_rules, true)
@@ -48,7 +62,12 @@ impl Tracer {
                 .set(*reason, entry.raw(), 0)
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
         }
-        Ok(Self { ebpf, link: None })
+        Ok(Self {
+            ebpf,
+            link: None,
+            egress_link: None,
+            egress: opts.egress.is_some(),
+        })
     }
 
     pub fn attach(&mut self) -> Result<()> {
@@ -63,11 +82,32 @@ impl Tracer {
             .attach("tcp", "tcp_send_reset")
             .context("attaching to tracepoint tcp:tcp_send_reset")?;
         self.link = Some(link);
+        if self.egress {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut("net_dev_queue")
+                .context("program net_dev_queue missing")?
+                .try_into()?;
+            prog.load()
+                .context("the kernel verifier rejected the net_dev_queue program")?;
+            self.egress_link = Some(
+                prog.attach("net_dev_queue")
+                    .context("attaching to raw tracepoint net_dev_queue")?,
+            );
+        }
         Ok(())
     }
 
     /// Stops new events; counters keep what was counted.
     pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.egress_link.take() {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut("net_dev_queue")
+                .context("program net_dev_queue missing")?
+                .try_into()?;
+            prog.detach(link).context("detaching from net_dev_queue")?;
+        }
         if let Some(link) = self.link.take() {
             let prog: &mut TracePoint = self
                 .ebpf

@@ -432,8 +432,231 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let out = trace.stop();
+    let coverage = &out.summary["coverage"];
+    assert_eq!(
+        coverage["unknown"], 0,
+        "every egress RST explained: {coverage}"
+    );
+    assert!(
+        coverage["by_tcp_stack"].as_u64().unwrap() >= sent.iter().sum::<u64>(),
+        "{coverage}"
+    );
     for (((s, ns), sent), cause) in scenarios.iter().zip(&namespaces).zip(sent).zip(causes) {
         assert_eq!(sent, s.2, "OutRsts delta of {}", s.0);
         out.assert_exactly(ns, s.1, sent, cause);
+    }
+}
+
+/// Packets a netfilter rule matched, from its counter: the ground truth
+/// for netfilter's RSTs, which Tcp OutRsts does not count.
+fn rule_packets(listing: &str) -> u64 {
+    // nft: "... counter packets 3 bytes 180 reject ..."
+    if let Some(rest) = listing.split("packets ").nth(1) {
+        return rest.split_whitespace().next().unwrap().parse().unwrap();
+    }
+    // iptables -v -x -n: the REJECT line starts with its packet count.
+    listing
+        .lines()
+        .find(|l| l.contains("REJECT"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no REJECT rule in:\n{listing}"))
+        .parse()
+        .unwrap()
+}
+
+fn assert_netfilter(
+    out: &support::TraceOutput,
+    ns: &Netns,
+    remote: &str,
+    n: u64,
+    hook: &str,
+    backend: &str,
+) {
+    for e in out.assert_exactly(ns, remote, n, "netfilter-reject") {
+        assert_eq!(e["netfilter"]["hook"], hook, "{e}");
+        assert_eq!(e["netfilter"]["backend"], backend, "{e}");
+        assert_eq!(e["kernel_reason"], serde_json::Value::Null);
+        // The rule ran in softirq on behalf of the peer: no actor.
+        assert_eq!(e["actor"], serde_json::Value::Null, "{e}");
+    }
+}
+
+#[test]
+fn netfilter_reject_nftables_ipv4_input_and_ipv6_output() {
+    let ns = Netns::new("nft");
+    ns.add_addr("fd72:7374::17/128");
+    let nft = |args: &str| ns.exec(&["nft", args]);
+    nft("add table inet rsttrace_t");
+    nft("add chain inet rsttrace_t in { type filter hook input priority 0 ; }");
+    nft("add chain inet rsttrace_t out { type filter hook output priority 0 ; }");
+    nft(
+        "add rule inet rsttrace_t in ip saddr 127.16.0.1 tcp dport 7777 counter reject with tcp reset",
+    );
+    nft(
+        "add rule inet rsttrace_t out ip6 saddr fd72:7374::17 tcp dport 7778 counter reject with tcp reset",
+    );
+    let trace = Trace::start(&[]);
+    let tcp4 = closed_port(
+        &ns,
+        "127.16.0.1".parse().unwrap(),
+        "127.0.0.1:7777".parse().unwrap(),
+        3,
+    );
+    let tcp6 = closed_port(
+        &ns,
+        "fd72:7374::17".parse().unwrap(),
+        "[::1]:7778".parse().unwrap(),
+        2,
+    );
+    let out = trace.stop();
+    assert_eq!(
+        (tcp4, tcp6),
+        (0, 0),
+        "the TCP stack sent none of these RSTs"
+    );
+    let in4 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
+    let out6 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "out"]));
+    assert_eq!((in4, out6), (3, 2), "rule counters");
+    assert_netfilter(&out, &ns, "127.16.0.1", in4, "input", "nftables");
+    assert_netfilter(&out, &ns, "fd72:7374::17", out6, "output", "nftables");
+}
+
+#[test]
+fn netfilter_reject_iptables_nft_and_ip6tables() {
+    let ns = Netns::new("xtnft");
+    ns.add_addr("fd72:7374::18/128");
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-s",
+        "127.18.0.1",
+        "-p",
+        "tcp",
+        "--dport",
+        "7777",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    ns.exec(&[
+        "ip6tables",
+        "-A",
+        "INPUT",
+        "-s",
+        "fd72:7374::18",
+        "-p",
+        "tcp",
+        "--dport",
+        "7777",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let trace = Trace::start(&[]);
+    let tcp4 = closed_port(
+        &ns,
+        "127.18.0.1".parse().unwrap(),
+        "127.0.0.1:7777".parse().unwrap(),
+        2,
+    );
+    let tcp6 = closed_port(
+        &ns,
+        "fd72:7374::18".parse().unwrap(),
+        "[::1]:7777".parse().unwrap(),
+        3,
+    );
+    let out = trace.stop();
+    assert_eq!(
+        (tcp4, tcp6),
+        (0, 0),
+        "the TCP stack sent none of these RSTs"
+    );
+    let n4 = rule_packets(&ns.output(&["iptables", "-L", "INPUT", "-v", "-x", "-n"]));
+    let n6 = rule_packets(&ns.output(&["ip6tables", "-L", "INPUT", "-v", "-x", "-n"]));
+    assert_eq!((n4, n6), (2, 3), "rule counters");
+    assert_netfilter(&out, &ns, "127.18.0.1", n4, "input", "iptables-nft");
+    assert_netfilter(&out, &ns, "fd72:7374::18", n6, "input", "iptables-nft");
+}
+
+#[test]
+fn netfilter_reject_iptables_legacy() {
+    let ns = Netns::new("xtlegacy");
+    ns.exec(&[
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-s",
+        "127.19.0.1",
+        "-p",
+        "tcp",
+        "--dport",
+        "7777",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let trace = Trace::start(&[]);
+    let tcp = closed_port(
+        &ns,
+        "127.19.0.1".parse().unwrap(),
+        "127.0.0.1:7777".parse().unwrap(),
+        2,
+    );
+    let out = trace.stop();
+    assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
+    let n = rule_packets(&ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]));
+    assert_eq!(n, 2, "rule counter");
+    assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy");
+}
+
+/// A RST built by hand on a raw socket, as tcpkill or a userspace IPS do.
+#[test]
+fn injected_from_a_raw_socket() {
+    let ns = Netns::new("raw");
+    let trace = Trace::start(&[]);
+    let n = 3u16;
+    let (sent, tcp) = ns.run(move || {
+        let before = out_rsts_here();
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .expect("raw socket");
+        let mut sent = 0;
+        for i in 0..n {
+            let mut pkt = [0u8; 40];
+            // IPv4 header: version/IHL, total length, TTL, protocol TCP,
+            // 127.0.0.1 -> 127.17.0.1 (the kernel fills in the checksum).
+            pkt[0] = 0x45;
+            pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+            pkt[8] = 64;
+            pkt[9] = 6;
+            pkt[12..16].copy_from_slice(&[127, 0, 0, 1]);
+            pkt[16..20].copy_from_slice(&[127, 17, 0, 1]);
+            // TCP header: 80 -> 5000+i, data offset 5, flags RST.
+            pkt[20..22].copy_from_slice(&80u16.to_be_bytes());
+            pkt[22..24].copy_from_slice(&(5000 + i).to_be_bytes());
+            pkt[32] = 5 << 4;
+            pkt[33] = 0x04;
+            let to: SocketAddr = "127.17.0.1:0".parse().unwrap();
+            raw.send_to(&pkt, &to.into()).expect("sendto");
+            sent += 1;
+        }
+        (sent, out_rsts_here() - before)
+    });
+    let out = trace.stop();
+    assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
+    for e in out.assert_exactly(&ns, "127.17.0.1", sent, "injected") {
+        assert_eq!(e["local_port"], 80);
+        assert_eq!(
+            e["actor"]["pid"],
+            std::process::id(),
+            "the injector is the actor: {e}"
+        );
     }
 }

@@ -82,6 +82,16 @@ pub fn rst_text(rst: &Rst) -> String {
             _ => line.push_str(&format!(" [{l}]")),
         }
     }
+    if let Some(nf) = &rst.netfilter {
+        line.push_str(&format!(
+            " hook={} backend={}",
+            nf.hook.unwrap_or("?"),
+            nf.backend.unwrap_or("?")
+        ));
+    }
+    if let Some(m) = &rst.module {
+        line.push_str(&format!(" module={m}"));
+    }
     if let Some(stack) = &rst.stack {
         // The innermost frames name the path that needs a rule.
         let frames: Vec<&str> = stack.iter().take(6).map(String::as_str).collect();
@@ -143,6 +153,14 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             t.push_str(&format!("{ip}: {d}\n"));
         }
     }
+    let c = &s.coverage;
+    t.push_str(&format!(
+        "\ncoverage: {} RSTs left through a device: {} attributed ({} by the TCP stack), {} unknown\n",
+        c.egress_rsts,
+        c.egress_rsts - c.unexplained,
+        c.tcp_stack,
+        c.unexplained
+    ));
     if s.remote_ip_overflow > 0 {
         t.push_str(&format!(
             "\n{} RSTs are counted by cause only: more distinct remote IPs than --max-remote-ips\n",
@@ -219,6 +237,8 @@ mod tests {
             actor: None,
             labels: vec![],
             stack: None,
+            netfilter: None,
+            module: None,
         }
     }
 
@@ -243,6 +263,7 @@ mod tests {
             total: 10,
             lost: 0,
             remote_ip_overflow: 0,
+            coverage: Default::default(),
             by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
             by_remote_ip: vec![RemoteSummary {
                 remote_ip: "::1".parse().unwrap(),
@@ -277,6 +298,7 @@ mod tests {
             total: 6,
             lost: 2,
             remote_ip_overflow: 0,
+            coverage: Default::default(),
             by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
             by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
         };

@@ -9,7 +9,9 @@ use std::{
 use serde::Serialize;
 
 use super::Sink;
-use crate::{actor::Actor, cause::Cause, clock::rfc3339, event::Rst, summary::Summary};
+use crate::{
+    actor::Actor, cause::Cause, clock::rfc3339, event::Rst, netfilter::Netfilter, summary::Summary,
+};
 
 #[derive(Serialize)]
 struct RstLine<'a> {
@@ -27,6 +29,10 @@ struct RstLine<'a> {
     netns: Option<u64>,
     actor: Option<&'a Actor>,
     labels: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netfilter: Option<&'a Netfilter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    module: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [String]>,
 }
@@ -51,6 +57,16 @@ struct SummaryLine<'a> {
     by_cause: &'a BTreeMap<Cause, u64>,
     by_remote_ip: Vec<RemoteLine<'a>>,
     drops: [(); 0],
+    coverage: CoverageLine,
+}
+
+/// RSTs seen leaving through a device, and how many a rule explains.
+#[derive(Serialize)]
+struct CoverageLine {
+    egress_rsts: u64,
+    attributed: u64,
+    unknown: u64,
+    by_tcp_stack: u64,
 }
 
 pub struct Json {
@@ -84,6 +100,8 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
         actor: rst.actor.as_ref(),
         labels: &rst.labels,
         stack: rst.stack.as_deref(),
+        netfilter: rst.netfilter.as_ref(),
+        module: rst.module.as_deref(),
     }
 }
 
@@ -107,6 +125,12 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
             })
             .collect(),
         drops: [],
+        coverage: CoverageLine {
+            egress_rsts: s.coverage.egress_rsts,
+            attributed: s.coverage.egress_rsts - s.coverage.unexplained,
+            unknown: s.coverage.unexplained,
+            by_tcp_stack: s.coverage.tcp_stack,
+        },
     }
 }
 
@@ -128,7 +152,10 @@ impl Sink for Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::Family, summary::RemoteSummary};
+    use crate::{
+        event::Family,
+        summary::{Coverage, RemoteSummary},
+    };
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -153,6 +180,8 @@ mod tests {
             }),
             labels: vec![],
             stack: None,
+            netfilter: None,
+            module: None,
         };
         assert_eq!(
             serde_json::to_value(rst_line(&rst)).unwrap(),
@@ -191,6 +220,8 @@ mod tests {
                 "tcp_v4_send_reset+0x1a".into(),
                 "nft_do_chain+0x10 [nf_tables]".into(),
             ]),
+            netfilter: None,
+            module: None,
         };
         let v = serde_json::to_value(rst_line(&rst)).unwrap();
         assert_eq!(v["cause"], "unknown");
@@ -202,6 +233,37 @@ mod tests {
     }
 
     #[test]
+    fn netfilter_detail_is_an_object() {
+        let rst = Rst {
+            ts: UNIX_EPOCH,
+            cause: Cause::NetfilterReject,
+            kernel_reason: None,
+            family: Family::Ipv6,
+            local: "[::1]:7777".parse().unwrap(),
+            remote: "[fd72::1]:4000".parse().unwrap(),
+            state: None,
+            netns: None,
+            actor: None,
+            labels: vec![],
+            stack: None,
+            netfilter: Some(Netfilter {
+                hook: Some("input"),
+                backend: Some("nftables"),
+                table: None,
+                chain: None,
+            }),
+            module: None,
+        };
+        let v = serde_json::to_value(rst_line(&rst)).unwrap();
+        assert_eq!(v["kernel_reason"], serde_json::Value::Null);
+        assert_eq!(
+            v["netfilter"],
+            json!({"hook": "input", "backend": "nftables", "table": null, "chain": null})
+        );
+        assert!(v.get("stack").is_none() && v.get("module").is_none());
+    }
+
+    #[test]
     fn summary_line_follows_the_contract() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let s = Summary {
@@ -209,6 +271,11 @@ mod tests {
             total: 3,
             lost: 1,
             remote_ip_overflow: 0,
+            coverage: Coverage {
+                egress_rsts: 5,
+                tcp_stack: 3,
+                unexplained: 1,
+            },
             by_cause: [(Cause::ClosedPort, 3)].into_iter().collect(),
             by_remote_ip: vec![RemoteSummary {
                 remote_ip: "::1".parse().unwrap(),
@@ -237,6 +304,7 @@ mod tests {
                     "last_seen": "2023-11-14T22:13:20.000000Z",
                 }],
                 "drops": [],
+                "coverage": {"egress_rsts": 5, "attributed": 4, "unknown": 1, "by_tcp_stack": 3},
             })
         );
     }

@@ -67,6 +67,23 @@ impl Netns {
         ip(&["-n", &self.name, "addr", "add", cidr, "dev", "lo", "nodad"]);
     }
 
+    /// Runs a command inside the namespace, asserts it succeeds and
+    /// returns its standard output.
+    pub fn output(&self, argv: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{argv:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a command inside the namespace and asserts it succeeds.
     pub fn exec(&self, argv: &[&str]) {
         let out = Command::new("ip")

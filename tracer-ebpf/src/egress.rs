@@ -1,0 +1,212 @@
+//! Every RST that leaves through a device, whoever built it: the raw
+//! `net_dev_queue` tracepoint sees all devices of all namespaces at once
+//! (tc would need a hook per interface per namespace, created as containers
+//! come and go). Packets that are not TCP RSTs return after a few reads.
+//!
+//! The TCP stack's own RSTs were already counted by `tcp_send_reset`; here
+//! they only count for coverage. What remains is what the TCP stack never
+//! saw: netfilter rejects (no socket, `nf_send_reset` on the stack), raw and
+//! packet sockets, and kernel modules.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tracer_common::{
+    ABSENT, AF_INET, AF_INET6, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause,
+    source, stat,
+};
+
+use crate::{count, netns, stack};
+
+#[unsafe(no_mangle)]
+static EGRESS_OFFSETS: EgressOffsets = EgressOffsets::UNSET;
+
+const IPPROTO_TCP: u8 = 6;
+const TCP_RST: u8 = 0x04;
+const AF_PACKET: u16 = 17;
+const SOCK_STREAM: u16 = 1;
+const SOCK_RAW: u16 = 3;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
+    match try_net_dev_queue(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| 0)
+}
+
+struct Packet {
+    family: u8,
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+}
+
+/// The IP and TCP headers at the network header, if this is a TCP RST.
+#[inline(always)]
+fn rst_packet(skb: u64, o: &EgressOffsets) -> Result<Option<Packet>, i32> {
+    let head: u64 = read(skb + u64::from(o.skb_head))?;
+    let nh: u16 = read(skb + u64::from(o.skb_network_header))?;
+    // The network header is unset (0xffff) on packets that have none.
+    if head == 0 || nh == 0xffff {
+        return Ok(None);
+    }
+    let ip = head + u64::from(nh);
+    let first: u8 = read(ip)?;
+    let mut p = Packet {
+        family: 0,
+        local: [0; 16],
+        remote: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+    };
+    let tcp = match first >> 4 {
+        4 => {
+            let h: [u8; 20] = read(ip)?;
+            if h[9] != IPPROTO_TCP {
+                return Ok(None);
+            }
+            p.family = AF_INET;
+            p.local[..4].copy_from_slice(&h[12..16]);
+            p.remote[..4].copy_from_slice(&h[16..20]);
+            ip + u64::from(h[0] & 0x0f) * 4
+        }
+        6 => {
+            let h: [u8; 40] = read(ip)?;
+            // RSTs carry no extension headers.
+            if h[6] != IPPROTO_TCP {
+                return Ok(None);
+            }
+            p.family = AF_INET6;
+            p.local.copy_from_slice(&h[8..24]);
+            p.remote.copy_from_slice(&h[24..40]);
+            ip + 40
+        }
+        _ => return Ok(None),
+    };
+    let th: [u8; 14] = read(tcp)?;
+    if th[13] & TCP_RST == 0 {
+        return Ok(None);
+    }
+    p.local_port = u16::from_be_bytes([th[0], th[1]]);
+    p.remote_port = u16::from_be_bytes([th[2], th[3]]);
+    Ok(Some(p))
+}
+
+enum Origin {
+    /// Sent by the TCP stack: already attributed by tcp_send_reset.
+    TcpStack,
+    /// A user's raw or packet socket.
+    Socket,
+    /// No socket: decided by the stack.
+    NoSocket,
+}
+
+#[inline(always)]
+fn origin(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
+    if sk == 0 {
+        return Ok(Origin::NoSocket);
+    }
+    let family: u16 = read(sk + u64::from(o.sk_family))?;
+    if family == AF_PACKET {
+        return Ok(Origin::Socket);
+    }
+    // Time-wait and request sockets are only a `sock_common`: check the
+    // state before reading fields of a full socket.
+    let state: u8 = read(sk + u64::from(o.sk_state))?;
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return Ok(Origin::TcpStack);
+    }
+    let sk_type: u16 = read(sk + u64::from(o.sk_type))?;
+    if sk_type == SOCK_STREAM {
+        return Ok(Origin::TcpStack);
+    }
+    if sk_type == SOCK_RAW {
+        let protocol: u16 = read(sk + u64::from(o.sk_protocol))?;
+        if protocol == u16::from(IPPROTO_TCP) {
+            // The TCP stack answers without a full socket through its
+            // per-CPU control socket, a raw TCP socket that no file holds.
+            let socket: u64 = read(sk + u64::from(o.sk_socket))?;
+            let file: u64 = if socket == 0 {
+                0
+            } else {
+                read(socket + u64::from(o.socket_file))?
+            };
+            if file == 0 {
+                return Ok(Origin::TcpStack);
+            }
+        }
+    }
+    Ok(Origin::Socket)
+}
+
+fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    // SAFETY: a read-only global that userspace sets before load.
+    let o = unsafe { core::ptr::read_volatile(&EGRESS_OFFSETS) };
+    if o.skb_sk == ABSENT {
+        return Ok(0);
+    }
+    let skb: u64 = ctx.arg(0);
+    let Some(p) = rst_packet(skb, &o)? else {
+        return Ok(0);
+    };
+    count::bump(stat::EGRESS_RSTS);
+    let sk: u64 = read(skb + u64::from(o.skb_sk))?;
+    let (cause, stack_id) = match origin(sk, &o)? {
+        Origin::TcpStack => {
+            count::bump(stat::EGRESS_TCP_STACK);
+            return Ok(0);
+        }
+        Origin::Socket => (cause::INJECTED, -1),
+        Origin::NoSocket => {
+            match stack::cause_from_stack(ctx, stack::Rules::Egress) {
+                Some(c) if u32::from(c) == RULE_TCP_STACK => {
+                    count::bump(stat::EGRESS_TCP_STACK);
+                    return Ok(0);
+                }
+                // The stack names the netfilter hook and backend.
+                Some(c) => (c, stack::stack_id(ctx)),
+                None => {
+                    count::bump(stat::EGRESS_UNEXPLAINED);
+                    (cause::UNKNOWN, stack::stack_id(ctx))
+                }
+            }
+        }
+    };
+    let ev = RstEvent {
+        // SAFETY: plain helper calls with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        skaddr: sk,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid_tgid: bpf_get_current_pid_tgid(),
+        reason: ABSENT,
+        state: 0,
+        netns: netns::of(0, skb),
+        stack_id,
+        local_addr: p.local,
+        remote_addr: p.remote,
+        local_port: p.local_port,
+        remote_port: p.remote_port,
+        family: p.family,
+        cause,
+        source: source::EGRESS,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+    };
+    count::record(&ev);
+    Ok(0)
+}

@@ -1,0 +1,150 @@
+//! Details of a netfilter reject, read off the kernel stack of the RST:
+//! which hook the rule sat in and which backend ran it.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Netfilter {
+    /// prerouting, input, forward or output; null when the stack does not say.
+    pub hook: Option<&'static str>,
+    /// nftables, iptables-nft (xtables through nft_compat) or iptables-legacy.
+    pub backend: Option<&'static str>,
+    /// Table and chain need kprobes on nft_do_chain / ipt_do_table (kernels
+    /// that have them); null otherwise.
+    pub table: Option<String>,
+    pub chain: Option<String>,
+}
+
+/// The function that calls into netfilter names the hook (NF_HOOK is
+/// inlined into it).
+fn hook_of(caller: &str) -> Option<&'static str> {
+    Some(match caller {
+        "ip_rcv" | "ip_rcv_core" | "ip_list_rcv" | "ipv6_rcv" | "ipv6_list_rcv" => "prerouting",
+        "ip_local_deliver" | "ip6_input" => "input",
+        "ip_forward" | "ip6_forward" => "forward",
+        // TCP over IPv6 sends through ip6_xmit, which runs the hook itself.
+        "__ip_local_out" | "ip_local_out" | "__ip6_local_out" | "ip6_local_out" | "ip6_xmit" => {
+            "output"
+        }
+        "ip_output" | "ip6_output" | "ip_finish_output" | "ip6_finish_output" => "postrouting",
+        _ => return None,
+    })
+}
+
+/// `frames`: function names, innermost first.
+pub fn from_stack<'a>(frames: impl IntoIterator<Item = &'a str>) -> Netfilter {
+    let frames: Vec<&str> = frames.into_iter().collect();
+    let mut nf = Netfilter {
+        hook: None,
+        backend: None,
+        table: None,
+        chain: None,
+    };
+    // Frames inside nf_send_reset are the RST's own way out (its own
+    // OUTPUT hook among them); the rule that fired is outward of it.
+    let Some(start) = frames
+        .iter()
+        .position(|f| *f == "nf_send_reset" || *f == "nf_send_reset6")
+    else {
+        return nf;
+    };
+    let outer = &frames[start + 1..];
+    let hook_at = outer.iter().position(|f| *f == "nf_hook_slow");
+    let rule_frames = &outer[..hook_at.unwrap_or(outer.len())];
+    let has = |names: &[&str]| rule_frames.iter().any(|f| names.contains(f));
+    nf.backend = if has(&["ipt_do_table", "ip6t_do_table"]) {
+        Some("iptables-legacy")
+    } else if has(&["nft_target_eval_xt", "nft_target_eval_bridge"])
+        || (has(&["reject_tg", "reject_tg6"]) && has(&["nft_do_chain"]))
+    {
+        Some("iptables-nft")
+    } else if has(&["nft_do_chain"]) {
+        Some("nftables")
+    } else {
+        None
+    };
+    nf.hook = hook_at
+        .and_then(|i| outer.get(i + 1))
+        .and_then(|caller| hook_of(caller));
+    nf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_input_as_observed_on_6_18() {
+        // DESIGN.md: __dev_queue_xmit <- ip_finish_output2 <- ip_output <-
+        // nf_send_reset <- nft_reject_inet_eval <- nft_do_chain <-
+        // nf_hook_slow <- ip_local_deliver
+        let nf = from_stack([
+            "__dev_queue_xmit",
+            "ip_finish_output2",
+            "ip_output",
+            "__ip_local_out",
+            "nf_send_reset",
+            "nft_reject_inet_eval",
+            "nft_do_chain",
+            "nft_do_chain_inet",
+            "nf_hook_slow",
+            "ip_local_deliver",
+            "ip_rcv",
+        ]);
+        assert_eq!(nf.hook, Some("input"));
+        assert_eq!(nf.backend, Some("nftables"));
+    }
+
+    #[test]
+    fn xtables_through_nft_compat_and_legacy() {
+        let compat = from_stack([
+            "ip_output",
+            "nf_send_reset",
+            "reject_tg",
+            "nft_target_eval_xt",
+            "nft_do_chain",
+            "nf_hook_slow",
+            "ip_rcv",
+        ]);
+        assert_eq!(
+            (compat.hook, compat.backend),
+            (Some("prerouting"), Some("iptables-nft"))
+        );
+        let legacy = from_stack([
+            "nf_send_reset6",
+            "reject_tg6",
+            "ip6t_do_table",
+            "nf_hook_slow",
+            "__ip6_local_out",
+        ]);
+        assert_eq!(
+            (legacy.hook, legacy.backend),
+            (Some("output"), Some("iptables-legacy"))
+        );
+    }
+
+    #[test]
+    fn ipv6_output_as_observed_on_6_18() {
+        let nf = from_stack([
+            "bpf_trace_run1",
+            "__dev_queue_xmit",
+            "ip6_finish_output",
+            "ip6_output",
+            "nf_send_reset6",
+            "nft_reject_inet_eval",
+            "nft_do_chain",
+            "nft_do_chain_inet",
+            "nf_hook_slow",
+            "ip6_xmit",
+            "inet6_csk_xmit",
+            "__tcp_transmit_skb",
+        ]);
+        assert_eq!((nf.hook, nf.backend), (Some("output"), Some("nftables")));
+    }
+
+    #[test]
+    fn no_reject_frame_means_no_detail() {
+        let nf = from_stack(["ip_output", "nf_hook_slow", "ip_local_deliver"]);
+        assert_eq!((nf.hook, nf.backend), (None, None));
+    }
+}
