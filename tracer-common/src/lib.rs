@@ -41,8 +41,12 @@ pub mod stat {
     pub const EGRESS_TCP_STACK: u32 = cause::COUNT + 3;
     /// ... of which no rule explains (counted as `unknown`, with a stack).
     pub const EGRESS_UNEXPLAINED: u32 = cause::COUNT + 4;
+    /// TCP segments netfilter dropped silently.
+    pub const NETFILTER_DROPS: u32 = cause::COUNT + 5;
+    /// ... of which found the per-remote drop map full.
+    pub const DROP_MAP_FULL: u32 = cause::COUNT + 6;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT + 5;
+    pub const COUNT: u32 = cause::COUNT + 7;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.
@@ -189,6 +193,8 @@ pub struct EgressOffsets {
     pub sk_protocol: u32,
     pub sk_socket: u32,
     pub socket_file: u32,
+    /// `sk_buff.skb_iif`: non-zero once a packet was received.
+    pub skb_iif: u32,
 }
 
 impl EgressOffsets {
@@ -202,7 +208,40 @@ impl EgressOffsets {
         sk_protocol: ABSENT,
         sk_socket: ABSENT,
         socket_file: ABSENT,
+        skb_iif: ABSENT,
     };
+}
+
+/// Offsets into the `skb:kfree_skb` record, and the value of the
+/// NETFILTER_DROP reason on this kernel (it moves: 7, 11, 12, ...).
+/// `reason == ABSENT` leaves drop counting off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KfreeSkbLayout {
+    pub skbaddr: u32,
+    pub location: u32,
+    pub reason: u32,
+    pub netfilter_drop: u32,
+}
+
+impl KfreeSkbLayout {
+    pub const UNSET: Self = Self {
+        skbaddr: ABSENT,
+        location: ABSENT,
+        reason: ABSENT,
+        netfilter_drop: ABSENT,
+    };
+}
+
+/// Key of the netfilter-drop counters: remote address and the code
+/// address that dropped (symbolized by userspace: nft, xtables, a module).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 7],
+    pub location: u64,
 }
 
 /// Where an event was observed.
@@ -279,6 +318,8 @@ mod pod {
     unsafe impl aya::Pod for super::StackRules {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
     unsafe impl aya::Pod for super::EgressOffsets {}
+    unsafe impl aya::Pod for super::KfreeSkbLayout {}
+    unsafe impl aya::Pod for super::DropKey {}
 }
 
 #[cfg(test)]
@@ -290,7 +331,9 @@ mod tests {
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
         assert_eq!(size_of::<NetnsOffsets>(), 4 * 4);
-        assert_eq!(size_of::<EgressOffsets>(), 9 * 4);
+        assert_eq!(size_of::<EgressOffsets>(), 10 * 4);
+        assert_eq!(size_of::<DropKey>(), 32);
+        assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 24);
         assert_eq!(size_of::<RemoteStats>(), 24);

@@ -59,7 +59,14 @@ pub fn record(ev: &RstEvent) {
 
 #[inline(always)]
 fn bump_remote(key: &RemoteKey, now: u64) -> bool {
-    if let Some(v) = REMOTES.get_ptr_mut(key) {
+    bump_map(&REMOTES, key, now)
+}
+
+/// Counts one event under `key` in a per-CPU map of `RemoteStats`; false
+/// when the map is full.
+#[inline(always)]
+pub fn bump_map<K>(map: &PerCpuHashMap<K, RemoteStats>, key: &K, now: u64) -> bool {
+    if let Some(v) = map.get_ptr_mut(key) {
         add(v, now);
         return true;
     }
@@ -68,10 +75,10 @@ fn bump_remote(key: &RemoteKey, now: u64) -> bool {
         first_ns: now,
         last_ns: now,
     };
-    match REMOTES.insert(key, fresh, BPF_NOEXIST as u64) {
+    match map.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => true,
         // Another CPU inserted the key first; our copy starts at zero.
-        Err(e) if e == -EEXIST => match REMOTES.get_ptr_mut(key) {
+        Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
             Some(v) => {
                 add(v, now);
                 true

@@ -10,21 +10,24 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause,
-    source, stat,
+    ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause, source, stat,
 };
 
-use crate::{count, netns, stack};
+use crate::{
+    count, netns,
+    packet::{self, read},
+    stack,
+};
 
 #[unsafe(no_mangle)]
-static EGRESS_OFFSETS: EgressOffsets = EgressOffsets::UNSET;
+pub static EGRESS_OFFSETS: EgressOffsets = EgressOffsets::UNSET;
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_RST: u8 = 0x04;
@@ -40,71 +43,6 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
         Ok(r) => r,
         Err(r) => r,
     }
-}
-
-#[inline(always)]
-fn read<T>(addr: u64) -> Result<T, i32> {
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| 0)
-}
-
-struct Packet {
-    family: u8,
-    local: [u8; 16],
-    remote: [u8; 16],
-    local_port: u16,
-    remote_port: u16,
-}
-
-/// The IP and TCP headers at the network header, if this is a TCP RST.
-#[inline(always)]
-fn rst_packet(skb: u64, o: &EgressOffsets) -> Result<Option<Packet>, i32> {
-    let head: u64 = read(skb + u64::from(o.skb_head))?;
-    let nh: u16 = read(skb + u64::from(o.skb_network_header))?;
-    // The network header is unset (0xffff) on packets that have none.
-    if head == 0 || nh == 0xffff {
-        return Ok(None);
-    }
-    let ip = head + u64::from(nh);
-    let first: u8 = read(ip)?;
-    let mut p = Packet {
-        family: 0,
-        local: [0; 16],
-        remote: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-    };
-    let tcp = match first >> 4 {
-        4 => {
-            let h: [u8; 20] = read(ip)?;
-            if h[9] != IPPROTO_TCP {
-                return Ok(None);
-            }
-            p.family = AF_INET;
-            p.local[..4].copy_from_slice(&h[12..16]);
-            p.remote[..4].copy_from_slice(&h[16..20]);
-            ip + u64::from(h[0] & 0x0f) * 4
-        }
-        6 => {
-            let h: [u8; 40] = read(ip)?;
-            // RSTs carry no extension headers.
-            if h[6] != IPPROTO_TCP {
-                return Ok(None);
-            }
-            p.family = AF_INET6;
-            p.local.copy_from_slice(&h[8..24]);
-            p.remote.copy_from_slice(&h[24..40]);
-            ip + 40
-        }
-        _ => return Ok(None),
-    };
-    let th: [u8; 14] = read(tcp)?;
-    if th[13] & TCP_RST == 0 {
-        return Ok(None);
-    }
-    p.local_port = u16::from_be_bytes([th[0], th[1]]);
-    p.remote_port = u16::from_be_bytes([th[2], th[3]]);
-    Ok(Some(p))
 }
 
 enum Origin {
@@ -161,9 +99,12 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let skb: u64 = ctx.arg(0);
-    let Some(p) = rst_packet(skb, &o)? else {
+    let Some(p) = packet::tcp(skb, &o)? else {
         return Ok(0);
     };
+    if p.flags & TCP_RST == 0 {
+        return Ok(0);
+    }
     count::bump(stat::EGRESS_RSTS);
     let sk: u64 = read(skb + u64::from(o.skb_sk))?;
     let (cause, stack_id) = match origin(sk, &o)? {
@@ -197,10 +138,11 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         state: 0,
         netns: netns::of(0, skb),
         stack_id,
-        local_addr: p.local,
-        remote_addr: p.remote,
-        local_port: p.local_port,
-        remote_port: p.remote_port,
+        // Outgoing: the source is this host.
+        local_addr: p.saddr,
+        remote_addr: p.daddr,
+        local_port: p.sport,
+        remote_port: p.dport,
         family: p.family,
         cause,
         source: source::EGRESS,

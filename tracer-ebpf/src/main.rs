@@ -2,8 +2,10 @@
 #![no_main]
 
 mod count;
+mod drop;
 mod egress;
 mod netns;
+mod packet;
 mod send_reset;
 mod stack;
 

@@ -99,6 +99,18 @@ pub fn symbolize(ksyms: Option<&Kallsyms>, ip: u64) -> String {
     }
 }
 
+/// `function [module]` without the offset: names a code location in a
+/// summary, where one row stands for many addresses in the function.
+pub fn symbolize_function(ksyms: Option<&Kallsyms>, ip: u64) -> String {
+    match ksyms.and_then(|k| k.symbolize(ip)) {
+        Some((s, _)) => match &s.module {
+            Some(m) => format!("{} [{m}]", s.name),
+            None => s.name.clone(),
+        },
+        None => format!("{ip:#x}"),
+    }
+}
+
 /// Function and module of each frame, innermost first.
 fn frames(ksyms: Option<&Kallsyms>, ips: &[u64]) -> Vec<(String, Option<String>)> {
     ips.iter()

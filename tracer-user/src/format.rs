@@ -208,6 +208,36 @@ impl SendResetFormat {
     }
 }
 
+/// `skb:kfree_skb` on this kernel: where its fields are and which reason
+/// value means NETFILTER_DROP. `reason` stays ABSENT on kernels whose
+/// kfree_skb has no reason (before 5.17), where drops can't be told apart.
+pub fn kfree_skb_layout(format: &Format) -> Result<tracer_common::KfreeSkbLayout> {
+    let off = |name: &str, size: u32| -> Result<u32> {
+        let f = format
+            .field(name)
+            .with_context(|| format!("kfree_skb has no {name} field"))?;
+        anyhow::ensure!(f.size == size, "kfree_skb field {name} has size {}", f.size);
+        Ok(f.offset)
+    };
+    let mut l = tracer_common::KfreeSkbLayout {
+        skbaddr: off("skbaddr", 8)?,
+        location: off("location", 8)?,
+        ..tracer_common::KfreeSkbLayout::UNSET
+    };
+    if format.field("reason").is_some() {
+        let value = format
+            .symbols("reason")
+            .into_iter()
+            .find(|(_, n)| n == "NETFILTER_DROP")
+            .map(|(v, _)| v as u32);
+        if let Some(v) = value {
+            l.reason = off("reason", 4)?;
+            l.netfilter_drop = v;
+        }
+    }
+    Ok(l)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +338,26 @@ mod tests {
         assert_eq!(pos("6.1"), Some(7));
         assert_eq!(pos("6.12"), Some(11));
         assert_eq!(pos("7.2"), Some(12));
+    }
+
+    #[test]
+    fn kfree_skb_layouts_of_every_kernel() {
+        let l = |k: &str| kfree_skb_layout(&fixture(&format!("{k}/kfree_skb"))).unwrap();
+        let host = l("6.18");
+        assert_eq!(
+            (
+                host.skbaddr,
+                host.location,
+                host.reason,
+                host.netfilter_drop
+            ),
+            (8, 16, 36, 12)
+        );
+        let k61 = l("6.1");
+        assert_eq!((k61.reason, k61.netfilter_drop), (28, 7));
+        assert_eq!(l("6.12").netfilter_drop, 11);
+        let k510 = l("5.10");
+        assert_eq!(k510.reason, ABSENT, "5.10 has no drop reason");
     }
 
     #[test]

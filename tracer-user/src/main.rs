@@ -99,6 +99,7 @@ async fn run(args: Args) -> Result<()> {
         stack_rules,
         netns: netns_offsets(),
         egress: egress_offsets().map(|o| (o, egress_rules)),
+        kfree_skb: kfree_skb_layout(&tracefs),
         emit_events: !args.summary_only,
         max_remote_ips: args.max_remote_ips,
     })?;
@@ -114,13 +115,24 @@ async fn run(args: Args) -> Result<()> {
     tracer.attach()?;
     let started = Instant::now();
     let clock = BootClock::new();
-    eprintln!(
-        "rsttrace: attached to tcp:tcp_send_reset ({}); {}",
+    // The plan in one line: what is watched, and what is not.
+    let mut hooks = vec![format!(
+        "tcp:tcp_send_reset ({})",
         if fmt.reasons.is_empty() {
             "this kernel gives no RST reason: causes show as unknown"
         } else {
-            "causes from the kernel's RST reason"
-        },
+            "TCP stack RSTs by kernel reason"
+        }
+    )];
+    if tracer.sees_egress() {
+        hooks.push("net_dev_queue (RSTs outside the TCP stack)".into());
+    }
+    if tracer.counts_drops() {
+        hooks.push("skb:kfree_skb (netfilter drops)".into());
+    }
+    eprintln!(
+        "rsttrace: attached to {}; {}",
+        hooks.join(", "),
         match args.duration {
             Some(d) => format!("tracing for {}", humantime::format_duration(d)),
             None => "stop with Ctrl-C".to_string(),
@@ -186,6 +198,9 @@ async fn run(args: Args) -> Result<()> {
         &decoder.clock,
         started.elapsed(),
     );
+    summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
+        event::symbolize_function(decoder.ksyms.as_ref(), loc)
+    });
     for r in &mut summary.by_remote_ip {
         r.diagnosis = Some(diagnosis::diagnose(r, &tally));
     }
@@ -193,6 +208,28 @@ async fn run(args: Args) -> Result<()> {
         stop_on_output_error(e)?;
     }
     Ok(())
+}
+
+/// Where netfilter drops show on this kernel; drop counting stays off,
+/// with a warning, where they can't be told apart.
+fn kfree_skb_layout(tracefs: &std::path::Path) -> tracer_common::KfreeSkbLayout {
+    let layout = preflight::tracepoint_format(tracefs, "skb", "kfree_skb")
+        .and_then(|t| Format::parse(&t))
+        .and_then(|f| format::kfree_skb_layout(&f));
+    match layout {
+        Ok(l) if l.reason != tracer_common::ABSENT => l,
+        Ok(_) => {
+            eprintln!(
+                "rsttrace: warning: this kernel's skb:kfree_skb has no NETFILTER_DROP reason: \
+                 silent netfilter drops will not be counted"
+            );
+            tracer_common::KfreeSkbLayout::UNSET
+        }
+        Err(e) => {
+            eprintln!("rsttrace: warning: netfilter drops will not be counted: {e:#}");
+            tracer_common::KfreeSkbLayout::UNSET
+        }
+    }
 }
 
 /// Offsets for reading outgoing packets at the egress hook; without them
@@ -219,6 +256,7 @@ fn egress_offsets() -> Option<tracer_common::EgressOffsets> {
             sk_protocol: m("sock", &["sk_protocol"], 2)?,
             sk_socket: m("sock", &["sk_socket"], 8)?,
             socket_file: m("socket", &["file"], 8)?,
+            skb_iif: m("sk_buff", &["skb_iif"], 4)?,
         })
     });
     match offsets {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tracer_common::{RemoteKey, RemoteStats, cause as cause_id, stat};
+use tracer_common::{DropKey, RemoteKey, RemoteStats, cause as cause_id, stat};
 
 use crate::{cause::Cause, clock::BootClock, event::ip_from};
 
@@ -22,6 +22,18 @@ pub struct RemoteSummary {
     pub last_seen: SystemTime,
     /// What to look at next (human output), filled in by `diagnosis`.
     pub diagnosis: Option<String>,
+}
+
+/// Silent netfilter drops of one remote IP's segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropSummary {
+    pub remote_ip: IpAddr,
+    pub total: u64,
+    /// Dropping code (`nft_do_chain [nf_tables]`, `ipt_do_table
+    /// [ip_tables]`, a module's hook) -> count.
+    pub by_location: BTreeMap<String, u64>,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
 }
 
 /// RSTs seen at the egress hook and how they were explained.
@@ -46,6 +58,55 @@ pub struct Summary {
     pub by_cause: BTreeMap<Cause, u64>,
     /// Sorted by total, descending (then by address, for a stable order).
     pub by_remote_ip: Vec<RemoteSummary>,
+    /// Netfilter drops (no RST sent), sorted like `by_remote_ip`.
+    pub drops: Vec<DropSummary>,
+    pub drops_total: u64,
+    /// Drops counted in `drops_total` only: the drop map was full.
+    pub drop_overflow: u64,
+}
+
+/// Merges per-CPU values: (count, first, last), or None when all are zero.
+fn merge(per_cpu: &[RemoteStats]) -> Option<(u64, u64, u64)> {
+    let mut count = 0;
+    let mut first = u64::MAX;
+    let mut last = 0;
+    for v in per_cpu.iter().filter(|v| v.count > 0) {
+        count += v.count;
+        first = first.min(v.first_ns);
+        last = last.max(v.last_ns);
+    }
+    (count > 0).then_some((count, first, last))
+}
+
+/// Per-remote-IP drop summaries; `name` symbolizes a dropping address.
+pub fn build_drops(
+    drops: impl IntoIterator<Item = (DropKey, Vec<RemoteStats>)>,
+    clock: &BootClock,
+    name: impl Fn(u64) -> String,
+) -> Vec<DropSummary> {
+    let mut per_ip: HashMap<IpAddr, DropSummary> = HashMap::new();
+    for (key, per_cpu) in drops {
+        let (Some(ip), Some((count, first, last))) =
+            (ip_from(key.family, &key.addr), merge(&per_cpu))
+        else {
+            continue;
+        };
+        let (first, last) = (clock.to_system_time(first), clock.to_system_time(last));
+        let d = per_ip.entry(ip).or_insert(DropSummary {
+            remote_ip: ip,
+            total: 0,
+            by_location: BTreeMap::new(),
+            first_seen: first,
+            last_seen: last,
+        });
+        d.total += count;
+        *d.by_location.entry(name(key.location)).or_default() += count;
+        d.first_seen = d.first_seen.min(first);
+        d.last_seen = d.last_seen.max(last);
+    }
+    let mut out: Vec<_> = per_ip.into_values().collect();
+    out.sort_by_key(|d| (Reverse(d.total), d.remote_ip));
+    out
 }
 
 /// `stats`: the per-CPU `STATS` slots summed over CPUs. `remotes`: each
@@ -73,17 +134,9 @@ pub fn build(
         let Some(ip) = ip_from(key.family, &key.addr) else {
             continue;
         };
-        let mut count = 0;
-        let mut first = u64::MAX;
-        let mut last = 0;
-        for v in per_cpu.iter().filter(|v| v.count > 0) {
-            count += v.count;
-            first = first.min(v.first_ns);
-            last = last.max(v.last_ns);
-        }
-        if count == 0 {
+        let Some((count, first, last)) = merge(&per_cpu) else {
             continue;
-        }
+        };
         let acc = per_ip.entry(ip).or_insert(Acc {
             total: 0,
             by_cause: BTreeMap::new(),
@@ -120,6 +173,9 @@ pub fn build(
         },
         by_cause,
         by_remote_ip,
+        drops: Vec::new(),
+        drops_total: slot(stat::NETFILTER_DROPS),
+        drop_overflow: slot(stat::DROP_MAP_FULL),
     }
 }
 
@@ -186,6 +242,36 @@ mod tests {
         assert_eq!(top.last_seen, clock.to_system_time(80));
         assert_eq!(s.by_remote_ip[1].remote_ip, a);
         assert_eq!(s.by_remote_ip[1].total, 1);
+    }
+
+    #[test]
+    fn drops_merge_per_ip_and_name_their_location() {
+        let a: IpAddr = "127.20.0.1".parse().unwrap();
+        let k = |loc: u64| {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&[127, 20, 0, 1]);
+            DropKey {
+                addr,
+                family: AF_INET,
+                _pad: [0; 7],
+                location: loc,
+            }
+        };
+        let clock = BootClock::with_boot_epoch_ns(0);
+        let d = build_drops(
+            vec![
+                (k(0x10), vec![v(2, 5, 9), v(1, 3, 3)]),
+                (k(0x20), vec![v(1, 7, 7)]),
+            ],
+            &clock,
+            |loc| format!("fn{loc:x}"),
+        );
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].remote_ip, d[0].total), (a, 4));
+        assert_eq!(d[0].by_location["fn10"], 3);
+        assert_eq!(d[0].by_location["fn20"], 1);
+        assert_eq!(d[0].first_seen, clock.to_system_time(3));
+        assert_eq!(d[0].last_seen, clock.to_system_time(9));
     }
 
     #[test]

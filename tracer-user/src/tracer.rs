@@ -11,7 +11,8 @@ use aya::{
     },
 };
 use tracer_common::{
-    EgressOffsets, NetnsOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
+    ABSENT, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, RemoteKey, RemoteStats,
+    SendResetLayout, StackRules,
 };
 
 use crate::cause::ReasonEntry;
@@ -25,6 +26,8 @@ pub struct Options<'a> {
     pub netns: NetnsOffsets,
     /// `None` leaves the egress hook off (no BTF to read packets with).
     pub egress: Option<(EgressOffsets, StackRules)>,
+    /// Drop counting needs the egress offsets (to read packets) too.
+    pub kfree_skb: KfreeSkbLayout,
     pub emit_events: bool,
     pub max_remote_ips: u32,
 }
@@ -34,6 +37,8 @@ pub struct Tracer {
     link: Option<TracePointLinkId>,
     egress_link: Option<RawTracePointLinkId>,
     egress: bool,
+    drop_link: Option<TracePointLinkId>,
+    drops: bool,
 }
 
 impl Tracer {
@@ -45,6 +50,7 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global("EGRESS_OFFSETS", &egress_offsets, true)
             .override_global("EGRESS_STACK_RULES", &egress_rules, true)
+            .override_global("KFREE_SKB_LAYOUT", &opts.kfree_skb, true)
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("STACK_RULES", &opts.stack_rules, true)
@@ -67,6 +73,8 @@ impl Tracer {
             link: None,
             egress_link: None,
             egress: opts.egress.is_some(),
+            drop_link: None,
+            drops: opts.egress.is_some() && opts.kfree_skb.reason != ABSENT,
         })
     }
 
@@ -95,11 +103,42 @@ impl Tracer {
                     .context("attaching to raw tracepoint net_dev_queue")?,
             );
         }
+        if self.drops {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut("kfree_skb")
+                .context("program kfree_skb missing")?
+                .try_into()?;
+            prog.load()
+                .context("the kernel verifier rejected the kfree_skb program")?;
+            self.drop_link = Some(
+                prog.attach("skb", "kfree_skb")
+                    .context("attaching to tracepoint skb:kfree_skb")?,
+            );
+        }
         Ok(())
+    }
+
+    /// Whether netfilter drops are counted on this kernel.
+    pub fn counts_drops(&self) -> bool {
+        self.drops
+    }
+
+    /// Whether RSTs outside the TCP stack are seen on this kernel.
+    pub fn sees_egress(&self) -> bool {
+        self.egress
     }
 
     /// Stops new events; counters keep what was counted.
     pub fn detach(&mut self) -> Result<()> {
+        if let Some(link) = self.drop_link.take() {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut("kfree_skb")
+                .context("program kfree_skb missing")?
+                .try_into()?;
+            prog.detach(link).context("detaching from skb:kfree_skb")?;
+        }
         if let Some(link) = self.egress_link.take() {
             let prog: &mut RawTracePoint = self
                 .ebpf
@@ -140,6 +179,17 @@ impl Tracer {
         let mut out = Vec::new();
         for per_cpu in stats.iter() {
             out.push(per_cpu?.iter().sum());
+        }
+        Ok(out)
+    }
+
+    pub fn drops(&self) -> Result<Vec<(DropKey, Vec<RemoteStats>)>> {
+        let map: PerCpuHashMap<_, DropKey, RemoteStats> =
+            PerCpuHashMap::try_from(self.ebpf.map("DROPS").context("DROPS map missing")?)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.context("reading the netfilter drop counters")?;
+            out.push((k, v.iter().copied().collect()));
         }
         Ok(out)
     }

@@ -660,3 +660,69 @@ fn injected_from_a_raw_socket() {
         );
     }
 }
+
+/// Silent drops: no RST, but the peer sees the same failure. Counted per
+/// remote IP in the summary's `drops`, with where they were dropped.
+#[test]
+fn netfilter_drops_are_counted_per_remote() {
+    let ns = Netns::new("drop");
+    ns.exec(&["nft", "add table inet rsttrace_t"]);
+    ns.exec(&[
+        "nft",
+        "add chain inet rsttrace_t in { type filter hook input priority 0 ; }",
+    ]);
+    ns.exec(&[
+        "nft",
+        "add rule inet rsttrace_t in ip saddr 127.27.0.1 tcp dport 7777 counter drop",
+    ]);
+    ns.exec(&[
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-s",
+        "127.27.0.2",
+        "-p",
+        "tcp",
+        "--dport",
+        "7777",
+        "-j",
+        "DROP",
+    ]);
+    let trace = Trace::start(&[]);
+    ns.run(|| {
+        for client in ["127.27.0.1", "127.27.0.2"] {
+            // A SYN into the void: the connect times out.
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&format!("{client}:0").parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            let to: SocketAddr = "127.0.0.1:7777".parse().unwrap();
+            let err = s
+                .connect_timeout(&to.into(), Duration::from_millis(300))
+                .expect_err("dropped");
+            assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        }
+    });
+    let out = trace.stop();
+    let nft = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
+    let legacy = ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]);
+    let legacy: u64 = legacy
+        .lines()
+        .find(|l| l.contains("DROP") && l.contains("127.27.0.2"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(nft >= 1 && legacy >= 1, "rules matched: {nft} {legacy}");
+    let drops = out.summary["drops"].as_array().unwrap();
+    for (ip, n) in [("127.27.0.1", nft), ("127.27.0.2", legacy)] {
+        let d = drops
+            .iter()
+            .find(|d| d["remote_ip"] == ip)
+            .unwrap_or_else(|| panic!("{ip} missing from drops: {drops:?}"));
+        assert_eq!(d["total"], n, "{d}");
+        assert_eq!(d["by_cause"], serde_json::json!({"netfilter-drop": n}));
+        assert!(!d["where"].as_object().unwrap().is_empty(), "{d}");
+    }
+    assert!(out.rsts_to("127.27.0.1").is_empty() && out.rsts_to("127.27.0.2").is_empty());
+}

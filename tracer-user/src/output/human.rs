@@ -153,6 +153,33 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             t.push_str(&format!("{ip}: {d}\n"));
         }
     }
+    if !s.drops.is_empty() {
+        t.push_str(&format!(
+            "\n{:<40} {:>8}  {:<15}  {:<15}  DROPPED BY (no RST sent)\n",
+            "NETFILTER DROPS", "TOTAL", "FIRST SEEN", "LAST SEEN"
+        ));
+        for d in s.drops.iter().take(top) {
+            let wh: Vec<String> = d
+                .by_location
+                .iter()
+                .map(|(w, n)| format!("{w}={n}"))
+                .collect();
+            t.push_str(&format!(
+                "{:<40} {:>8}  {:<15}  {:<15}  {}\n",
+                d.remote_ip.to_string(),
+                d.total,
+                time_of_day(d.first_seen),
+                time_of_day(d.last_seen),
+                wh.join(" ")
+            ));
+        }
+        if s.drops.len() > top {
+            t.push_str(&format!(
+                "... and {} more remote IPs\n",
+                s.drops.len() - top
+            ));
+        }
+    }
     let c = &s.coverage;
     t.push_str(&format!(
         "\ncoverage: {} RSTs left through a device: {} attributed ({} by the TCP stack), {} unknown\n",
@@ -264,6 +291,9 @@ mod tests {
             lost: 0,
             remote_ip_overflow: 0,
             coverage: Default::default(),
+            drops: vec![],
+            drops_total: 0,
+            drop_overflow: 0,
             by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
             by_remote_ip: vec![RemoteSummary {
                 remote_ip: "::1".parse().unwrap(),
@@ -299,6 +329,9 @@ mod tests {
             lost: 2,
             remote_ip_overflow: 0,
             coverage: Default::default(),
+            drops: vec![],
+            drops_total: 0,
+            drop_overflow: 0,
             by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
             by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
         };

@@ -56,8 +56,23 @@ struct SummaryLine<'a> {
     remote_ip_overflow: u64,
     by_cause: &'a BTreeMap<Cause, u64>,
     by_remote_ip: Vec<RemoteLine<'a>>,
-    drops: [(); 0],
+    drops: Vec<DropLine<'a>>,
+    drops_total: u64,
+    drop_overflow: u64,
     coverage: CoverageLine,
+}
+
+/// Silent netfilter drops of a remote IP's segments, shaped like a
+/// by_remote_ip entry, plus where they were dropped.
+#[derive(Serialize)]
+struct DropLine<'a> {
+    remote_ip: IpAddr,
+    total: u64,
+    by_cause: BTreeMap<&'static str, u64>,
+    #[serde(rename = "where")]
+    by_location: &'a BTreeMap<String, u64>,
+    first_seen: String,
+    last_seen: String,
 }
 
 /// RSTs seen leaving through a device, and how many a rule explains.
@@ -124,7 +139,20 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
                 last_seen: rfc3339(r.last_seen),
             })
             .collect(),
-        drops: [],
+        drops: s
+            .drops
+            .iter()
+            .map(|d| DropLine {
+                remote_ip: d.remote_ip,
+                total: d.total,
+                by_cause: BTreeMap::from([("netfilter-drop", d.total)]),
+                by_location: &d.by_location,
+                first_seen: rfc3339(d.first_seen),
+                last_seen: rfc3339(d.last_seen),
+            })
+            .collect(),
+        drops_total: s.drops_total,
+        drop_overflow: s.drop_overflow,
         coverage: CoverageLine {
             egress_rsts: s.coverage.egress_rsts,
             attributed: s.coverage.egress_rsts - s.coverage.unexplained,
@@ -154,7 +182,7 @@ mod tests {
     use super::*;
     use crate::{
         event::Family,
-        summary::{Coverage, RemoteSummary},
+        summary::{Coverage, DropSummary, RemoteSummary},
     };
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
@@ -285,6 +313,17 @@ mod tests {
                 last_seen: t,
                 diagnosis: None,
             }],
+            drops: vec![DropSummary {
+                remote_ip: "127.20.0.1".parse().unwrap(),
+                total: 2,
+                by_location: [("nft_do_chain [nf_tables]".to_string(), 2)]
+                    .into_iter()
+                    .collect(),
+                first_seen: t,
+                last_seen: t,
+            }],
+            drops_total: 2,
+            drop_overflow: 0,
         };
         let v = serde_json::to_value(summary_line(&s)).unwrap();
         assert_eq!(
@@ -303,7 +342,16 @@ mod tests {
                     "first_seen": "2023-11-14T22:13:20.000000Z",
                     "last_seen": "2023-11-14T22:13:20.000000Z",
                 }],
-                "drops": [],
+                "drops": [{
+                    "remote_ip": "127.20.0.1",
+                    "total": 2,
+                    "by_cause": {"netfilter-drop": 2},
+                    "where": {"nft_do_chain [nf_tables]": 2},
+                    "first_seen": "2023-11-14T22:13:20.000000Z",
+                    "last_seen": "2023-11-14T22:13:20.000000Z",
+                }],
+                "drops_total": 2,
+                "drop_overflow": 0,
                 "coverage": {"egress_rsts": 5, "attributed": 4, "unknown": 1, "by_tcp_stack": 3},
             })
         );
