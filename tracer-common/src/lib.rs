@@ -195,6 +195,9 @@ pub struct EgressOffsets {
     pub socket_file: u32,
     /// `sk_buff.skb_iif`: non-zero once a packet was received.
     pub skb_iif: u32,
+    /// From a `struct socket` to its inode number (`socket_alloc.vfs_inode`
+    /// + `inode.i_ino`): names the process that owns a socket.
+    pub socket_ino: u32,
 }
 
 impl EgressOffsets {
@@ -209,6 +212,7 @@ impl EgressOffsets {
         sk_socket: ABSENT,
         socket_file: ABSENT,
         skb_iif: ABSENT,
+        socket_ino: ABSENT,
     };
 }
 
@@ -295,6 +299,9 @@ pub struct RstEvent {
     /// Kernel stack in the `STACK_TRACES` map, taken for `unknown` RSTs so
     /// the gap can be closed; negative when none was taken.
     pub stack_id: i32,
+    /// Inode of the socket's file, for `socket-killed` (its owner is
+    /// looked up by it); 0 otherwise.
+    pub sk_ino: u64,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub local_port: u16,
@@ -331,12 +338,12 @@ mod tests {
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
         assert_eq!(size_of::<NetnsOffsets>(), 4 * 4);
-        assert_eq!(size_of::<EgressOffsets>(), 10 * 4);
+        assert_eq!(size_of::<EgressOffsets>(), 11 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 24);
         assert_eq!(size_of::<RemoteStats>(), 24);
-        assert_eq!(size_of::<RstEvent>(), 4 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
+        assert_eq!(size_of::<RstEvent>(), 5 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
     }
 }

@@ -138,6 +138,7 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         state: 0,
         netns: netns::of(0, skb),
         stack_id,
+        sk_ino: 0,
         // Outgoing: the source is this host.
         local_addr: p.saddr,
         remote_addr: p.daddr,

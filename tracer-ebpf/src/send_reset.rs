@@ -96,6 +96,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         } else {
             -1
         },
+        sk_ino: if cause == cause::SOCKET_KILLED {
+            socket_ino(skaddr)
+        } else {
+            0
+        },
         local_addr: ends.local,
         remote_addr: ends.remote,
         local_port: ends.local_port,
@@ -108,6 +113,21 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     count::record(&ev);
     Ok(0)
+}
+
+/// Inode number of the file behind socket `sk`, 0 when unknown.
+#[inline(always)]
+fn socket_ino(sk: u64) -> u64 {
+    // SAFETY: a read-only global that userspace sets before load.
+    let o = unsafe { core::ptr::read_volatile(&crate::egress::EGRESS_OFFSETS) };
+    if sk == 0 || o.sk_socket == ABSENT || o.socket_ino == ABSENT {
+        return 0;
+    }
+    let socket: u64 = crate::packet::read(sk + u64::from(o.sk_socket)).unwrap_or(0);
+    if socket == 0 {
+        return 0;
+    }
+    crate::packet::read(socket + u64::from(o.socket_ino)).unwrap_or(0)
 }
 
 #[inline(always)]

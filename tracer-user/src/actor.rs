@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -20,9 +21,38 @@ pub struct Actor {
     pub exe: Option<String>,
     /// cgroup v2 path relative to the cgroup root, when it can be resolved.
     pub cgroup: Option<String>,
+    /// The container the cgroup names, if any (docker, containerd, CRI-O,
+    /// podman: a 64-hex id in the cgroup path).
+    pub container_id: Option<String>,
     /// The runtime-security agent this process is, if it is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+}
+
+/// The process holding a socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// The 64-hex container id in a cgroup path (`.../docker-<id>.scope`,
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`,
+/// `/docker/<id>`, `/kubepods/.../<id>`), innermost first.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.rsplit('/').find_map(|part| {
+        let bytes = part.as_bytes();
+        (0..bytes.len().saturating_sub(63)).find_map(|i| {
+            let run = &bytes[i..i + 64];
+            let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit())
+                && (i == 0 || !bytes[i - 1].is_ascii_hexdigit());
+            (bounded
+                && run
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| part[i..i + 64].to_string())
+        })
+    })
 }
 
 pub fn comm_str(comm: &[u8]) -> String {
@@ -34,6 +64,8 @@ pub fn comm_str(comm: &[u8]) -> String {
 /// walking the hierarchy at most once per unknown id.
 pub struct ActorResolver {
     agents: Agents,
+    sockets: HashMap<u64, Owner>,
+    sockets_scanned: Option<Instant>,
     /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
     root: Option<PathBuf>,
     cgroups: HashMap<u64, Option<String>>,
@@ -55,6 +87,8 @@ impl ActorResolver {
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         Self {
             agents,
+            sockets: HashMap::new(),
+            sockets_scanned: None,
             root: cgroup2_mount(&mounts),
             cgroups: HashMap::new(),
         }
@@ -67,14 +101,34 @@ impl ActorResolver {
             .map(|p| p.to_string_lossy().into_owned());
         let comm = comm_str(&ev.comm);
         let agent = self.agents.classify(&comm, exe.as_deref());
+        let cgroup = self.cgroup_path(ev.cgroup_id);
         Actor {
             pid,
             tid: ev.pid_tgid as u32,
             comm,
             exe,
-            cgroup: self.cgroup_path(ev.cgroup_id),
+            container_id: cgroup.as_deref().and_then(container_id),
+            cgroup,
             agent,
         }
+    }
+
+    /// The process that holds the socket whose file has inode `ino`. One
+    /// scan of /proc maps every socket at once; unknown inodes trigger a
+    /// new scan at most once a second.
+    pub fn owner(&mut self, ino: u64) -> Option<Owner> {
+        if ino == 0 {
+            return None;
+        }
+        if !self.sockets.contains_key(&ino)
+            && self
+                .sockets_scanned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.sockets = scan_sockets();
+            self.sockets_scanned = Some(Instant::now());
+        }
+        self.sockets.get(&ino).cloned()
     }
 
     fn cgroup_path(&mut self, id: u64) -> Option<String> {
@@ -93,6 +147,46 @@ impl ActorResolver {
         }
         self.cgroups.entry(id).or_insert(None).clone()
     }
+}
+
+/// Socket inode -> owning process, from every /proc/PID/fd.
+fn scan_sockets() -> HashMap<u64, Owner> {
+    let mut out = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(ino) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let comm = comm.get_or_insert_with(|| {
+                std::fs::read_to_string(p.path().join("comm"))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_default()
+            });
+            out.entry(ino).or_insert_with(|| Owner {
+                pid,
+                comm: comm.clone(),
+            });
+        }
+    }
+    out
 }
 
 fn walk(root: &Path, dir: &Path, dev: u64, depth: usize, out: &mut HashMap<u64, String>) {
@@ -140,6 +234,43 @@ mod tests {
             cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
             None
         );
+    }
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "4f1c3e9a8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope"
+            ),
+            format!("/docker/{id}"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
+        }
+        assert_eq!(
+            container_id("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
+        assert_eq!(
+            container_id(&format!("/x/{id}0")),
+            None,
+            "65 hex digits is no id"
+        );
+        assert_eq!(container_id("/"), None);
+    }
+
+    #[test]
+    fn finds_the_owner_of_its_own_socket() {
+        use std::os::unix::fs::MetadataExt as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
+        let owner = scan_sockets().remove(&ino).expect("own socket");
+        assert_eq!(owner.pid, std::process::id());
     }
 
     #[test]

@@ -130,12 +130,14 @@ mod tests {
                 comm: comm.into(),
                 exe: None,
                 cgroup: None,
+                container_id: None,
                 agent: agent.map(Into::into),
             }),
             labels: vec![],
             stack: None,
             netfilter: None,
             module: None,
+            owner: None,
         }
     }
 

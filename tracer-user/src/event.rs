@@ -9,7 +9,7 @@ use std::{
 use tracer_common::{ABSENT, AF_INET, AF_INET6, RstEvent};
 
 use crate::{
-    actor::{Actor, ActorResolver},
+    actor::{Actor, ActorResolver, Owner},
     cause::Cause,
     clock::BootClock,
     kallsyms::Kallsyms,
@@ -49,6 +49,8 @@ pub struct Rst {
     pub netfilter: Option<Netfilter>,
     /// The kernel module that built an injected RST.
     pub module: Option<String>,
+    /// For `socket-killed`: the process that held the destroyed socket.
+    pub owner: Option<Owner>,
 }
 
 /// TCP states are stable ABI (include/net/tcp_states.h); the format file
@@ -183,6 +185,7 @@ impl Decoder {
                 .map(|ips| ips.into_iter().map(|ip| symbolize(ksyms, ip)).collect()),
             netfilter,
             module,
+            owner: self.actors.owner(ev.sk_ino),
         })
     }
 }

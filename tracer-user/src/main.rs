@@ -257,6 +257,13 @@ fn egress_offsets() -> Option<tracer_common::EgressOffsets> {
             sk_socket: m("sock", &["sk_socket"], 8)?,
             socket_file: m("socket", &["file"], 8)?,
             skb_iif: m("sk_buff", &["skb_iif"], 4)?,
+            socket_ino: {
+                let sock = b.member("socket_alloc", &["socket"])?.offset;
+                let inode = b.member("socket_alloc", &["vfs_inode"])?.offset;
+                let ino = m("inode", &["i_ino"], 8)?;
+                anyhow::ensure!(inode > sock, "socket_alloc has its inode first");
+                inode - sock + ino
+            },
         })
     });
     match offsets {

@@ -388,7 +388,7 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         u64,
         fn(&Netns, &'static str) -> u64,
     );
-    let scenarios: [Scenario; 7] = [
+    let scenarios: [Scenario; 9] = [
         ("mix-closed", "127.21.0.1", 4, |ns, c| {
             closed_port(ns, c.parse().unwrap(), "127.0.0.1:9".parse().unwrap(), 4)
         }),
@@ -411,6 +411,25 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
             ns.add_addr(&format!("{c}/128"));
             closed_port(ns, c.parse().unwrap(), "[::1]:9".parse().unwrap(), 2)
         }),
+        ("mix-nft", "127.28.0.1", 3, |ns, c| {
+            ns.exec(&["nft", "add table inet t"]);
+            ns.exec(&[
+                "nft",
+                "add chain inet t in { type filter hook input priority 0 ; }",
+            ]);
+            let rule = format!(
+                "add rule inet t in ip saddr {c} tcp dport 7 counter reject with tcp reset"
+            );
+            ns.exec(&["nft", &rule]);
+            let tcp = closed_port(ns, c.parse().unwrap(), "127.0.0.1:7".parse().unwrap(), 3);
+            assert_eq!(tcp, 0, "netfilter's RSTs are not the TCP stack's");
+            rule_packets(&ns.output(&["nft", "list", "chain", "inet", "t", "in"]))
+        }),
+        ("mix-raw", "127.29.0.1", 2, |ns, _| {
+            let (sent, tcp) = inject_rsts(ns, [127, 29, 0, 1], 2);
+            assert_eq!(tcp, 0);
+            sent
+        }),
     ];
     let causes = [
         "closed-port",
@@ -420,6 +439,8 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         "socket-killed",
         "keepalive-timeout",
         "closed-port",
+        "netfilter-reject",
+        "injected",
     ];
     let namespaces: Vec<Netns> = scenarios.iter().map(|s| Netns::new(s.0)).collect();
     let trace = Trace::start(&[]);
@@ -437,8 +458,10 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         coverage["unknown"], 0,
         "every egress RST explained: {coverage}"
     );
+    // The first seven scenarios' RSTs come from the TCP stack.
+    let by_stack: u64 = sent[..7].iter().sum();
     assert!(
-        coverage["by_tcp_stack"].as_u64().unwrap() >= sent.iter().sum::<u64>(),
+        coverage["by_tcp_stack"].as_u64().unwrap() >= by_stack,
         "{coverage}"
     );
     for (((s, ns), sent), cause) in scenarios.iter().zip(&namespaces).zip(sent).zip(causes) {
@@ -613,13 +636,10 @@ fn netfilter_reject_iptables_legacy() {
     assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy");
 }
 
-/// A RST built by hand on a raw socket, as tcpkill or a userspace IPS do.
-#[test]
-fn injected_from_a_raw_socket() {
-    let ns = Netns::new("raw");
-    let trace = Trace::start(&[]);
-    let n = 3u16;
-    let (sent, tcp) = ns.run(move || {
+/// Sends `n` hand-built RSTs from 127.0.0.1:80 to `remote` on a raw
+/// socket, as tcpkill or a userspace IPS do; returns (sent, OutRsts delta).
+fn inject_rsts(ns: &Netns, remote: [u8; 4], n: u16) -> (u64, u64) {
+    ns.run(move || {
         let before = out_rsts_here();
         let raw = socket2::Socket::new(
             socket2::Domain::IPV4,
@@ -631,26 +651,33 @@ fn injected_from_a_raw_socket() {
         for i in 0..n {
             let mut pkt = [0u8; 40];
             // IPv4 header: version/IHL, total length, TTL, protocol TCP,
-            // 127.0.0.1 -> 127.17.0.1 (the kernel fills in the checksum).
+            // 127.0.0.1 -> remote (the kernel fills in the checksum).
             pkt[0] = 0x45;
             pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
             pkt[8] = 64;
             pkt[9] = 6;
             pkt[12..16].copy_from_slice(&[127, 0, 0, 1]);
-            pkt[16..20].copy_from_slice(&[127, 17, 0, 1]);
+            pkt[16..20].copy_from_slice(&remote);
             // TCP header: 80 -> 5000+i, data offset 5, flags RST.
             pkt[20..22].copy_from_slice(&80u16.to_be_bytes());
             pkt[22..24].copy_from_slice(&(5000 + i).to_be_bytes());
             pkt[32] = 5 << 4;
             pkt[33] = 0x04;
-            let to: SocketAddr = "127.17.0.1:0".parse().unwrap();
+            let to = SocketAddr::from((remote, 0));
             raw.send_to(&pkt, &to.into()).expect("sendto");
             sent += 1;
         }
         (sent, out_rsts_here() - before)
-    });
+    })
+}
+
+#[test]
+fn injected_from_a_raw_socket() {
+    let ns = Netns::new("raw");
+    let trace = Trace::start(&[]);
+    let (sent, tcp) = inject_rsts(&ns, [127, 17, 0, 1], 3);
     let out = trace.stop();
-    assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
+    assert_eq!((sent, tcp), (3, 0), "sent by hand, none by the TCP stack");
     for e in out.assert_exactly(&ns, "127.17.0.1", sent, "injected") {
         assert_eq!(e["local_port"], 80);
         assert_eq!(

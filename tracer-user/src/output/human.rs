@@ -89,6 +89,9 @@ pub fn rst_text(rst: &Rst) -> String {
             nf.backend.unwrap_or("?")
         ));
     }
+    if let Some(o) = &rst.owner {
+        line.push_str(&format!(" owner={}/{}", o.pid, o.comm));
+    }
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));
     }
@@ -266,6 +269,7 @@ mod tests {
             stack: None,
             netfilter: None,
             module: None,
+            owner: None,
         }
     }
 

@@ -10,7 +10,12 @@ use serde::Serialize;
 
 use super::Sink;
 use crate::{
-    actor::Actor, cause::Cause, clock::rfc3339, event::Rst, netfilter::Netfilter, summary::Summary,
+    actor::{Actor, Owner},
+    cause::Cause,
+    clock::rfc3339,
+    event::Rst,
+    netfilter::Netfilter,
+    summary::Summary,
 };
 
 #[derive(Serialize)]
@@ -33,6 +38,8 @@ struct RstLine<'a> {
     netfilter: Option<&'a Netfilter>,
     #[serde(skip_serializing_if = "Option::is_none")]
     module: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a Owner>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [String]>,
 }
@@ -117,6 +124,7 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
         stack: rst.stack.as_deref(),
         netfilter: rst.netfilter.as_ref(),
         module: rst.module.as_deref(),
+        owner: rst.owner.as_ref(),
     }
 }
 
@@ -204,12 +212,14 @@ mod tests {
                 comm: "server".into(),
                 exe: None,
                 cgroup: Some("/user.slice".into()),
+                container_id: None,
                 agent: None,
             }),
             labels: vec![],
             stack: None,
             netfilter: None,
             module: None,
+            owner: None,
         };
         assert_eq!(
             serde_json::to_value(rst_line(&rst)).unwrap(),
@@ -225,7 +235,7 @@ mod tests {
                 "remote_port": 40000,
                 "state": "TCP_ESTABLISHED",
                 "netns": null,
-                "actor": {"pid": 42, "tid": 43, "comm": "server", "exe": null, "cgroup": "/user.slice"},
+                "actor": {"pid": 42, "tid": 43, "comm": "server", "exe": null, "cgroup": "/user.slice", "container_id": null},
                 "labels": [],
             })
         );
@@ -250,6 +260,7 @@ mod tests {
             ]),
             netfilter: None,
             module: None,
+            owner: None,
         };
         let v = serde_json::to_value(rst_line(&rst)).unwrap();
         assert_eq!(v["cause"], "unknown");
@@ -281,6 +292,7 @@ mod tests {
                 chain: None,
             }),
             module: None,
+            owner: None,
         };
         let v = serde_json::to_value(rst_line(&rst)).unwrap();
         assert_eq!(v["kernel_reason"], serde_json::Value::Null);
