@@ -11,7 +11,11 @@ use aya_ebpf::{
 };
 use tracer_common::{ABSENT, DropKey, KfreeSkbLayout, RemoteStats, stat};
 
-use crate::{count, egress::EGRESS_OFFSETS, packet};
+use crate::{
+    count,
+    egress::{EGRESS_OFFSETS, LAST_REJECT},
+    packet,
+};
 
 #[unsafe(no_mangle)]
 static KFREE_SKB_LAYOUT: KfreeSkbLayout = KfreeSkbLayout::UNSET;
@@ -56,7 +60,24 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     // A received segment was dropped on its way in: the peer is its
     // source. One this host was sending has not been received anywhere.
     let iif: i32 = packet::read(skb + u64::from(o.skb_iif)).map_err(|_| 0u32)?;
-    let remote = if iif != 0 { p.saddr } else { p.daddr };
+    let (remote, remote_port, local_port) = if iif != 0 {
+        (p.saddr, p.sport, p.dport)
+    } else {
+        (p.daddr, p.dport, p.sport)
+    };
+    // The segment a REJECT rule just answered: not a silent drop.
+    if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let l = unsafe { &mut *last };
+        if l.valid != 0
+            && l.remote == remote
+            && l.remote_port == remote_port
+            && l.local_port == local_port
+        {
+            l.valid = 0;
+            return Ok(0);
+        }
+    }
     let key = DropKey {
         addr: remote,
         family: p.family,

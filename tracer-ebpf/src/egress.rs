@@ -13,7 +13,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
-    macros::raw_tracepoint,
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
     programs::RawTracePointContext,
 };
 use tracer_common::{
@@ -28,6 +29,20 @@ use crate::{
 
 #[unsafe(no_mangle)]
 pub static EGRESS_OFFSETS: EgressOffsets = EgressOffsets::UNSET;
+
+/// The last netfilter reject on this CPU: the segment it answered is
+/// freed right after with NETFILTER_DROP, and is not a silent drop.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastReject {
+    pub remote: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub valid: u32,
+}
+
+#[map]
+pub static LAST_REJECT: PerCpuArray<LastReject> = PerCpuArray::with_max_entries(1, 0);
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_RST: u8 = 0x04;
@@ -150,6 +165,19 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
     };
+    if cause == cause::NETFILTER_REJECT
+        && let Some(last) = LAST_REJECT.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            *last = LastReject {
+                remote: p.daddr,
+                remote_port: p.dport,
+                local_port: p.sport,
+                valid: 1,
+            };
+        }
+    }
     count::record(&ev);
     Ok(0)
 }

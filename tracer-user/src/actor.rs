@@ -113,6 +113,11 @@ impl ActorResolver {
         }
     }
 
+    /// The security agent `comm` is, if it is one.
+    pub fn agent(&self, comm: &str) -> Option<String> {
+        self.agents.classify(comm, None)
+    }
+
     /// The process that holds the socket whose file has inode `ino`. One
     /// scan of /proc maps every socket at once; unknown inodes trigger a
     /// new scan at most once a second.

@@ -84,6 +84,7 @@ pub fn ip_from(family: u8, addr: &[u8; 16]) -> Option<IpAddr> {
 }
 
 pub struct Decoder {
+    pub ruleset: crate::nftmon::SharedLog,
     pub clock: BootClock,
     pub reasons: BTreeMap<u64, String>,
     pub actors: ActorResolver,
@@ -151,13 +152,25 @@ impl Decoder {
         };
         let ksyms = self.ksyms.as_ref();
         let named = ips.as_deref().map(|ips| frames(ksyms, ips));
-        let netfilter = (cause == Cause::NetfilterReject)
+        let mut netfilter = (cause == Cause::NetfilterReject)
             .then(|| {
                 named
                     .as_ref()
                     .map(|f| netfilter::from_stack(f.iter().map(|(n, _)| n.as_str())))
             })
             .flatten();
+        // nftables backends: who added the rule, if it was added while we ran.
+        if let Some(nf) = netfilter.as_mut()
+            && nf.backend != Some("iptables-legacy")
+            && ev.netns != 0
+            && let Ok(log) = self.ruleset.lock()
+        {
+            nf.author = log.author(u64::from(ev.netns), crate::nftmon::Verdict::Reject);
+            if let Some(a) = &nf.author {
+                nf.table = a.table.clone();
+                nf.chain = a.chain.clone();
+            }
+        }
         // A module built it: the first module frame names it.
         let module = (cause == Cause::Injected)
             .then(|| named.as_ref()?.iter().find_map(|(_, m)| m.clone()))
@@ -165,9 +178,13 @@ impl Decoder {
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
         let actor = (cause.has_actor() && module.is_none()).then(|| self.actors.resolve(ev));
-        let labels = match actor.as_ref().and_then(|a| a.agent.as_ref()) {
-            Some(_) => vec!["security-agent".to_string()],
-            None => Vec::new(),
+        let rule_agent = netfilter
+            .as_ref()
+            .and_then(|nf| nf.author.as_ref())
+            .and_then(|a| self.actors.agent(&a.comm));
+        let labels = match (actor.as_ref().and_then(|a| a.agent.as_ref()), rule_agent) {
+            (None, None) => Vec::new(),
+            _ => vec!["security-agent".to_string()],
         };
         Some(Rst {
             ts: self.clock.to_system_time(ev.ts_ns),

@@ -12,6 +12,7 @@ mod event;
 mod format;
 mod kallsyms;
 mod netfilter;
+mod nftmon;
 mod output;
 mod preflight;
 mod summary;
@@ -108,6 +109,11 @@ async fn run(args: Args) -> Result<()> {
     // AsyncFd that owns the ring buffer.
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    // Ruleset authors: follow nftables changes before the first RST.
+    let ruleset = nftmon::SharedLog::default();
+    for w in nftmon::start(&ruleset) {
+        eprintln!("rsttrace: warning: nftables ruleset changes: {w}");
+    }
     // Before attaching: a SIGINT that arrives once "attached" is printed
     // must stop the trace cleanly, not kill it.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -142,6 +148,7 @@ async fn run(args: Args) -> Result<()> {
     let stdout: Box<dyn Write> = Box::new(io::BufWriter::new(io::stdout()));
     let mut sink = output::new_sink(args.output, stdout, args.rate, args.top);
     let mut decoder = Decoder {
+        ruleset: ruleset.clone(),
         clock,
         reasons: fmt.reasons.clone(),
         actors: ActorResolver::new(agents::Agents::new(args.agent.clone())),
@@ -201,6 +208,9 @@ async fn run(args: Args) -> Result<()> {
     summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
         event::symbolize_function(decoder.ksyms.as_ref(), loc)
     });
+    if let Ok(log) = ruleset.lock() {
+        summary.ruleset_changes = log.generations.clone();
+    }
     for r in &mut summary.by_remote_ip {
         r.diagnosis = Some(diagnosis::diagnose(r, &tally));
     }

@@ -13,6 +13,10 @@ pub struct Netfilter {
     /// that have them); null otherwise.
     pub table: Option<String>,
     pub chain: Option<String>,
+    /// Who added the rule, when it was added while rsttrace ran (nftables
+    /// backends only: followed over netlink).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<crate::nftmon::Author>,
 }
 
 /// The function that calls into netfilter names the hook (NF_HOOK is
@@ -39,6 +43,7 @@ pub fn from_stack<'a>(frames: impl IntoIterator<Item = &'a str>) -> Netfilter {
         backend: None,
         table: None,
         chain: None,
+        author: None,
     };
     // Frames inside nf_send_reset are the RST's own way out (its own
     // OUTPUT hook among them); the rule that fired is outward of it.

@@ -63,6 +63,8 @@ pub struct Summary {
     pub drops_total: u64,
     /// Drops counted in `drops_total` only: the drop map was full.
     pub drop_overflow: u64,
+    /// nftables generations committed while tracing, with their authors.
+    pub ruleset_changes: Vec<crate::nftmon::Generation>,
 }
 
 /// Merges per-CPU values: (count, first, last), or None when all are zero.
@@ -176,6 +178,7 @@ pub fn build(
         drops: Vec::new(),
         drops_total: slot(stat::NETFILTER_DROPS),
         drop_overflow: slot(stat::DROP_MAP_FULL),
+        ruleset_changes: Vec::new(),
     }
 }
 

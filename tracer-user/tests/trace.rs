@@ -542,6 +542,18 @@ fn netfilter_reject_nftables_ipv4_input_and_ipv6_output() {
     assert_eq!((in4, out6), (3, 2), "rule counters");
     assert_netfilter(&out, &ns, "127.16.0.1", in4, "input", "nftables");
     assert_netfilter(&out, &ns, "fd72:7374::17", out6, "output", "nftables");
+    // The segments the rules answered are not silent drops.
+    let drops = out.summary["drops"].as_array().unwrap();
+    assert!(
+        !drops
+            .iter()
+            .any(|d| d["remote_ip"] == "127.16.0.1" || d["remote_ip"] == "fd72:7374::17"),
+        "{drops:?}"
+    );
+    // The rules predate the trace: no author is claimed.
+    for e in out.rsts_to("127.16.0.1") {
+        assert!(e["netfilter"].get("author").is_none(), "{e}");
+    }
 }
 
 #[test]
@@ -752,4 +764,59 @@ fn netfilter_drops_are_counted_per_remote() {
         assert!(!d["where"].as_object().unwrap().is_empty(), "{d}");
     }
     assert!(out.rsts_to("127.27.0.1").is_empty() && out.rsts_to("127.27.0.2").is_empty());
+}
+
+/// A security agent that blocks a peer with a firewall rule: the rule is
+/// added while rsttrace runs, so its generation names the process, and
+/// RSTs the rule sends carry it, its table and chain, and the label.
+#[test]
+fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
+    let ns = Netns::new("nftagent");
+    let dir = std::env::temp_dir().join(format!("rsttrace-nftagent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("nft (nftables) is installed");
+    let agent = dir.join("crowdsec");
+    std::fs::copy(&nft, &agent).unwrap();
+    let trace = Trace::start(&[]);
+    let agent_str = agent.to_str().unwrap().to_string();
+    for cmd in [
+        "add table inet crowdsec_blocklist",
+        "add chain inet crowdsec_blocklist in { type filter hook input priority -10 ; }",
+        "add rule inet crowdsec_blocklist in ip saddr 127.31.0.1 counter reject with tcp reset",
+    ] {
+        ns.exec(&[&agent_str, cmd]);
+    }
+    let tcp = closed_port(
+        &ns,
+        "127.31.0.1".parse().unwrap(),
+        "127.0.0.1:443".parse().unwrap(),
+        2,
+    );
+    let out = trace.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(tcp, 0);
+    let n = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "crowdsec_blocklist", "in"]));
+    assert_eq!(n, 2);
+    for e in out.assert_exactly(&ns, "127.31.0.1", n, "netfilter-reject") {
+        let nf = &e["netfilter"];
+        assert_eq!(nf["author"]["comm"], "crowdsec", "{e}");
+        assert_eq!(nf["table"], "crowdsec_blocklist", "{e}");
+        assert_eq!(nf["chain"], "in", "{e}");
+        assert_eq!(e["labels"], serde_json::json!(["security-agent"]), "{e}");
+    }
+    let changes = out.summary["ruleset_changes"].as_array().unwrap();
+    assert!(
+        changes.iter().any(|g| g["netns"] == ns.inode()
+            && g["comm"] == "crowdsec"
+            && g["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["what"] == "add rule" && c["verdict"] == "reject")),
+        "{changes:?}"
+    );
 }

@@ -88,6 +88,9 @@ pub fn rst_text(rst: &Rst) -> String {
             nf.hook.unwrap_or("?"),
             nf.backend.unwrap_or("?")
         ));
+        if let Some(a) = &nf.author {
+            line.push_str(&format!(" rule-by={}/{}", a.pid, a.comm));
+        }
     }
     if let Some(o) = &rst.owner {
         line.push_str(&format!(" owner={}/{}", o.pid, o.comm));
@@ -181,6 +184,34 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
                 "... and {} more remote IPs\n",
                 s.drops.len() - top
             ));
+        }
+    }
+    if !s.ruleset_changes.is_empty() {
+        t.push_str("\nRULESET CHANGES (nftables, while tracing)\n");
+        for g in &s.ruleset_changes {
+            for c in &g.changes {
+                let mut what = format!("{} {}", c.what, c.family);
+                for part in [&c.table, &c.chain].into_iter().flatten() {
+                    what.push_str(&format!(" {part}"));
+                }
+                if let Some(h) = c.handle {
+                    what.push_str(&format!(" handle {h}"));
+                }
+                if let Some(v) = c.verdict.filter(|v| *v != crate::nftmon::Verdict::Other) {
+                    what.push_str(&format!(
+                        " ({})",
+                        if v == crate::nftmon::Verdict::Reject {
+                            "reject"
+                        } else {
+                            "drop"
+                        }
+                    ));
+                }
+                t.push_str(&format!(
+                    "netns {} generation {} by {} (pid {}): {what}\n",
+                    g.netns, g.generation, g.comm, g.pid
+                ));
+            }
         }
     }
     let c = &s.coverage;
@@ -298,6 +329,7 @@ mod tests {
             drops: vec![],
             drops_total: 0,
             drop_overflow: 0,
+            ruleset_changes: vec![],
             by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
             by_remote_ip: vec![RemoteSummary {
                 remote_ip: "::1".parse().unwrap(),
@@ -336,6 +368,7 @@ mod tests {
             drops: vec![],
             drops_total: 0,
             drop_overflow: 0,
+            ruleset_changes: vec![],
             by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
             by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
         };

@@ -15,6 +15,7 @@ use crate::{
     clock::rfc3339,
     event::Rst,
     netfilter::Netfilter,
+    nftmon::Generation,
     summary::Summary,
 };
 
@@ -67,6 +68,7 @@ struct SummaryLine<'a> {
     drops_total: u64,
     drop_overflow: u64,
     coverage: CoverageLine,
+    ruleset_changes: &'a [Generation],
 }
 
 /// Silent netfilter drops of a remote IP's segments, shaped like a
@@ -161,6 +163,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
             .collect(),
         drops_total: s.drops_total,
         drop_overflow: s.drop_overflow,
+        ruleset_changes: &s.ruleset_changes,
         coverage: CoverageLine {
             egress_rsts: s.coverage.egress_rsts,
             attributed: s.coverage.egress_rsts - s.coverage.unexplained,
@@ -290,6 +293,7 @@ mod tests {
                 backend: Some("nftables"),
                 table: None,
                 chain: None,
+                author: None,
             }),
             module: None,
             owner: None,
@@ -336,6 +340,7 @@ mod tests {
             }],
             drops_total: 2,
             drop_overflow: 0,
+            ruleset_changes: vec![],
         };
         let v = serde_json::to_value(summary_line(&s)).unwrap();
         assert_eq!(
@@ -364,6 +369,7 @@ mod tests {
                 }],
                 "drops_total": 2,
                 "drop_overflow": 0,
+                "ruleset_changes": [],
                 "coverage": {"egress_rsts": 5, "attributed": 4, "unknown": 1, "by_tcp_stack": 3},
             })
         );
