@@ -26,6 +26,24 @@ pub const KNOWN_AGENTS: &[(&str, &str)] = &[
     ("twistlock-defender", "Prisma Cloud Defender"),
 ];
 
+/// Kernel modules of security products that build or drop packets
+/// themselves (network containment), by module-name prefix.
+pub const KNOWN_AGENT_MODULES: &[(&str, &str)] = &[
+    ("falcon_", "CrowdStrike Falcon"),
+    ("sophos", "Sophos"),
+    ("mfe_", "Trellix/McAfee"),
+    ("ds_", "Trend Micro Deep Security"),
+    ("tmhook", "Trend Micro Deep Security"),
+];
+
+/// The security product a kernel module belongs to, if known.
+pub fn module_agent(module: &str) -> Option<&'static str> {
+    KNOWN_AGENT_MODULES
+        .iter()
+        .find(|(prefix, _)| module.starts_with(prefix))
+        .map(|(_, name)| *name)
+}
+
 const COMM_LEN: usize = 15;
 
 /// Matches process names against the known list and user patterns.
@@ -130,6 +148,15 @@ mod tests {
             Some("fail2ban")
         );
         assert_eq!(a.classify("ss", Some("/usr/bin/ss")), None);
+    }
+
+    #[test]
+    fn known_modules() {
+        assert_eq!(
+            module_agent("falcon_nf_netcontain"),
+            Some("CrowdStrike Falcon")
+        );
+        assert_eq!(module_agent("nf_tables"), None);
     }
 
     #[test]

@@ -16,13 +16,22 @@ pub struct ActorTally {
 }
 
 impl ActorTally {
-    pub fn observe(&mut self, rst: &Rst) {
-        let Some(actor) = &rst.actor else { return };
+    /// Counts the process behind `rst`: its actor, or for a netfilter
+    /// reject the author of the rule, with the agent either one is.
+    pub fn observe(&mut self, rst: &Rst, agent_of: impl Fn(&str) -> Option<String>) {
+        let who = match (
+            &rst.actor,
+            rst.netfilter.as_ref().and_then(|n| n.author.as_ref()),
+        ) {
+            (Some(a), _) => (a.comm.clone(), a.agent.clone()),
+            (None, Some(author)) => (author.comm.clone(), agent_of(&author.comm)),
+            (None, None) => return,
+        };
         *self
             .by_remote
             .entry(rst.remote.ip())
             .or_default()
-            .entry((rst.cause, actor.comm.clone(), actor.agent.clone()))
+            .entry((rst.cause, who.0, who.1))
             .or_default() += 1;
     }
 
@@ -83,7 +92,15 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         Cause::MemoryPressure => "TCP memory or orphan limits forced aborts: check net.ipv4.tcp_mem and tcp_max_orphans".to_string(),
         Cause::InvalidSegment => "segments invalid for the connection's state: a middlebox rewriting sequence numbers, or a peer reusing a port too early".to_string(),
         Cause::Mptcp => "MPTCP subflow resets".to_string(),
-        Cause::NetfilterReject => "a netfilter REJECT rule answered: check the ruleset".to_string(),
+        Cause::NetfilterReject => match tally.top(r.remote_ip, cause) {
+            Some((comm, Some(agent), _)) => format!(
+                "a REJECT rule added by {comm} (security agent: {agent}) answered: check its block list"
+            ),
+            Some((comm, None, _)) => {
+                format!("a REJECT rule added by {comm} answered: check why it blocks this peer")
+            }
+            None => "a netfilter REJECT rule answered: check the ruleset".to_string(),
+        },
         Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, or a kernel module)".to_string(),
         Cause::Unknown => "no rule explains these: the events carry the kernel stack; please report it".to_string(),
     };
@@ -145,7 +162,7 @@ mod tests {
     fn socket_killed_by_an_agent_names_it_and_its_block_list() {
         let mut t = ActorTally::default();
         for _ in 0..3 {
-            t.observe(&killed_by("crowdsec", Some("CrowdSec")));
+            t.observe(&killed_by("crowdsec", Some("CrowdSec")), |_| None);
         }
         let d = diagnose(
             &remote(
@@ -157,6 +174,33 @@ mod tests {
         assert_eq!(
             d,
             "socket-killed (3 of 4): process crowdsec (security agent: CrowdSec) destroyed 3 connections from this IP: check its block list"
+        );
+    }
+
+    #[test]
+    fn netfilter_reject_names_the_rule_author() {
+        let mut rst = killed_by("x", None);
+        rst.cause = Cause::NetfilterReject;
+        rst.actor = None;
+        rst.netfilter = Some(crate::netfilter::Netfilter {
+            hook: Some("input"),
+            backend: Some("nftables"),
+            table: Some("blocklist".into()),
+            chain: Some("in".into()),
+            author: Some(crate::nftmon::Author {
+                pid: 7,
+                comm: "crowdsec".into(),
+                generation: 3,
+                table: None,
+                chain: None,
+            }),
+        });
+        let mut t = ActorTally::default();
+        t.observe(&rst, |c| (c == "crowdsec").then(|| "CrowdSec".to_string()));
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::NetfilterReject, 1)]), &t);
+        assert!(
+            d.ends_with("a REJECT rule added by crowdsec (security agent: CrowdSec) answered: check its block list"),
+            "{d}"
         );
     }
 

@@ -182,8 +182,13 @@ impl Decoder {
             .as_ref()
             .and_then(|nf| nf.author.as_ref())
             .and_then(|a| self.actors.agent(&a.comm));
-        let labels = match (actor.as_ref().and_then(|a| a.agent.as_ref()), rule_agent) {
-            (None, None) => Vec::new(),
+        let module_agent = module.as_deref().and_then(crate::agents::module_agent);
+        let labels = match (
+            actor.as_ref().and_then(|a| a.agent.as_ref()),
+            rule_agent,
+            module_agent,
+        ) {
+            (None, None, None) => Vec::new(),
             _ => vec!["security-agent".to_string()],
         };
         Some(Rst {

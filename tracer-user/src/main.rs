@@ -328,7 +328,7 @@ fn drain(
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
         if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id)) {
-            tally.observe(&rst);
+            tally.observe(&rst, |comm| decoder.actors.agent(comm));
             sink.rst(&rst)?;
         }
     }

@@ -648,6 +648,71 @@ fn netfilter_reject_iptables_legacy() {
     assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy");
 }
 
+/// An IPv4 + TCP RST from 127.0.0.1:80 to remote:port (the kernel, or
+/// nobody, fills in the checksums: the packet is only traced).
+fn rst_packet(remote: [u8; 4], port: u16) -> [u8; 40] {
+    let mut pkt = [0u8; 40];
+    pkt[0] = 0x45;
+    pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+    pkt[8] = 64;
+    pkt[9] = 6;
+    pkt[12..16].copy_from_slice(&[127, 0, 0, 1]);
+    pkt[16..20].copy_from_slice(&remote);
+    pkt[20..22].copy_from_slice(&80u16.to_be_bytes());
+    pkt[22..24].copy_from_slice(&port.to_be_bytes());
+    pkt[32] = 5 << 4;
+    pkt[33] = 0x04;
+    pkt
+}
+
+/// Sends `n` RSTs to `remote` on an AF_PACKET socket (SOCK_DGRAM on lo),
+/// as userspace IPS and packet tools do; returns the number sent.
+fn inject_rsts_packet(ns: &Netns, remote: [u8; 4], n: u16) -> u64 {
+    ns.run(move || {
+        // SAFETY: plain socket(2); the fd is closed below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                i32::from(0x0800u16.to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a valid NUL-terminated name.
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = 0x0800u16.to_be();
+        to.sll_ifindex = lo as i32;
+        to.sll_halen = 6;
+        let mut sent = 0;
+        for i in 0..n {
+            let pkt = rst_packet(remote, 6000 + i);
+            // SAFETY: buffers valid for the lengths given.
+            let rc = unsafe {
+                libc::sendto(
+                    fd,
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(rc, 40, "sendto: {}", std::io::Error::last_os_error());
+            sent += 1;
+        }
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        sent
+    })
+}
+
 /// Sends `n` hand-built RSTs from 127.0.0.1:80 to `remote` on a raw
 /// socket, as tcpkill or a userspace IPS do; returns (sent, OutRsts delta).
 fn inject_rsts(ns: &Netns, remote: [u8; 4], n: u16) -> (u64, u64) {
@@ -661,20 +726,7 @@ fn inject_rsts(ns: &Netns, remote: [u8; 4], n: u16) -> (u64, u64) {
         .expect("raw socket");
         let mut sent = 0;
         for i in 0..n {
-            let mut pkt = [0u8; 40];
-            // IPv4 header: version/IHL, total length, TTL, protocol TCP,
-            // 127.0.0.1 -> remote (the kernel fills in the checksum).
-            pkt[0] = 0x45;
-            pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
-            pkt[8] = 64;
-            pkt[9] = 6;
-            pkt[12..16].copy_from_slice(&[127, 0, 0, 1]);
-            pkt[16..20].copy_from_slice(&remote);
-            // TCP header: 80 -> 5000+i, data offset 5, flags RST.
-            pkt[20..22].copy_from_slice(&80u16.to_be_bytes());
-            pkt[22..24].copy_from_slice(&(5000 + i).to_be_bytes());
-            pkt[32] = 5 << 4;
-            pkt[33] = 0x04;
+            let pkt = rst_packet(remote, 5000 + i);
             let to = SocketAddr::from((remote, 0));
             raw.send_to(&pkt, &to.into()).expect("sendto");
             sent += 1;
@@ -684,19 +736,19 @@ fn inject_rsts(ns: &Netns, remote: [u8; 4], n: u16) -> (u64, u64) {
 }
 
 #[test]
-fn injected_from_a_raw_socket() {
+fn injected_from_raw_and_packet_sockets() {
     let ns = Netns::new("raw");
     let trace = Trace::start(&[]);
     let (sent, tcp) = inject_rsts(&ns, [127, 17, 0, 1], 3);
+    let sent_packet = inject_rsts_packet(&ns, [127, 17, 0, 2], 2);
     let out = trace.stop();
     assert_eq!((sent, tcp), (3, 0), "sent by hand, none by the TCP stack");
-    for e in out.assert_exactly(&ns, "127.17.0.1", sent, "injected") {
-        assert_eq!(e["local_port"], 80);
-        assert_eq!(
-            e["actor"]["pid"],
-            std::process::id(),
-            "the injector is the actor: {e}"
-        );
+    for (remote, n) in [("127.17.0.1", sent), ("127.17.0.2", sent_packet)] {
+        for e in out.assert_exactly(&ns, remote, n, "injected") {
+            assert_eq!(e["local_port"], 80);
+            let pid = &e["actor"]["pid"];
+            assert_eq!(pid, std::process::id(), "the injector is the actor: {e}");
+        }
     }
 }
 
