@@ -111,8 +111,9 @@ async fn run(args: Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     // Ruleset authors: follow nftables changes before the first RST.
     let ruleset = nftmon::SharedLog::default();
-    for w in nftmon::start(&ruleset) {
-        eprintln!("rsttrace: warning: nftables ruleset changes: {w}");
+    let mut monitors = nftmon::Monitors::default();
+    for w in monitors.rescan(&ruleset) {
+        eprintln!("rsttrace: warning: nftables ruleset changes will not be followed: {w}");
     }
     // Before attaching: a SIGINT that arrives once "attached" is printed
     // must stop the trace cleanly, not kill it.
@@ -172,6 +173,8 @@ async fn run(args: Args) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
             _ = tick.tick() => {
+                // Namespaces created while tracing get a ruleset monitor.
+                monitors.rescan(&ruleset);
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
             guard = events.readable_mut() => {

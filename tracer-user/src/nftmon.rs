@@ -5,7 +5,7 @@
 //! network namespace, so one is opened in each namespace found at start.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -114,52 +114,72 @@ impl Log {
 
 pub type SharedLog = Arc<Mutex<Log>>;
 
-/// Starts a monitor thread in this namespace and in each named one
-/// (/run/netns/*). Failures are returned as warnings, not errors: the
-/// trace runs without authors.
-pub fn start(log: &SharedLog) -> Vec<String> {
-    let mut warnings = vec![];
-    let mut targets: Vec<Option<PathBuf>> = vec![None];
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        targets.extend(dir.flatten().map(|e| Some(e.path())));
-    }
-    let own = netns_inode(Path::new("/proc/self/ns/net"));
-    for target in targets {
-        let log = log.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("nftmon".into())
-            .spawn(move || {
-                let setup = (|| -> Result<(OwnedNl, u64), String> {
-                    if let Some(path) = &target {
-                        enter(path)?;
-                    }
-                    let ns = netns_inode(Path::new("/proc/thread-self/ns/net"))
-                        .ok_or("can't read the namespace inode")?;
-                    Ok((OwnedNl::subscribe()?, ns))
-                })();
-                match setup {
-                    Ok((sock, ns)) => {
-                        let _ = tx.send(Ok(ns));
-                        sock.run(ns, &log);
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
+/// Monitor threads: one in rsttrace's own namespace and one in each named
+/// namespace (/run/netns/*), including those created while tracing
+/// (`rescan`, called about once a second). A thread whose namespace file
+/// disappears ends, so it does not keep a deleted namespace alive.
+#[derive(Default)]
+pub struct Monitors {
+    started: HashSet<Option<PathBuf>>,
+}
+
+impl Monitors {
+    /// Starts monitors where none runs yet; returns warnings (the trace
+    /// runs on without authors there).
+    pub fn rescan(&mut self, log: &SharedLog) -> Vec<String> {
+        let mut targets: Vec<Option<PathBuf>> = vec![None];
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            targets.extend(dir.flatten().map(|e| Some(e.path())));
+        }
+        self.started
+            .retain(|t| t.as_ref().is_none_or(|p| p.exists()));
+        let mut warnings = vec![];
+        for target in targets {
+            if self.started.contains(&target) {
+                continue;
+            }
+            self.started.insert(target.clone());
+            if let Err(e) = spawn(target.clone(), log.clone()) {
+                // Only our own namespace's failure is worth a warning: a
+                // named namespace may vanish as we look. A namespace file
+                // caught half-made by `ip netns add` is retried next time.
+                if target.is_none() {
+                    warnings.push(e);
+                } else if e.starts_with("entering") {
+                    self.started.remove(&target);
                 }
-            });
-        if spawned.is_err() {
-            warnings.push("can't start a ruleset monitor thread".to_string());
-            continue;
+            }
         }
-        match rx.recv() {
-            Ok(Ok(ns)) if Some(ns) == own || ns != 0 => {}
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warnings.push(e),
-            Err(_) => warnings.push("a ruleset monitor thread died".to_string()),
-        }
+        warnings
     }
-    warnings
+}
+
+fn spawn(target: Option<PathBuf>, log: SharedLog) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("nftmon".into())
+        .spawn(move || {
+            let setup = (|| -> Result<(OwnedNl, u64), String> {
+                if let Some(path) = &target {
+                    enter(path)?;
+                }
+                let ns = netns_inode(Path::new("/proc/thread-self/ns/net"))
+                    .ok_or("can't read the namespace inode")?;
+                Ok((OwnedNl::subscribe()?, ns))
+            })();
+            match setup {
+                Ok((sock, ns)) => {
+                    let _ = tx.send(Ok(()));
+                    sock.run(ns, target.as_deref(), &log);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| format!("can't start a ruleset monitor thread: {e}"))?;
+    rx.recv()
+        .map_err(|_| "a ruleset monitor thread died".to_string())?
 }
 
 fn netns_inode(p: &Path) -> Option<u64> {
@@ -233,21 +253,41 @@ impl OwnedNl {
                 std::io::Error::last_os_error()
             ));
         }
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: a timeval option value of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
         Ok(Self(fd))
     }
 
-    fn run(self, netns: u64, log: &SharedLog) {
+    fn run(self, netns: u64, path: Option<&Path>, log: &SharedLog) {
         let mut buf = vec![0u8; 1 << 16];
         loop {
+            if path.is_some_and(|p| !p.exists()) {
+                return;
+            }
             // SAFETY: buf is valid for its length.
             let n =
                 unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
-                // ENOBUFS: the kernel dropped notifications; keep going.
-                if e.raw_os_error() == Some(libc::ENOBUFS)
-                    || e.kind() == std::io::ErrorKind::Interrupted
-                {
+                // ENOBUFS: the kernel dropped notifications; EAGAIN: the
+                // receive timeout, which lets the thread notice that its
+                // namespace is gone. Both: keep going.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+                ) {
                     continue;
                 }
                 return;

@@ -823,7 +823,6 @@ fn netfilter_drops_are_counted_per_remote() {
 /// RSTs the rule sends carry it, its table and chain, and the label.
 #[test]
 fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
-    let ns = Netns::new("nftagent");
     let dir = std::env::temp_dir().join(format!("rsttrace-nftagent-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
@@ -834,6 +833,10 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
     let agent = dir.join("crowdsec");
     std::fs::copy(&nft, &agent).unwrap();
     let trace = Trace::start(&[]);
+    // A namespace created while tracing: rsttrace follows its ruleset
+    // within a second.
+    let ns = Netns::new("nftagent");
+    thread::sleep(Duration::from_millis(2500));
     let agent_str = agent.to_str().unwrap().to_string();
     for cmd in [
         "add table inet crowdsec_blocklist",

@@ -75,7 +75,17 @@ pub fn rst_text(rst: &Rst) -> String {
             line.push_str(&format!(" cgroup={cg}"));
         }
     }
-    let agent = rst.actor.as_ref().and_then(|a| a.agent.as_deref());
+    // The agent is the actor, or else the author of the rule that fired.
+    let agent = rst
+        .actor
+        .as_ref()
+        .and_then(|a| a.agent.as_deref())
+        .or_else(|| {
+            rst.netfilter
+                .as_ref()
+                .and_then(|n| n.author.as_ref())
+                .map(|a| a.comm.as_str())
+        });
     for l in &rst.labels {
         match agent {
             Some(name) if l == "security-agent" => line.push_str(&format!(" [{l}: {name}]")),
