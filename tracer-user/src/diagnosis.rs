@@ -24,7 +24,10 @@ impl ActorTally {
             rst.netfilter.as_ref().and_then(|n| n.author.as_ref()),
         ) {
             (Some(a), _) => (a.comm.clone(), a.agent.clone()),
-            (None, Some(author)) => (author.comm.clone(), agent_of(&author.comm)),
+            (None, Some(author)) => (
+                author.comm.clone(),
+                author.agent.clone().or_else(|| agent_of(&author.comm)),
+            ),
             (None, None) => return,
         };
         *self
@@ -191,6 +194,7 @@ mod tests {
                 pid: 7,
                 comm: "crowdsec".into(),
                 generation: 3,
+                agent: None,
                 table: None,
                 chain: None,
             }),

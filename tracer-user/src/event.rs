@@ -182,6 +182,9 @@ impl Decoder {
             .as_ref()
             .and_then(|nf| nf.author.as_ref())
             .and_then(|a| self.actors.agent(&a.comm));
+        if let Some(a) = netfilter.as_mut().and_then(|nf| nf.author.as_mut()) {
+            a.agent.clone_from(&rule_agent);
+        }
         let module_agent = module.as_deref().and_then(crate::agents::module_agent);
         let labels = match (
             actor.as_ref().and_then(|a| a.agent.as_ref()),

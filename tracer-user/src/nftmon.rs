@@ -71,6 +71,9 @@ pub struct Author {
     pub pid: u32,
     pub comm: String,
     pub generation: u32,
+    /// The security agent the author is, if it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// Where the rule sits (reported in the netfilter object itself).
     #[serde(skip)]
     pub table: Option<String>,
@@ -106,6 +109,7 @@ impl Log {
             pid: g.pid,
             comm: g.comm.clone(),
             generation: g.generation,
+            agent: None,
             table: c.table.clone(),
             chain: c.chain.clone(),
         })

@@ -859,6 +859,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
     for e in out.assert_exactly(&ns, "127.31.0.1", n, "netfilter-reject") {
         let nf = &e["netfilter"];
         assert_eq!(nf["author"]["comm"], "crowdsec", "{e}");
+        assert_eq!(nf["author"]["agent"], "CrowdSec", "{e}");
         assert_eq!(nf["table"], "crowdsec_blocklist", "{e}");
         assert_eq!(nf["chain"], "in", "{e}");
         assert_eq!(e["labels"], serde_json::json!(["security-agent"]), "{e}");

@@ -84,7 +84,7 @@ pub fn rst_text(rst: &Rst) -> String {
             rst.netfilter
                 .as_ref()
                 .and_then(|n| n.author.as_ref())
-                .map(|a| a.comm.as_str())
+                .and_then(|a| a.agent.as_deref())
         });
     for l in &rst.labels {
         match agent {
