@@ -36,6 +36,12 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
 
+    /// Size of the event ring buffer between the kernel and rsttrace: a
+    /// power of two, at least 4K (`256K`, `1M`, or bytes). Events that find
+    /// it full are counted as lost; every count stays exact.
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
     /// Label RSTs whose actor matches PATTERN (process name or executable
     /// path; `*` and `?` wildcards) as `security-agent`, in addition to the
     /// built-in list of well-known agents. Repeatable.
@@ -70,6 +76,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (examples: 256K, 1M, 65536)"))?;
+    let bytes = n.checked_mul(mult).ok_or("too large")?;
+    if !(4096..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
+        return Err("must be a power of two between 4K and 1G".into());
+    }
+    Ok(bytes as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +107,16 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         for bad in ["", "0", "-5", "5x", "s", "99999999999999999999999"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4K"), Ok(4096));
+        assert_eq!(parse_ring_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_ring_size("65536"), Ok(65536));
+        for bad in ["3K", "0", "1000", "2G", "x", "", "-4K"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -10,6 +10,8 @@ mod clock;
 mod diagnosis;
 mod event;
 mod format;
+#[cfg(test)]
+mod fuzz;
 mod kallsyms;
 mod netfilter;
 mod nftmon;
@@ -103,6 +105,7 @@ async fn run(args: Args) -> Result<()> {
         kfree_skb: kfree_skb_layout(&tracefs),
         emit_events: !args.summary_only,
         max_remote_ips: args.max_remote_ips,
+        ring_size: args.ring_size,
     })?;
     let events = tracer.take_events()?;
     // SAFETY: the ring buffer owns its fd, which stays open as long as the
@@ -167,6 +170,7 @@ async fn run(args: Args) -> Result<()> {
 
     let mut output_ok = true;
     let mut tally = ActorTally::default();
+    let mut lost_noted = false;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -174,7 +178,17 @@ async fn run(args: Args) -> Result<()> {
             _ = &mut deadline => break,
             _ = tick.tick() => {
                 // Namespaces created while tracing get a ruleset monitor.
-                monitors.rescan(&ruleset);
+                for w in monitors.rescan(&ruleset) {
+                    eprintln!("rsttrace: warning: nftables ruleset changes: {w}");
+                }
+                // Said once, not per event: the summary has the number.
+                if !lost_noted && !args.summary_only && tracer.lost() > 0 {
+                    lost_noted = true;
+                    eprintln!(
+                        "rsttrace: the event ring buffer overflowed: some RSTs are not shown \
+                         live; every count stays exact (see lost in the summary; --ring-size)"
+                    );
+                }
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
             guard = events.readable_mut() => {

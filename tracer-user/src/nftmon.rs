@@ -125,6 +125,7 @@ pub type SharedLog = Arc<Mutex<Log>>;
 #[derive(Default)]
 pub struct Monitors {
     started: HashSet<Option<PathBuf>>,
+    denied: bool,
 }
 
 impl Monitors {
@@ -149,6 +150,12 @@ impl Monitors {
                 // caught half-made by `ip netns add` is retried next time.
                 if target.is_none() {
                     warnings.push(e);
+                } else if e.contains("Operation not permitted") {
+                    // Said once: entering namespaces needs CAP_SYS_ADMIN.
+                    if !self.denied {
+                        self.denied = true;
+                        warnings.push(format!("{e} (needs CAP_SYS_ADMIN)"));
+                    }
                 } else if e.starts_with("entering") {
                     self.started.remove(&target);
                 }
@@ -252,10 +259,13 @@ impl OwnedNl {
             )
         };
         if rc != 0 {
-            return Err(format!(
-                "joining the nftables netlink group (nf_tables not loaded?): {}",
-                std::io::Error::last_os_error()
-            ));
+            let e = std::io::Error::last_os_error();
+            let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                "needs CAP_NET_ADMIN"
+            } else {
+                "is nf_tables available?"
+            };
+            return Err(format!("joining the nftables netlink group: {e} ({hint})"));
         }
         let timeout = libc::timeval {
             tv_sec: 1,

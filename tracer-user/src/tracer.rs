@@ -30,6 +30,7 @@ pub struct Options<'a> {
     pub kfree_skb: KfreeSkbLayout,
     pub emit_events: bool,
     pub max_remote_ips: u32,
+    pub ring_size: u32,
 }
 
 pub struct Tracer {
@@ -56,6 +57,7 @@ impl Tracer {
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)
             .map_max_entries("REMOTES", opts.max_remote_ips)
+            .map_max_entries("EVENTS", opts.ring_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
 
@@ -170,6 +172,14 @@ impl Tracer {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Events lost so far (the ring buffer was full).
+    pub fn lost(&self) -> u64 {
+        self.stats()
+            .ok()
+            .and_then(|s| s.get(tracer_common::stat::LOST_EVENTS as usize).copied())
+            .unwrap_or(0)
     }
 
     /// The `STATS` slots, summed over CPUs.

@@ -1,0 +1,261 @@
+//! Behaviour under stress and with less than root: exact counts when the
+//! event stream overflows, clean detach on SIGTERM mid-flood, two tracers
+//! at once, and the smallest set of capabilities.
+
+mod support;
+
+use std::{
+    io::ErrorKind,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use support::{Netns, Trace, connect_from, out_rsts_here, parse_output};
+
+/// `threads` x `per_thread` connects from `client` to a closed port; the
+/// namespace's OutRsts delta.
+fn flood(ns: &Netns, client: &'static str, threads: usize, per_thread: usize) -> u64 {
+    ns.run(move || {
+        let before = out_rsts_here();
+        let ns_file = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        thread::scope(|s| {
+            for _ in 0..threads {
+                let ns_file = &ns_file;
+                s.spawn(move || {
+                    // Same namespace as the calling thread.
+                    // SAFETY: a valid namespace fd; affects only this thread.
+                    let rc = unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns_file), libc::CLONE_NEWNET)
+                    };
+                    assert_eq!(rc, 0);
+                    let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+                    for _ in 0..per_thread {
+                        let e = connect_from(client.parse().unwrap(), server).unwrap_err();
+                        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+                    }
+                });
+            }
+        });
+        out_rsts_here() - before
+    })
+}
+
+#[test]
+fn ring_overflow_keeps_counts_exact_and_says_so_once() {
+    let ns = Netns::new("overflow");
+    // A 4K ring holds a few dozen events; the flood outruns it, all the
+    // more as the test reads rsttrace's output only at the end.
+    let trace = Trace::start(&["--ring-size", "4K"]);
+    // The same in human output, read only at the end too.
+    let text = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+        .args(["--ring-size", "4K", "--rate", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_attached(text.id());
+    let sent = flood(&ns, "127.33.0.1", 2, 3000);
+    let out = trace.stop();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
+    let text = text.wait_with_output().unwrap();
+    assert!(text.status.success());
+    let human = String::from_utf8_lossy(&text.stdout);
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    let lost_lines: Vec<&str> = human.lines().filter(|l| l.contains("lost")).collect();
+    assert_eq!(
+        lost_lines.len(),
+        1,
+        "one line about lost events: {lost_lines:?}"
+    );
+    assert!(
+        lost_lines[0].contains("not shown live; every count above is exact"),
+        "{lost_lines:?}"
+    );
+    assert!(stderr.matches("overflowed").count() <= 1, "{stderr}");
+    assert_eq!(sent, 6000, "OutRsts delta");
+    let entry = out.remote("127.33.0.1").expect("remote in summary");
+    assert_eq!(
+        entry["total"], sent,
+        "exact in the summary despite the overflow"
+    );
+    assert_eq!(
+        entry["by_cause"],
+        serde_json::json!({ "closed-port": sent })
+    );
+    let shown = out.rsts_to("127.33.0.1").len() as u64;
+    let lost = out.summary["lost"].as_u64().unwrap();
+    assert!(shown < sent && lost > 0, "shown {shown}, lost {lost}");
+    assert!(
+        shown + lost >= sent,
+        "every RST either shown or counted as lost"
+    );
+    let notes = out.stderr.matches("event ring buffer overflowed").count();
+    assert!(
+        notes <= 1,
+        "the overflow is said once, not per event:\n{}",
+        out.stderr
+    );
+}
+
+/// Waits until process `pid` holds its three attached links.
+fn wait_attached(pid: u32) -> Vec<(String, String)> {
+    let mut ids = vec![];
+    for _ in 0..300 {
+        ids = bpf_ids(pid);
+        if ids.iter().filter(|(k, _)| k == "link").count() >= 3 {
+            return ids;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("process {pid} did not attach: {ids:?}");
+}
+
+/// BPF program and link ids held by a process, from its fdinfo.
+fn bpf_ids(pid: u32) -> Vec<(String, String)> {
+    let mut ids = vec![];
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            for (key, kind) in [("prog_id:", "prog"), ("link_id:", "link")] {
+                if let Some(id) = line.strip_prefix(key) {
+                    ids.push((kind.to_string(), id.trim().to_string()));
+                }
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn sigterm_mid_flood_prints_the_summary_and_leaves_nothing_behind() {
+    let ns = Netns::new("sigterm");
+    let child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+        .args(["--output", "json", "--summary-only"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until attached: its programs and links are held.
+    let mut ids = vec![];
+    for _ in 0..300 {
+        ids = bpf_ids(pid);
+        if ids.iter().filter(|(k, _)| k == "link").count() >= 3 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ids.iter().any(|(k, _)| k == "prog"), "no programs: {ids:?}");
+    assert!(
+        ids.iter().filter(|(k, _)| k == "link").count() >= 3,
+        "not attached: {ids:?}"
+    );
+    let ns_ref = &ns;
+    thread::scope(|s| {
+        s.spawn(move || flood(ns_ref, "127.34.0.1", 1, 3000));
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    });
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    let parsed = parse_output(&String::from_utf8_lossy(&out.stdout), stderr);
+    assert!(
+        parsed.summary["total"].as_u64().unwrap() > 0,
+        "{}",
+        parsed.summary
+    );
+    // Every program and link it held is gone.
+    for (kind, id) in ids {
+        let st = Command::new("bpftool")
+            .args([&kind, "show", "id", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running bpftool");
+        assert!(!st.success(), "{kind} {id} still exists after exit");
+    }
+}
+
+#[test]
+fn two_tracers_at_once_both_count_exactly() {
+    let ns = Netns::new("twice");
+    let a = Trace::start(&[]);
+    let b = Trace::start(&["--summary-only"]);
+    let sent = flood(&ns, "127.35.0.1", 1, 50);
+    let (a, b) = (a.stop(), b.stop());
+    assert_eq!(sent, 50);
+    a.assert_exactly(&ns, "127.35.0.1", sent, "closed-port");
+    assert_eq!(b.remote("127.35.0.1").unwrap()["total"], sent);
+}
+
+/// As uid 0 but with every capability dropped except those rsttrace needs
+/// to trace (CAP_BPF, CAP_PERFMON, CAP_SYSLOG for kernel symbols).
+#[test]
+fn runs_with_only_the_capabilities_it_needs() {
+    let ns = Netns::new("caps");
+    let bin = env!("CARGO_BIN_EXE_rsttrace");
+    let mut child = Command::new("setpriv")
+        .args([
+            "--bounding-set=-all,+bpf,+perfmon,+syslog",
+            bin,
+            "--output",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("attached line");
+        seen.push_str(&l);
+        seen.push('\n');
+        if l.contains("attached") {
+            break;
+        }
+    }
+    let sent = flood(&ns, "127.36.0.1", 1, 20);
+    // SAFETY: signalling our own child (setpriv execs rsttrace in place).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{seen}");
+    seen.extend(rx.try_iter().map(|l| l + "\n"));
+    let parsed = parse_output(&String::from_utf8_lossy(&out.stdout), seen.clone());
+    parsed.assert_exactly(&ns, "127.36.0.1", sent, "closed-port");
+    // What it could not do without more is said, with the capability.
+    assert!(seen.contains("needs CAP_NET_ADMIN"), "{seen}");
+
+    // Without CAP_PERFMON it names what is missing and stops.
+    let o = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf", bin, "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("does not have CAP_PERFMON"), "{e}");
+}
