@@ -99,6 +99,10 @@ impl StackRules {
     };
 }
 
+/// Bytes of the `tcp:tcp_send_reset` record the program copies; every
+/// field it reads must end within them (88 on 6.10+, 74 on 6.1).
+pub const SEND_RESET_RECORD_MAX: u32 = 128;
+
 /// Marker for a field the running kernel's tracepoint does not have.
 pub const ABSENT: u32 = u32::MAX;
 
@@ -187,6 +191,11 @@ pub struct EgressOffsets {
     pub skb_sk: u32,
     pub skb_head: u32,
     pub skb_network_header: u32,
+    /// `sk_buff.protocol`. When `protocol`, `network_header` and `head` lie
+    /// within `SKB_BLOCK` bytes from `protocol` (they do on every kernel
+    /// seen), one read fetches all three; `skb_block` is then 1.
+    pub skb_protocol: u32,
+    pub skb_block: u32,
     pub sk_family: u32,
     pub sk_state: u32,
     pub sk_type: u32,
@@ -200,11 +209,16 @@ pub struct EgressOffsets {
     pub socket_ino: u32,
 }
 
+/// Bytes read at `sk_buff.protocol` when `EgressOffsets::skb_block` is 1.
+pub const SKB_BLOCK: u32 = 32;
+
 impl EgressOffsets {
     pub const UNSET: Self = Self {
         skb_sk: ABSENT,
         skb_head: ABSENT,
         skb_network_header: ABSENT,
+        skb_protocol: ABSENT,
+        skb_block: 0,
         sk_family: ABSENT,
         sk_state: ABSENT,
         sk_type: ABSENT,
@@ -338,7 +352,7 @@ mod tests {
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
         assert_eq!(size_of::<NetnsOffsets>(), 4 * 4);
-        assert_eq!(size_of::<EgressOffsets>(), 11 * 4);
+        assert_eq!(size_of::<EgressOffsets>(), 13 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);

@@ -2,7 +2,7 @@
 //! never from the event stream, so they stay exact when events are lost.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -23,6 +23,37 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Set to 0 by userspace when nobody reads events (`--summary-only`).
 #[unsafe(no_mangle)]
 static EMIT_EVENTS: u8 = 1;
+
+/// Bit `c` set: cause `c` is sent in process context, so the current task
+/// is its actor (the rule is `Cause::has_actor` in userspace).
+#[unsafe(no_mangle)]
+static ACTOR_CAUSES: u32 = 0;
+
+/// Pending bytes in the ring that wake the reader (set by userspace).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+
+#[inline(always)]
+fn wakeup_bytes() -> u64 {
+    // SAFETY: a read-only global that userspace sets before load.
+    unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
+}
+
+/// Whether events are read at all: what only events carry (namespace,
+/// stacks, owners) is not worth its helper calls otherwise.
+#[inline(always)]
+pub fn emitting() -> bool {
+    // SAFETY: a read-only global that userspace sets before load.
+    unsafe { core::ptr::read_volatile(&EMIT_EVENTS) != 0 }
+}
+
+/// Whether `cause` has an actor worth naming.
+#[inline(always)]
+pub fn has_actor(cause: u8) -> bool {
+    // SAFETY: as above.
+    let mask = unsafe { core::ptr::read_volatile(&ACTOR_CAUSES) };
+    cause < 32 && mask & (1 << cause) != 0
+}
 
 const EEXIST: i32 = 17;
 
@@ -49,10 +80,14 @@ pub fn record(ev: &RstEvent) {
         bump(stat::REMOTE_MAP_FULL);
     }
 
-    // SAFETY: a read-only global that userspace sets before load.
-    if unsafe { core::ptr::read_volatile(&EMIT_EVENTS) } != 0
-        && EVENTS.output::<RstEvent>(ev, 0).is_err()
-    {
+    // Waking the reader for every event costs an interrupt (in a VM, an
+    // exit) per RST: wake it only once a batch is waiting; it also polls.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if emitting() && EVENTS.output::<RstEvent>(ev, flags as u64).is_err() {
         bump(stat::LOST_EVENTS);
     }
 }

@@ -143,15 +143,21 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
             }
         }
     };
+    let emit = count::emitting();
+    let actor = emit && count::has_actor(cause);
     let ev = RstEvent {
         // SAFETY: plain helper calls with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr: sk,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid_tgid: bpf_get_current_pid_tgid(),
+        cgroup_id: if actor {
+            unsafe { bpf_get_current_cgroup_id() }
+        } else {
+            0
+        },
+        pid_tgid: if actor { bpf_get_current_pid_tgid() } else { 0 },
         reason: ABSENT,
         state: 0,
-        netns: netns::of(0, skb),
+        netns: if emit { netns::of(0, skb) } else { 0 },
         stack_id,
         sk_ino: 0,
         // Outgoing: the source is this host.
@@ -163,7 +169,11 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         cause,
         source: source::EGRESS,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        comm: if actor {
+            bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN])
+        } else {
+            [0; TASK_COMM_LEN]
+        },
     };
     if cause == cause::NETFILTER_REJECT
         && let Some(last) = LAST_REJECT.get_ptr_mut(0)

@@ -3,12 +3,13 @@
 //! offsets come from userspace, read off the running kernel's format file.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::{map, tracepoint},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::TracePointContext,
 };
 use tracer_common::{
@@ -25,6 +26,25 @@ static SEND_RESET_LAYOUT: SendResetLayout = SendResetLayout::UNSET;
 /// the running kernel prints (values move between kernels, names do not).
 #[map]
 static REASON_CAUSE: Array<u8> = Array::with_max_entries(MAX_REASONS, 0);
+
+/// The record is copied once per event (each helper call costs, more so
+/// with return-thunk mitigations); fields are then taken from the copy.
+const RECORD_MAX: usize = tracer_common::SEND_RESET_RECORD_MAX as usize;
+
+#[map]
+static RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
+struct Record<'a>(&'a [u8; RECORD_MAX]);
+
+impl Record<'_> {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: u32) -> Result<[u8; N], u32> {
+        let o = offset as usize;
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.0.get(o..o + N).ok_or(1u32)?);
+        Ok(out)
+    }
+}
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -45,16 +65,28 @@ struct Endpoints {
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: a read-only global that userspace sets before load.
     let layout = unsafe { core::ptr::read_volatile(&SEND_RESET_LAYOUT) };
+    let buf = RECORD.get_ptr_mut(0).ok_or(1u32)?;
+    // SAFETY: per-CPU scratch of exactly RECORD_MAX bytes; the perf
+    // record lives in a per-CPU buffer larger than that.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            buf.cast(),
+            RECORD_MAX as u32,
+            ctx.as_ptr().cast_const(),
+        )
+    };
+    // SAFETY: just written, this CPU's copy.
+    let rec = Record(unsafe { &*buf });
     let ends = match layout.addr_layout {
-        addr_layout::SOCKADDR => read_sockaddr_pair(ctx, &layout)?,
-        addr_layout::SPLIT => read_split(ctx, &layout)?,
+        addr_layout::SOCKADDR => read_sockaddr_pair(&rec, &layout)?,
+        addr_layout::SPLIT => read_split(&rec, &layout)?,
         _ => return Err(1),
     };
 
     let reason = if layout.reason == ABSENT {
         ABSENT
     } else {
-        read::<u32>(ctx, layout.reason)?
+        u32::from_ne_bytes(rec.bytes(layout.reason)?)
     };
     let entry = if reason < MAX_REASONS {
         REASON_CAUSE.get(reason).copied().unwrap_or(cause::UNKNOWN)
@@ -69,34 +101,41 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     let state = if layout.state == ABSENT {
         0
     } else {
-        read::<i32>(ctx, layout.state)? as u32
+        u32::from_ne_bytes(rec.bytes(layout.state)?)
     };
     let skaddr = if layout.skaddr == ABSENT {
         0
     } else {
-        read::<u64>(ctx, layout.skaddr)?
+        u64::from_ne_bytes(rec.bytes(layout.skaddr)?)
     };
     let skbaddr = if layout.skbaddr == ABSENT {
         0
     } else {
-        read::<u64>(ctx, layout.skbaddr)?
+        u64::from_ne_bytes(rec.bytes(layout.skbaddr)?)
     };
 
+    // Each helper call costs: take only what will be used.
+    let emit = count::emitting();
+    let actor = emit && count::has_actor(cause);
     let ev = RstEvent {
         // SAFETY: plain helper calls with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid_tgid: bpf_get_current_pid_tgid(),
+        cgroup_id: if actor {
+            unsafe { bpf_get_current_cgroup_id() }
+        } else {
+            0
+        },
+        pid_tgid: if actor { bpf_get_current_pid_tgid() } else { 0 },
         reason,
         state,
-        netns: netns::of(skaddr, skbaddr),
-        stack_id: if cause == cause::UNKNOWN {
+        netns: if emit { netns::of(skaddr, skbaddr) } else { 0 },
+        stack_id: if emit && cause == cause::UNKNOWN {
             stack::stack_id(ctx)
         } else {
             -1
         },
-        sk_ino: if cause == cause::SOCKET_KILLED {
+        sk_ino: if emit && cause == cause::SOCKET_KILLED {
             socket_ino(skaddr)
         } else {
             0
@@ -109,7 +148,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         cause,
         source: source::TCP_STACK,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        comm: if actor {
+            bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN])
+        } else {
+            [0; TASK_COMM_LEN]
+        },
     };
     count::record(&ev);
     Ok(0)
@@ -130,19 +173,12 @@ fn socket_ino(sk: u64) -> u64 {
     crate::packet::read(socket + u64::from(o.socket_ino)).unwrap_or(0)
 }
 
-#[inline(always)]
-fn read<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
-    // SAFETY: bpf_probe_read_kernel checks the address; offsets come from
-    // the tracepoint's own format file.
-    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| 1u32)
-}
-
 /// 6.10+: `saddr`/`daddr` are a `sockaddr_in` or `sockaddr_in6`; the
 /// tracepoint already puts the sending (local) side in `saddr`, also when it
 /// had to take the tuple from the incoming segment.
-fn read_sockaddr_pair(ctx: &TracePointContext, l: &SendResetLayout) -> Result<Endpoints, u32> {
-    let s: [u8; 28] = read(ctx, l.saddr)?;
-    let d: [u8; 28] = read(ctx, l.daddr)?;
+fn read_sockaddr_pair(rec: &Record<'_>, l: &SendResetLayout) -> Result<Endpoints, u32> {
+    let s: [u8; 28] = rec.bytes(l.saddr)?;
+    let d: [u8; 28] = rec.bytes(l.daddr)?;
     let family = u16::from_ne_bytes([s[0], s[1]]);
     let mut ends = Endpoints {
         family: 0,
@@ -167,13 +203,13 @@ fn read_sockaddr_pair(ctx: &TracePointContext, l: &SendResetLayout) -> Result<En
 
 /// Before 6.10: separate v4 and v6 fields, ports in host order. 5.10 has no
 /// `family` field; there an IPv4 connection shows as a v4-mapped v6 address.
-fn read_split(ctx: &TracePointContext, l: &SendResetLayout) -> Result<Endpoints, u32> {
-    let local_port: u16 = read(ctx, l.sport)?;
-    let remote_port: u16 = read(ctx, l.dport)?;
-    let s6: [u8; 16] = read(ctx, l.saddr_v6)?;
-    let d6: [u8; 16] = read(ctx, l.daddr_v6)?;
+fn read_split(rec: &Record<'_>, l: &SendResetLayout) -> Result<Endpoints, u32> {
+    let local_port = u16::from_ne_bytes(rec.bytes(l.sport)?);
+    let remote_port = u16::from_ne_bytes(rec.bytes(l.dport)?);
+    let s6: [u8; 16] = rec.bytes(l.saddr_v6)?;
+    let d6: [u8; 16] = rec.bytes(l.daddr_v6)?;
     let is_v4 = if l.family != ABSENT {
-        read::<u16>(ctx, l.family)? == AF_INET as u16
+        u16::from_ne_bytes(rec.bytes(l.family)?) == AF_INET as u16
     } else {
         is_v4_mapped(&d6)
     };
@@ -185,8 +221,8 @@ fn read_split(ctx: &TracePointContext, l: &SendResetLayout) -> Result<Endpoints,
         remote_port,
     };
     if is_v4 {
-        let s4: [u8; 4] = read(ctx, l.saddr)?;
-        let d4: [u8; 4] = read(ctx, l.daddr)?;
+        let s4: [u8; 4] = rec.bytes(l.saddr)?;
+        let d4: [u8; 4] = rec.bytes(l.daddr)?;
         ends.family = AF_INET;
         ends.local = [0; 16];
         ends.remote = [0; 16];

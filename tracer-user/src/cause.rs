@@ -84,6 +84,14 @@ impl Cause {
     }
 }
 
+/// `has_actor` as a bit mask by cause id, for the kernel programs.
+pub fn actor_mask() -> u32 {
+    Cause::ALL
+        .iter()
+        .filter(|c| c.has_actor())
+        .fold(0, |m, c| m | 1 << (*c as u32))
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

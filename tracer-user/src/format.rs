@@ -155,6 +155,11 @@ impl SendResetFormat {
         let opt = |name: &str, size: u32| -> Result<u32> {
             match format.field(name) {
                 None => Ok(ABSENT),
+                Some(f) if f.offset + f.size > tracer_common::SEND_RESET_RECORD_MAX => bail!(
+                    "field {name} ends at byte {}, beyond the {} bytes rsttrace reads: unsupported layout",
+                    f.offset + f.size,
+                    tracer_common::SEND_RESET_RECORD_MAX
+                ),
                 Some(f) if f.size == size => Ok(f.offset),
                 Some(f) => bail!(
                     "field {name} has size {} (expected {size}): unsupported layout",

@@ -167,6 +167,9 @@ async fn run(args: Args) -> Result<()> {
     };
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel wakes us only for batches; this picks up single events.
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     let mut output_ok = true;
     let mut tally = ActorTally::default();
@@ -190,6 +193,12 @@ async fn run(args: Args) -> Result<()> {
                     );
                 }
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
+            }
+            _ = poll.tick() => {
+                if let Err(e) = drain(events.get_mut(), &tracer, &mut decoder, &mut tally, sink.as_mut()) {
+                    output_ok = stop_on_output_error(e)?;
+                    break;
+                }
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
@@ -273,10 +282,22 @@ fn egress_offsets() -> Option<tracer_common::EgressOffsets> {
             );
             Ok(m.offset)
         };
+        let (head, nh, proto) = (
+            m("sk_buff", &["head"], 8)?,
+            m("sk_buff", &["network_header"], 2)?,
+            m("sk_buff", &["protocol"], 2)?,
+        );
+        // One read for the three when they sit together after `protocol`.
+        let block = nh > proto
+            && head > proto
+            && head + 8 - proto <= tracer_common::SKB_BLOCK
+            && nh + 2 - proto <= tracer_common::SKB_BLOCK;
         Ok(tracer_common::EgressOffsets {
             skb_sk: m("sk_buff", &["sk"], 8)?,
-            skb_head: m("sk_buff", &["head"], 8)?,
-            skb_network_header: m("sk_buff", &["network_header"], 2)?,
+            skb_head: head,
+            skb_network_header: nh,
+            skb_protocol: proto,
+            skb_block: u32::from(block),
             sk_family: m("sock", &["__sk_common", "skc_family"], 2)?,
             sk_state: m("sock", &["__sk_common", "skc_state"], 1)?,
             sk_type: m("sock", &["sk_type"], 2)?,
@@ -336,6 +357,7 @@ fn drain(
     tally: &mut ActorTally,
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
+    let mut shown = false;
     while let Some(item) = ring.next() {
         if item.len() < size_of::<RstEvent>() {
             continue;
@@ -347,7 +369,12 @@ fn drain(
         if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id)) {
             tally.observe(&rst, |comm| decoder.actors.agent(comm));
             sink.rst(&rst)?;
+            shown = true;
         }
+    }
+    // One write per batch: lines appear at once, floods stay cheap.
+    if shown {
+        sink.tick()?;
     }
     Ok(())
 }

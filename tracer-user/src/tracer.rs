@@ -54,6 +54,14 @@ impl Tracer {
             .override_global("KFREE_SKB_LAYOUT", &opts.kfree_skb, true)
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
             .override_global("EMIT_EVENTS", &emit, true)
+            .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
+            // A quarter of the ring, at most 64K: wakeups stay rare under
+            // floods, and the reader's poll picks up the rest.
+            .override_global(
+                "WAKEUP_BYTES",
+                &u64::from((opts.ring_size / 4).min(64 * 1024)),
+                true,
+            )
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)
             .map_max_entries("REMOTES", opts.max_remote_ips)

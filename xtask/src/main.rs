@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup|build|run|test|lint`.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -37,6 +38,23 @@ enum Cmd {
         /// Extra arguments for `cargo test`, e.g. `-- closed_port`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Measure rsttrace's cost against untraced runs (needs root), print a
+    /// table and write bench/RESULTS.md.
+    Bench {
+        /// Alternating untraced/traced rounds per measurement.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Seconds of the mixed-cause soak (memory stability); 0 skips it.
+        #[arg(long, default_value_t = 600)]
+        soak_seconds: u64,
+        /// Extra rsttrace arguments for the traced rounds, to compare
+        /// variants (e.g. `--args=--summary-only`).
+        #[arg(long, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace
     /// (the eBPF crate included).
@@ -96,6 +114,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !st.success() {
                 bail!("tests failed ({st})");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench {
+            rounds,
+            seconds,
+            soak_seconds,
+            args,
+        } => {
+            setup::run()?;
+            build()?;
+            bench::run(&bench::Options {
+                args,
+                rounds: rounds.max(1),
+                seconds,
+                soak_seconds,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lint => {

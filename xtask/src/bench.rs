@@ -1,0 +1,781 @@
+//! `cargo xtask bench`: rsttrace's cost as ratios against untraced runs
+//! measured in the same invocation (alternating rounds, medians), its
+//! exactness under a flood, its memory at scale and its start-up time.
+//! Everything runs in a private network namespace on loopback. Results go
+//! to stdout and to bench/RESULTS.md.
+
+use std::{
+    fmt::Write as _,
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+const NS: &str = "rsttrace-bench";
+
+pub struct Options {
+    /// Extra rsttrace arguments for every traced round.
+    pub args: Vec<String>,
+    pub rounds: usize,
+    pub seconds: f64,
+    pub soak_seconds: u64,
+}
+
+struct Netns;
+
+impl Netns {
+    fn new() -> Result<Self> {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", NS])
+            .stderr(Stdio::null())
+            .status();
+        crate::check(Command::new("ip").args(["netns", "add", NS]))?;
+        crate::check(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]))?;
+        Ok(Netns)
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        thread::spawn(move || {
+            enter();
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", NS]).status();
+    }
+}
+
+/// Moves the calling thread into the bench namespace.
+fn enter() {
+    let f = File::open(format!("/run/netns/{NS}")).expect("bench netns");
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+fn out_rsts() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "OutRsts")
+        .unwrap_or(0);
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<()> {
+    // SAFETY: plain socket calls on an fd we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from(local).to_be();
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let r = libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), 16);
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        let SocketAddr::V4(to) = to else {
+            unreachable!()
+        };
+        let mut da: libc::sockaddr_in = std::mem::zeroed();
+        da.sin_family = libc::AF_INET as u16;
+        da.sin_port = to.port().to_be();
+        da.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        let r = libc::connect(fd, (&da as *const libc::sockaddr_in).cast(), 16);
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if r == 0 { Ok(()) } else { Err(e) }
+    }
+}
+
+/// connect() to a closed port in a loop for `secs`: (RSTs/s, OutRsts delta).
+fn rst_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
+    ns.run(move || {
+        let before = out_rsts();
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let _ = connect_from(client, to);
+            n += 1;
+        }
+        (
+            n as f64 / start.elapsed().as_secs_f64(),
+            out_rsts() - before,
+        )
+    })
+}
+
+/// 1-byte ping-pong on one loopback connection: (round trips/s, p99 µs).
+fn ping_pong(ns: &Netns, secs: f64) -> (f64, f64) {
+    ns.run(move || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            enter();
+            let (mut s, _) = l.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                if s.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut lat = Vec::with_capacity(1 << 20);
+        let start = Instant::now();
+        let mut b = [7u8; 1];
+        while start.elapsed().as_secs_f64() < secs {
+            let t = Instant::now();
+            c.write_all(&b).unwrap();
+            c.read_exact(&mut b).unwrap();
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+        let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+        drop(c);
+        let _ = server.join();
+        lat.sort_unstable();
+        let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)] as f64 / 1000.0;
+        (rate, p99)
+    })
+}
+
+/// A running tracer (rsttrace or bpftrace), attached.
+struct Tracer {
+    child: Child,
+    out: PathBuf,
+    attached_after: Duration,
+}
+
+fn rsttrace_bin() -> PathBuf {
+    crate::workspace_root().join("target/release/rsttrace")
+}
+
+impl Tracer {
+    /// rsttrace with full attribution, JSON lines to a file.
+    fn rsttrace(extra: &[&str]) -> Result<Self> {
+        let out = std::env::temp_dir().join(format!("rsttrace-bench-{}.json", std::process::id()));
+        let mut cmd = Command::new(rsttrace_bin());
+        cmd.args(["--output", "json"]).args(extra);
+        cmd.args(EXTRA_ARGS.get().into_iter().flatten());
+        Self::spawn(cmd, out, "attached", true)
+    }
+
+    fn bpftrace() -> Result<Self> {
+        let out = std::env::temp_dir().join("rsttrace-bench-bpftrace.txt");
+        let mut cmd = Command::new("bpftrace");
+        cmd.args(["-e", "tracepoint:tcp:tcp_send_reset { @c = count(); }"]);
+        Self::spawn(cmd, out, "Attaching", false)
+    }
+
+    fn spawn(mut cmd: Command, out: PathBuf, ready: &str, ready_on_stderr: bool) -> Result<Self> {
+        let file = File::create(&out)?;
+        let started = Instant::now();
+        let mut child = if ready_on_stderr {
+            cmd.stdout(file).stderr(Stdio::piped()).spawn()
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(file).spawn()
+        }
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        let pipe: Box<dyn Read + Send> = if ready_on_stderr {
+            Box::new(child.stderr.take().unwrap())
+        } else {
+            Box::new(child.stdout.take().unwrap())
+        };
+        let (tx, rx) = mpsc::channel();
+        let ready = ready.to_string();
+        thread::spawn(move || {
+            let mut told = false;
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if !told && line.contains(&ready) {
+                    told = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .context("tracer did not attach within 60 s")?;
+        let attached_after = started.elapsed();
+        // Let the tracer settle into its loop before measuring.
+        thread::sleep(Duration::from_millis(200));
+        Ok(Self {
+            child,
+            out,
+            attached_after,
+        })
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Kernel memory of its BPF maps (the fdinfo memlock of each map).
+    fn map_bytes(&self) -> u64 {
+        let mut total = 0;
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id())) else {
+            return 0;
+        };
+        for fd in dir.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            if info.contains("map_type:") {
+                total += info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Stops it and returns its output file's text.
+    fn stop(mut self) -> Result<String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let st = self.child.wait()?;
+        ensure!(st.success(), "tracer exited with {st}");
+        let text = std::fs::read_to_string(&self.out)?;
+        let _ = std::fs::remove_file(&self.out);
+        Ok(text)
+    }
+}
+
+fn summary(json: &str) -> Result<serde_json::Value> {
+    let line = json
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"type\":\"summary\""))
+        .context("no summary line")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn remote_total(summary: &serde_json::Value, ip: &str) -> u64 {
+    summary["by_remote_ip"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["remote_ip"] == ip))
+        .and_then(|r| r["total"].as_u64())
+        .unwrap_or(0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn which(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Row {
+    what: String,
+    untraced: String,
+    traced: String,
+    ratio: String,
+    target: String,
+    met: Option<bool>,
+}
+
+/// `--args` of the bench, for every traced round.
+static EXTRA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+pub fn run(opts: &Options) -> Result<()> {
+    let _ = EXTRA_ARGS.set(opts.args.clone());
+    ensure!(
+        crate::is_root(),
+        "the bench needs root (it traces and makes namespaces)"
+    );
+    ensure!(
+        rsttrace_bin().exists(),
+        "build first: {}",
+        rsttrace_bin().display()
+    );
+    let ns = Netns::new()?;
+    let mut rows: Vec<Row> = vec![];
+    let secs = opts.seconds;
+    let rounds = opts.rounds;
+    eprintln!("bench: {rounds} alternating rounds of {secs} s each");
+
+    // RST flood, exactness, and the bpftrace reference.
+    let (mut untraced, mut traced, mut bpf) = (vec![], vec![], vec![]);
+    let mut exact = 0;
+    let have_bpftrace = which("bpftrace");
+    for r in 0..rounds {
+        let client = Ipv4Addr::new(127, 200, r as u8, 1);
+        untraced.push(rst_flood(&ns, client, secs).0);
+        let t = Tracer::rsttrace(&[])?;
+        let (rate, delta) = rst_flood(&ns, client, secs);
+        let s = summary(&t.stop()?)?;
+        traced.push(rate);
+        let counted = remote_total(&s, &client.to_string());
+        if counted == delta {
+            exact += 1;
+        } else {
+            eprintln!("bench: round {r}: rsttrace counted {counted}, OutRsts says {delta}");
+        }
+        if have_bpftrace {
+            let b = Tracer::bpftrace()?;
+            bpf.push(rst_flood(&ns, client, secs).0);
+            b.stop()?;
+        }
+        eprintln!(
+            "bench: flood round {r}: untraced {:.0}/s, traced {:.0}/s{}",
+            untraced[r],
+            traced[r],
+            bpf.get(r)
+                .map(|b| format!(", bpftrace {b:.0}/s"))
+                .unwrap_or_default()
+        );
+    }
+    let (u, t) = (median(&mut untraced), median(&mut traced));
+    rows.push(Row {
+        what: "RST flood (connect to a closed port), RSTs/s".into(),
+        untraced: format!("{u:.0}"),
+        traced: format!("{t:.0}"),
+        ratio: format!("{:.1}%", 100.0 * t / u),
+        target: ">= 97%".into(),
+        met: Some(t / u >= 0.97),
+    });
+    if have_bpftrace {
+        let b = median(&mut bpf);
+        rows.push(Row {
+            what: "  reference: bpftrace count-only one-liner".into(),
+            untraced: format!("{u:.0}"),
+            traced: format!("{b:.0}"),
+            ratio: format!("{:.1}%", 100.0 * b / u),
+            target: "(to beat)".into(),
+            met: Some(t >= b),
+        });
+    }
+    rows.push(Row {
+        what: "exact count under the flood (rsttrace == OutRsts)".into(),
+        untraced: "-".into(),
+        traced: format!("{exact}/{rounds} rounds"),
+        ratio: "-".into(),
+        target: "every round".into(),
+        met: Some(exact == rounds),
+    });
+
+    // RST-free traffic: ping-pong.
+    let (mut ur, mut tr, mut ul, mut tl) = (vec![], vec![], vec![], vec![]);
+    for r in 0..rounds {
+        let (rate, p99) = ping_pong(&ns, secs);
+        ur.push(rate);
+        ul.push(p99);
+        let t = Tracer::rsttrace(&[])?;
+        let (rate, p99) = ping_pong(&ns, secs);
+        t.stop()?;
+        tr.push(rate);
+        tl.push(p99);
+        eprintln!(
+            "bench: ping-pong round {r}: untraced {:.0}/s, traced {:.0}/s",
+            ur[r], tr[r]
+        );
+    }
+    let (u, t) = (median(&mut ur), median(&mut tr));
+    rows.push(Row {
+        what: "1-byte ping-pong, round trips/s".into(),
+        untraced: format!("{u:.0}"),
+        traced: format!("{t:.0}"),
+        ratio: format!("{:.1}%", 100.0 * t / u),
+        target: ">= 99%".into(),
+        met: Some(t / u >= 0.99),
+    });
+    let (u, t) = (median(&mut ul), median(&mut tl));
+    rows.push(Row {
+        what: "1-byte ping-pong, p99 latency (us)".into(),
+        untraced: format!("{u:.1}"),
+        traced: format!("{t:.1}"),
+        ratio: format!("{:+.1}%", 100.0 * (t / u - 1.0)),
+        target: "within 2%".into(),
+        met: Some(t <= u * 1.02),
+    });
+
+    // HTTP keep-alive load against nginx, when nginx and wrk are there.
+    if which("nginx") && which("wrk") {
+        match http_rows(&ns, rounds, secs) {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => eprintln!("bench: HTTP load skipped: {e:#}"),
+        }
+    } else {
+        eprintln!("bench: HTTP load skipped: install nginx and wrk (Debian packages)");
+    }
+
+    // Scale: 100k distinct remote IPs.
+    rows.append(&mut scale_rows(&ns)?);
+
+    // Start-up.
+    let t = Tracer::rsttrace(&[])?;
+    let attach = t.attached_after;
+    let first = {
+        let started = Instant::now();
+        ns.run(|| {
+            let _ = connect_from(
+                Ipv4Addr::new(127, 201, 0, 1),
+                "127.0.0.1:9".parse().unwrap(),
+            );
+        });
+        let out = t.out.clone();
+        loop {
+            if std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains("\"type\":\"rst\"")
+            {
+                break started.elapsed();
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "no event within 10 s"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    };
+    t.stop()?;
+    rows.push(Row {
+        what: "start-up: exec to attached (ms)".into(),
+        untraced: "-".into(),
+        traced: format!("{}", attach.as_millis()),
+        ratio: "-".into(),
+        target: "report".into(),
+        met: None,
+    });
+    rows.push(Row {
+        what: "first event: RST to event written (ms)".into(),
+        untraced: "-".into(),
+        traced: format!("{:.1}", first.as_secs_f64() * 1000.0),
+        ratio: "-".into(),
+        target: "report".into(),
+        met: None,
+    });
+
+    if opts.soak_seconds > 0 {
+        rows.append(&mut soak_rows(&ns, opts.soak_seconds)?);
+    }
+
+    report(&rows, opts)
+}
+
+fn http_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
+    let dir = std::env::temp_dir().join("rsttrace-bench-nginx");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("index.html"), "ok\n")?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             server {{ listen 127.0.0.1:8080; root {d}; }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let mut nginx = Command::new("ip")
+        .args(["netns", "exec", NS, "nginx", "-c"])
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    let wrk = |secs: f64| -> Result<(f64, f64)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", NS, "wrk", "-t1", "-c8", "--latency"])
+            .arg(format!("-d{}s", secs.ceil() as u64))
+            .arg("http://127.0.0.1:8080/")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("wrk printed no Requests/sec")?;
+        let p99 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("99%"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(parse_wrk_latency)
+            .context("wrk printed no 99% latency")?;
+        Ok((rps, p99))
+    };
+    let (mut ur, mut tr, mut ul, mut tl) = (vec![], vec![], vec![], vec![]);
+    for r in 0..rounds {
+        let (a, b) = wrk(secs)?;
+        ur.push(a);
+        ul.push(b);
+        let t = Tracer::rsttrace(&[])?;
+        let (a, b) = wrk(secs)?;
+        t.stop()?;
+        tr.push(a);
+        tl.push(b);
+        eprintln!(
+            "bench: http round {r}: untraced {:.0}/s, traced {:.0}/s",
+            ur[r], tr[r]
+        );
+    }
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    let (u, t) = (median(&mut ur), median(&mut tr));
+    let (lu, lt) = (median(&mut ul), median(&mut tl));
+    let _ = ns;
+    Ok(vec![
+        Row {
+            what: "HTTP keep-alive (nginx, wrk -c8), requests/s".into(),
+            untraced: format!("{u:.0}"),
+            traced: format!("{t:.0}"),
+            ratio: format!("{:.1}%", 100.0 * t / u),
+            target: ">= 99%".into(),
+            met: Some(t / u >= 0.99),
+        },
+        Row {
+            what: "HTTP keep-alive, p99 latency (us)".into(),
+            untraced: format!("{lu:.0}"),
+            traced: format!("{lt:.0}"),
+            ratio: format!("{:+.1}%", 100.0 * (lt / lu - 1.0)),
+            target: "within 2%".into(),
+            met: Some(lt <= lu * 1.02),
+        },
+    ])
+}
+
+/// wrk latencies: `123.45us`, `1.20ms`, `2.00s` -> microseconds.
+fn parse_wrk_latency(v: &str) -> f64 {
+    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn scale_rows(ns: &Netns) -> Result<Vec<Row>> {
+    const N: u32 = 100_000;
+    let mut rows = vec![];
+    for (label, max) in [
+        ("default table (65536)", None),
+        ("--max-remote-ips 131072", Some("131072")),
+    ] {
+        let args: Vec<&str> = match max {
+            Some(m) => vec!["--summary-only", "--max-remote-ips", m],
+            None => vec!["--summary-only"],
+        };
+        let t = Tracer::rsttrace(&args)?;
+        let started = Instant::now();
+        let delta = ns.run(|| {
+            let before = out_rsts();
+            for i in 0..N {
+                // 127.10.0.0 + i: distinct remote addresses on loopback.
+                let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 10, 0, 0)) + i);
+                let _ = connect_from(ip, "127.0.0.1:9".parse().unwrap());
+            }
+            out_rsts() - before
+        });
+        let rate = N as f64 / started.elapsed().as_secs_f64();
+        let (rss, maps) = (t.rss_kib(), t.map_bytes());
+        let s = summary(&t.stop()?)?;
+        let ips = s["by_remote_ip"].as_array().map_or(0, |a| a.len());
+        let total = s["total"].as_u64().unwrap_or(0);
+        let overflow = s["remote_ip_overflow"].as_u64().unwrap_or(0);
+        eprintln!(
+            "bench: scale ({label}): {N} remotes at {rate:.0}/s, {ips} listed, {overflow} by cause only, RSS {rss} KiB, maps {maps} B"
+        );
+        rows.push(Row {
+            what: format!("100k remote IPs, {label}: rsttrace peak RSS (MiB)"),
+            untraced: "-".into(),
+            traced: format!("{:.1}", rss as f64 / 1024.0),
+            ratio: "-".into(),
+            target: "bounded".into(),
+            met: None,
+        });
+        rows.push(Row {
+            what: format!("100k remote IPs, {label}: kernel map memory (MiB)"),
+            untraced: "-".into(),
+            traced: format!("{:.1}", maps as f64 / (1 << 20) as f64),
+            ratio: "-".into(),
+            target: "bounded".into(),
+            met: None,
+        });
+        rows.push(Row {
+            what: format!(
+                "100k remote IPs, {label}: listed / counted by cause only / total vs OutRsts"
+            ),
+            untraced: "-".into(),
+            traced: format!("{ips} / {overflow} / {total} vs {delta}"),
+            ratio: "-".into(),
+            target: "nothing hidden".into(),
+            met: Some(total >= delta && ips as u64 + overflow.min(1) > 0),
+        });
+    }
+    Ok(rows)
+}
+
+/// Mixed causes at a moderate rate for `secs`; memory sampled each 10 s.
+fn soak_rows(ns: &Netns, secs: u64) -> Result<Vec<Row>> {
+    let t = Tracer::rsttrace(&[])?;
+    let pid = t.child.id();
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    let mut samples = vec![];
+    let mut sent = 0u64;
+    let mut i = 0u32;
+    while start.elapsed() < Duration::from_secs(secs) {
+        sent += ns.run(move || {
+            let before = out_rsts();
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 90, 0, 0)) + (i % 5000));
+            // closed port
+            let _ = connect_from(ip, "127.0.0.1:9".parse().unwrap());
+            // abort on close
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            if let Ok(mut c) = TcpStream::connect(l.local_addr().unwrap()) {
+                let _ = c.write_all(b"x");
+                if let Ok((s, _)) = l.accept() {
+                    let mut b = [0u8; 1];
+                    let _ = s.peek(&mut b);
+                    drop(s);
+                }
+            }
+            out_rsts() - before
+        });
+        i += 1;
+        if i.is_multiple_of(200) {
+            samples.push(rss());
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let s = summary(&t.stop()?)?;
+    let first = samples.get(samples.len() / 10).copied().unwrap_or(0);
+    let last = samples.last().copied().unwrap_or(0);
+    let total = s["total"].as_u64().unwrap_or(0);
+    Ok(vec![
+        Row {
+            what: format!("soak {secs} s, mixed causes: RSS early -> end (MiB)"),
+            untraced: "-".into(),
+            traced: format!(
+                "{:.1} -> {:.1}",
+                first as f64 / 1024.0,
+                last as f64 / 1024.0
+            ),
+            ratio: "-".into(),
+            target: "stable".into(),
+            met: Some(last <= first + first / 10 + 1024),
+        },
+        Row {
+            what: format!("soak {secs} s: rsttrace total vs OutRsts"),
+            untraced: "-".into(),
+            traced: format!("{total} vs {sent}"),
+            ratio: "-".into(),
+            target: "exact".into(),
+            met: Some(total == sent),
+        },
+    ])
+}
+
+fn report(rows: &[Row], opts: &Options) -> Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let mut md = String::new();
+    writeln!(md, "# rsttrace benchmark results\n")?;
+    writeln!(
+        md,
+        "Kernel {kernel}, {cpus} CPUs, {date}. `cargo xtask bench`: {} alternating untraced/traced \
+         rounds of {} s each, medians; rsttrace runs with full attribution (`--output json` to a \
+         file). Ratios are traced / untraced, measured in the same invocation.\n",
+        opts.rounds, opts.seconds
+    )?;
+    writeln!(
+        md,
+        "| measurement | untraced | traced | ratio | target | met |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {met} |",
+            r.what, r.untraced, r.traced, r.ratio, r.target
+        )?;
+    }
+    print!("{md}");
+    let path = crate::workspace_root().join("bench/RESULTS.md");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(&path, &md)?;
+    eprintln!("bench: written to {}", path.display());
+    if rows.iter().any(|r| r.met == Some(false)) {
+        bail!("some targets were not met (see the table)");
+    }
+    Ok(())
+}
