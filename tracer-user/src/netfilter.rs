@@ -148,6 +148,27 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_segments_name_the_forward_hook() {
+        let nf = from_stack([
+            "ip_output",
+            "nf_send_reset",
+            "nft_reject_inet_eval",
+            "nft_do_chain",
+            "nf_hook_slow",
+            "ip_forward",
+            "ip_rcv",
+        ]);
+        assert_eq!(nf.hook, Some("forward"));
+        let nf6 = from_stack([
+            "nf_send_reset6",
+            "nft_do_chain",
+            "nf_hook_slow",
+            "ip6_forward",
+        ]);
+        assert_eq!(nf6.hook, Some("forward"));
+    }
+
+    #[test]
     fn no_reject_frame_means_no_detail() {
         let nf = from_stack(["ip_output", "nf_hook_slow", "ip_local_deliver"]);
         assert_eq!((nf.hook, nf.backend), (None, None));

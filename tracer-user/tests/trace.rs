@@ -505,13 +505,17 @@ fn assert_netfilter(
 }
 
 #[test]
-fn netfilter_reject_nftables_ipv4_input_and_ipv6_output() {
+fn netfilter_reject_nftables_input_output_prerouting() {
     let ns = Netns::new("nft");
     ns.add_addr("fd72:7374::17/128");
     let nft = |args: &str| ns.exec(&["nft", args]);
     nft("add table inet rsttrace_t");
     nft("add chain inet rsttrace_t in { type filter hook input priority 0 ; }");
     nft("add chain inet rsttrace_t out { type filter hook output priority 0 ; }");
+    nft("add chain inet rsttrace_t pre { type filter hook prerouting priority 0 ; }");
+    nft(
+        "add rule inet rsttrace_t pre ip saddr 127.16.0.2 tcp dport 7779 counter reject with tcp reset",
+    );
     nft(
         "add rule inet rsttrace_t in ip saddr 127.16.0.1 tcp dport 7777 counter reject with tcp reset",
     );
@@ -531,12 +535,21 @@ fn netfilter_reject_nftables_ipv4_input_and_ipv6_output() {
         "[::1]:7778".parse().unwrap(),
         2,
     );
+    let tcp_pre = closed_port(
+        &ns,
+        "127.16.0.2".parse().unwrap(),
+        "127.0.0.1:7779".parse().unwrap(),
+        2,
+    );
     let out = trace.stop();
     assert_eq!(
-        (tcp4, tcp6),
-        (0, 0),
+        (tcp4, tcp6, tcp_pre),
+        (0, 0, 0),
         "the TCP stack sent none of these RSTs"
     );
+    let pre = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "pre"]));
+    assert_eq!(pre, 2, "prerouting rule counter");
+    assert_netfilter(&out, &ns, "127.16.0.2", pre, "prerouting", "nftables");
     let in4 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
     let out6 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "out"]));
     assert_eq!((in4, out6), (3, 2), "rule counters");
