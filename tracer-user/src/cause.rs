@@ -160,6 +160,16 @@ pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
     // here.
     ("nf_send_reset", EgressRule::Cause(Cause::NetfilterReject)),
     ("nf_send_reset6", EgressRule::Cause(Cause::NetfilterReject)),
+    // nft `reject` in the netdev (ingress/egress) and bridge families builds
+    // the RST itself and hands it to the device.
+    (
+        "nft_reject_netdev_eval",
+        EgressRule::Cause(Cause::NetfilterReject),
+    ),
+    (
+        "nft_reject_bridge_eval",
+        EgressRule::Cause(Cause::NetfilterReject),
+    ),
     // The TCP stack's IPv6 replies (closed port, time-wait) leave without
     // a socket; tcp_send_reset has counted them already.
     ("tcp_v6_send_response", EgressRule::TcpStack),

@@ -31,6 +31,13 @@ fn hook_of(caller: &str) -> Option<&'static str> {
             "output"
         }
         "ip_output" | "ip6_output" | "ip_finish_output" | "ip6_finish_output" => "postrouting",
+        // netdev family
+        "__netif_receive_skb_core" | "__netif_receive_skb_core.constprop.0" => "ingress",
+        "__dev_queue_xmit" | "nf_hook_egress" => "egress",
+        // bridge family
+        "br_handle_frame" => "prerouting",
+        "br_pass_frame_up" | "br_handle_frame_finish" => "input",
+        "__br_forward" => "forward",
         _ => return None,
     })
 }
@@ -47,11 +54,23 @@ pub fn from_stack<'a>(frames: impl IntoIterator<Item = &'a str>) -> Netfilter {
     };
     // Frames inside nf_send_reset are the RST's own way out (its own
     // OUTPUT hook among them); the rule that fired is outward of it.
-    let Some(start) = frames
-        .iter()
-        .position(|f| *f == "nf_send_reset" || *f == "nf_send_reset6")
-    else {
+    let Some(start) = frames.iter().position(|f| {
+        matches!(
+            *f,
+            "nf_send_reset"
+                | "nf_send_reset6"
+                | "nft_reject_netdev_eval"
+                | "nft_reject_bridge_eval"
+        )
+    }) else {
         return nf;
+    };
+    // The netdev and bridge families' reject is itself the rule's
+    // expression: look from it outward, itself included.
+    let start = if frames[start].starts_with("nft_reject_") {
+        start.saturating_sub(1)
+    } else {
+        start
     };
     let outer = &frames[start + 1..];
     let hook_at = outer.iter().position(|f| *f == "nf_hook_slow");
@@ -166,6 +185,21 @@ mod tests {
             "ip6_forward",
         ]);
         assert_eq!(nf6.hook, Some("forward"));
+    }
+
+    #[test]
+    fn netdev_ingress_reject_as_observed_on_6_18() {
+        let nf = from_stack([
+            "bpf_trace_run1",
+            "__dev_queue_xmit",
+            "nft_reject_netdev_eval",
+            "nft_do_chain",
+            "nft_do_chain_netdev",
+            "nf_hook_slow",
+            "__netif_receive_skb_core.constprop.0",
+            "__netif_receive_skb_one_core",
+        ]);
+        assert_eq!((nf.hook, nf.backend), (Some("ingress"), Some("nftables")));
     }
 
     #[test]

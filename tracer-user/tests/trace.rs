@@ -889,3 +889,45 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
         "{changes:?}"
     );
 }
+
+/// nft `reject` in the netdev family (ingress on the device) builds its
+/// RST outside nf_send_reset and hands it straight to the device.
+#[test]
+fn netfilter_reject_nftables_netdev_ingress() {
+    let ns = Netns::new("netdev");
+    ns.exec(&["nft", "add table netdev rsttrace_t"]);
+    ns.exec(&[
+        "nft",
+        "add chain netdev rsttrace_t ing { type filter hook ingress device lo priority 0 ; }",
+    ]);
+    ns.exec(&[
+        "nft",
+        "add rule netdev rsttrace_t ing ip saddr 127.39.0.1 tcp dport 7777 counter reject with tcp reset",
+    ]);
+    let trace = Trace::start(&[]);
+    // On loopback the client does not act on this RST (seen on 6.18: the
+    // connect times out), so each attempt gives up after 300 ms, before the
+    // SYN is sent again: one RST per attempt.
+    let tcp = ns.run(|| {
+        let before = out_rsts_here();
+        for _ in 0..2 {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&"127.39.0.1:0".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            let to: SocketAddr = "127.0.0.1:7777".parse().unwrap();
+            let _ = s.connect_timeout(&to.into(), Duration::from_millis(300));
+        }
+        out_rsts_here() - before
+    });
+    let out = trace.stop();
+    assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
+    let n = rule_packets(&ns.output(&["nft", "list", "chain", "netdev", "rsttrace_t", "ing"]));
+    assert_eq!(n, 2, "rule counter");
+    assert_netfilter(&out, &ns, "127.39.0.1", n, "ingress", "nftables");
+    let drops = out.summary["drops"].as_array().unwrap();
+    assert!(
+        !drops.iter().any(|d| d["remote_ip"] == "127.39.0.1"),
+        "{drops:?}"
+    );
+}
