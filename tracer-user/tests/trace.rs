@@ -931,3 +931,99 @@ fn netfilter_reject_nftables_netdev_ingress() {
         "{drops:?}"
     );
 }
+
+/// A router namespace rejects a forwarded connection: client -- router --
+/// server over veth pairs (IPv6 ULA addresses inside the test's own
+/// namespaces), with the reject rule in the router's forward chain.
+#[test]
+fn netfilter_reject_in_the_forward_hook() {
+    let client = Netns::new("fwd-c");
+    let router = Netns::new("fwd-r");
+    let server = Netns::new("fwd-s");
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&[
+        "link",
+        "add",
+        "rt-c",
+        "netns",
+        &client.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "rt-rc",
+        "netns",
+        &router.name,
+    ]);
+    ip(&[
+        "link",
+        "add",
+        "rt-s",
+        "netns",
+        &server.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "rt-rs",
+        "netns",
+        &router.name,
+    ]);
+    for (ns, dev, addr) in [
+        (&client, "rt-c", "fd72:7374:c::1/64"),
+        (&router, "rt-rc", "fd72:7374:c::2/64"),
+        (&router, "rt-rs", "fd72:7374:5::2/64"),
+        (&server, "rt-s", "fd72:7374:5::1/64"),
+    ] {
+        ip(&["-n", &ns.name, "addr", "add", addr, "dev", dev, "nodad"]);
+        ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+    }
+    ip(&[
+        "-n",
+        &client.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd72:7374:c::2",
+    ]);
+    ip(&[
+        "-n",
+        &server.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd72:7374:5::2",
+    ]);
+    router.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    router.exec(&["nft", "add table inet rsttrace_t"]);
+    router.exec(&[
+        "nft",
+        "add chain inet rsttrace_t forwarded { type filter hook forward priority 0 ; }",
+    ]);
+    router.exec(&[
+        "nft",
+        "add rule inet rsttrace_t forwarded ip6 saddr fd72:7374:c::1 tcp dport 7777 counter reject with tcp reset",
+    ]);
+    let trace = Trace::start(&[]);
+    let tcp = closed_port(
+        &client,
+        "fd72:7374:c::1".parse().unwrap(),
+        "[fd72:7374:5::1]:7777".parse().unwrap(),
+        2,
+    );
+    let out = trace.stop();
+    assert_eq!(tcp, 0, "the client's TCP stack sent no RST");
+    let n =
+        rule_packets(&router.output(&["nft", "list", "chain", "inet", "rsttrace_t", "forwarded"]));
+    assert_eq!(n, 2, "rule counter");
+    // The RST leaves the router: its namespace, not the client's.
+    assert_netfilter(&out, &router, "fd72:7374:c::1", n, "forward", "nftables");
+}

@@ -2,8 +2,8 @@
 
 use std::{
     io::{self, Write},
-    net::SocketAddr,
-    time::{Duration, Instant},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::Sink;
@@ -116,6 +116,37 @@ pub fn rst_text(rst: &Rst) -> String {
     line
 }
 
+/// One row per remote IP: address, total, first and last seen, details.
+type IpRow = (IpAddr, u64, SystemTime, SystemTime, Vec<String>);
+
+/// The top `top` rows under a header, and how many more there are.
+fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top: usize) {
+    if rows.is_empty() {
+        return;
+    }
+    t.push_str(&format!(
+        "\n{title:<40} {:>8}  {:<15}  {:<15}  {details}\n",
+        "TOTAL", "FIRST SEEN", "LAST SEEN"
+    ));
+    for (ip, total, first, last, what) in rows.iter().take(top) {
+        t.push_str(&format!(
+            "{:<40} {total:>8}  {:<15}  {:<15}  {}\n",
+            ip.to_string(),
+            time_of_day(*first),
+            time_of_day(*last),
+            what.join(" ")
+        ));
+    }
+    if rows.len() > top {
+        let rest = &rows[top..];
+        t.push_str(&format!(
+            "... and {} more remote IPs ({} in all)\n",
+            rest.len(),
+            rest.iter().map(|r| r.1).sum::<u64>()
+        ));
+    }
+}
+
 pub fn summary_text(s: &Summary, top: usize) -> String {
     let mut t = String::new();
     let secs = s.duration.as_secs_f64();
@@ -124,31 +155,15 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         s.total,
         if s.total == 1 { "" } else { "s" }
     ));
-    if !s.by_remote_ip.is_empty() {
-        t.push_str(&format!(
-            "\n{:<40} {:>8}  {:<15}  {:<15}  CAUSES\n",
-            "REMOTE IP", "TOTAL", "FIRST SEEN", "LAST SEEN"
-        ));
-        for r in s.by_remote_ip.iter().take(top) {
-            let causes: Vec<String> = r.by_cause.iter().map(|(c, n)| format!("{c}={n}")).collect();
-            t.push_str(&format!(
-                "{:<40} {:>8}  {:<15}  {:<15}  {}\n",
-                r.remote_ip.to_string(),
-                r.total,
-                time_of_day(r.first_seen),
-                time_of_day(r.last_seen),
-                causes.join(" ")
-            ));
-        }
-        if s.by_remote_ip.len() > top {
-            let rest = &s.by_remote_ip[top..];
-            t.push_str(&format!(
-                "... and {} more remote IPs ({} RSTs)\n",
-                rest.len(),
-                rest.iter().map(|r| r.total).sum::<u64>()
-            ));
-        }
-    }
+    let remotes: Vec<_> = s
+        .by_remote_ip
+        .iter()
+        .map(|r| {
+            let causes = r.by_cause.iter().map(|(c, n)| format!("{c}={n}")).collect();
+            (r.remote_ip, r.total, r.first_seen, r.last_seen, causes)
+        })
+        .collect();
+    per_ip_table(&mut t, "REMOTE IP", "CAUSES", &remotes, top);
     if !s.by_cause.is_empty() {
         t.push_str(&format!("\n{:<40} {:>8}\n", "CAUSE", "TOTAL"));
         let mut causes: Vec<_> = s.by_cause.iter().collect();
@@ -169,33 +184,25 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             t.push_str(&format!("{ip}: {d}\n"));
         }
     }
-    if !s.drops.is_empty() {
-        t.push_str(&format!(
-            "\n{:<40} {:>8}  {:<15}  {:<15}  DROPPED BY (no RST sent)\n",
-            "NETFILTER DROPS", "TOTAL", "FIRST SEEN", "LAST SEEN"
-        ));
-        for d in s.drops.iter().take(top) {
-            let wh: Vec<String> = d
+    let drops: Vec<_> = s
+        .drops
+        .iter()
+        .map(|d| {
+            let wh = d
                 .by_location
                 .iter()
                 .map(|(w, n)| format!("{w}={n}"))
                 .collect();
-            t.push_str(&format!(
-                "{:<40} {:>8}  {:<15}  {:<15}  {}\n",
-                d.remote_ip.to_string(),
-                d.total,
-                time_of_day(d.first_seen),
-                time_of_day(d.last_seen),
-                wh.join(" ")
-            ));
-        }
-        if s.drops.len() > top {
-            t.push_str(&format!(
-                "... and {} more remote IPs\n",
-                s.drops.len() - top
-            ));
-        }
-    }
+            (d.remote_ip, d.total, d.first_seen, d.last_seen, wh)
+        })
+        .collect();
+    per_ip_table(
+        &mut t,
+        "NETFILTER DROPS",
+        "DROPPED BY (no RST sent)",
+        &drops,
+        top,
+    );
     if !s.ruleset_changes.is_empty() {
         t.push_str("\nRULESET CHANGES (nftables, while tracing)\n");
         for g in &s.ruleset_changes {
@@ -386,7 +393,7 @@ mod tests {
         assert!(t.contains("127.0.0.3"));
         assert!(t.contains("127.0.0.2"));
         assert!(!t.contains("127.0.0.1 "));
-        assert!(t.contains("... and 1 more remote IPs (1 RSTs)"));
+        assert!(t.contains("... and 1 more remote IPs (1 in all)"), "{t}");
         assert!(t.contains("lost events: 2 (not shown live"));
     }
 }
