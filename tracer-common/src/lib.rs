@@ -262,6 +262,26 @@ pub struct DropKey {
     pub location: u64,
 }
 
+/// What the user asked to see (`--netns`, `--remote`, `--local-port`,
+/// `--cause`), decided in the kernel so that the rest costs nothing and
+/// never reaches userspace. Zero fields mean "everything".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Inode of the only network namespace to report; 0 = all.
+    pub netns: u32,
+    /// Bit per cause id; 0 = all causes.
+    pub causes: u32,
+    /// 1: only remotes in the `REMOTE_CIDRS` trie.
+    pub remote: u32,
+    /// 1: only local ports in the `LOCAL_PORTS` set.
+    pub local_port: u32,
+}
+
+/// Key data of the `REMOTE_CIDRS` trie: the family byte, then the address
+/// (IPv4 in the first four bytes); prefix lengths count the family's 8 bits.
+pub type CidrKey = [u8; 17];
+
 /// Where an event was observed.
 pub mod source {
     /// `tcp:tcp_send_reset`: the TCP stack.
@@ -341,6 +361,7 @@ mod pod {
     unsafe impl aya::Pod for super::EgressOffsets {}
     unsafe impl aya::Pod for super::KfreeSkbLayout {}
     unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::Filter {}
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tracer_common::{ABSENT, DropKey, KfreeSkbLayout, RemoteStats, stat};
 use crate::{
     count,
     egress::{EGRESS_OFFSETS, LAST_REJECT},
-    packet,
+    filter, packet,
 };
 
 #[unsafe(no_mangle)]
@@ -65,6 +65,12 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     } else {
         (p.daddr, p.dport, p.sport)
     };
+    let f = filter::get();
+    if !filter::remote_ok(&f, p.family, &remote)
+        || !filter::netns_ok(&f, || crate::netns::of(0, skb))
+    {
+        return Ok(0);
+    }
     // The segment a REJECT rule just answered: not a silent drop.
     if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.

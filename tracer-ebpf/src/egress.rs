@@ -18,11 +18,11 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause, source, stat,
+    ABSENT, EgressOffsets, Filter, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause, source, stat,
 };
 
 use crate::{
-    count, netns,
+    count, filter, netns,
     packet::{self, read},
     stack,
 };
@@ -120,6 +120,17 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
     if p.flags & TCP_RST == 0 {
         return Ok(0);
     }
+    let f = filter::get();
+    let mut ns = 0;
+    if !filter::remote_ok(&f, p.family, &p.daddr)
+        || (f.local_port != 0 && !filter::rst_ok(&Filter { causes: 0, ..f }, 0, p.sport))
+        || !filter::netns_ok(&f, || {
+            ns = netns::of(0, skb);
+            ns
+        })
+    {
+        return Ok(0);
+    }
     count::bump(stat::EGRESS_RSTS);
     let sk: u64 = read(skb + u64::from(o.skb_sk))?;
     let (cause, stack_id) = match origin(sk, &o)? {
@@ -143,6 +154,9 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
             }
         }
     };
+    if !filter::rst_ok(&f, cause, p.sport) {
+        return Ok(0);
+    }
     let emit = count::emitting();
     let actor = emit && count::has_actor(cause);
     let ev = RstEvent {
@@ -157,7 +171,13 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         pid_tgid: if actor { bpf_get_current_pid_tgid() } else { 0 },
         reason: ABSENT,
         state: 0,
-        netns: if emit { netns::of(0, skb) } else { 0 },
+        netns: if ns != 0 {
+            ns
+        } else if emit {
+            netns::of(0, skb)
+        } else {
+            0
+        },
         stack_id,
         sk_ino: 0,
         // Outgoing: the source is this host.

@@ -4,6 +4,7 @@
 mod count;
 mod drop;
 mod egress;
+mod filter;
 mod netns;
 mod packet;
 mod send_reset;

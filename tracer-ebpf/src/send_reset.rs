@@ -17,7 +17,7 @@ use tracer_common::{
     addr_layout, cause, source,
 };
 
-use crate::{count, netns, stack};
+use crate::{count, filter, netns, stack};
 
 #[unsafe(no_mangle)]
 static SEND_RESET_LAYOUT: SendResetLayout = SendResetLayout::UNSET;
@@ -114,6 +114,19 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         u64::from_ne_bytes(rec.bytes(layout.skbaddr)?)
     };
 
+    let f = filter::get();
+    if !filter::rst_ok(&f, cause, ends.local_port)
+        || !filter::remote_ok(&f, ends.family, &ends.remote)
+    {
+        return Ok(0);
+    }
+    let mut ns = 0;
+    if !filter::netns_ok(&f, || {
+        ns = netns::of(skaddr, skbaddr);
+        ns
+    }) {
+        return Ok(0);
+    }
     // Each helper call costs: take only what will be used.
     let emit = count::emitting();
     let actor = emit && count::has_actor(cause);
@@ -129,7 +142,13 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         pid_tgid: if actor { bpf_get_current_pid_tgid() } else { 0 },
         reason,
         state,
-        netns: if emit { netns::of(skaddr, skbaddr) } else { 0 },
+        netns: if ns != 0 {
+            ns
+        } else if emit {
+            netns::of(skaddr, skbaddr)
+        } else {
+            0
+        },
         stack_id: if emit && cause == cause::UNKNOWN {
             stack::stack_id(ctx)
         } else {

@@ -36,6 +36,24 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
 
+    /// Network namespace to report: `all` (default), `self` (a sidecar's own),
+    /// a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`) or `pid:N`.
+    /// Decided in the kernel: other namespaces cost nothing and never show.
+    #[arg(long, default_value = "all", value_name = "NETNS")]
+    pub netns: String,
+
+    /// Only RSTs to (and drops from) remotes in CIDR (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = crate::scope::parse_cidr)]
+    pub remote: Vec<crate::scope::Cidr>,
+
+    /// Only RSTs sent from this local port (repeatable).
+    #[arg(long, value_name = "PORT", value_parser = crate::scope::parse_port)]
+    pub local_port: Vec<u16>,
+
+    /// Only these causes (repeatable); `netfilter-drop` selects silent drops.
+    #[arg(long, value_name = "NAME", value_parser = crate::scope::parse_cause)]
+    pub cause: Vec<String>,
+
     /// Size of the event ring buffer between the kernel and rsttrace: a
     /// power of two, at least 4K (`256K`, `1M`, or bytes). Events that find
     /// it full are counted as lost; every count stays exact.

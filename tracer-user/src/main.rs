@@ -17,6 +17,7 @@ mod netfilter;
 mod nftmon;
 mod output;
 mod preflight;
+mod scope;
 mod summary;
 mod tracer;
 
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     preflight::check_capabilities()?;
+    let scope = scope::build(&args.netns, &args.remote, &args.local_port, &args.cause)?;
     let tracefs = preflight::tracefs()?;
     let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_send_reset")?;
     let fmt = Format::parse(&text)
@@ -106,6 +108,7 @@ async fn run(args: Args) -> Result<()> {
         emit_events: !args.summary_only,
         max_remote_ips: args.max_remote_ips,
         ring_size: args.ring_size,
+        scope: &scope,
     })?;
     let events = tracer.take_events()?;
     // SAFETY: the ring buffer owns its fd, which stays open as long as the

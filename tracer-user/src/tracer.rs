@@ -4,14 +4,17 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId,
     },
 };
 use tracer_common::{
-    ABSENT, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, RemoteKey, RemoteStats,
+    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, RemoteKey, RemoteStats,
     SendResetLayout, StackRules,
 };
 
@@ -31,6 +34,7 @@ pub struct Options<'a> {
     pub emit_events: bool,
     pub max_remote_ips: u32,
     pub ring_size: u32,
+    pub scope: &'a crate::scope::Scope,
 }
 
 pub struct Tracer {
@@ -45,13 +49,20 @@ pub struct Tracer {
 impl Tracer {
     pub fn load(opts: &Options<'_>) -> Result<Self> {
         let emit = u8::from(opts.emit_events);
+        // Drops out of scope: the drop program stays off.
+        let kfree_skb = if opts.scope.drops {
+            opts.kfree_skb
+        } else {
+            KfreeSkbLayout::UNSET
+        };
         let (egress_offsets, egress_rules) = opts
             .egress
             .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
         let mut ebpf = EbpfLoader::new()
             .override_global("EGRESS_OFFSETS", &egress_offsets, true)
             .override_global("EGRESS_STACK_RULES", &egress_rules, true)
-            .override_global("KFREE_SKB_LAYOUT", &opts.kfree_skb, true)
+            .override_global("KFREE_SKB_LAYOUT", &kfree_skb, true)
+            .override_global("FILTER", &opts.scope.filter, true)
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
@@ -78,13 +89,33 @@ impl Tracer {
                 .set(*reason, entry.raw(), 0)
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
         }
+        let mut cidrs: LpmTrie<_, CidrKey, u8> = LpmTrie::try_from(
+            ebpf.map_mut("REMOTE_CIDRS")
+                .context("REMOTE_CIDRS map missing")?,
+        )?;
+        for c in &opts.scope.cidrs {
+            let (len, data) = c.key();
+            cidrs
+                .insert(&Key::new(len, data), 1, 0)
+                .context("filling the --remote table")?;
+        }
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut("LOCAL_PORTS")
+                .context("LOCAL_PORTS map missing")?,
+        )?;
+        for p in &opts.scope.ports {
+            ports
+                .insert(p, 1, 0)
+                .context("filling the --local-port table")?;
+        }
+        let drops = opts.egress.is_some() && kfree_skb.reason != ABSENT;
         Ok(Self {
             ebpf,
             link: None,
             egress_link: None,
             egress: opts.egress.is_some(),
             drop_link: None,
-            drops: opts.egress.is_some() && opts.kfree_skb.reason != ABSENT,
+            drops,
         })
     }
 

@@ -174,8 +174,23 @@ pub struct TraceOutput {
 
 impl Trace {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_in(None, extra)
+    }
+
+    /// Runs rsttrace inside namespace `ns` (the sidecar shape), or in the
+    /// test's own.
+    pub fn start_in(ns: Option<&Netns>, extra: &[&str]) -> Self {
         require_root();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+        let mut cmd = match ns {
+            // ip netns exec execs rsttrace in place: signals reach it.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_rsttrace")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rsttrace")),
+        };
+        let mut child = cmd
             .args(["--output", "json"])
             .args(extra)
             .stdout(Stdio::piped())
