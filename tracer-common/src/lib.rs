@@ -22,8 +22,10 @@ pub mod cause {
     pub const MPTCP: u8 = 11;
     pub const NETFILTER_REJECT: u8 = 12;
     pub const INJECTED: u8 = 13;
+    /// Not a cause of this host's: a RST it received (`--direction in`).
+    pub const RECEIVED: u8 = 14;
     /// Number of cause slots; array maps indexed by cause have this size.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Slots of the per-CPU `STATS` array that are not per-cause counters.
@@ -45,8 +47,11 @@ pub mod stat {
     pub const NETFILTER_DROPS: u32 = cause::COUNT + 5;
     /// ... of which found the per-remote drop map full.
     pub const DROP_MAP_FULL: u32 = cause::COUNT + 6;
+    /// RSTs this host received, and those that found their map full.
+    pub const RECEIVED_RSTS: u32 = cause::COUNT + 7;
+    pub const RECEIVED_MAP_FULL: u32 = cause::COUNT + 8;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT + 7;
+    pub const COUNT: u32 = cause::COUNT + 9;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.
@@ -288,6 +293,8 @@ pub mod source {
     pub const TCP_STACK: u8 = 0;
     /// The egress hook: a RST the TCP stack did not send.
     pub const EGRESS: u8 = 1;
+    /// `tcp:tcp_receive_reset`: a RST this host received.
+    pub const RECEIVED: u8 = 2;
 }
 
 /// Key of the per-remote-IP counters: one entry per (remote address, cause).

@@ -16,6 +16,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static REMOTES: PerCpuHashMap<RemoteKey, RemoteStats> = PerCpuHashMap::with_max_entries(65536, 0);
 
+/// Per remote IP, RSTs this host received (`--direction in|both`).
+#[map]
+static RECEIVED: PerCpuHashMap<RemoteKey, RemoteStats> = PerCpuHashMap::with_max_entries(16384, 0);
+
 /// One record per RST for the live output. Userspace may resize it.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -65,6 +69,22 @@ pub fn bump(slot: u32) {
     }
 }
 
+/// Counts one RST this host received and emits its event.
+#[inline(always)]
+pub fn record_received(ev: &RstEvent) {
+    bump(stat::RECEIVED_RSTS);
+    let key = RemoteKey {
+        addr: ev.remote_addr,
+        family: ev.family,
+        cause: ev.cause,
+        _pad: [0; 2],
+    };
+    if !bump_map(&RECEIVED, &key, ev.ts_ns) {
+        bump(stat::RECEIVED_MAP_FULL);
+    }
+    emit(ev);
+}
+
 /// Counts one RST and, unless nobody listens, emits its event.
 #[inline(always)]
 pub fn record(ev: &RstEvent) {
@@ -79,7 +99,11 @@ pub fn record(ev: &RstEvent) {
     if !bump_remote(&key, ev.ts_ns) {
         bump(stat::REMOTE_MAP_FULL);
     }
+    emit(ev);
+}
 
+#[inline(always)]
+fn emit(ev: &RstEvent) {
     // Waking the reader for every event costs an interrupt (in a VM, an
     // exit) per RST: wake it only once a batch is waiting; it also polls.
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {

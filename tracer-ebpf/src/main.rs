@@ -7,6 +7,7 @@ mod egress;
 mod filter;
 mod netns;
 mod packet;
+mod receive_reset;
 mod send_reset;
 mod stack;
 

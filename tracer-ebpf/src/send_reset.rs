@@ -34,11 +34,11 @@ const RECORD_MAX: usize = tracer_common::SEND_RESET_RECORD_MAX as usize;
 #[map]
 static RECORD: PerCpuArray<[u8; RECORD_MAX]> = PerCpuArray::with_max_entries(1, 0);
 
-struct Record<'a>(&'a [u8; RECORD_MAX]);
+pub struct Record<'a>(&'a [u8; RECORD_MAX]);
 
 impl Record<'_> {
     #[inline(always)]
-    fn bytes<const N: usize>(&self, offset: u32) -> Result<[u8; N], u32> {
+    pub fn bytes<const N: usize>(&self, offset: u32) -> Result<[u8; N], u32> {
         let o = offset as usize;
         let mut out = [0u8; N];
         out.copy_from_slice(self.0.get(o..o + N).ok_or(1u32)?);
@@ -46,25 +46,9 @@ impl Record<'_> {
     }
 }
 
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    match try_tcp_send_reset(&ctx) {
-        Ok(r) => r,
-        Err(r) => r,
-    }
-}
-
-struct Endpoints {
-    family: u8,
-    local: [u8; 16],
-    remote: [u8; 16],
-    local_port: u16,
-    remote_port: u16,
-}
-
-fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: a read-only global that userspace sets before load.
-    let layout = unsafe { core::ptr::read_volatile(&SEND_RESET_LAYOUT) };
+/// Copies the tracepoint's record into this CPU's scratch buffer.
+#[inline(always)]
+pub fn copy_record(ctx: &TracePointContext) -> Result<Record<'static>, u32> {
     let buf = RECORD.get_ptr_mut(0).ok_or(1u32)?;
     // SAFETY: per-CPU scratch of exactly RECORD_MAX bytes; the perf
     // record lives in a per-CPU buffer larger than that.
@@ -76,7 +60,29 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         )
     };
     // SAFETY: just written, this CPU's copy.
-    let rec = Record(unsafe { &*buf });
+    Ok(Record(unsafe { &*buf }))
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    match try_tcp_send_reset(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+pub struct Endpoints {
+    pub family: u8,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: a read-only global that userspace sets before load.
+    let layout = unsafe { core::ptr::read_volatile(&SEND_RESET_LAYOUT) };
+    let rec = copy_record(ctx)?;
     let ends = match layout.addr_layout {
         addr_layout::SOCKADDR => read_sockaddr_pair(&rec, &layout)?,
         addr_layout::SPLIT => read_split(&rec, &layout)?,
@@ -222,7 +228,7 @@ fn read_sockaddr_pair(rec: &Record<'_>, l: &SendResetLayout) -> Result<Endpoints
 
 /// Before 6.10: separate v4 and v6 fields, ports in host order. 5.10 has no
 /// `family` field; there an IPv4 connection shows as a v4-mapped v6 address.
-fn read_split(rec: &Record<'_>, l: &SendResetLayout) -> Result<Endpoints, u32> {
+pub fn read_split(rec: &Record<'_>, l: &SendResetLayout) -> Result<Endpoints, u32> {
     let local_port = u16::from_ne_bytes(rec.bytes(l.sport)?);
     let remote_port = u16::from_ne_bytes(rec.bytes(l.dport)?);
     let s6: [u8; 16] = rec.bytes(l.saddr_v6)?;

@@ -25,6 +25,8 @@ pub enum Cause {
     Mptcp = id::MPTCP,
     NetfilterReject = id::NETFILTER_REJECT,
     Injected = id::INJECTED,
+    /// A RST this host received (`--direction in|both`), not one it sent.
+    Received = id::RECEIVED,
 }
 
 impl Cause {
@@ -43,6 +45,7 @@ impl Cause {
         Cause::Mptcp,
         Cause::NetfilterReject,
         Cause::Injected,
+        Cause::Received,
     ];
 
     pub fn from_id(v: u8) -> Cause {
@@ -65,6 +68,7 @@ impl Cause {
             Cause::Mptcp => "mptcp",
             Cause::NetfilterReject => "netfilter-reject",
             Cause::Injected => "injected",
+            Cause::Received => "received",
         }
     }
 

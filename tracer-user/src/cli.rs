@@ -36,6 +36,11 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub top: u32,
 
+    /// Which RSTs: `out` (sent by this host, the default), `in` (received,
+    /// from tcp:tcp_receive_reset) or `both`; the summary keeps them apart.
+    #[arg(long, value_enum, default_value_t = Direction::Out)]
+    pub direction: Direction,
+
     /// Network namespace to report: `all` (default), `self` (a sidecar's own),
     /// a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`) or `pid:N`.
     /// Decided in the kernel: other namespaces cost nothing and never show.
@@ -71,6 +76,23 @@ pub struct Args {
     #[arg(long, default_value_t = 65536, value_name = "N",
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_remote_ips: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    Out,
+    In,
+    Both,
+}
+
+impl Direction {
+    pub fn sent(self) -> bool {
+        self != Direction::In
+    }
+
+    pub fn received(self) -> bool {
+        self != Direction::Out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

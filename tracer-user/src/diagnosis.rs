@@ -106,6 +106,7 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         },
         Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, or a kernel module)".to_string(),
         Cause::Unknown => "no rule explains these: the events carry the kernel stack; please report it".to_string(),
+        Cause::Received => "this host received these RSTs: trace the peer with rsttrace".to_string(),
     };
     format!("{lead}: {advice}")
 }

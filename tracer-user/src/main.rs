@@ -109,6 +109,16 @@ async fn run(args: Args) -> Result<()> {
         max_remote_ips: args.max_remote_ips,
         ring_size: args.ring_size,
         scope: &scope,
+        sent: args.direction.sent(),
+        receive_reset: if args.direction.received() {
+            let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;
+            let f = Format::parse(&text)
+                .and_then(|f| SendResetFormat::from_format(&f))
+                .context("reading the tcp:tcp_receive_reset format file")?;
+            Some(f.layout)
+        } else {
+            None
+        },
     })?;
     let events = tracer.take_events()?;
     // SAFETY: the ring buffer owns its fd, which stays open as long as the
@@ -129,19 +139,25 @@ async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let clock = BootClock::new();
     // The plan in one line: what is watched, and what is not.
-    let mut hooks = vec![format!(
-        "tcp:tcp_send_reset ({})",
-        if fmt.reasons.is_empty() {
-            "this kernel gives no RST reason: causes show as unknown"
-        } else {
-            "TCP stack RSTs by kernel reason"
-        }
-    )];
+    let mut hooks = vec![];
+    if args.direction.sent() {
+        hooks.push(format!(
+            "tcp:tcp_send_reset ({})",
+            if fmt.reasons.is_empty() {
+                "this kernel gives no RST reason: causes show as unknown"
+            } else {
+                "TCP stack RSTs by kernel reason"
+            }
+        ));
+    }
     if tracer.sees_egress() {
         hooks.push("net_dev_queue (RSTs outside the TCP stack)".into());
     }
     if tracer.counts_drops() {
         hooks.push("skb:kfree_skb (netfilter drops)".into());
+    }
+    if args.direction.received() {
+        hooks.push("tcp:tcp_receive_reset (RSTs received)".into());
     }
     eprintln!(
         "rsttrace: attached to {}; {}",
@@ -234,6 +250,8 @@ async fn run(args: Args) -> Result<()> {
         &decoder.clock,
         started.elapsed(),
     );
+    summary.received =
+        summary::build(&[], tracer.received()?, &decoder.clock, summary.duration).by_remote_ip;
     summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
         event::symbolize_function(decoder.ksyms.as_ref(), loc)
     });

@@ -58,6 +58,9 @@ pub struct Summary {
     pub by_cause: BTreeMap<Cause, u64>,
     /// Sorted by total, descending (then by address, for a stable order).
     pub by_remote_ip: Vec<RemoteSummary>,
+    /// RSTs this host received (`--direction in|both`), per remote IP.
+    pub received: Vec<RemoteSummary>,
+    pub received_total: u64,
     /// Netfilter drops (no RST sent), sorted like `by_remote_ip`.
     pub drops: Vec<DropSummary>,
     pub drops_total: u64,
@@ -175,6 +178,8 @@ pub fn build(
         },
         by_cause,
         by_remote_ip,
+        received: Vec::new(),
+        received_total: slot(stat::RECEIVED_RSTS),
         drops: Vec::new(),
         drops_total: slot(stat::NETFILTER_DROPS),
         drop_overflow: slot(stat::DROP_MAP_FULL),

@@ -35,14 +35,24 @@ pub struct Options<'a> {
     pub max_remote_ips: u32,
     pub ring_size: u32,
     pub scope: &'a crate::scope::Scope,
+    /// Trace RSTs this host sends.
+    pub sent: bool,
+    /// Trace RSTs it receives, with tcp_receive_reset's layout.
+    pub receive_reset: Option<SendResetLayout>,
+}
+
+enum Link {
+    TracePoint(TracePointLinkId),
+    RawTracePoint(RawTracePointLinkId),
 }
 
 pub struct Tracer {
     ebpf: Ebpf,
-    link: Option<TracePointLinkId>,
-    egress_link: Option<RawTracePointLinkId>,
+    /// Attached programs, detached in reverse order.
+    links: Vec<(String, Link)>,
+    sent: bool,
+    received: bool,
     egress: bool,
-    drop_link: Option<TracePointLinkId>,
     drops: bool,
 }
 
@@ -63,6 +73,11 @@ impl Tracer {
             .override_global("EGRESS_STACK_RULES", &egress_rules, true)
             .override_global("KFREE_SKB_LAYOUT", &kfree_skb, true)
             .override_global("FILTER", &opts.scope.filter, true)
+            .override_global(
+                "RECEIVE_RESET_LAYOUT",
+                &opts.receive_reset.unwrap_or(SendResetLayout::UNSET),
+                true,
+            )
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
@@ -111,91 +126,84 @@ impl Tracer {
         let drops = opts.egress.is_some() && kfree_skb.reason != ABSENT;
         Ok(Self {
             ebpf,
-            link: None,
-            egress_link: None,
+            links: Vec::new(),
+            sent: opts.sent,
+            received: opts.receive_reset.is_some(),
             egress: opts.egress.is_some(),
-            drop_link: None,
             drops,
         })
     }
 
-    pub fn attach(&mut self) -> Result<()> {
-        let prog: &mut TracePoint = self
+    fn attach_tp(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
+        let p: &mut TracePoint = self
             .ebpf
-            .program_mut("tcp_send_reset")
-            .context("program tcp_send_reset missing")?
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing"))?
             .try_into()?;
-        prog.load()
-            .context("the kernel verifier rejected the tcp_send_reset program")?;
-        let link = prog
-            .attach("tcp", "tcp_send_reset")
-            .context("attaching to tracepoint tcp:tcp_send_reset")?;
-        self.link = Some(link);
-        if self.egress {
-            let prog: &mut RawTracePoint = self
-                .ebpf
-                .program_mut("net_dev_queue")
-                .context("program net_dev_queue missing")?
-                .try_into()?;
-            prog.load()
-                .context("the kernel verifier rejected the net_dev_queue program")?;
-            self.egress_link = Some(
-                prog.attach("net_dev_queue")
-                    .context("attaching to raw tracepoint net_dev_queue")?,
-            );
+        p.load()
+            .with_context(|| format!("the kernel verifier rejected the {prog} program"))?;
+        let link = p
+            .attach(category, name)
+            .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        self.links.push((prog.to_string(), Link::TracePoint(link)));
+        Ok(())
+    }
+
+    pub fn attach(&mut self) -> Result<()> {
+        if self.sent {
+            self.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset")?;
+            if self.egress {
+                let p: &mut RawTracePoint = self
+                    .ebpf
+                    .program_mut("net_dev_queue")
+                    .context("program net_dev_queue missing")?
+                    .try_into()?;
+                p.load()
+                    .context("the kernel verifier rejected the net_dev_queue program")?;
+                let link = p
+                    .attach("net_dev_queue")
+                    .context("attaching to raw tracepoint net_dev_queue")?;
+                self.links
+                    .push(("net_dev_queue".into(), Link::RawTracePoint(link)));
+            }
+            if self.drops {
+                self.attach_tp("kfree_skb", "skb", "kfree_skb")?;
+            }
         }
-        if self.drops {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut("kfree_skb")
-                .context("program kfree_skb missing")?
-                .try_into()?;
-            prog.load()
-                .context("the kernel verifier rejected the kfree_skb program")?;
-            self.drop_link = Some(
-                prog.attach("skb", "kfree_skb")
-                    .context("attaching to tracepoint skb:kfree_skb")?,
-            );
+        if self.received {
+            self.attach_tp("tcp_receive_reset", "tcp", "tcp_receive_reset")?;
         }
         Ok(())
     }
 
     /// Whether netfilter drops are counted on this kernel.
     pub fn counts_drops(&self) -> bool {
-        self.drops
+        self.sent && self.drops
     }
 
     /// Whether RSTs outside the TCP stack are seen on this kernel.
     pub fn sees_egress(&self) -> bool {
-        self.egress
+        self.sent && self.egress
     }
 
     /// Stops new events; counters keep what was counted.
     pub fn detach(&mut self) -> Result<()> {
-        if let Some(link) = self.drop_link.take() {
-            let prog: &mut TracePoint = self
+        while let Some((prog, link)) = self.links.pop() {
+            let p = self
                 .ebpf
-                .program_mut("kfree_skb")
-                .context("program kfree_skb missing")?
-                .try_into()?;
-            prog.detach(link).context("detaching from skb:kfree_skb")?;
-        }
-        if let Some(link) = self.egress_link.take() {
-            let prog: &mut RawTracePoint = self
-                .ebpf
-                .program_mut("net_dev_queue")
-                .context("program net_dev_queue missing")?
-                .try_into()?;
-            prog.detach(link).context("detaching from net_dev_queue")?;
-        }
-        if let Some(link) = self.link.take() {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut("tcp_send_reset")
-                .context("program tcp_send_reset missing")?
-                .try_into()?;
-            prog.detach(link)
-                .context("detaching from tcp:tcp_send_reset")?;
+                .program_mut(&prog)
+                .with_context(|| format!("program {prog} missing"))?;
+            match link {
+                Link::TracePoint(l) => {
+                    let p: &mut TracePoint = p.try_into()?;
+                    p.detach(l)
+                }
+                Link::RawTracePoint(l) => {
+                    let p: &mut RawTracePoint = p.try_into()?;
+                    p.detach(l)
+                }
+            }
+            .with_context(|| format!("detaching {prog}"))?;
         }
         Ok(())
     }
@@ -238,6 +246,17 @@ impl Tracer {
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, v) = entry.context("reading the netfilter drop counters")?;
+            out.push((k, v.iter().copied().collect()));
+        }
+        Ok(out)
+    }
+
+    pub fn received(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
+        let map: PerCpuHashMap<_, RemoteKey, RemoteStats> =
+            PerCpuHashMap::try_from(self.ebpf.map("RECEIVED").context("RECEIVED map missing")?)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.context("reading the received-RST counters")?;
             out.push((k, v.iter().copied().collect()));
         }
         Ok(out)

@@ -116,3 +116,51 @@ fn bad_scope_values_are_refused() {
         assert!(e.contains(needle), "{args:?}: {e}");
     }
 }
+
+/// --direction both: the server's SO_LINGER 0 close is sent (to the
+/// client's address) and received (from the server's), and the summary
+/// keeps the two apart.
+#[test]
+fn direction_both_reports_sent_and_received_apart() {
+    let ns = Netns::new("direction");
+    let trace = Trace::start(&["--direction", "both"]);
+    let n = 3;
+    ns.run(move || {
+        let l = std::net::TcpListener::bind("127.45.0.1:0").unwrap();
+        let server = l.local_addr().unwrap();
+        for _ in 0..n {
+            let c = connect_from("127.45.0.2".parse().unwrap(), server).unwrap();
+            let mut c: std::net::TcpStream = c.into();
+            let (s, _) = l.accept().unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+            drop(s);
+            let mut b = [0u8; 1];
+            let e = std::io::Read::read(&mut c, &mut b).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+        }
+    });
+    let out = trace.stop();
+    // Sent by the server, to the client.
+    out.assert_exactly(&ns, "127.45.0.2", n, "linger-abort");
+    // Received by the client, from the server: its own section.
+    let received = out.summary["received"].as_array().unwrap();
+    let from = received
+        .iter()
+        .find(|r| r["remote_ip"] == "127.45.0.1")
+        .unwrap_or_else(|| panic!("no received entry: {}", out.summary));
+    assert_eq!(from["total"], n);
+    let evs = out.rsts_to("127.45.0.1");
+    assert_eq!(evs.len() as u64, n);
+    for e in evs {
+        assert_eq!(e["direction"], "in", "{e}");
+        assert_eq!(e["cause"], "received", "{e}");
+        assert_eq!(e["local_ip"], "127.45.0.2", "{e}");
+        assert_eq!(e["netns"], ns.inode(), "{e}");
+    }
+    assert!(
+        out.remote("127.45.0.1").is_none(),
+        "received RSTs are not sent RSTs"
+    );
+}

@@ -60,8 +60,14 @@ fn endpoint(a: &SocketAddr) -> String {
 }
 
 pub fn rst_text(rst: &Rst) -> String {
+    // Sent RSTs go to the remote; received ones come from it.
+    let (dir, here) = if rst.cause == crate::cause::Cause::Received {
+        ("from", "to")
+    } else {
+        ("to", "from")
+    };
     let mut line = format!(
-        "{} {:<17} to {:<22} from {:<22} reason={} state={}",
+        "{} {:<17} {dir} {:<22} {here} {:<22} reason={} state={}",
         time_of_day(rst.ts),
         rst.cause.name(),
         endpoint(&rst.remote),
@@ -69,6 +75,7 @@ pub fn rst_text(rst: &Rst) -> String {
         rst.kernel_reason.as_deref().unwrap_or("-"),
         rst.state.map_or("-", |s| s.trim_start_matches("TCP_")),
     );
+
     if let Some(a) = &rst.actor {
         line.push_str(&format!(" actor={}/{}", a.pid, a.comm));
         if let Some(cg) = &a.cgroup {
@@ -184,6 +191,12 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             t.push_str(&format!("{ip}: {d}\n"));
         }
     }
+    let received: Vec<_> = s
+        .received
+        .iter()
+        .map(|r| (r.remote_ip, r.total, r.first_seen, r.last_seen, vec![]))
+        .collect();
+    per_ip_table(&mut t, "RSTS RECEIVED FROM", "", &received, top);
     let drops: Vec<_> = s
         .drops
         .iter()
@@ -343,6 +356,8 @@ mod tests {
             lost: 0,
             remote_ip_overflow: 0,
             coverage: Default::default(),
+            received: vec![],
+            received_total: 0,
             drops: vec![],
             drops_total: 0,
             drop_overflow: 0,
@@ -382,6 +397,8 @@ mod tests {
             lost: 2,
             remote_ip_overflow: 0,
             coverage: Default::default(),
+            received: vec![],
+            received_total: 0,
             drops: vec![],
             drops_total: 0,
             drop_overflow: 0,

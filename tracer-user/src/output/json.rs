@@ -24,6 +24,8 @@ struct RstLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     ts: String,
+    /// `out` (sent by this host) or `in` (received).
+    direction: &'static str,
     cause: Cause,
     kernel_reason: Option<&'a str>,
     family: &'static str,
@@ -64,6 +66,8 @@ struct SummaryLine<'a> {
     remote_ip_overflow: u64,
     by_cause: &'a BTreeMap<Cause, u64>,
     by_remote_ip: Vec<RemoteLine<'a>>,
+    received: Vec<RemoteLine<'a>>,
+    received_total: u64,
     drops: Vec<DropLine<'a>>,
     drops_total: u64,
     drop_overflow: u64,
@@ -112,6 +116,11 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
     RstLine {
         kind: "rst",
         ts: rfc3339(rst.ts),
+        direction: if rst.cause == Cause::Received {
+            "in"
+        } else {
+            "out"
+        },
         cause: rst.cause,
         kernel_reason: rst.kernel_reason.as_deref(),
         family: rst.family.name(),
@@ -130,6 +139,16 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
     }
 }
 
+fn remote_line(r: &crate::summary::RemoteSummary) -> RemoteLine<'_> {
+    RemoteLine {
+        remote_ip: r.remote_ip,
+        total: r.total,
+        by_cause: &r.by_cause,
+        first_seen: rfc3339(r.first_seen),
+        last_seen: rfc3339(r.last_seen),
+    }
+}
+
 fn summary_line(s: &Summary) -> SummaryLine<'_> {
     SummaryLine {
         kind: "summary",
@@ -138,17 +157,9 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
         lost: s.lost,
         remote_ip_overflow: s.remote_ip_overflow,
         by_cause: &s.by_cause,
-        by_remote_ip: s
-            .by_remote_ip
-            .iter()
-            .map(|r| RemoteLine {
-                remote_ip: r.remote_ip,
-                total: r.total,
-                by_cause: &r.by_cause,
-                first_seen: rfc3339(r.first_seen),
-                last_seen: rfc3339(r.last_seen),
-            })
-            .collect(),
+        by_remote_ip: s.by_remote_ip.iter().map(remote_line).collect(),
+        received: s.received.iter().map(remote_line).collect(),
+        received_total: s.received_total,
         drops: s
             .drops
             .iter()
@@ -229,6 +240,7 @@ mod tests {
             json!({
                 "type": "rst",
                 "ts": "2023-11-14T22:13:20.000001Z",
+                "direction": "out",
                 "cause": "abort-on-close",
                 "kernel_reason": "TCP_ABORT_ON_CLOSE",
                 "family": "ipv4",
@@ -329,6 +341,8 @@ mod tests {
                 last_seen: t,
                 diagnosis: None,
             }],
+            received: vec![],
+            received_total: 0,
             drops: vec![DropSummary {
                 remote_ip: "127.20.0.1".parse().unwrap(),
                 total: 2,
@@ -359,6 +373,8 @@ mod tests {
                     "first_seen": "2023-11-14T22:13:20.000000Z",
                     "last_seen": "2023-11-14T22:13:20.000000Z",
                 }],
+                "received": [],
+                "received_total": 0,
                 "drops": [{
                     "remote_ip": "127.20.0.1",
                     "total": 2,

@@ -1,0 +1,80 @@
+//! `tcp:tcp_receive_reset` (`--direction in|both`): RSTs this host
+//! receives, so both sides of a conversation can be read from one host.
+//! The record has the split layout of older tcp_send_reset records: the
+//! same reader serves, with offsets from this tracepoint's format file.
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext,
+};
+use tracer_common::{ABSENT, RstEvent, SendResetLayout, TASK_COMM_LEN, cause, source};
+
+use crate::{
+    count, filter, netns,
+    send_reset::{copy_record, read_split},
+};
+
+#[unsafe(no_mangle)]
+static RECEIVE_RESET_LAYOUT: SendResetLayout = SendResetLayout::UNSET;
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    match try_tcp_receive_reset(&ctx) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: a read-only global that userspace sets before load.
+    let layout = unsafe { core::ptr::read_volatile(&RECEIVE_RESET_LAYOUT) };
+    if layout.skaddr == ABSENT {
+        return Ok(0);
+    }
+    let rec = copy_record(ctx)?;
+    // The socket's own view: saddr/sport are this host's.
+    let ends = read_split(&rec, &layout)?;
+    let skaddr = u64::from_ne_bytes(rec.bytes(layout.skaddr)?);
+    let f = filter::get();
+    if !filter::rst_ok(&f, cause::RECEIVED, ends.local_port)
+        || !filter::remote_ok(&f, ends.family, &ends.remote)
+    {
+        return Ok(0);
+    }
+    let mut ns = 0;
+    if !filter::netns_ok(&f, || {
+        ns = netns::of(skaddr, 0);
+        ns
+    }) {
+        return Ok(0);
+    }
+    let emit = count::emitting();
+    let ev = RstEvent {
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        skaddr,
+        cgroup_id: 0,
+        pid_tgid: 0,
+        reason: ABSENT,
+        state: 0,
+        netns: if ns != 0 {
+            ns
+        } else if emit {
+            netns::of(skaddr, 0)
+        } else {
+            0
+        },
+        stack_id: -1,
+        sk_ino: 0,
+        local_addr: ends.local,
+        remote_addr: ends.remote,
+        local_port: ends.local_port,
+        remote_port: ends.remote_port,
+        family: ends.family,
+        cause: cause::RECEIVED,
+        source: source::RECEIVED,
+        _pad: 0,
+        comm: [0; TASK_COMM_LEN],
+    };
+    count::record_received(&ev);
+    Ok(0)
+}
