@@ -263,7 +263,9 @@ impl KfreeSkbLayout {
 pub struct DropKey {
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Network namespace inode (names the rule's author), 0 if unknown.
+    pub netns: u32,
     pub location: u64,
 }
 

@@ -66,9 +66,10 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
         (p.daddr, p.dport, p.sport)
     };
     let f = filter::get();
-    if !filter::remote_ok(&f, p.family, &remote)
-        || !filter::netns_ok(&f, || crate::netns::of(0, skb))
-    {
+    // Drops are rare next to traffic: the namespace is always worth
+    // reading (it names the rule's author).
+    let ns = crate::netns::of(0, skb);
+    if !filter::remote_ok(&f, p.family, &remote) || !filter::netns_ok(&f, || ns) {
         return Ok(0);
     }
     // The segment a REJECT rule just answered: not a silent drop.
@@ -87,7 +88,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     let key = DropKey {
         addr: remote,
         family: p.family,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        netns: ns,
         location,
     };
     // SAFETY: plain helper call.

@@ -257,6 +257,13 @@ async fn run(args: Args) -> Result<()> {
     });
     if let Ok(log) = ruleset.lock() {
         summary.ruleset_changes = log.generations.clone();
+        for d in &mut summary.drops {
+            d.author = d.netns.iter().find_map(|ns| {
+                let mut a = log.author(*ns, nftmon::Verdict::Drop)?;
+                a.agent = decoder.actors.agent(&a.comm);
+                Some(a)
+            });
+        }
     }
     for r in &mut summary.by_remote_ip {
         r.diagnosis = Some(diagnosis::diagnose(r, &tally));

@@ -34,6 +34,10 @@ pub struct DropSummary {
     pub by_location: BTreeMap<String, u64>,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
+    /// Namespaces the drops happened in (to name the rules' authors).
+    pub netns: Vec<u64>,
+    /// Who added the drop rule, when it was added while tracing.
+    pub author: Option<crate::nftmon::Author>,
 }
 
 /// RSTs seen at the egress hook and how they were explained.
@@ -103,7 +107,12 @@ pub fn build_drops(
             by_location: BTreeMap::new(),
             first_seen: first,
             last_seen: last,
+            netns: Vec::new(),
+            author: None,
         });
+        if key.netns != 0 && !d.netns.contains(&u64::from(key.netns)) {
+            d.netns.push(u64::from(key.netns));
+        }
         d.total += count;
         *d.by_location.entry(name(key.location)).or_default() += count;
         d.first_seen = d.first_seen.min(first);
@@ -261,7 +270,8 @@ mod tests {
             DropKey {
                 addr,
                 family: AF_INET,
-                _pad: [0; 7],
+                _pad: [0; 3],
+                netns: 7,
                 location: loc,
             }
         };
@@ -280,6 +290,7 @@ mod tests {
         assert_eq!(d[0].by_location["fn20"], 1);
         assert_eq!(d[0].first_seen, clock.to_system_time(3));
         assert_eq!(d[0].last_seen, clock.to_system_time(9));
+        assert_eq!(d[0].netns, vec![7]);
     }
 
     #[test]

@@ -855,6 +855,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
         "add table inet crowdsec_blocklist",
         "add chain inet crowdsec_blocklist in { type filter hook input priority -10 ; }",
         "add rule inet crowdsec_blocklist in ip saddr 127.31.0.1 counter reject with tcp reset",
+        "add rule inet crowdsec_blocklist in ip saddr 127.31.0.2 tcp dport 443 drop",
     ] {
         ns.exec(&[&agent_str, cmd]);
     }
@@ -864,8 +865,25 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
         "127.0.0.1:443".parse().unwrap(),
         2,
     );
+    // A silent drop by the agent's rule: its author shows on the drop too.
+    ns.run(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&"127.31.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let to: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        let _ = s.connect_timeout(&to.into(), Duration::from_millis(300));
+    });
     let out = trace.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    let drop = out.summary["drops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["remote_ip"] == "127.31.0.2")
+        .cloned()
+        .unwrap_or_else(|| panic!("no drop entry: {}", out.summary));
+    assert_eq!(drop["author"]["comm"], "crowdsec", "{drop}");
+    assert_eq!(drop["author"]["agent"], "CrowdSec", "{drop}");
     assert_eq!(tcp, 0);
     let n = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "crowdsec_blocklist", "in"]));
     assert_eq!(n, 2);

@@ -86,6 +86,8 @@ struct DropLine<'a> {
     by_location: &'a BTreeMap<String, u64>,
     first_seen: String,
     last_seen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    author: Option<&'a crate::nftmon::Author>,
 }
 
 /// RSTs seen leaving through a device, and how many a rule explains.
@@ -170,6 +172,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
                 by_location: &d.by_location,
                 first_seen: rfc3339(d.first_seen),
                 last_seen: rfc3339(d.last_seen),
+                author: d.author.as_ref(),
             })
             .collect(),
         drops_total: s.drops_total,
@@ -351,6 +354,8 @@ mod tests {
                     .collect(),
                 first_seen: t,
                 last_seen: t,
+                netns: vec![],
+                author: None,
             }],
             drops_total: 2,
             drop_overflow: 0,
