@@ -3,10 +3,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id,
+    },
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{RemoteKey, RemoteStats, RstEvent, stat};
+use tracer_common::{RemoteKey, RemoteStats, RstEvent, TASK_COMM_LEN, stat};
 
 /// Per-cause totals, lost events and remote-map overflows (see `stat`).
 #[map]
@@ -59,6 +62,24 @@ pub fn has_actor(cause: u8) -> bool {
     cause < 32 && mask & (1 << cause) != 0
 }
 
+/// The current task as an event carries it: (cgroup id, pid_tgid, comm).
+pub type Current = (u64, u64, [u8; TASK_COMM_LEN]);
+
+/// The current task, taken only when `cause` has an actor and events are
+/// read (each helper call costs); zeros otherwise.
+#[inline(always)]
+pub fn current(cause: u8, emit: bool) -> Current {
+    if !(emit && has_actor(cause)) {
+        return (0, 0, [0; TASK_COMM_LEN]);
+    }
+    (
+        // SAFETY: plain helper call.
+        unsafe { bpf_get_current_cgroup_id() },
+        bpf_get_current_pid_tgid(),
+        bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+    )
+}
+
 const EEXIST: i32 = 17;
 
 #[inline(always)]
@@ -104,6 +125,9 @@ pub fn record(ev: &RstEvent) {
 
 #[inline(always)]
 fn emit(ev: &RstEvent) {
+    if !emitting() {
+        return;
+    }
     // Waking the reader for every event costs an interrupt (in a VM, an
     // exit) per RST: wake it only once a batch is waiting; it also polls.
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {
@@ -111,7 +135,7 @@ fn emit(ev: &RstEvent) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if emitting() && EVENTS.output::<RstEvent>(ev, flags as u64).is_err() {
+    if EVENTS.output::<RstEvent>(ev, flags as u64).is_err() {
         bump(stat::LOST_EVENTS);
     }
 }

@@ -68,10 +68,12 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
     let f = filter::get();
     // Drops are rare next to traffic: the namespace is always worth
     // reading (it names the rule's author).
-    let ns = crate::netns::of(0, skb);
-    if !filter::remote_ok(&f, p.family, &remote) || !filter::netns_ok(&f, || ns) {
+    if !filter::remote_ok(&f, p.family, &remote) {
         return Ok(0);
     }
+    let Some(ns) = filter::netns(&f, true, || crate::netns::of(0, skb)) else {
+        return Ok(0);
+    };
     // The segment a REJECT rule just answered: not a silent drop.
     if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.

@@ -9,17 +9,12 @@
 //! packet sockets, and kernel modules.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
-    },
+    helpers::generated::bpf_ktime_get_boot_ns,
     macros::{map, raw_tracepoint},
     maps::PerCpuArray,
     programs::RawTracePointContext,
 };
-use tracer_common::{
-    ABSENT, EgressOffsets, Filter, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause, source, stat,
-};
+use tracer_common::{ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, cause, source, stat};
 
 use crate::{
     count, filter, netns,
@@ -121,16 +116,13 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let f = filter::get();
-    let mut ns = 0;
-    if !filter::remote_ok(&f, p.family, &p.daddr)
-        || (f.local_port != 0 && !filter::rst_ok(&Filter { causes: 0, ..f }, 0, p.sport))
-        || !filter::netns_ok(&f, || {
-            ns = netns::of(0, skb);
-            ns
-        })
-    {
+    if !filter::remote_ok(&f, p.family, &p.daddr) || !filter::port_ok(&f, p.sport) {
         return Ok(0);
     }
+    let emit = count::emitting();
+    let Some(netns) = filter::netns(&f, emit, || netns::of(0, skb)) else {
+        return Ok(0);
+    };
     count::bump(stat::EGRESS_RSTS);
     let sk: u64 = read(skb + u64::from(o.skb_sk))?;
     let (cause, stack_id) = match origin(sk, &o)? {
@@ -154,30 +146,19 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
             }
         }
     };
-    if !filter::rst_ok(&f, cause, p.sport) {
+    if !filter::cause_ok(&f, cause) {
         return Ok(0);
     }
-    let emit = count::emitting();
-    let actor = emit && count::has_actor(cause);
+    let (cgroup_id, pid_tgid, comm) = count::current(cause, emit);
     let ev = RstEvent {
-        // SAFETY: plain helper calls with no arguments.
+        // SAFETY: plain helper call with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr: sk,
-        cgroup_id: if actor {
-            unsafe { bpf_get_current_cgroup_id() }
-        } else {
-            0
-        },
-        pid_tgid: if actor { bpf_get_current_pid_tgid() } else { 0 },
+        cgroup_id,
+        pid_tgid,
         reason: ABSENT,
         state: 0,
-        netns: if ns != 0 {
-            ns
-        } else if emit {
-            netns::of(0, skb)
-        } else {
-            0
-        },
+        netns,
         stack_id,
         sk_ino: 0,
         // Outgoing: the source is this host.
@@ -189,11 +170,7 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         cause,
         source: source::EGRESS,
         _pad: 0,
-        comm: if actor {
-            bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN])
-        } else {
-            [0; TASK_COMM_LEN]
-        },
+        comm,
     };
     if cause == cause::NETFILTER_REJECT
         && let Some(last) = LAST_REJECT.get_ptr_mut(0)

@@ -29,10 +29,15 @@ pub fn get() -> Filter {
     unsafe { core::ptr::read_volatile(&FILTER) }
 }
 
-/// Whether the namespace is in scope; `netns` is only read when it matters.
+/// The event's namespace, read only when someone needs it (a --netns
+/// filter, or the event stream: `emit`); `None` when it is out of scope.
 #[inline(always)]
-pub fn netns_ok(f: &Filter, netns: impl FnOnce() -> u32) -> bool {
-    f.netns == 0 || netns() == f.netns
+pub fn netns(f: &Filter, emit: bool, read: impl FnOnce() -> u32) -> Option<u32> {
+    if f.netns == 0 && !emit {
+        return Some(0);
+    }
+    let ns = read();
+    (f.netns == 0 || ns == f.netns).then_some(ns)
 }
 
 #[inline(always)]
@@ -47,10 +52,12 @@ pub fn remote_ok(f: &Filter, family: u8, addr: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-pub fn rst_ok(f: &Filter, cause: u8, local_port: u16) -> bool {
-    if f.causes != 0 && (cause >= 32 || f.causes & (1 << cause) == 0) {
-        return false;
-    }
+pub fn cause_ok(f: &Filter, cause: u8) -> bool {
+    f.causes == 0 || (cause < 32 && f.causes & (1 << cause) != 0)
+}
+
+#[inline(always)]
+pub fn port_ok(f: &Filter, local_port: u16) -> bool {
     // SAFETY: a lookup of a plain key.
     f.local_port == 0 || unsafe { LOCAL_PORTS.get(local_port) }.is_some()
 }

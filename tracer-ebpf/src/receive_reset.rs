@@ -35,19 +35,15 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     let ends = read_split(&rec, &layout)?;
     let skaddr = u64::from_ne_bytes(rec.bytes(layout.skaddr)?);
     let f = filter::get();
-    if !filter::rst_ok(&f, cause::RECEIVED, ends.local_port)
+    if !filter::cause_ok(&f, cause::RECEIVED)
+        || !filter::port_ok(&f, ends.local_port)
         || !filter::remote_ok(&f, ends.family, &ends.remote)
     {
         return Ok(0);
     }
-    let mut ns = 0;
-    if !filter::netns_ok(&f, || {
-        ns = netns::of(skaddr, 0);
-        ns
-    }) {
+    let Some(netns) = filter::netns(&f, count::emitting(), || netns::of(skaddr, 0)) else {
         return Ok(0);
-    }
-    let emit = count::emitting();
+    };
     let ev = RstEvent {
         // SAFETY: plain helper call.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -56,13 +52,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         pid_tgid: 0,
         reason: ABSENT,
         state: 0,
-        netns: if ns != 0 {
-            ns
-        } else if emit {
-            netns::of(skaddr, 0)
-        } else {
-            0
-        },
+        netns,
         stack_id: -1,
         sk_ino: 0,
         local_addr: ends.local,

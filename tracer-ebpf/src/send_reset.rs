@@ -4,17 +4,14 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
-    },
+    helpers::generated::bpf_ktime_get_boot_ns,
     macros::{map, tracepoint},
     maps::{Array, PerCpuArray},
     programs::TracePointContext,
 };
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, MAX_REASONS, NEEDS_STACK, RstEvent, SendResetLayout, TASK_COMM_LEN,
-    addr_layout, cause, source,
+    ABSENT, AF_INET, AF_INET6, MAX_REASONS, NEEDS_STACK, RstEvent, SendResetLayout, addr_layout,
+    cause, source,
 };
 
 use crate::{count, filter, netns, stack};
@@ -121,40 +118,27 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     };
 
     let f = filter::get();
-    if !filter::rst_ok(&f, cause, ends.local_port)
+    if !filter::cause_ok(&f, cause)
+        || !filter::port_ok(&f, ends.local_port)
         || !filter::remote_ok(&f, ends.family, &ends.remote)
     {
         return Ok(0);
     }
-    let mut ns = 0;
-    if !filter::netns_ok(&f, || {
-        ns = netns::of(skaddr, skbaddr);
-        ns
-    }) {
-        return Ok(0);
-    }
     // Each helper call costs: take only what will be used.
     let emit = count::emitting();
-    let actor = emit && count::has_actor(cause);
+    let Some(netns) = filter::netns(&f, emit, || netns::of(skaddr, skbaddr)) else {
+        return Ok(0);
+    };
+    let (cgroup_id, pid_tgid, comm) = count::current(cause, emit);
     let ev = RstEvent {
-        // SAFETY: plain helper calls with no arguments.
+        // SAFETY: plain helper call with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr,
-        cgroup_id: if actor {
-            unsafe { bpf_get_current_cgroup_id() }
-        } else {
-            0
-        },
-        pid_tgid: if actor { bpf_get_current_pid_tgid() } else { 0 },
+        cgroup_id,
+        pid_tgid,
         reason,
         state,
-        netns: if ns != 0 {
-            ns
-        } else if emit {
-            netns::of(skaddr, skbaddr)
-        } else {
-            0
-        },
+        netns,
         stack_id: if emit && cause == cause::UNKNOWN {
             stack::stack_id(ctx)
         } else {
@@ -173,11 +157,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         cause,
         source: source::TCP_STACK,
         _pad: 0,
-        comm: if actor {
-            bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN])
-        } else {
-            [0; TASK_COMM_LEN]
-        },
+        comm,
     };
     count::record(&ev);
     Ok(0)

@@ -18,16 +18,13 @@ pub struct ActorTally {
 impl ActorTally {
     /// Counts the process behind `rst`: its actor, or for a netfilter
     /// reject the author of the rule, with the agent either one is.
-    pub fn observe(&mut self, rst: &Rst, agent_of: impl Fn(&str) -> Option<String>) {
+    pub fn observe(&mut self, rst: &Rst) {
         let who = match (
             &rst.actor,
             rst.netfilter.as_ref().and_then(|n| n.author.as_ref()),
         ) {
             (Some(a), _) => (a.comm.clone(), a.agent.clone()),
-            (None, Some(author)) => (
-                author.comm.clone(),
-                author.agent.clone().or_else(|| agent_of(&author.comm)),
-            ),
+            (None, Some(author)) => (author.comm.clone(), author.agent.clone()),
             (None, None) => return,
         };
         *self
@@ -166,7 +163,7 @@ mod tests {
     fn socket_killed_by_an_agent_names_it_and_its_block_list() {
         let mut t = ActorTally::default();
         for _ in 0..3 {
-            t.observe(&killed_by("crowdsec", Some("CrowdSec")), |_| None);
+            t.observe(&killed_by("crowdsec", Some("CrowdSec")));
         }
         let d = diagnose(
             &remote(
@@ -195,13 +192,14 @@ mod tests {
                 pid: 7,
                 comm: "crowdsec".into(),
                 generation: 3,
-                agent: None,
+                // Resolved by the decoder when the author is an agent.
+                agent: Some("CrowdSec".into()),
                 table: None,
                 chain: None,
             }),
         });
         let mut t = ActorTally::default();
-        t.observe(&rst, |c| (c == "crowdsec").then(|| "CrowdSec".to_string()));
+        t.observe(&rst);
         let d = diagnose(&remote("127.7.0.1", &[(Cause::NetfilterReject, 1)]), &t);
         assert!(
             d.ends_with("a REJECT rule added by crowdsec (security agent: CrowdSec) answered: check its block list"),

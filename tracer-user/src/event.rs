@@ -14,6 +14,7 @@ use crate::{
     clock::BootClock,
     kallsyms::Kallsyms,
     netfilter::{self, Netfilter},
+    nftmon::Author,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,17 @@ fn frames(ksyms: Option<&Kallsyms>, ips: &[u64]) -> Vec<(String, Option<String>)
 }
 
 impl Decoder {
+    /// Who added a rule with `verdict` in namespace `netns` while we ran,
+    /// and the security agent that process is, if any.
+    pub fn rule_author(&self, netns: u64, verdict: crate::nftmon::Verdict) -> Option<Author> {
+        if netns == 0 {
+            return None;
+        }
+        let mut a = self.ruleset.lock().ok()?.author(netns, verdict)?;
+        a.agent = self.actors.agent(&a.comm);
+        Some(a)
+    }
+
     /// `stack` looks a stack id up in the kernel's stack map.
     pub fn decode(
         &mut self,
@@ -162,10 +174,8 @@ impl Decoder {
         // nftables backends: who added the rule, if it was added while we ran.
         if let Some(nf) = netfilter.as_mut()
             && nf.backend != Some("iptables-legacy")
-            && ev.netns != 0
-            && let Ok(log) = self.ruleset.lock()
         {
-            nf.author = log.author(u64::from(ev.netns), crate::nftmon::Verdict::Reject);
+            nf.author = self.rule_author(u64::from(ev.netns), crate::nftmon::Verdict::Reject);
             if let Some(a) = &nf.author {
                 nf.table = a.table.clone();
                 nf.chain = a.chain.clone();
@@ -178,21 +188,19 @@ impl Decoder {
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
         let actor = (cause.has_actor() && module.is_none()).then(|| self.actors.resolve(ev));
-        let rule_agent = netfilter
-            .as_ref()
-            .and_then(|nf| nf.author.as_ref())
-            .and_then(|a| self.actors.agent(&a.comm));
-        if let Some(a) = netfilter.as_mut().and_then(|nf| nf.author.as_mut()) {
-            a.agent.clone_from(&rule_agent);
-        }
-        let module_agent = module.as_deref().and_then(crate::agents::module_agent);
-        let labels = match (
-            actor.as_ref().and_then(|a| a.agent.as_ref()),
-            rule_agent,
-            module_agent,
-        ) {
-            (None, None, None) => Vec::new(),
-            _ => vec!["security-agent".to_string()],
+        let agent = actor.as_ref().and_then(|a| a.agent.as_deref()).is_some()
+            || netfilter
+                .as_ref()
+                .and_then(|nf| nf.author.as_ref()?.agent.as_deref())
+                .is_some()
+            || module
+                .as_deref()
+                .and_then(crate::agents::module_agent)
+                .is_some();
+        let labels = if agent {
+            vec!["security-agent".to_string()]
+        } else {
+            Vec::new()
         };
         Some(Rst {
             ts: self.clock.to_system_time(ev.ts_ns),

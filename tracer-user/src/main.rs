@@ -255,15 +255,14 @@ async fn run(args: Args) -> Result<()> {
     summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
         event::symbolize_function(decoder.ksyms.as_ref(), loc)
     });
+    for d in &mut summary.drops {
+        d.author = d
+            .netns
+            .iter()
+            .find_map(|ns| decoder.rule_author(*ns, nftmon::Verdict::Drop));
+    }
     if let Ok(log) = ruleset.lock() {
         summary.ruleset_changes = log.generations.clone();
-        for d in &mut summary.drops {
-            d.author = d.netns.iter().find_map(|ns| {
-                let mut a = log.author(*ns, nftmon::Verdict::Drop)?;
-                a.agent = decoder.actors.agent(&a.comm);
-                Some(a)
-            });
-        }
     }
     for r in &mut summary.by_remote_ip {
         r.diagnosis = Some(diagnosis::diagnose(r, &tally));
@@ -395,7 +394,7 @@ fn drain(
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
         if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id)) {
-            tally.observe(&rst, |comm| decoder.actors.agent(comm));
+            tally.observe(&rst);
             sink.rst(&rst)?;
             shown = true;
         }

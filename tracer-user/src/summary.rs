@@ -50,7 +50,7 @@ pub struct Coverage {
     pub unexplained: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub duration: Duration,
     pub total: u64,

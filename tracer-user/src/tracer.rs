@@ -240,36 +240,34 @@ impl Tracer {
         Ok(out)
     }
 
+    /// Every entry of a per-CPU hash map of `RemoteStats`, with its
+    /// per-CPU values.
+    fn per_cpu_entries<K: aya::Pod>(&self, name: &str) -> Result<Vec<(K, Vec<RemoteStats>)>> {
+        let map: PerCpuHashMap<_, K, RemoteStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("{name} map missing"))?,
+        )?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, v) = entry.with_context(|| format!("reading the {name} map"))?;
+            out.push((k, v.iter().copied().collect()));
+        }
+        Ok(out)
+    }
+
+    /// Netfilter drops per (remote IP, location).
     pub fn drops(&self) -> Result<Vec<(DropKey, Vec<RemoteStats>)>> {
-        let map: PerCpuHashMap<_, DropKey, RemoteStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("DROPS").context("DROPS map missing")?)?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let (k, v) = entry.context("reading the netfilter drop counters")?;
-            out.push((k, v.iter().copied().collect()));
-        }
-        Ok(out)
+        self.per_cpu_entries("DROPS")
     }
 
+    /// RSTs received per remote IP.
     pub fn received(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
-        let map: PerCpuHashMap<_, RemoteKey, RemoteStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("RECEIVED").context("RECEIVED map missing")?)?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let (k, v) = entry.context("reading the received-RST counters")?;
-            out.push((k, v.iter().copied().collect()));
-        }
-        Ok(out)
+        self.per_cpu_entries("RECEIVED")
     }
 
+    /// RSTs sent per (remote IP, cause).
     pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
-        let map: PerCpuHashMap<_, RemoteKey, RemoteStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("REMOTES").context("REMOTES map missing")?)?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let (k, v) = entry.context("reading the per-remote-IP counters")?;
-            out.push((k, v.iter().copied().collect()));
-        }
-        Ok(out)
+        self.per_cpu_entries("REMOTES")
     }
 }

@@ -328,6 +328,44 @@ struct Row {
     met: Option<bool>,
 }
 
+impl Row {
+    /// A throughput: traced / untraced, met at `min` or above.
+    fn rate(what: &str, u: f64, t: f64, min: f64) -> Self {
+        Row {
+            what: what.into(),
+            untraced: format!("{u:.0}"),
+            traced: format!("{t:.0}"),
+            ratio: format!("{:.1}%", 100.0 * t / u),
+            target: format!(">= {:.0}%", 100.0 * min),
+            met: Some(t / u >= min),
+        }
+    }
+
+    /// A latency: the traced one may exceed the untraced one by `max`.
+    fn latency(what: &str, u: f64, t: f64, max: f64) -> Self {
+        Row {
+            what: what.into(),
+            untraced: format!("{u:.1}"),
+            traced: format!("{t:.1}"),
+            ratio: format!("{:+.1}%", 100.0 * (t / u - 1.0)),
+            target: format!("within {:.0}%", 100.0 * max),
+            met: Some(t <= u * (1.0 + max)),
+        }
+    }
+
+    /// A figure of the traced run alone, with its target (if any).
+    fn traced(what: &str, traced: String, target: &str, met: Option<bool>) -> Self {
+        Row {
+            what: what.into(),
+            untraced: "-".into(),
+            traced,
+            ratio: "-".into(),
+            target: target.into(),
+            met,
+        }
+    }
+}
+
 /// `--args` of the bench, for every traced round.
 static EXTRA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
@@ -380,33 +418,26 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let (u, t) = (median(&mut untraced), median(&mut traced));
-    rows.push(Row {
-        what: "RST flood (connect to a closed port), RSTs/s".into(),
-        untraced: format!("{u:.0}"),
-        traced: format!("{t:.0}"),
-        ratio: format!("{:.1}%", 100.0 * t / u),
-        target: ">= 97%".into(),
-        met: Some(t / u >= 0.97),
-    });
+    rows.push(Row::rate(
+        "RST flood (connect to a closed port), RSTs/s",
+        u,
+        t,
+        0.97,
+    ));
     if have_bpftrace {
         let b = median(&mut bpf);
         rows.push(Row {
-            what: "  reference: bpftrace count-only one-liner".into(),
-            untraced: format!("{u:.0}"),
-            traced: format!("{b:.0}"),
-            ratio: format!("{:.1}%", 100.0 * b / u),
             target: "(to beat)".into(),
             met: Some(t >= b),
+            ..Row::rate("  reference: bpftrace count-only one-liner", u, b, 0.0)
         });
     }
-    rows.push(Row {
-        what: "exact count under the flood (rsttrace == OutRsts)".into(),
-        untraced: "-".into(),
-        traced: format!("{exact}/{rounds} rounds"),
-        ratio: "-".into(),
-        target: "every round".into(),
-        met: Some(exact == rounds),
-    });
+    rows.push(Row::traced(
+        "exact count under the flood (rsttrace == OutRsts)",
+        format!("{exact}/{rounds} rounds"),
+        "every round",
+        Some(exact == rounds),
+    ));
 
     // RST-free traffic: ping-pong.
     let (mut ur, mut tr, mut ul, mut tl) = (vec![], vec![], vec![], vec![]);
@@ -425,23 +456,14 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let (u, t) = (median(&mut ur), median(&mut tr));
-    rows.push(Row {
-        what: "1-byte ping-pong, round trips/s".into(),
-        untraced: format!("{u:.0}"),
-        traced: format!("{t:.0}"),
-        ratio: format!("{:.1}%", 100.0 * t / u),
-        target: ">= 99%".into(),
-        met: Some(t / u >= 0.99),
-    });
+    rows.push(Row::rate("1-byte ping-pong, round trips/s", u, t, 0.99));
     let (u, t) = (median(&mut ul), median(&mut tl));
-    rows.push(Row {
-        what: "1-byte ping-pong, p99 latency (us)".into(),
-        untraced: format!("{u:.1}"),
-        traced: format!("{t:.1}"),
-        ratio: format!("{:+.1}%", 100.0 * (t / u - 1.0)),
-        target: "within 2%".into(),
-        met: Some(t <= u * 1.02),
-    });
+    rows.push(Row::latency(
+        "1-byte ping-pong, p99 latency (us)",
+        u,
+        t,
+        0.02,
+    ));
 
     // HTTP keep-alive load against nginx, when nginx and wrk are there.
     if which("nginx") && which("wrk") {
@@ -483,22 +505,18 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     };
     t.stop()?;
-    rows.push(Row {
-        what: "start-up: exec to attached (ms)".into(),
-        untraced: "-".into(),
-        traced: format!("{}", attach.as_millis()),
-        ratio: "-".into(),
-        target: "report".into(),
-        met: None,
-    });
-    rows.push(Row {
-        what: "first event: RST to event written (ms)".into(),
-        untraced: "-".into(),
-        traced: format!("{:.1}", first.as_secs_f64() * 1000.0),
-        ratio: "-".into(),
-        target: "report".into(),
-        met: None,
-    });
+    rows.push(Row::traced(
+        "start-up: exec to attached (ms)",
+        attach.as_millis().to_string(),
+        "report",
+        None,
+    ));
+    rows.push(Row::traced(
+        "first event: RST to event written (ms)",
+        format!("{:.1}", first.as_secs_f64() * 1000.0),
+        "report",
+        None,
+    ));
 
     if opts.soak_seconds > 0 {
         rows.append(&mut soak_rows(&ns, opts.soak_seconds)?);
@@ -563,28 +581,16 @@ fn http_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             ur[r], tr[r]
         );
     }
-    let _ = nginx.kill();
+    // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
+    // SAFETY: signalling our own child (ip netns exec execs nginx in place).
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
     let (u, t) = (median(&mut ur), median(&mut tr));
     let (lu, lt) = (median(&mut ul), median(&mut tl));
     let _ = ns;
     Ok(vec![
-        Row {
-            what: "HTTP keep-alive (nginx, wrk -c8), requests/s".into(),
-            untraced: format!("{u:.0}"),
-            traced: format!("{t:.0}"),
-            ratio: format!("{:.1}%", 100.0 * t / u),
-            target: ">= 99%".into(),
-            met: Some(t / u >= 0.99),
-        },
-        Row {
-            what: "HTTP keep-alive, p99 latency (us)".into(),
-            untraced: format!("{lu:.0}"),
-            traced: format!("{lt:.0}"),
-            ratio: format!("{:+.1}%", 100.0 * (lt / lu - 1.0)),
-            target: "within 2%".into(),
-            met: Some(lt <= lu * 1.02),
-        },
+        Row::rate("HTTP keep-alive (nginx, wrk -c8), requests/s", u, t, 0.99),
+        Row::latency("HTTP keep-alive, p99 latency (us)", lu, lt, 0.02),
     ])
 }
 
@@ -633,32 +639,26 @@ fn scale_rows(ns: &Netns) -> Result<Vec<Row>> {
         eprintln!(
             "bench: scale ({label}): {N} remotes at {rate:.0}/s, {ips} listed, {overflow} by cause only, RSS {rss} KiB, maps {maps} B"
         );
-        rows.push(Row {
-            what: format!("100k remote IPs, {label}: rsttrace peak RSS (MiB)"),
-            untraced: "-".into(),
-            traced: format!("{:.1}", rss as f64 / 1024.0),
-            ratio: "-".into(),
-            target: "bounded".into(),
-            met: None,
-        });
-        rows.push(Row {
-            what: format!("100k remote IPs, {label}: kernel map memory (MiB)"),
-            untraced: "-".into(),
-            traced: format!("{:.1}", maps as f64 / (1 << 20) as f64),
-            ratio: "-".into(),
-            target: "bounded".into(),
-            met: None,
-        });
-        rows.push(Row {
-            what: format!(
-                "100k remote IPs, {label}: listed / counted by cause only / total vs OutRsts"
-            ),
-            untraced: "-".into(),
-            traced: format!("{ips} / {overflow} / {total} vs {delta}"),
-            ratio: "-".into(),
-            target: "nothing hidden".into(),
-            met: Some(total >= delta && ips as u64 + overflow.min(1) > 0),
-        });
+        let what = |x: &str| format!("100k remote IPs, {label}: {x}");
+        rows.push(Row::traced(
+            &what("rsttrace peak RSS (MiB)"),
+            format!("{:.1}", rss as f64 / 1024.0),
+            "bounded",
+            None,
+        ));
+        rows.push(Row::traced(
+            &what("kernel map memory (MiB)"),
+            format!("{:.1}", maps as f64 / (1 << 20) as f64),
+            "bounded",
+            None,
+        ));
+        // One RST per remote: each is listed or counted by cause only.
+        rows.push(Row::traced(
+            &what("listed / counted by cause only / total vs OutRsts"),
+            format!("{ips} / {overflow} / {total} vs {delta}"),
+            "nothing hidden",
+            Some(total == delta && ips as u64 + overflow == delta),
+        ));
     }
     Ok(rows)
 }
@@ -708,26 +708,22 @@ fn soak_rows(ns: &Netns, secs: u64) -> Result<Vec<Row>> {
     let last = samples.last().copied().unwrap_or(0);
     let total = s["total"].as_u64().unwrap_or(0);
     Ok(vec![
-        Row {
-            what: format!("soak {secs} s, mixed causes: RSS early -> end (MiB)"),
-            untraced: "-".into(),
-            traced: format!(
+        Row::traced(
+            &format!("soak {secs} s, mixed causes: RSS early -> end (MiB)"),
+            format!(
                 "{:.1} -> {:.1}",
                 first as f64 / 1024.0,
                 last as f64 / 1024.0
             ),
-            ratio: "-".into(),
-            target: "stable".into(),
-            met: Some(last <= first + first / 10 + 1024),
-        },
-        Row {
-            what: format!("soak {secs} s: rsttrace total vs OutRsts"),
-            untraced: "-".into(),
-            traced: format!("{total} vs {sent}"),
-            ratio: "-".into(),
-            target: "exact".into(),
-            met: Some(total == sent),
-        },
+            "stable",
+            Some(last <= first + first / 10 + 1024),
+        ),
+        Row::traced(
+            &format!("soak {secs} s: rsttrace total vs OutRsts"),
+            format!("{total} vs {sent}"),
+            "exact",
+            Some(total == sent),
+        ),
     ])
 }
 

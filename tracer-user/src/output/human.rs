@@ -354,14 +354,6 @@ mod tests {
             duration: Duration::from_secs(1),
             total: 10,
             lost: 0,
-            remote_ip_overflow: 0,
-            coverage: Default::default(),
-            received: vec![],
-            received_total: 0,
-            drops: vec![],
-            drops_total: 0,
-            drop_overflow: 0,
-            ruleset_changes: vec![],
             by_cause: [(Cause::ClosedPort, 10)].into_iter().collect(),
             by_remote_ip: vec![RemoteSummary {
                 remote_ip: "::1".parse().unwrap(),
@@ -371,6 +363,7 @@ mod tests {
                 last_seen: UNIX_EPOCH,
                 diagnosis: None,
             }],
+            ..Default::default()
         };
         h.summary(&s).unwrap();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -395,16 +388,9 @@ mod tests {
             duration: Duration::from_secs(1),
             total: 6,
             lost: 2,
-            remote_ip_overflow: 0,
-            coverage: Default::default(),
-            received: vec![],
-            received_total: 0,
-            drops: vec![],
-            drops_total: 0,
-            drop_overflow: 0,
-            ruleset_changes: vec![],
             by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
             by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
+            ..Default::default()
         };
         let t = summary_text(&s, 2);
         assert!(t.contains("127.0.0.3"));

@@ -329,7 +329,6 @@ mod tests {
             duration: Duration::from_millis(2500),
             total: 3,
             lost: 1,
-            remote_ip_overflow: 0,
             coverage: Coverage {
                 egress_rsts: 5,
                 tcp_stack: 3,
@@ -344,8 +343,6 @@ mod tests {
                 last_seen: t,
                 diagnosis: None,
             }],
-            received: vec![],
-            received_total: 0,
             drops: vec![DropSummary {
                 remote_ip: "127.20.0.1".parse().unwrap(),
                 total: 2,
@@ -358,8 +355,7 @@ mod tests {
                 author: None,
             }],
             drops_total: 2,
-            drop_overflow: 0,
-            ruleset_changes: vec![],
+            ..Default::default()
         };
         let v = serde_json::to_value(summary_line(&s)).unwrap();
         assert_eq!(

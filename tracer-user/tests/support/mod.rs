@@ -86,17 +86,7 @@ impl Netns {
 
     /// Runs a command inside the namespace and asserts it succeeds.
     pub fn exec(&self, argv: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv)
-            .output()
-            .expect("ip netns exec");
-        assert!(
-            out.status.success(),
-            "{argv:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.output(argv);
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it
