@@ -85,3 +85,45 @@ fn without_capabilities_it_names_what_is_missing() {
     );
     assert_eq!(e.lines().count(), 1, "one line: {e}");
 }
+
+/// tracefs unmounted (in a private mount namespace, so the host keeps its
+/// own): rsttrace mounts it when it may, and says what to do when not.
+#[test]
+fn tracefs_missing_is_mounted_or_named() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root"
+    );
+    let bin = env!("CARGO_BIN_EXE_rsttrace");
+    let run = |prefix: &str| {
+        let script = format!(
+            "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+             {prefix} {bin} --summary-only --duration 1"
+        );
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .expect("unshare (util-linux)")
+    };
+    let ok = run("");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(
+        stderr(&ok).contains("mounted tracefs at /sys/kernel/tracing"),
+        "{}",
+        stderr(&ok)
+    );
+
+    let denied = run("setpriv --bounding-set=-all,+bpf,+perfmon");
+    assert_eq!(denied.status.code(), Some(1), "{}", stderr(&denied));
+    let e = stderr(&denied);
+    assert!(
+        e.contains("tracefs is not mounted and mounting it at /sys/kernel/tracing failed"),
+        "{e}"
+    );
+    assert!(
+        e.contains("mount -t tracefs tracefs /sys/kernel/tracing"),
+        "{e}"
+    );
+}
