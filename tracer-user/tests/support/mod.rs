@@ -128,12 +128,43 @@ impl Drop for Netns {
 
 /// Tcp OutRsts of the calling thread's namespace.
 pub fn out_rsts_here() -> u64 {
+    tcp_mib_here("OutRsts")
+}
+
+/// A counter of the Tcp line of /proc/net/snmp, in the calling thread's
+/// namespace.
+pub fn tcp_mib_here(name: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
     let names: Vec<&str> = tcp.next().expect("Tcp header").split_whitespace().collect();
     let values: Vec<&str> = tcp.next().expect("Tcp values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == "OutRsts").expect("OutRsts");
+    let i = names.iter().position(|n| *n == name).expect(name);
     values[i].parse().expect("number")
+}
+
+/// `n` connects from `client` refused by an RST from `server` (a closed
+/// port, or a netfilter reject); returns the namespace's OutRsts delta.
+///
+/// A SYN or its RST can be lost under load (a full backlog): the SYN is
+/// retransmitted and answered again, so the TCP stack's RSTs are `n` plus
+/// the retransmissions, or none at all when netfilter answered.
+pub fn refused_connects(ns: &Netns, client: IpAddr, server: SocketAddr, n: u64) -> u64 {
+    ns.run(move || {
+        let (rsts, retrans) = (out_rsts_here(), tcp_mib_here("RetransSegs"));
+        for _ in 0..n {
+            let err = connect_from(client, server).expect_err("connect must be refused");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        }
+        let (rsts, retrans) = (
+            out_rsts_here() - rsts,
+            tcp_mib_here("RetransSegs") - retrans,
+        );
+        assert!(
+            rsts == 0 || rsts == n + retrans,
+            "{rsts} RSTs for {n} refused connects and {retrans} retransmissions"
+        );
+        rsts
+    })
 }
 
 /// A socket bound to `local` (port 0), connected or not to `remote`.
