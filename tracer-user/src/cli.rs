@@ -71,6 +71,17 @@ pub struct Args {
     #[arg(long, value_name = "PATTERN", value_parser = crate::agents::parse_pattern)]
     pub agent: Vec<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics: a port alone binds
+    /// loopback (`9477`); give an address to listen elsewhere (`0.0.0.0:9477`).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Remote IPs given their own metrics series (the most RSTs first); the
+    /// others are summed in rsttrace_other_remotes_rsts.
+    #[arg(long, default_value_t = 20, value_name = "K",
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub metrics_remote_ips: u32,
+
     /// Distinct (remote IP, cause) pairs counted in the kernel; RSTs beyond are
     /// still counted per cause and reported as `remote_ip_overflow`.
     #[arg(long, default_value_t = 65536, value_name = "N",

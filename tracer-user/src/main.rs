@@ -13,6 +13,7 @@ mod format;
 #[cfg(test)]
 mod fuzz;
 mod kallsyms;
+mod metrics;
 mod netfilter;
 mod nftmon;
 mod output;
@@ -131,6 +132,17 @@ async fn run(args: Args) -> Result<()> {
     for w in monitors.rescan(&ruleset) {
         eprintln!("rsttrace: warning: nftables ruleset changes will not be followed: {w}");
     }
+    // Before attaching: an address in use is a start-up error, not a
+    // surprise after the trace began.
+    let mut scrapes = match args.metrics {
+        Some(addr) => Some(metrics::serve(addr).await?),
+        None => None,
+    };
+    let shape = metrics::Shape {
+        sent: args.direction.sent(),
+        received: args.direction.received(),
+        top: args.metrics_remote_ips as usize,
+    };
     // Before attaching: a SIGINT that arrives once "attached" is printed
     // must stop the trace cleanly, not kill it.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -213,6 +225,10 @@ async fn run(args: Args) -> Result<()> {
                 }
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
+            Some(reply) = next_scrape(&mut scrapes) => {
+                let counts = counts(&tracer, &decoder, started.elapsed())?;
+                let _ = reply.send(metrics::encode(&counts, shape));
+            }
             _ = poll.tick() => {
                 if let Err(e) = drain(events.get_mut(), &tracer, &mut decoder, &mut tally, sink.as_mut()) {
                     output_ok = stop_on_output_error(e)?;
@@ -244,17 +260,7 @@ async fn run(args: Args) -> Result<()> {
     {
         output_ok = stop_on_output_error(e)?;
     }
-    let mut summary = summary::build(
-        &tracer.stats()?,
-        tracer.remotes()?,
-        &decoder.clock,
-        started.elapsed(),
-    );
-    summary.received =
-        summary::build(&[], tracer.received()?, &decoder.clock, summary.duration).by_remote_ip;
-    summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
-        event::symbolize_function(decoder.ksyms.as_ref(), loc)
-    });
+    let mut summary = counts(&tracer, &decoder, started.elapsed())?;
     for d in &mut summary.drops {
         d.author = d
             .netns
@@ -271,6 +277,36 @@ async fn run(args: Args) -> Result<()> {
         stop_on_output_error(e)?;
     }
     Ok(())
+}
+
+/// Every count, from the kernel's maps: what the summary and the metrics
+/// report.
+fn counts(
+    tracer: &tracer::Tracer,
+    decoder: &Decoder,
+    duration: Duration,
+) -> Result<summary::Summary> {
+    let mut summary = summary::build(
+        &tracer.stats()?,
+        tracer.remotes()?,
+        &decoder.clock,
+        duration,
+    );
+    summary.received =
+        summary::build(&[], tracer.received()?, &decoder.clock, duration).by_remote_ip;
+    summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
+        event::symbolize_function(decoder.ksyms.as_ref(), loc)
+    });
+    Ok(summary)
+}
+
+async fn next_scrape(
+    scrapes: &mut Option<tokio::sync::mpsc::Receiver<metrics::Scrape>>,
+) -> Option<metrics::Scrape> {
+    match scrapes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Where netfilter drops show on this kernel; drop counting stays off,
