@@ -71,6 +71,11 @@ pub struct Args {
     #[arg(long, value_name = "PATTERN", value_parser = crate::agents::parse_pattern)]
     pub agent: Vec<String>,
 
+    /// Also write each RST to FILE as pcapng (headers only), the cause and
+    /// attribution in each packet's comment: open it in Wireshark or tcpdump.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics: a port alone binds
     /// loopback (`9477`); give an address to listen elsewhere (`0.0.0.0:9477`).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]

@@ -106,7 +106,7 @@ async fn run(args: Args) -> Result<()> {
         netns: netns_offsets(),
         egress: egress_offsets().map(|o| (o, egress_rules)),
         kfree_skb: kfree_skb_layout(&tracefs),
-        emit_events: !args.summary_only,
+        emit_events: !args.summary_only || args.pcap.is_some(),
         max_remote_ips: args.max_remote_ips,
         ring_size: args.ring_size,
         scope: &scope,
@@ -132,6 +132,17 @@ async fn run(args: Args) -> Result<()> {
     for w in monitors.rescan(&ruleset) {
         eprintln!("rsttrace: warning: nftables ruleset changes will not be followed: {w}");
     }
+    // Before attaching: a file that can't be written is a start-up error.
+    let pcap = match &args.pcap {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("--pcap: can't create {}", path.display()))?;
+            let pcap = output::Pcap::new(Box::new(io::BufWriter::new(file)))
+                .with_context(|| format!("--pcap: can't write {}", path.display()))?;
+            Some(pcap)
+        }
+        None => None,
+    };
     // Before attaching: an address in use is a start-up error, not a
     // surprise after the trace began.
     let mut scrapes = match args.metrics {
@@ -182,6 +193,12 @@ async fn run(args: Args) -> Result<()> {
 
     let stdout: Box<dyn Write> = Box::new(io::BufWriter::new(io::stdout()));
     let mut sink = output::new_sink(args.output, stdout, args.rate, args.top);
+    if args.summary_only {
+        sink = Box::new(output::SummaryOnly(sink));
+    }
+    if let Some(pcap) = pcap {
+        sink = Box::new(output::Tee(vec![sink, Box::new(pcap)]));
+    }
     let mut decoder = Decoder {
         ruleset: ruleset.clone(),
         clock,
@@ -216,7 +233,7 @@ async fn run(args: Args) -> Result<()> {
                     eprintln!("rsttrace: warning: nftables ruleset changes: {w}");
                 }
                 // Said once, not per event: the summary has the number.
-                if !lost_noted && !args.summary_only && tracer.lost() > 0 {
+                if !lost_noted && (!args.summary_only || args.pcap.is_some()) && tracer.lost() > 0 {
                     lost_noted = true;
                     eprintln!(
                         "rsttrace: the event ring buffer overflowed: some RSTs are not shown \

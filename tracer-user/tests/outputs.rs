@@ -178,3 +178,136 @@ fn metrics_address_in_use_is_a_clear_error() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// `tshark -T fields` rows of a pcapng file, one per packet.
+fn tshark_fields(path: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = std::process::Command::new("tshark");
+    cmd.args(["-r", path, "-T", "fields", "-E", "separator=|"]);
+    cmd.args([
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-o",
+        "ip.check_checksum:TRUE",
+    ]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd
+        .output()
+        .expect("running tshark (Debian package tshark)");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+}
+
+/// Every RST lands in the pcapng file with its cause in the packet comment,
+/// as Wireshark's own dissector (tshark) and tcpdump read it.
+#[test]
+fn pcapng_carries_each_rst_with_its_cause() {
+    let ns = Netns::new("pcap");
+    ns.add_addr("fd72:7374::50/128");
+    ns.exec(&["nft", "add table inet t"]);
+    ns.exec(&[
+        "nft",
+        "add chain inet t in { type filter hook input priority 0 ; }",
+    ]);
+    let path = format!("/tmp/rsttrace-test-{}.pcapng", std::process::id());
+    let trace = Trace::start_in(
+        Some(&ns),
+        &["--netns", "self", "--summary-only", "--pcap", &path],
+    );
+    // Added while tracing: the comment names the rule's table and chain.
+    ns.exec(&[
+        "nft",
+        "add rule inet t in ip saddr 127.51.0.2 tcp dport 7 counter reject with tcp reset",
+    ]);
+    let closed4 = refused_connects(
+        &ns,
+        "127.51.0.1".parse().unwrap(),
+        "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+        2,
+    );
+    let closed6 = refused_connects(
+        &ns,
+        "fd72:7374::50".parse().unwrap(),
+        "[::1]:9".parse::<SocketAddr>().unwrap(),
+        1,
+    );
+    refused_connects(
+        &ns,
+        "127.51.0.2".parse().unwrap(),
+        "127.0.0.1:7".parse::<SocketAddr>().unwrap(),
+        1,
+    );
+    let listing = ns.output(&["nft", "list", "chain", "inet", "t", "in"]);
+    let rejected: usize = listing
+        .split("packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {listing}"));
+    let out = trace.stop();
+    assert!(out.rsts.is_empty(), "--summary-only printed events");
+
+    let rows = tshark_fields(
+        &path,
+        &[
+            "ip.dst",
+            "ipv6.dst",
+            "tcp.srcport",
+            "tcp.flags.reset",
+            "tcp.checksum.status",
+            "frame.comment",
+        ],
+    );
+    let _ = std::fs::remove_file(&path);
+    let to = |ip: &str| -> Vec<&Vec<String>> {
+        rows.iter().filter(|r| r[0] == ip || r[1] == ip).collect()
+    };
+    for (ip, n, port, cause) in [
+        ("127.51.0.1", closed4 as usize, "9", "closed-port"),
+        ("fd72:7374::50", closed6 as usize, "9", "closed-port"),
+        ("127.51.0.2", rejected, "7", "netfilter-reject"),
+    ] {
+        let packets = to(ip);
+        assert_eq!(packets.len(), n, "RSTs to {ip} in the file: {rows:?}");
+        for r in packets {
+            assert_eq!(r[2], port, "{r:?}");
+            assert_eq!(r[3], "1", "RST flag: {r:?}");
+            assert_eq!(r[4], "1", "checksum good (tshark: 1 good, 0 bad): {r:?}");
+            assert!(
+                r[5].starts_with(&format!("rsttrace: {cause} ")),
+                "comment: {r:?}"
+            );
+            if cause == "netfilter-reject" {
+                assert!(
+                    r[5].contains("hook=input backend=nftables table=t chain=in"),
+                    "comment: {r:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(rows.len() as u64, out.summary["total"].as_u64().unwrap());
+}
+
+#[test]
+fn pcap_file_that_cannot_be_created_is_a_clear_error() {
+    support::require_root();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+        .args(["--pcap", "/nonexistent-dir/x.pcapng", "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "rsttrace: --pcap: can't create /nonexistent-dir/x.pcapng: No such file or directory (os error 2)"
+    );
+}

@@ -66,12 +66,21 @@ pub fn rst_text(rst: &Rst) -> String {
     } else {
         ("to", "from")
     };
-    let mut line = format!(
-        "{} {:<17} {dir} {:<22} {here} {:<22} reason={} state={}",
+    format!(
+        "{} {:<17} {dir} {:<22} {here} {:<22} {}",
         time_of_day(rst.ts),
         rst.cause.name(),
         endpoint(&rst.remote),
         endpoint(&rst.local),
+        details(rst),
+    )
+}
+
+/// Everything known about a RST besides its time, cause and endpoints (also
+/// the pcapng packet comment).
+pub fn details(rst: &Rst) -> String {
+    let mut line = format!(
+        "reason={} state={}",
         rst.kernel_reason.as_deref().unwrap_or("-"),
         rst.state.map_or("-", |s| s.trim_start_matches("TCP_")),
     );
@@ -105,6 +114,9 @@ pub fn rst_text(rst: &Rst) -> String {
             nf.hook.unwrap_or("?"),
             nf.backend.unwrap_or("?")
         ));
+        if let (Some(t), Some(c)) = (&nf.table, &nf.chain) {
+            line.push_str(&format!(" table={t} chain={c}"));
+        }
         if let Some(a) = &nf.author {
             line.push_str(&format!(" rule-by={}/{}", a.pid, a.comm));
         }

@@ -2,11 +2,13 @@
 
 mod human;
 mod json;
+mod pcap;
 
 use std::io::{self, Write};
 
 pub use human::Human;
 pub use json::Json;
+pub use pcap::Pcap;
 
 use crate::{event::Rst, summary::Summary};
 
@@ -26,5 +28,35 @@ pub fn new_sink(
     match format {
         crate::cli::OutputFormat::Text => Box::new(Human::new(out, rate, top as usize)),
         crate::cli::OutputFormat::Json => Box::new(Json::new(out)),
+    }
+}
+
+/// Several outputs at once (`--pcap` beside text or JSON).
+pub struct Tee(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Tee {
+    fn rst(&mut self, rst: &Rst) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.rst(rst))
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.tick())
+    }
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.summary(summary))
+    }
+}
+
+/// `--summary-only` with `--pcap`: events flow for the file only.
+pub struct SummaryOnly(pub Box<dyn Sink>);
+
+impl Sink for SummaryOnly {
+    fn rst(&mut self, _: &Rst) -> io::Result<()> {
+        Ok(())
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        self.0.tick()
+    }
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.0.summary(summary)
     }
 }
