@@ -187,3 +187,57 @@ mod tests {
         assert!(Args::try_parse_from(["rsttrace", "--max-remote-ips", "1"]).is_err());
     }
 }
+
+/// The deployment examples in deploy/ run this binary: their arguments must
+/// parse, and each must keep its shape (sidecar: its own namespace, no
+/// CAP_SYS_ADMIN; node agent: every namespace).
+#[cfg(test)]
+mod deploy_examples {
+    use super::*;
+
+    fn read(rel: &str) -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/");
+        std::fs::read_to_string(format!("{path}{rel}")).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    /// Arguments of the first `<key> [..]` line (a YAML flow sequence or a
+    /// Dockerfile exec form, both JSON arrays of strings here).
+    fn args_of(text: &str, key: &str) -> Args {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line"));
+        let args: Vec<String> = serde_json::from_str(line.trim()).expect("a JSON array");
+        Args::try_parse_from(std::iter::once("rsttrace".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    #[test]
+    fn sidecar() {
+        let y = read("kubernetes/sidecar.yaml");
+        let a = args_of(&y, "args:");
+        assert_eq!(a.netns, "self");
+        assert!(a.metrics.is_some_and(|m| m.port() == 9477));
+        assert!(y.contains("containerPort: 9477"));
+        assert!(!y.contains("- SYS_ADMIN") && y.contains("privileged: false"));
+        for cap in ["BPF", "PERFMON", "SYSLOG", "NET_ADMIN"] {
+            assert!(y.contains(&format!("- {cap} ")), "{cap}");
+        }
+    }
+
+    #[test]
+    fn node_agent() {
+        let y = read("kubernetes/daemonset.yaml");
+        let a = args_of(&y, "args:");
+        assert_eq!(a.netns, "all");
+        assert!(a.metrics.is_some_and(|m| m.port() == 9477));
+        assert!(y.contains("hostPID: true") && y.contains("hostNetwork: true"));
+    }
+
+    #[test]
+    fn image_default_command() {
+        let a = args_of(&read("Dockerfile"), "CMD");
+        assert!(a.summary_only && a.metrics.is_some());
+    }
+}

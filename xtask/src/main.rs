@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup|build|run|test|lint`.
 
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -25,7 +26,19 @@ enum Cmd {
     /// tracefs; does nothing that is already done.
     Setup,
     /// Set up, then build target/release/rsttrace with the eBPF object embedded.
-    Build,
+    Build {
+        /// Link statically (for the container image), into
+        /// target/x86_64-unknown-linux-gnu/release/rsttrace.
+        #[arg(long = "static")]
+        static_: bool,
+    },
+    /// Build the container image of deploy/Dockerfile with podman: the
+    /// static binary with the Dockerfile's build-stage command, then its
+    /// final stage; checks the binary in the image runs.
+    Image {
+        #[arg(long, default_value = "localhost/rsttrace:latest")]
+        tag: String,
+    },
     /// Set up, build and start tracing (through `sudo -E` when not root).
     /// Arguments after `--` go to rsttrace, e.g. `cargo xtask run -- --duration 10`.
     Run {
@@ -74,9 +87,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Setup => setup::run().map(|()| ExitCode::SUCCESS),
-        Cmd::Build => {
+        Cmd::Build { static_ } => {
             setup::run()?;
-            build()?;
+            if static_ {
+                image::build_static()?;
+            } else {
+                build()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Image { tag } => {
+            setup::run()?;
+            image::image(&tag)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { args } => {
