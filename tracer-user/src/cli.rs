@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,6 +15,9 @@ there is one, and aggregate per remote IP. Stops on Ctrl-C, SIGTERM or --duratio
 prints a per-remote-IP summary.\n\nNeeds root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)."
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Output format: human-readable lines, or JSON lines (one object per RST, then a summary).
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -92,6 +95,14 @@ pub struct Args {
     #[arg(long, default_value_t = 65536, value_name = "N",
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_remote_ips: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Check what this kernel and these permissions allow: load and attach
+    /// every program, print the plan (each signal, the hook that sees it,
+    /// what is lost where a hook or permission is missing), then exit.
+    Doctor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -17,6 +17,7 @@ mod metrics;
 mod netfilter;
 mod nftmon;
 mod output;
+mod plan;
 mod preflight;
 mod scope;
 mod summary;
@@ -64,7 +65,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(mut args: Args) -> Result<()> {
+    let doctor = matches!(args.command, Some(cli::Command::Doctor));
+    if doctor {
+        // Probe every hook, print nothing per RST.
+        args.direction = cli::Direction::Both;
+        args.summary_only = true;
+        args.pcap = None;
+        args.metrics = None;
+    }
     preflight::check_capabilities()?;
     let scope = scope::build(&args.netns, &args.remote, &args.local_port, &args.cause)?;
     let tracefs = preflight::tracefs()?;
@@ -73,7 +82,89 @@ async fn run(args: Args) -> Result<()> {
         .and_then(|f| SendResetFormat::from_format(&f))
         .context("reading the tcp:tcp_send_reset format file")?;
     let reason_causes = cause::reason_table(&fmt.reasons);
+    let mut plan = plan::Plan::new();
+    plan.fact("tracefs", true, tracefs.display().to_string());
+    let btf_present = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    plan.fact(
+        "kernel BTF",
+        btf_present,
+        if btf_present {
+            "/sys/kernel/btf/vmlinux: struct offsets for the egress hook and namespaces"
+        } else {
+            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)"
+        },
+    );
+    let reason = !fmt.reasons.is_empty();
+    plan.fact(
+        "RST reason in tcp_send_reset",
+        reason,
+        if reason {
+            format!("{} reasons named by the format file", fmt.reasons.len())
+        } else {
+            "no reason field (kernels before 6.10)".to_string()
+        },
+    );
+    let kprobes = plan::kprobes_available();
+    plan.fact(
+        "kprobes",
+        kprobes,
+        if kprobes {
+            "available (rsttrace does not use them yet)"
+        } else {
+            "not available on this kernel: no hook relies on them"
+        },
+    );
     let ksyms = kallsyms::Kallsyms::load();
+    plan.fact(
+        "kernel symbols",
+        ksyms.is_ok(),
+        match &ksyms {
+            Ok(_) => "/proc/kallsyms with addresses: kernel stacks can be read".to_string(),
+            Err(e) => format!("{e:#}"),
+        },
+    );
+    for (cap, name, why) in [
+        (
+            preflight::CAP_SYSLOG,
+            "CAP_SYSLOG",
+            "kernel addresses in /proc/kallsyms",
+        ),
+        (
+            preflight::CAP_NET_ADMIN,
+            "CAP_NET_ADMIN",
+            "following nftables ruleset changes",
+        ),
+        (
+            preflight::CAP_SYS_ADMIN,
+            "CAP_SYS_ADMIN",
+            "entering other namespaces; mounting tracefs",
+        ),
+        (
+            preflight::CAP_SYS_PTRACE,
+            "CAP_SYS_PTRACE",
+            "owners of other users' sockets",
+        ),
+    ] {
+        plan.fact(name, preflight::has_cap(cap), why);
+    }
+
+    if args.direction.sent() {
+        if reason {
+            plan.seen(
+                "RSTs sent by the TCP stack, cause from the kernel's reason",
+                "tracepoint tcp:tcp_send_reset (reason field)",
+            );
+        } else {
+            plan.partly(
+                "RSTs sent by the TCP stack, cause from the kernel's reason",
+                "tracepoint tcp:tcp_send_reset (no reason field)",
+                "this kernel gives no RST reason: the TCP stack's RSTs count as unknown, and \
+                 RSTs that answer a segment for no socket (closed ports) never reach this \
+                 tracepoint; the egress hook counts them only as coverage (by_tcp_stack). \
+                 Kernel 6.10 or later gives both",
+            );
+        }
+    }
     let egress_rules = match &ksyms {
         Ok(k) => cause::resolve_egress_rules(k).0,
         Err(_) => tracer_common::StackRules::EMPTY,
@@ -81,10 +172,20 @@ async fn run(args: Args) -> Result<()> {
     let stack_rules = match &ksyms {
         Ok(k) => {
             let (rules, missing) = cause::resolve_stack_rules(k);
-            if !missing.is_empty() {
+            if missing.is_empty() {
+                plan.seen(
+                    "socket-killed, linger-abort and app-disconnect told apart",
+                    "kernel stack at tcp:tcp_send_reset, against /proc/kallsyms",
+                );
+            } else {
                 eprintln!(
                     "rsttrace: warning: kernel functions not found: {}; their stack rules are off",
                     missing.join(", ")
+                );
+                plan.partly(
+                    "socket-killed, linger-abort and app-disconnect told apart",
+                    "kernel stack at tcp:tcp_send_reset, against /proc/kallsyms",
+                    format!("kernel functions not found: {}", missing.join(", ")),
                 );
             }
             rules
@@ -94,24 +195,112 @@ async fn run(args: Args) -> Result<()> {
                 "rsttrace: warning: {e:#}; socket-killed, linger-abort and app-disconnect \
                  can't be told apart and show as their fallback cause"
             );
+            plan.unseen(
+                "socket-killed, linger-abort and app-disconnect told apart",
+                format!("{e:#}: they show as their fallback cause"),
+            );
             tracer_common::StackRules::EMPTY
         }
     };
+    let egress = egress_offsets();
+    match (&egress, &ksyms) {
+        (Ok(_), Ok(_)) => {
+            plan.seen(
+                "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
+                "raw tracepoint net_dev_queue (every device of every namespace) and the stack",
+            );
+        }
+        (Ok(_), Err(e)) => plan.partly(
+            "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
+            "raw tracepoint net_dev_queue (every device of every namespace)",
+            format!("{e:#}: RSTs without a socket (netfilter, modules) show as unknown"),
+        ),
+        (Err(e), _) => {
+            eprintln!(
+                "rsttrace: warning: RSTs the TCP stack does not send (netfilter, raw sockets) \
+                 will not be seen: {e:#}"
+            );
+            plan.unseen(
+                "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
+                format!("{e:#}: needs kernel BTF"),
+            );
+        }
+    }
+    if egress.is_ok() {
+        let predating = if kprobes {
+            "kprobes on nft_do_chain/ipt_do_table could name those: not implemented yet"
+        } else {
+            "naming those needs kprobes on nft_do_chain/ipt_do_table, absent here"
+        };
+        plan.partly(
+            "netfilter hook, backend, table, chain and rule author of a REJECT",
+            "hook and backend from the kernel stack; table, chain, author from nftables netlink",
+            if preflight::has_cap(preflight::CAP_NET_ADMIN) {
+                format!(
+                    "table, chain and author are named for nftables rules added while tracing, \
+                     not for rules that predate the trace ({predating})"
+                )
+            } else {
+                format!(
+                    "table, chain and author are not named: following nftables changes needs \
+                     CAP_NET_ADMIN; for rules that predate the trace, {predating}"
+                )
+            },
+        );
+    }
+    let kfree_skb = kfree_skb_layout(&tracefs);
+    match &kfree_skb {
+        Ok(_) => plan.seen(
+            "silent netfilter drops (no RST sent)",
+            "tracepoint skb:kfree_skb (reason NETFILTER_DROP)",
+        ),
+        Err(e) => {
+            eprintln!("rsttrace: warning: netfilter drops will not be counted: {e}");
+            plan.unseen("silent netfilter drops (no RST sent)", e.clone());
+        }
+    }
+    let netns = netns_offsets();
+    match &netns {
+        Ok(_) => plan.seen(
+            "network namespace of each RST",
+            "BTF offsets of sock and sk_buff to their net",
+        ),
+        Err(e) => {
+            eprintln!("rsttrace: warning: network namespaces will not be shown: {e:#}");
+            plan.unseen(
+                "network namespace of each RST",
+                format!("{e:#}: netns is null, and --netns can't filter"),
+            );
+        }
+    }
+    if preflight::has_cap(preflight::CAP_SYS_PTRACE) {
+        plan.seen(
+            "actors: process, cgroup, container; owners of killed sockets",
+            "the task at the hook; /proc for socket owners",
+        );
+    } else {
+        plan.partly(
+            "actors: process, cgroup, container; owners of killed sockets",
+            "the task at the hook; /proc for socket owners",
+            "owners of other users' sockets are not named (needs CAP_SYS_PTRACE)",
+        );
+    }
     preflight::raise_memlock_limit();
 
     let mut tracer = tracer::Tracer::load(&tracer::Options {
         send_reset: fmt.layout,
         reason_causes: &reason_causes,
         stack_rules,
-        netns: netns_offsets(),
-        egress: egress_offsets().map(|o| (o, egress_rules)),
-        kfree_skb: kfree_skb_layout(&tracefs),
+        netns: netns.unwrap_or(tracer_common::NetnsOffsets::UNSET),
+        egress: egress.ok().map(|o| (o, egress_rules)),
+        kfree_skb: kfree_skb.unwrap_or(tracer_common::KfreeSkbLayout::UNSET),
         emit_events: !args.summary_only || args.pcap.is_some(),
         max_remote_ips: args.max_remote_ips,
         ring_size: args.ring_size,
         scope: &scope,
         sent: args.direction.sent(),
         receive_reset: if args.direction.received() {
+            plan.seen("RSTs received", "tracepoint tcp:tcp_receive_reset");
             let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;
             let f = Format::parse(&text)
                 .and_then(|f| SendResetFormat::from_format(&f))
@@ -161,30 +350,15 @@ async fn run(args: Args) -> Result<()> {
     tracer.attach()?;
     let started = Instant::now();
     let clock = BootClock::new();
+    if doctor {
+        tracer.detach()?;
+        print!("{}", plan.report());
+        return Ok(());
+    }
     // The plan in one line: what is watched, and what is not.
-    let mut hooks = vec![];
-    if args.direction.sent() {
-        hooks.push(format!(
-            "tcp:tcp_send_reset ({})",
-            if fmt.reasons.is_empty() {
-                "this kernel gives no RST reason: causes show as unknown"
-            } else {
-                "TCP stack RSTs by kernel reason"
-            }
-        ));
-    }
-    if tracer.sees_egress() {
-        hooks.push("net_dev_queue (RSTs outside the TCP stack)".into());
-    }
-    if tracer.counts_drops() {
-        hooks.push("skb:kfree_skb (netfilter drops)".into());
-    }
-    if args.direction.received() {
-        hooks.push("tcp:tcp_receive_reset (RSTs received)".into());
-    }
     eprintln!(
-        "rsttrace: attached to {}; {}",
-        hooks.join(", "),
+        "rsttrace: {}; {}",
+        plan.one_line(),
         match args.duration {
             Some(d) => format!("tracing for {}", humantime::format_duration(d)),
             None => "stop with Ctrl-C".to_string(),
@@ -326,32 +500,27 @@ async fn next_scrape(
     }
 }
 
-/// Where netfilter drops show on this kernel; drop counting stays off,
-/// with a warning, where they can't be told apart.
-fn kfree_skb_layout(tracefs: &std::path::Path) -> tracer_common::KfreeSkbLayout {
+/// Where netfilter drops show on this kernel, or why they can't be told
+/// apart.
+fn kfree_skb_layout(tracefs: &std::path::Path) -> Result<tracer_common::KfreeSkbLayout, String> {
     let layout = preflight::tracepoint_format(tracefs, "skb", "kfree_skb")
         .and_then(|t| Format::parse(&t))
         .and_then(|f| format::kfree_skb_layout(&f));
     match layout {
-        Ok(l) if l.reason != tracer_common::ABSENT => l,
-        Ok(_) => {
-            eprintln!(
-                "rsttrace: warning: this kernel's skb:kfree_skb has no NETFILTER_DROP reason: \
-                 silent netfilter drops will not be counted"
-            );
-            tracer_common::KfreeSkbLayout::UNSET
-        }
-        Err(e) => {
-            eprintln!("rsttrace: warning: netfilter drops will not be counted: {e:#}");
-            tracer_common::KfreeSkbLayout::UNSET
-        }
+        Ok(l) if l.reason != tracer_common::ABSENT => Ok(l),
+        Ok(_) => Err(
+            "this kernel's skb:kfree_skb has no NETFILTER_DROP reason (5.17 or later \
+                      has it): silent netfilter drops can't be told from other drops"
+                .into(),
+        ),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
 /// Offsets for reading outgoing packets at the egress hook; without them
 /// only the TCP stack's RSTs are seen, and rsttrace says so.
-fn egress_offsets() -> Option<tracer_common::EgressOffsets> {
-    let offsets = btf::Btf::from_sys_fs().and_then(|b| {
+fn egress_offsets() -> Result<tracer_common::EgressOffsets> {
+    btf::Btf::from_sys_fs().and_then(|b| {
         let m = |s: &str, p: &[&str], size: u32| -> Result<u32> {
             let m = b.member(s, p)?;
             anyhow::ensure!(
@@ -393,23 +562,13 @@ fn egress_offsets() -> Option<tracer_common::EgressOffsets> {
                 inode - sock + ino
             },
         })
-    });
-    match offsets {
-        Ok(o) => Some(o),
-        Err(e) => {
-            eprintln!(
-                "rsttrace: warning: RSTs the TCP stack does not send (netfilter, raw sockets) \
-                 will not be seen: {e:#}"
-            );
-            None
-        }
-    }
+    })
 }
 
 /// Offsets for reading a RST's network namespace; without BTF the trace
 /// still runs, with `netns` null.
-fn netns_offsets() -> tracer_common::NetnsOffsets {
-    let offsets = btf::Btf::from_sys_fs().and_then(|b| {
+fn netns_offsets() -> Result<tracer_common::NetnsOffsets> {
+    btf::Btf::from_sys_fs().and_then(|b| {
         let ptr = |s: &str, p: &[&str]| -> Result<u32> {
             let m = b.member(s, p)?;
             anyhow::ensure!(m.size == 8, "{s}.{} is not a pointer", p.join("."));
@@ -423,10 +582,6 @@ fn netns_offsets() -> tracer_common::NetnsOffsets {
             dev_net: ptr("net_device", &["nd_net", "net"])?,
             net_inum: inum.offset,
         })
-    });
-    offsets.unwrap_or_else(|e| {
-        eprintln!("rsttrace: warning: network namespaces will not be shown: {e:#}");
-        tracer_common::NetnsOffsets::UNSET
     })
 }
 

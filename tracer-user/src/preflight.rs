@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -34,6 +34,17 @@ pub fn missing_caps(eff: u64) -> Vec<&'static str> {
     }
     missing
 }
+
+/// Whether the effective set holds capability `cap` (unknown: assume yes
+/// and let the kernel answer).
+pub fn has_cap(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective_caps(&status).is_none_or(|eff| eff & (1 << cap) != 0)
+}
+
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYSLOG: u32 = 34;
 
 pub fn check_capabilities() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -176,16 +176,6 @@ impl Tracer {
         Ok(())
     }
 
-    /// Whether netfilter drops are counted on this kernel.
-    pub fn counts_drops(&self) -> bool {
-        self.sent && self.drops
-    }
-
-    /// Whether RSTs outside the TCP stack are seen on this kernel.
-    pub fn sees_egress(&self) -> bool {
-        self.sent && self.egress
-    }
-
     /// Stops new events; counters keep what was counted.
     pub fn detach(&mut self) -> Result<()> {
         while let Some((prog, link)) = self.links.pop() {

@@ -259,3 +259,80 @@ fn runs_with_only_the_capabilities_it_needs() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("does not have CAP_PERFMON"), "{e}");
 }
+
+/// `rsttrace doctor` loads and attaches every program, prints the plan for
+/// this kernel and exits; each signal's state follows what the kernel and
+/// the permissions offer.
+#[test]
+fn doctor_prints_the_plan_for_this_kernel() {
+    let bin = env!("CARGO_BIN_EXE_rsttrace");
+    let out = Command::new(bin).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |what: &str| -> String {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in:\n{text}"))
+            .to_string()
+    };
+    // The reason field is what the plan's first signal depends on.
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/tcp/tcp_send_reset/format")).ok())
+        .expect("tcp_send_reset format file");
+    let tcp = line("RSTs sent by the TCP stack");
+    if format.contains(" reason;") {
+        assert!(tcp.trim_start().starts_with("ok "), "{tcp}");
+    } else {
+        assert!(tcp.trim_start().starts_with("partial "), "{tcp}");
+        assert!(text.contains("this kernel gives no RST reason"), "{text}");
+    }
+    for signal in ["RSTs received", "network namespace of each RST"] {
+        assert!(line(signal).trim_start().starts_with("ok "), "{text}");
+    }
+    // As root every permission is there.
+    for cap in [
+        "CAP_SYSLOG",
+        "CAP_NET_ADMIN",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_PTRACE",
+    ] {
+        assert!(line(cap).trim_start().starts_with("yes "), "{text}");
+    }
+
+    // Without CAP_SYSLOG the stack-decided causes are named as missing, and
+    // the trace's start-up line points at doctor.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon", bin, "doctor"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let killed = text
+        .lines()
+        .find(|l| l.contains("socket-killed, linger-abort and app-disconnect"))
+        .unwrap_or_else(|| panic!("{text}"));
+    // Addresses are hidden without CAP_SYSLOG unless kptr_restrict is 0 and
+    // perf_event_paranoid at most 1.
+    let sysctl = |n: &str| -> i64 {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{n}"))
+            .map_or(2, |s| s.trim().parse().unwrap_or(2))
+    };
+    if sysctl("kptr_restrict") != 0 || sysctl("perf_event_paranoid") > 1 {
+        assert!(killed.trim_start().starts_with("missing "), "{text}");
+        assert!(text.contains("kptr_restrict"), "{text}");
+    }
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon", bin, "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("signals incomplete here: `rsttrace doctor` says what and why"),
+        "{stderr}"
+    );
+}
