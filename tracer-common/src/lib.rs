@@ -69,13 +69,29 @@ pub const MAX_STACK_RULES: usize = 8;
 
 /// "A return address inside [start, end) means `cause`": a kernel function
 /// on the stack of an ambiguous RST, resolved by userspace from kallsyms.
+/// Optionally also a second function on the stack (`also_start` != 0) and
+/// a TCP state (`state_mask` bit per state; 0 = any): kernels without an
+/// RST reason need both to tell their paths apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackRule {
     pub start: u64,
     pub end: u64,
+    pub also_start: u64,
+    pub also_end: u64,
     pub cause: u32,
-    pub _pad: u32,
+    pub state_mask: u32,
+}
+
+impl StackRule {
+    pub const NONE: Self = Self {
+        start: 0,
+        end: 0,
+        also_start: 0,
+        also_end: 0,
+        cause: 0,
+        state_mask: 0,
+    };
 }
 
 /// Cause value of an egress stack rule that means "the TCP stack sent it"
@@ -95,12 +111,7 @@ impl StackRules {
     pub const EMPTY: Self = Self {
         count: 0,
         _pad: 0,
-        rules: [StackRule {
-            start: 0,
-            end: 0,
-            cause: 0,
-            _pad: 0,
-        }; MAX_STACK_RULES],
+        rules: [StackRule::NONE; MAX_STACK_RULES],
     };
 }
 
@@ -293,6 +304,9 @@ pub type CidrKey = [u8; 17];
 pub mod source {
     /// `tcp:tcp_send_reset`: the TCP stack.
     pub const TCP_STACK: u8 = 0;
+    /// kprobes on tcp_v4_send_reset / tcp_v6_send_reset: the TCP stack's
+    /// RSTs without a full socket, on kernels whose tracepoint skips them.
+    pub const TCP_STACK_KPROBE: u8 = 3;
     /// The egress hook: a RST the TCP stack did not send.
     pub const EGRESS: u8 = 1;
     /// `tcp:tcp_receive_reset`: a RST this host received.

@@ -132,7 +132,7 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         }
         Origin::Socket => (cause::INJECTED, -1),
         Origin::NoSocket => {
-            match stack::cause_from_stack(ctx, stack::Rules::Egress) {
+            match stack::cause_from_stack(ctx, stack::Rules::Egress, 0) {
                 Some(c) if u32::from(c) == RULE_TCP_STACK => {
                     count::bump(stat::EGRESS_TCP_STACK);
                     return Ok(0);

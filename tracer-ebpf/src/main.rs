@@ -9,6 +9,7 @@ mod netns;
 mod packet;
 mod receive_reset;
 mod send_reset;
+mod send_reset_kprobe;
 mod stack;
 
 #[cfg(not(test))]

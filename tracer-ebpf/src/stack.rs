@@ -37,7 +37,30 @@ pub fn stack_id<C: StackIdContext>(ctx: &C) -> i32 {
 #[map]
 static STACK_BUF: PerCpuArray<[u64; STACK_DEPTH]> = PerCpuArray::with_max_entries(1, 0);
 
-pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules) -> Option<u8> {
+/// Passes the matched cause through memory: each rule that can match is a
+/// path with its own constant cause, and the verifier would check the rest
+/// of the program once per path (past its limit on kernels where the
+/// rules are many); read back, the cause is one unknown value again.
+#[map]
+static MATCHED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+const NO_MATCH: u32 = u32::MAX;
+
+/// The cause of the first rule that matches this stack (and `state`, the
+/// TCP state of the socket, 0 when unknown).
+pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> Option<u8> {
+    let found = first_match(ctx, which, state).unwrap_or(NO_MATCH);
+    let slot = MATCHED.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, written then read by this program only.
+    let found = unsafe {
+        core::ptr::write_volatile(slot, found);
+        core::ptr::read_volatile(slot)
+    };
+    (found != NO_MATCH).then_some(found as u8)
+}
+
+#[inline(always)]
+fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> Option<u32> {
     let buf = STACK_BUF.get_ptr_mut(0)?;
     // SAFETY: buf is a per-CPU scratch of exactly the size passed.
     let n = unsafe { bpf_get_stack(ctx.as_ptr(), buf.cast(), (STACK_DEPTH * 8) as u32, 0) };
@@ -57,23 +80,35 @@ pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules) -> Opti
         }
         let rule = rules.rules.get(r)?;
         // SAFETY: as above.
-        let (start, end, cause) = unsafe {
-            (
-                core::ptr::read_volatile(&rule.start),
-                core::ptr::read_volatile(&rule.end),
-                core::ptr::read_volatile(&rule.cause),
-            )
-        };
-        for i in 0..STACK_DEPTH {
-            if i >= frames {
-                break;
-            }
-            // SAFETY: i < STACK_DEPTH, inside the scratch buffer.
-            let ip = unsafe { (*buf)[i] };
-            if ip >= start && ip < end {
-                return Some(cause as u8);
-            }
+        let rule = unsafe { core::ptr::read_volatile(rule) };
+        if rule.state_mask != 0 && (state >= 32 || rule.state_mask & (1 << state) == 0) {
+            continue;
         }
+        // Two scans that stop at the first hit: a single scan tracking both
+        // flags multiplies the verifier's states past its limit.
+        if !on_stack(buf, frames, rule.start, rule.end) {
+            continue;
+        }
+        if rule.also_start != 0 && !on_stack(buf, frames, rule.also_start, rule.also_end) {
+            continue;
+        }
+        return Some(rule.cause);
     }
     None
+}
+
+/// Whether one of the first `frames` return addresses is in [start, end).
+#[inline(always)]
+fn on_stack(buf: *const [u64; STACK_DEPTH], frames: usize, start: u64, end: u64) -> bool {
+    for i in 0..STACK_DEPTH {
+        if i >= frames {
+            break;
+        }
+        // SAFETY: i < STACK_DEPTH, inside the scratch buffer.
+        let ip = unsafe { (*buf)[i] };
+        if ip >= start && ip < end {
+            return true;
+        }
+    }
+    false
 }

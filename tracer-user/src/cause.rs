@@ -155,6 +155,56 @@ pub const STACK_RULES: &[(&str, Cause)] = &[
     ("tcp_disconnect", Cause::AppDisconnect),
 ];
 
+/// A stack rule for kernels whose tcp_send_reset has no reason (before
+/// 6.10): `func` on the stack, and `also` when given, with the socket in
+/// one of `states` when given, means `cause`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonlessRule {
+    pub func: &'static str,
+    pub also: Option<&'static str>,
+    pub states: &'static [u32],
+    pub cause: Cause,
+}
+
+const FIN_WAIT2: u32 = 5;
+
+/// Without a reason every RST of a full socket is decided by the stack:
+/// tcp_send_active_reset's callers tell the paths apart (the first rule that
+/// matches wins). tcp_close is on the stack of every close(), through
+/// __tcp_close where that exists; unmatched RSTs (segments invalid for the
+/// socket's state) stay `unknown`.
+pub const REASONLESS_STACK_RULES: &[ReasonlessRule] = &[
+    rule("tcp_abort", None, &[], Cause::SocketKilled),
+    // close() with SO_LINGER {on, 0} disconnects from inside tcp_close.
+    rule("tcp_disconnect", Some("tcp_close"), &[], Cause::LingerAbort),
+    rule("tcp_disconnect", None, &[], Cause::AppDisconnect),
+    // An orphan in FIN_WAIT2 with tcp_fin_timeout/TCP_LINGER2 < 0.
+    rule("tcp_close", None, &[FIN_WAIT2], Cause::Linger2Timeout),
+    rule("tcp_close", None, &[], Cause::AbortOnClose),
+    rule(
+        "tcp_keepalive_timer",
+        None,
+        &[FIN_WAIT2],
+        Cause::Linger2Timeout,
+    ),
+    rule("tcp_keepalive_timer", None, &[], Cause::KeepaliveTimeout),
+    rule("tcp_out_of_resources", None, &[], Cause::MemoryPressure),
+];
+
+const fn rule(
+    func: &'static str,
+    also: Option<&'static str>,
+    states: &'static [u32],
+    cause: Cause,
+) -> ReasonlessRule {
+    ReasonlessRule {
+        func,
+        also,
+        states,
+        cause,
+    }
+}
+
 /// Kernel functions that decide an egress RST that has no socket, in
 /// priority order. Modules come last: a RST built by a module that is not
 /// netfilter's reject is `injected`.
@@ -241,8 +291,25 @@ pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> 
 pub fn resolve_stack_rules(
     ksyms: &crate::kallsyms::Kallsyms,
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
-    let rules: Vec<(&'static str, u32)> =
-        STACK_RULES.iter().map(|(f, c)| (*f, *c as u32)).collect();
+    let rules: Vec<Spec> = STACK_RULES
+        .iter()
+        .map(|(f, c)| (*f, None, 0, *c as u32))
+        .collect();
+    resolve(ksyms, &rules)
+}
+
+/// The rules for kernels without an RST reason (see
+/// `REASONLESS_STACK_RULES`).
+pub fn resolve_reasonless_rules(
+    ksyms: &crate::kallsyms::Kallsyms,
+) -> (tracer_common::StackRules, Vec<&'static str>) {
+    let rules: Vec<Spec> = REASONLESS_STACK_RULES
+        .iter()
+        .map(|r| {
+            let mask = r.states.iter().fold(0u32, |m, s| m | 1 << s);
+            (r.func, r.also, mask, r.cause as u32)
+        })
+        .collect();
     resolve(ksyms, &rules)
 }
 
@@ -252,9 +319,9 @@ pub fn resolve_stack_rules(
 pub fn resolve_egress_rules(
     ksyms: &crate::kallsyms::Kallsyms,
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
-    let table: Vec<(&'static str, u32)> = EGRESS_STACK_RULES
+    let table: Vec<Spec> = EGRESS_STACK_RULES
         .iter()
-        .map(|(f, r)| (*f, r.raw()))
+        .map(|(f, r)| (*f, None, 0, r.raw()))
         .collect();
     let (mut rules, missing) = resolve(ksyms, &table);
     if let Some((start, end)) = ksyms.module_area()
@@ -264,33 +331,48 @@ pub fn resolve_egress_rules(
             start,
             end,
             cause: Cause::Injected as u32,
-            _pad: 0,
+            ..tracer_common::StackRule::NONE
         };
         rules.count += 1;
     }
     (rules, missing)
 }
 
+/// (function, second function, state mask, raw cause).
+type Spec = (&'static str, Option<&'static str>, u32, u32);
+
 fn resolve(
     ksyms: &crate::kallsyms::Kallsyms,
-    table: &[(&'static str, u32)],
+    table: &[Spec],
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
     let mut rules = tracer_common::StackRules::EMPTY;
     let mut missing = vec![];
-    for (func, cause) in table {
-        match ksyms.range(func) {
-            Some((start, end)) if (rules.count as usize) < rules.rules.len() => {
-                rules.rules[rules.count as usize] = tracer_common::StackRule {
-                    start,
-                    end,
-                    cause: *cause,
-                    _pad: 0,
-                };
-                rules.count += 1;
+    for (func, also, state_mask, cause) in table {
+        let Some((start, end)) = ksyms.range(func) else {
+            missing.push(*func);
+            continue;
+        };
+        let (also_start, also_end) = match also.map(|a| (a, ksyms.range(a))) {
+            None => (0, 0),
+            Some((_, Some(r))) => r,
+            Some((a, None)) => {
+                missing.push(a);
+                continue;
             }
-            _ => missing.push(*func),
+        };
+        if (rules.count as usize) < rules.rules.len() {
+            rules.rules[rules.count as usize] = tracer_common::StackRule {
+                start,
+                end,
+                also_start,
+                also_end,
+                cause: *cause,
+                state_mask: *state_mask,
+            };
+            rules.count += 1;
         }
     }
+    missing.dedup();
     (rules, missing)
 }
 
@@ -390,6 +472,32 @@ mod tests {
             entry.raw(),
             Cause::InvalidSegment as u8 | tracer_common::NEEDS_STACK
         );
+    }
+
+    #[test]
+    fn reasonless_rules_need_both_functions_and_the_state() {
+        let k = crate::kallsyms::Kallsyms::parse(
+            "ffffffff81000000 T tcp_abort\nffffffff81000100 T tcp_close\n\
+             ffffffff81000200 T tcp_disconnect\nffffffff81000300 T tcp_keepalive_timer\n\
+             ffffffff81000400 T tcp_out_of_resources\nffffffff81000500 T after\n",
+        )
+        .unwrap();
+        let (rules, missing) = resolve_reasonless_rules(&k);
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(rules.count as usize, REASONLESS_STACK_RULES.len());
+        let linger = rules.rules[1];
+        assert_eq!(linger.cause, Cause::LingerAbort as u32);
+        assert_eq!(
+            (linger.start, linger.also_start),
+            (0xffffffff81000200, 0xffffffff81000100)
+        );
+        assert_eq!(
+            rules.rules[2].also_start, 0,
+            "app-disconnect: tcp_disconnect alone"
+        );
+        assert_eq!(rules.rules[3].state_mask, 1 << 5, "FIN_WAIT2");
+        assert_eq!(rules.rules[4].state_mask, 0);
+        assert!(rules.rules.len() >= REASONLESS_STACK_RULES.len());
     }
 
     #[test]

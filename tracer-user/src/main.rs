@@ -109,7 +109,7 @@ async fn run(mut args: Args) -> Result<()> {
         "kprobes",
         kprobes,
         if kprobes {
-            "available (rsttrace does not use them yet)"
+            "available: used where tracepoints lack what rsttrace needs"
         } else {
             "not available on this kernel: no hook relies on them"
         },
@@ -148,20 +148,46 @@ async fn run(mut args: Args) -> Result<()> {
         plan.fact(name, preflight::has_cap(cap), why);
     }
 
+    let egress_ok = egress_offsets().is_ok();
+    // Before 6.10 the tracepoint skips RSTs without a full socket: kprobes
+    // take those where the kernel has them.
+    let kprobe_resets = !reason && kprobes && egress_ok && args.direction.sent();
     if args.direction.sent() {
         if reason {
             plan.seen(
                 "RSTs sent by the TCP stack, cause from the kernel's reason",
                 "tracepoint tcp:tcp_send_reset (reason field)",
             );
+        } else if kprobe_resets {
+            plan.partly(
+                "RSTs sent by the TCP stack, cause from the kernel's reason",
+                "tracepoint tcp:tcp_send_reset (full sockets, no reason field)",
+                "this kernel gives no RST reason: causes come from the kernel stack and the \
+                 socket's state, kernel_reason is null, and RSTs for segments that were invalid \
+                 in the socket's state show as unknown. Kernel 6.10 or later names them",
+            );
+            plan.seen(
+                "RSTs for segments with no full socket: closed ports, time-wait, handshakes",
+                format!("kprobes on {}", tracer::SEND_RESET_FUNCTIONS.join("/")),
+            );
         } else {
             plan.partly(
                 "RSTs sent by the TCP stack, cause from the kernel's reason",
                 "tracepoint tcp:tcp_send_reset (no reason field)",
-                "this kernel gives no RST reason: the TCP stack's RSTs count as unknown, and \
-                 RSTs that answer a segment for no socket (closed ports) never reach this \
-                 tracepoint; the egress hook counts them only as coverage (by_tcp_stack). \
-                 Kernel 6.10 or later gives both",
+                "this kernel gives no RST reason: causes come from the kernel stack and the \
+                 socket's state, kernel_reason is null",
+            );
+            plan.unseen(
+                "RSTs for segments with no full socket: closed ports, time-wait, handshakes",
+                format!(
+                    "this tracepoint skips them before 6.10 and {}: the egress hook counts \
+                     them only as coverage (by_tcp_stack), not by cause",
+                    if kprobes {
+                        "reading their segments needs kernel BTF"
+                    } else {
+                        "this kernel has no kprobes to take them"
+                    }
+                ),
             );
         }
     }
@@ -171,7 +197,11 @@ async fn run(mut args: Args) -> Result<()> {
     };
     let stack_rules = match &ksyms {
         Ok(k) => {
-            let (rules, missing) = cause::resolve_stack_rules(k);
+            let (rules, missing) = if reason {
+                cause::resolve_stack_rules(k)
+            } else {
+                cause::resolve_reasonless_rules(k)
+            };
             if missing.is_empty() {
                 plan.seen(
                     "socket-killed, linger-abort and app-disconnect told apart",
@@ -299,6 +329,7 @@ async fn run(mut args: Args) -> Result<()> {
         ring_size: args.ring_size,
         scope: &scope,
         sent: args.direction.sent(),
+        kprobe_resets,
         receive_reset: if args.direction.received() {
             plan.seen("RSTs received", "tracepoint tcp:tcp_receive_reset");
             let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;

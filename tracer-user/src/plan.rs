@@ -132,6 +132,9 @@ impl Plan {
 /// The attachment point named at the start of a hook description
 /// (`tracepoint tcp:tcp_send_reset (...)` -> `tcp:tcp_send_reset`).
 fn attached_hook(hook: &str) -> Option<&str> {
+    if hook.starts_with("kprobes on ") {
+        return hook.split(" (").next();
+    }
     let rest = hook
         .strip_prefix("tracepoint ")
         .or_else(|| hook.strip_prefix("raw tracepoint "))?;

@@ -9,8 +9,8 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use tracer_common::{
@@ -39,11 +39,18 @@ pub struct Options<'a> {
     pub sent: bool,
     /// Trace RSTs it receives, with tcp_receive_reset's layout.
     pub receive_reset: Option<SendResetLayout>,
+    /// Kernels before 6.10: kprobes on tcp_v4/v6_send_reset take the RSTs
+    /// the tracepoint skips (needs the egress offsets to read the segment).
+    pub kprobe_resets: bool,
 }
+
+/// The functions `send_reset_no_full_socket` is attached to.
+pub const SEND_RESET_FUNCTIONS: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
 
 enum Link {
     TracePoint(TracePointLinkId),
     RawTracePoint(RawTracePointLinkId),
+    KProbe(KProbeLinkId),
 }
 
 pub struct Tracer {
@@ -54,6 +61,7 @@ pub struct Tracer {
     received: bool,
     egress: bool,
     drops: bool,
+    kprobe_resets: bool,
 }
 
 impl Tracer {
@@ -131,6 +139,7 @@ impl Tracer {
             received: opts.receive_reset.is_some(),
             egress: opts.egress.is_some(),
             drops,
+            kprobe_resets: opts.kprobe_resets && opts.egress.is_some(),
         })
     }
 
@@ -169,6 +178,22 @@ impl Tracer {
             if self.drops {
                 self.attach_tp("kfree_skb", "skb", "kfree_skb")?;
             }
+            if self.kprobe_resets {
+                let prog = "send_reset_no_full_socket";
+                let p: &mut KProbe = self
+                    .ebpf
+                    .program_mut(prog)
+                    .with_context(|| format!("program {prog} missing"))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("the kernel verifier rejected the {prog} program"))?;
+                for func in SEND_RESET_FUNCTIONS {
+                    let link = p
+                        .attach(func, 0)
+                        .with_context(|| format!("attaching a kprobe to {func}"))?;
+                    self.links.push((prog.into(), Link::KProbe(link)));
+                }
+            }
         }
         if self.received {
             self.attach_tp("tcp_receive_reset", "tcp", "tcp_receive_reset")?;
@@ -190,6 +215,10 @@ impl Tracer {
                 }
                 Link::RawTracePoint(l) => {
                     let p: &mut RawTracePoint = p.try_into()?;
+                    p.detach(l)
+                }
+                Link::KProbe(l) => {
+                    let p: &mut KProbe = p.try_into()?;
                     p.detach(l)
                 }
             }

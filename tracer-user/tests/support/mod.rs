@@ -350,3 +350,18 @@ impl TraceOutput {
         evs
     }
 }
+
+/// What `kernel_reason` must be for a RST the kernel gives reason `name`:
+/// the name, or null on kernels whose tcp_send_reset has no reason field
+/// (before 6.10; `rsttrace doctor` says so).
+pub fn expected_reason(name: &str) -> Value {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/tcp/tcp_send_reset/format")).ok())
+        .expect("tcp_send_reset format file");
+    if format.contains(" reason;") {
+        Value::from(name)
+    } else {
+        Value::Null
+    }
+}

@@ -1,0 +1,95 @@
+//! kprobes on `tcp_v4_send_reset` / `tcp_v6_send_reset`, for kernels before
+//! 6.10: there `tcp:tcp_send_reset` fires only with a full socket, so the
+//! TCP stack's answers to segments for no socket (closed ports), for a
+//! time-wait socket or for a request socket never reach it. This program
+//! takes exactly those and leaves full sockets to the tracepoint, so nothing
+//! is counted twice. Userspace attaches it only on such kernels.
+//!
+//! The endpoints come from the segment being answered: its source is the
+//! remote peer.
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, macros::kprobe, programs::ProbeContext};
+use tracer_common::{ABSENT, RstEvent, TASK_COMM_LEN, cause, source};
+
+use crate::{
+    count,
+    egress::EGRESS_OFFSETS,
+    filter, netns,
+    packet::{self, read},
+};
+
+const TCP_RST: u8 = 0x04;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+#[kprobe]
+pub fn send_reset_no_full_socket(ctx: ProbeContext) -> u32 {
+    match try_send_reset(&ctx) {
+        Ok(r) => r,
+        Err(r) => r as u32,
+    }
+}
+
+fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
+    // SAFETY: a read-only global that userspace sets before load.
+    let o = unsafe { core::ptr::read_volatile(&EGRESS_OFFSETS) };
+    if o.skb_sk == ABSENT {
+        return Ok(0);
+    }
+    let sk: u64 = ctx.arg(0).ok_or(0)?;
+    let skb: u64 = ctx.arg(1).ok_or(0)?;
+    let state: u8 = if sk == 0 {
+        0
+    } else {
+        read(sk + u64::from(o.sk_state))?
+    };
+    let cause = match (sk, state) {
+        (0, _) => cause::CLOSED_PORT,
+        (_, TCP_TIME_WAIT) => cause::DATA_AFTER_CLOSE,
+        (_, TCP_NEW_SYN_RECV) => cause::INVALID_SEGMENT,
+        // A full socket: the tracepoint reports it.
+        _ => return Ok(0),
+    };
+    let Some(seg) = packet::tcp(skb, &o)? else {
+        return Ok(0);
+    };
+    // The kernel never answers a RST with a RST.
+    if seg.flags & TCP_RST != 0 {
+        return Ok(0);
+    }
+    let f = filter::get();
+    if !filter::cause_ok(&f, cause)
+        || !filter::port_ok(&f, seg.dport)
+        || !filter::remote_ok(&f, seg.family, &seg.saddr)
+    {
+        return Ok(0);
+    }
+    let emit = count::emitting();
+    let Some(netns) = filter::netns(&f, emit, || netns::of(sk, skb)) else {
+        return Ok(0);
+    };
+    let ev = RstEvent {
+        // SAFETY: plain helper call with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        skaddr: sk,
+        // Sent in softirq on behalf of the peer: no actor.
+        cgroup_id: 0,
+        pid_tgid: 0,
+        reason: ABSENT,
+        state: u32::from(state),
+        netns,
+        stack_id: -1,
+        sk_ino: 0,
+        local_addr: seg.daddr,
+        remote_addr: seg.saddr,
+        local_port: seg.dport,
+        remote_port: seg.sport,
+        family: seg.family,
+        cause,
+        source: source::TCP_STACK_KPROBE,
+        _pad: 0,
+        comm: [0; TASK_COMM_LEN],
+    };
+    count::record(&ev);
+    Ok(0)
+}
