@@ -85,19 +85,19 @@ pub fn run(o: &Options) -> Result<bool> {
     if kernels.is_empty() {
         kernels = kernel::KERNELS.to_vec();
     }
-    let (rsttrace, bins) = build(if o.exec.is_some() { &[] } else { &o.tests })?;
+    let (rsttrace, bins) = build(&o.tests)?;
     let job = match &o.exec {
         Some(cmd) => Job::Exec(cmd.clone()),
         None => {
             let mut args = vec![format!("--test-threads={}", o.test_threads)];
             args.extend(o.test_args.iter().cloned());
-            Job::Tests { bins, args }
+            Job::Tests { args }
         }
     };
     let vm = crate::workspace_root().join("target/vm");
     let apt = apt::Apt::new(&vm.join("apt"))?;
     let busybox = busybox(&apt, &vm)?;
-    let base = initramfs::base(&busybox, &rsttrace, &job)?;
+    let base = initramfs::base(&busybox, &rsttrace, &bins, &job)?;
     let machine = qemu::Machine {
         smp: o.smp,
         memory_mib: o.memory_mib,
@@ -259,8 +259,30 @@ fn print_kernel(
             b.secs.as_deref().unwrap_or("?")
         );
     }
+    // Tests that failed the same way (rsttrace refusing to start) are one
+    // line, in the order they failed; numbers (timings, pids) may differ.
+    let shape = |m: &str| -> String {
+        let mut out = String::new();
+        for c in m.chars() {
+            if !c.is_ascii_digit() {
+                out.push(c);
+            } else if !out.ends_with('#') {
+                out.push('#');
+            }
+        }
+        out
+    };
+    let mut groups: Vec<(String, &str, Vec<String>)> = vec![];
     for f in &s.failures {
-        println!("   FAILED {}::{}: {}", f.binary, f.test, f.message);
+        let name = format!("{}::{}", f.binary, f.test);
+        let key = shape(&f.message);
+        match groups.iter_mut().find(|(k, ..)| *k == key) {
+            Some((.., names)) => names.push(name),
+            None => groups.push((key, &f.message, vec![name])),
+        }
+    }
+    for (_, message, names) in groups {
+        println!("   FAILED {}: {message}", names.join(", "));
     }
     if !modules.missing.is_empty() {
         println!(

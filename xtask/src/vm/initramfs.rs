@@ -15,7 +15,10 @@ use super::{cpio::Archive, kernel::ModulePlan};
 
 /// Tools the tests exec (tests/*.rs, tests/support), found on the host as
 /// the Debian packages .ci/run installs provide them. (name, required)
-const TOOLS: [(&str, bool); 11] = [
+/// The host's sh (dash) too: Debian's busybox shell runs its own applets
+/// before anything in PATH, so `ip` in a script would be busybox's.
+const TOOLS: [(&str, bool); 12] = [
+    ("sh", true),
     ("ip", true),
     ("ss", true),
     ("nft", true),
@@ -43,18 +46,21 @@ const PATH: &str = "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the VM runs after booting.
 pub enum Job {
-    /// Test binaries (name, path), each with these arguments.
-    Tests {
-        bins: Vec<(String, PathBuf)>,
-        args: Vec<String>,
-    },
+    /// Every test binary, each with these arguments.
+    Tests { args: Vec<String> },
     /// A shell command.
     Exec(String),
 }
 
 /// The host files that do not depend on the kernel: tools, libraries,
 /// busybox, the workspace's binaries. Built once, extended per kernel.
-pub fn base(busybox: &Path, rsttrace: &Path, job: &Job) -> Result<Archive> {
+/// `bins` are the test binaries (name, path).
+pub fn base(
+    busybox: &Path,
+    rsttrace: &Path,
+    bins: &[(String, PathBuf)],
+    job: &Job,
+) -> Result<Archive> {
     let mut a = Archive::default();
     // Merged /usr as on the host, before anything lands below these.
     for link in ["/bin", "/sbin", "/lib", "/lib64"] {
@@ -116,13 +122,11 @@ pub fn base(busybox: &Path, rsttrace: &Path, job: &Job) -> Result<Archive> {
     a.host_file(rsttrace, rsttrace, 0o755);
     a.symlink("/usr/local/bin/rsttrace", rsttrace);
     elves.push(rsttrace.to_path_buf());
-    if let Job::Tests { bins, .. } = job {
-        for (name, exe) in bins {
-            a.host_file(exe, exe, 0o755);
-            // Short names for --exec: `test-trace closed_port`.
-            a.symlink(format!("/usr/local/bin/test-{name}"), exe);
-            elves.push(exe.clone());
-        }
+    for (name, exe) in bins {
+        a.host_file(exe, exe, 0o755);
+        // Short names for --exec: `test-trace closed_port`.
+        a.symlink(format!("/usr/local/bin/test-{name}"), exe);
+        elves.push(exe.clone());
     }
     for lib in shared_libraries(&elves)? {
         a.copy_host_path(&lib)?;
@@ -139,7 +143,7 @@ pub fn base(busybox: &Path, rsttrace: &Path, job: &Job) -> Result<Archive> {
         }
     }
     a.data("/init", INIT, 0o755);
-    a.data("/etc/rsttrace-vm/job", job_script(job), 0o755);
+    a.data("/etc/rsttrace-vm/job", job_script(bins, job), 0o755);
     Ok(a)
 }
 
@@ -258,7 +262,7 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn job_script(job: &Job) -> String {
+fn job_script(bins: &[(String, PathBuf)], job: &Job) -> String {
     let mut s = String::from("#!/bin/sh\n# Written by `cargo xtask vm-test`.\ncd /tmp\n");
     match job {
         Job::Exec(cmd) => {
@@ -267,7 +271,7 @@ fn job_script(job: &Job) -> String {
                 "\nrc=$?\n[ $rc -eq 0 ] || echo \"exit $rc\" > /run/rsttrace-vm-fail\nexit $rc\n",
             );
         }
-        Job::Tests { bins, args } => {
+        Job::Tests { args } => {
             s.push_str("fail=\"\"\n");
             for (name, exe) in bins {
                 let args: Vec<String> = args.iter().map(|a| quote(a)).collect();

@@ -21,8 +21,14 @@ pub const KERNELS: [(&str, &str); 4] = [
 ];
 
 /// Dependencies that carry the kernel itself: the image (older suites),
-/// or the split binary and modules packages (sid).
-const KERNEL_PACKAGES: [&str; 3] = ["linux-image-", "linux-binary-", "linux-modules-"];
+/// or sid's split packages: binary (vmlinuz), modules, and base
+/// (modules.builtin, config). Plain `linux-base` (scripts) does not match.
+const KERNEL_PACKAGES: [&str; 4] = [
+    "linux-image-",
+    "linux-binary-",
+    "linux-modules-",
+    "linux-base-",
+];
 
 pub fn suite_of(arg: &str) -> Result<(&'static str, &'static str)> {
     let arg = if arg == "unstable" { "sid" } else { arg };
