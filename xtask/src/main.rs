@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup|build|run|test|lint`.
+//! Developer tasks: `cargo xtask setup|build|run|test|vm-test|lint`.
 
 mod bench;
 mod image;
 mod setup;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -68,6 +69,43 @@ enum Cmd {
         /// variants (e.g. `--args=--summary-only`).
         #[arg(long, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the privileged integration tests on Debian kernels under qemu
+    /// (downloads the kernels once into target/vm/; needs root for nothing
+    /// but the first `apt-get install qemu-system-x86`).
+    VmTest {
+        /// 5.10, 6.1, 6.12, sid (or bullseye, bookworm, trixie); all four
+        /// when none is given.
+        kernels: Vec<String>,
+        /// tracer-user integration test targets to run, comma-separated
+        /// (robustness and cli are left out by default).
+        #[arg(long, value_delimiter = ',', default_value = "trace,scope")]
+        tests: Vec<String>,
+        #[arg(long, default_value_t = 2)]
+        test_threads: usize,
+        /// Minutes one kernel may take before its VM is killed.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        /// Boot and run this shell command instead of the tests, streaming
+        /// the console (e.g. `--exec 'rsttrace --duration 5'`).
+        #[arg(long)]
+        exec: Option<String>,
+        /// Stream the whole console, not only test progress.
+        #[arg(long, short)]
+        verbose: bool,
+        /// vCPUs of the VM.
+        #[arg(long, default_value_t = 2)]
+        smp: usize,
+        /// Memory of the VM in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: usize,
+        /// auto: KVM when /dev/kvm opens and boots a guest, else TCG
+        /// (remembered per host kernel in target/vm/kvm-unusable).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+        accel: String,
+        /// Arguments for every test binary after `--`, e.g. `-- closed_port`.
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace
     /// (the eBPF crate included).
@@ -153,6 +191,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 soak_seconds,
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::VmTest {
+            kernels,
+            tests,
+            test_threads,
+            timeout,
+            exec,
+            verbose,
+            smp,
+            memory,
+            accel,
+            test_args,
+        } => {
+            setup::run()?;
+            let pass = vm::run(&vm::Options {
+                kernels,
+                tests,
+                test_threads,
+                timeout: std::time::Duration::from_secs(timeout * 60),
+                exec,
+                verbose,
+                smp,
+                memory_mib: memory,
+                accel,
+                test_args,
+            })?;
+            Ok(if pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Lint => {
             setup::run()?;
