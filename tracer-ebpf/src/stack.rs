@@ -98,10 +98,17 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
 }
 
 /// Whether one of the first `frames` return addresses is in [start, end).
+///
+/// The index goes through memory on each turn: otherwise LLVM turns the
+/// loop into a moving pointer and a separate down-counter, which 5.10's
+/// verifier can't relate, and it refuses the read as out of bounds.
 #[inline(always)]
 fn on_stack(buf: *const [u64; STACK_DEPTH], frames: usize, start: u64, end: u64) -> bool {
-    for i in 0..STACK_DEPTH {
-        if i >= frames {
+    let mut next = 0usize;
+    for _ in 0..STACK_DEPTH {
+        // SAFETY: a local variable.
+        let i = unsafe { core::ptr::read_volatile(&next) };
+        if i >= frames || i >= STACK_DEPTH {
             break;
         }
         // SAFETY: i < STACK_DEPTH, inside the scratch buffer.
@@ -109,6 +116,8 @@ fn on_stack(buf: *const [u64; STACK_DEPTH], frames: usize, start: u64, end: u64)
         if ip >= start && ip < end {
             return true;
         }
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut next, i + 1) };
     }
     false
 }

@@ -77,6 +77,7 @@ async fn run(mut args: Args) -> Result<()> {
     preflight::check_capabilities()?;
     let scope = scope::build(&args.netns, &args.remote, &args.local_port, &args.cause)?;
     let tracefs = preflight::tracefs()?;
+    preflight::check_perf_paranoid()?;
     let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_send_reset")?;
     let fmt = Format::parse(&text)
         .and_then(|f| SendResetFormat::from_format(&f))

@@ -62,6 +62,35 @@ pub fn check_capabilities() -> Result<()> {
     Ok(())
 }
 
+/// Checked after tracefs: where both are missing, mounting tracefs is the
+/// first thing to fix.
+pub fn check_perf_paranoid() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) = effective_caps(&status) else {
+        return Ok(());
+    };
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(level) = paranoid
+        && needs_sys_admin_to_attach(level, eff)
+    {
+        bail!(
+            "does not have CAP_SYS_ADMIN: kernel.perf_event_paranoid is {level} (Debian's \
+             setting), which reserves perf events, and so attaching tracepoints and kprobes, \
+             to CAP_SYS_ADMIN; run as root, or `sysctl kernel.perf_event_paranoid=2` to let \
+             CAP_PERFMON do"
+        );
+    }
+    Ok(())
+}
+
+/// Above 2 (a Debian patch) perf_event_open needs CAP_SYS_ADMIN itself:
+/// CAP_PERFMON is not enough.
+pub fn needs_sys_admin_to_attach(paranoid: i32, eff: u64) -> bool {
+    paranoid > 2 && eff & (1 << CAP_SYS_ADMIN) == 0
+}
+
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
@@ -135,6 +164,15 @@ pub fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debian_paranoid_3_needs_sys_admin_to_attach() {
+        let perfmon = 1u64 << CAP_PERFMON | 1 << CAP_BPF;
+        assert!(needs_sys_admin_to_attach(3, perfmon));
+        assert!(!needs_sys_admin_to_attach(3, perfmon | 1 << CAP_SYS_ADMIN));
+        assert!(!needs_sys_admin_to_attach(2, perfmon));
+        assert!(!needs_sys_admin_to_attach(-1, perfmon));
+    }
 
     #[test]
     fn reads_cap_eff() {

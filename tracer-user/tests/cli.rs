@@ -88,6 +88,7 @@ fn without_capabilities_it_names_what_is_missing() {
 
 /// tracefs unmounted (in a private mount namespace, so the host keeps its
 /// own): rsttrace mounts it when it may, and says what to do when not.
+/// debugfs goes too: its tracing directory would mount tracefs on access.
 #[test]
 fn tracefs_missing_is_mounted_or_named() {
     // SAFETY: no preconditions.
@@ -100,7 +101,7 @@ fn tracefs_missing_is_mounted_or_named() {
     let run = |prefix: &str| {
         let script = format!(
             "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
-             {prefix} {bin} --summary-only --duration 1"
+             umount /sys/kernel/debug 2>/dev/null; {prefix} {bin} --summary-only --duration 1"
         );
         Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c", &script])

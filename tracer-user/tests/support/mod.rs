@@ -365,3 +365,28 @@ pub fn expected_reason(name: &str) -> Value {
         Value::Null
     }
 }
+
+/// The capabilities that attaching needs on this kernel, for setpriv's
+/// --bounding-set: CAP_BPF and CAP_PERFMON, plus CAP_SYS_ADMIN where
+/// kernel.perf_event_paranoid is above 2 (Debian's default, 3).
+pub fn attach_caps() -> &'static str {
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2);
+    if paranoid > 2 {
+        "+bpf,+perfmon,+sys_admin"
+    } else {
+        "+bpf,+perfmon"
+    }
+}
+
+/// Whether this kernel's skb:kfree_skb names NETFILTER_DROP (5.17+): where
+/// it does not, netfilter drops can't be counted (`rsttrace doctor` says so).
+pub fn kernel_names_netfilter_drops() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
+        .expect("kfree_skb format file")
+        .contains("NETFILTER_DROP")
+}

@@ -148,7 +148,15 @@ pub fn base(
 }
 
 /// Adds one kernel's modules (in load order) to a copy of the base.
-pub fn write(mut a: Archive, release: &str, modules: &ModulePlan, out: &Path) -> Result<()> {
+///
+/// `skip`: tests this kernel can't run (see `vm::NEEDS_MODULE`).
+pub fn write(
+    mut a: Archive,
+    release: &str,
+    modules: &ModulePlan,
+    skip: &[&str],
+    out: &Path,
+) -> Result<()> {
     let mut list = String::new();
     for ko in &modules.load {
         let name = ko.file_name().expect("file").to_string_lossy();
@@ -158,6 +166,8 @@ pub fn write(mut a: Archive, release: &str, modules: &ModulePlan, out: &Path) ->
         list.push('\n');
     }
     a.data("/etc/rsttrace-vm/modules", list, 0o644);
+    let skip: String = skip.iter().map(|t| format!("--skip {t}\n")).collect();
+    a.data("/etc/rsttrace-vm/skip", skip, 0o644);
     let tmp = out.with_extension("tmp");
     let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     a.write(f)?;
@@ -272,13 +282,14 @@ fn job_script(bins: &[(String, PathBuf)], job: &Job) -> String {
             );
         }
         Job::Tests { args } => {
-            s.push_str("fail=\"\"\n");
+            // Word-split on purpose: `--skip NAME` pairs, one per line.
+            s.push_str("fail=\"\"\nskip=$(cat /etc/rsttrace-vm/skip 2>/dev/null)\n");
             for (name, exe) in bins {
                 let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
                 s.push_str(&format!(
                     "echo \"RSTTRACE-VM: test binary {name}: start\"\n\
                      t0=$(date +%s)\n\
-                     {} {}\n\
+                     {} {} $skip\n\
                      rc=$?\n\
                      echo \"RSTTRACE-VM: test binary {name}: exit $rc after $(( $(date +%s) - t0 ))s\"\n\
                      [ $rc -eq 0 ] || fail=\"$fail {name}(exit $rc)\"\n",
