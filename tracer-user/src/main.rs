@@ -316,7 +316,7 @@ async fn run(mut args: Args) -> Result<()> {
             "owners of other users' sockets are not named (needs CAP_SYS_PTRACE)",
         );
     }
-    preflight::raise_memlock_limit();
+    preflight::raise_memlock_limit()?;
 
     let mut tracer = tracer::Tracer::load(&tracer::Options {
         send_reset: fmt.layout,

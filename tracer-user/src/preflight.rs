@@ -151,19 +151,51 @@ pub fn tracepoint_format(tracefs: &Path, category: &str, name: &str) -> Result<S
 }
 
 /// Lets map memory count against the memlock limit on kernels before 5.11.
-pub fn raise_memlock_limit() {
+/// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK (later ones to
+/// the memory cgroup): there the limit must be raised, which needs
+/// CAP_SYS_RESOURCE unless it is already unlimited.
+pub fn raise_memlock_limit() -> Result<()> {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: a valid rlimit struct. Failure only matters on old kernels,
-    // where the map creation error that follows says so.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } == 0 {
+        return Ok(());
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if charges_memlock(&release) {
+        bail!(
+            "can't raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE): kernel {} charges eBPF maps \
+             to it (before 5.11); run as root, or raise it first (`ulimit -l unlimited`)",
+            release.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether kernel `release` ("5.10.0-32-cloud-amd64") is older than 5.11.
+pub fn charges_memlock(release: &str) -> bool {
+    let mut v = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) < (5, 11)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memlock_is_charged_before_5_11() {
+        assert!(charges_memlock("5.10.0-32-cloud-amd64"));
+        assert!(charges_memlock("4.19.0"));
+        assert!(!charges_memlock("5.11.0"));
+        assert!(!charges_memlock("6.1.0-50-cloud-amd64"));
+        assert!(!charges_memlock("6.18.44-fc-v782\n"));
+    }
 
     #[test]
     fn debian_paranoid_3_needs_sys_admin_to_attach() {

@@ -49,13 +49,13 @@ fn ring_overflow_keeps_counts_exact_and_says_so_once() {
     // more as the test reads rsttrace's output only at the end.
     let trace = Trace::start(&["--ring-size", "4K"]);
     // The same in human output, read only at the end too.
-    let text = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+    let mut text = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
         .args(["--ring-size", "4K", "--rate", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_attached(text.id());
+    let (_, text_stderr) = wait_attached(&mut text);
     let sent = flood(&ns, "127.33.0.1", 2, 3000);
     let out = trace.stop();
     // SAFETY: signalling our own child.
@@ -63,7 +63,7 @@ fn ring_overflow_keeps_counts_exact_and_says_so_once() {
     let text = text.wait_with_output().unwrap();
     assert!(text.status.success());
     let human = String::from_utf8_lossy(&text.stdout);
-    let stderr = String::from_utf8_lossy(&text.stderr);
+    let stderr = text_stderr.finish();
     let lost_lines: Vec<&str> = human.lines().filter(|l| l.contains("lost")).collect();
     assert_eq!(
         lost_lines.len(),
@@ -100,17 +100,46 @@ fn ring_overflow_keeps_counts_exact_and_says_so_once() {
     );
 }
 
-/// Waits until process `pid` holds its three attached links.
-fn wait_attached(pid: u32) -> Vec<(String, String)> {
-    let mut ids = vec![];
-    for _ in 0..300 {
-        ids = bpf_ids(pid);
-        if ids.iter().filter(|(k, _)| k == "link").count() >= 3 {
-            return ids;
-        }
-        thread::sleep(Duration::from_millis(100));
+/// A child's standard error, collected while it runs.
+struct Stderr {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: thread::JoinHandle<()>,
+}
+
+impl Stderr {
+    /// Everything the child wrote, once it has exited.
+    fn finish(self) -> String {
+        let _ = self.reader.join();
+        self.text.lock().unwrap().clone()
     }
-    panic!("process {pid} did not attach: {ids:?}");
+}
+
+/// Waits for the child's "attached" line (the start-up line), then returns
+/// the BPF programs and links it holds. Its stderr is collected from then
+/// on. (Before 5.15 perf-event attachments hold no link: only programs.)
+fn wait_attached(child: &mut std::process::Child) -> (Vec<(String, String)>, Stderr) {
+    use std::io::BufRead as _;
+    let err = child.stderr.take().expect("stderr piped");
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = text.clone();
+    let reader = thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let attached = l.contains("attached");
+            t.lock().unwrap().push_str(&(l + "\n"));
+            if attached {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        panic!(
+            "process {} did not attach: {}",
+            child.id(),
+            text.lock().unwrap()
+        );
+    }
+    (bpf_ids(child.id()), Stderr { text, reader })
 }
 
 /// BPF program and link ids held by a process, from its fdinfo.
@@ -139,26 +168,17 @@ fn bpf_ids(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn sigterm_mid_flood_prints_the_summary_and_leaves_nothing_behind() {
     let ns = Netns::new("sigterm");
-    let child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
         .args(["--output", "json", "--summary-only"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Wait until attached: its programs and links are held.
-    let mut ids = vec![];
-    for _ in 0..300 {
-        ids = bpf_ids(pid);
-        if ids.iter().filter(|(k, _)| k == "link").count() >= 3 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ids.iter().any(|(k, _)| k == "prog"), "no programs: {ids:?}");
+    let (ids, child_stderr) = wait_attached(&mut child);
     assert!(
-        ids.iter().filter(|(k, _)| k == "link").count() >= 3,
-        "not attached: {ids:?}"
+        ids.iter().filter(|(k, _)| k == "prog").count() >= 3,
+        "programs held: {ids:?}"
     );
     let ns_ref = &ns;
     thread::scope(|s| {
@@ -168,7 +188,7 @@ fn sigterm_mid_flood_prints_the_summary_and_leaves_nothing_behind() {
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     });
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stderr = child_stderr.finish();
     assert!(out.status.success(), "exit {}: {stderr}", out.status);
     let parsed = parse_output(&String::from_utf8_lossy(&out.stdout), stderr);
     assert!(
@@ -238,9 +258,10 @@ fn runs_with_only_the_capabilities_it_needs() {
     });
     let mut seen = String::new();
     loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("attached line");
+        let l = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(e) => panic!("no attached line ({e}); stderr:\n{seen}"),
+        };
         seen.push_str(&l);
         seen.push('\n');
         if l.contains("attached") {

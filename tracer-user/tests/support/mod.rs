@@ -368,17 +368,26 @@ pub fn expected_reason(name: &str) -> Value {
 
 /// The capabilities that attaching needs on this kernel, for setpriv's
 /// --bounding-set: CAP_BPF and CAP_PERFMON, plus CAP_SYS_ADMIN where
-/// kernel.perf_event_paranoid is above 2 (Debian's default, 3).
-pub fn attach_caps() -> &'static str {
+/// kernel.perf_event_paranoid is above 2 (Debian's default, 3), plus
+/// CAP_SYS_RESOURCE before 5.11 (eBPF maps count against RLIMIT_MEMLOCK).
+pub fn attach_caps() -> String {
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(2);
+    let mut caps = String::from("+bpf,+perfmon");
     if paranoid > 2 {
-        "+bpf,+perfmon,+sys_admin"
-    } else {
-        "+bpf,+perfmon"
+        caps.push_str(",+sys_admin");
     }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (5, 11) {
+        caps.push_str(",+sys_resource");
+    }
+    caps
 }
 
 /// Whether this kernel's skb:kfree_skb names NETFILTER_DROP (5.17+): where
