@@ -400,7 +400,7 @@ mod tests {
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);
-        assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 24);
+        assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 40);
         assert_eq!(size_of::<RemoteStats>(), 24);
         assert_eq!(size_of::<RstEvent>(), 5 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
     }
