@@ -317,7 +317,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp stays on the initramfs (already a writable tmpfs): a tmpfs over it
+# would hide a workspace checked out under /tmp, and the binaries in it.
+chmod 1777 /tmp
 mount -t debugfs debugfs /sys/kernel/debug || say "warning: debugfs not mounted"
 mount -t tracefs tracefs /sys/kernel/tracing || say "warning: tracefs not mounted"
 mount -t bpf bpf /sys/fs/bpf || say "warning: bpffs not mounted"
