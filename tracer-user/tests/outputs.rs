@@ -5,7 +5,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::{Netns, Trace, refused_connects};
+use support::{Netns, Trace, refused_connects, rule_packets};
 
 fn scrape(ns: &Netns, path: &str) -> String {
     let url = format!("http://127.0.0.1:9477{path}");
@@ -65,12 +65,7 @@ fn metrics_endpoint_counts_exactly_what_the_kernel_counted() {
     );
     assert_eq!(tcp, 0, "netfilter's RSTs are not the TCP stack's");
     let listing = ns.output(&["nft", "list", "chain", "inet", "t", "in"]);
-    let rejected: u64 = listing
-        .split("packets ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {listing}"));
+    let rejected = rule_packets(&listing);
     assert!(closed >= 3 && rejected >= 2, "{closed} {rejected}");
 
     let text = scrape(&ns, "/metrics");
@@ -247,12 +242,7 @@ fn pcapng_carries_each_rst_with_its_cause() {
         1,
     );
     let listing = ns.output(&["nft", "list", "chain", "inet", "t", "in"]);
-    let rejected: usize = listing
-        .split("packets ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {listing}"));
+    let rejected = rule_packets(&listing) as usize;
     let out = trace.stop();
     assert!(out.rsts.is_empty(), "--summary-only printed events");
 

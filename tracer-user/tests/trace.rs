@@ -14,7 +14,7 @@ use std::{
 };
 
 use socket2::{SockRef, TcpKeepalive};
-use support::{Netns, Trace, connect_from, out_rsts_here};
+use support::{Netns, Trace, connect_from, out_rsts_here, rule_packets};
 
 /// Connects `n` times from `client` to a port nobody listens on; returns
 /// the namespace's OutRsts delta.
@@ -468,23 +468,6 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         assert!(sent >= s.2, "{sent} RSTs in {}, {} expected", s.0, s.2);
         out.assert_exactly(ns, s.1, sent, cause);
     }
-}
-
-/// Packets a netfilter rule matched, from its counter: the ground truth
-/// for netfilter's RSTs, which Tcp OutRsts does not count.
-fn rule_packets(listing: &str) -> u64 {
-    // nft: "... counter packets 3 bytes 180 reject ..."
-    if let Some(rest) = listing.split("packets ").nth(1) {
-        return rest.split_whitespace().next().unwrap().parse().unwrap();
-    }
-    // iptables -v -x -n: the REJECT line starts with its packet count.
-    listing
-        .lines()
-        .find(|l| l.contains("REJECT"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no REJECT rule in:\n{listing}"))
-        .parse()
-        .unwrap()
 }
 
 fn assert_netfilter(

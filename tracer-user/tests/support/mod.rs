@@ -399,3 +399,20 @@ pub fn kernel_names_netfilter_drops() -> bool {
         .expect("kfree_skb format file")
         .contains("NETFILTER_DROP")
 }
+
+/// Packets a netfilter rule matched, from its counter: the ground truth
+/// for netfilter's RSTs, which Tcp OutRsts does not count.
+pub fn rule_packets(listing: &str) -> u64 {
+    // nft: "... counter packets 3 bytes 180 reject ..."
+    if let Some(rest) = listing.split("packets ").nth(1) {
+        return rest.split_whitespace().next().unwrap().parse().unwrap();
+    }
+    // iptables -v -x -n: the REJECT line starts with its packet count.
+    listing
+        .lines()
+        .find(|l| l.contains("REJECT"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no REJECT rule in:\n{listing}"))
+        .parse()
+        .unwrap()
+}
