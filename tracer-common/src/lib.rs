@@ -225,6 +225,40 @@ pub struct EgressOffsets {
     pub socket_ino: u32,
 }
 
+/// Offsets into nf_tables' structures (its module BTF), for naming the
+/// chain of a REJECT rule that predates the trace. `ABSENT` leaves the
+/// nftables kprobes off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NftOffsets {
+    /// `nft_pktinfo.skb`
+    pub pktinfo_skb: u32,
+    /// `nft_chain.table`, `nft_chain.name`, `nft_table.name`: pointers.
+    pub chain_table: u32,
+    pub chain_name: u32,
+    pub table_name: u32,
+}
+
+impl NftOffsets {
+    pub const UNSET: Self = Self {
+        pktinfo_skb: ABSENT,
+        chain_table: ABSENT,
+        chain_name: ABSENT,
+        table_name: ABSENT,
+    };
+}
+
+/// Bytes kept of a table's or chain's name (nftables allows 256).
+pub const NFT_NAME_LEN: usize = 64;
+
+/// The names of an nftables base chain, by the chain's kernel address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NftChainNames {
+    pub table: [u8; NFT_NAME_LEN],
+    pub chain: [u8; NFT_NAME_LEN],
+}
+
 /// Bytes read at `sk_buff.protocol` when `EgressOffsets::skb_block` is 1.
 pub const SKB_BLOCK: u32 = 32;
 
@@ -359,6 +393,9 @@ pub struct RstEvent {
     /// Inode of the socket's file, for `socket-killed` (its owner is
     /// looked up by it); 0 otherwise.
     pub sk_ino: u64,
+    /// For a netfilter REJECT: the kernel address of the nftables base
+    /// chain that rejected, a key of the `NFT_CHAINS` map; 0 when unknown.
+    pub nft_chain: u64,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub local_port: u16,
@@ -382,6 +419,8 @@ mod pod {
     unsafe impl aya::Pod for super::StackRules {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
     unsafe impl aya::Pod for super::EgressOffsets {}
+    unsafe impl aya::Pod for super::NftOffsets {}
+    unsafe impl aya::Pod for super::NftChainNames {}
     unsafe impl aya::Pod for super::KfreeSkbLayout {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::Filter {}
@@ -402,6 +441,8 @@ mod tests {
         assert_eq!(size_of::<RemoteKey>(), 20);
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 40);
         assert_eq!(size_of::<RemoteStats>(), 24);
-        assert_eq!(size_of::<RstEvent>(), 5 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
+        assert_eq!(size_of::<RstEvent>(), 6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
+        assert_eq!(size_of::<NftOffsets>(), 4 * 4);
+        assert_eq!(size_of::<NftChainNames>(), 2 * NFT_NAME_LEN);
     }
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use tracer_common::{ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, cause, source, stat};
 
 use crate::{
-    count, filter, netns,
+    count, filter, netns, nft_chain,
     packet::{self, read},
     stack,
 };
@@ -138,10 +138,13 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
                     return Ok(0);
                 }
                 // The stack names the netfilter hook and backend.
-                Some(c) => (c, stack::stack_id(ctx)),
+                Some(c) => (c, stack::stack_id(ctx, stack::RAW_TP_OWN_FRAMES)),
                 None => {
                     count::bump(stat::EGRESS_UNEXPLAINED);
-                    (cause::UNKNOWN, stack::stack_id(ctx))
+                    (
+                        cause::UNKNOWN,
+                        stack::stack_id(ctx, stack::RAW_TP_OWN_FRAMES),
+                    )
                 }
             }
         }
@@ -161,6 +164,11 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         netns,
         stack_id,
         sk_ino: 0,
+        nft_chain: if cause == cause::NETFILTER_REJECT {
+            nft_chain::take_reject()
+        } else {
+            0
+        },
         // Outgoing: the source is this host.
         local_addr: p.saddr,
         remote_addr: p.daddr,

@@ -55,6 +55,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         netns,
         stack_id: -1,
         sk_ino: 0,
+        nft_chain: 0,
         local_addr: ends.local,
         remote_addr: ends.remote,
         local_port: ends.local_port,

@@ -145,7 +145,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         state,
         netns,
         stack_id: if emit && cause == cause::UNKNOWN {
-            stack::stack_id(ctx)
+            stack::stack_id(ctx, 0)
         } else {
             -1
         },
@@ -154,6 +154,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         } else {
             0
         },
+        nft_chain: 0,
         local_addr: ends.local,
         remote_addr: ends.remote,
         local_port: ends.local_port,

@@ -80,6 +80,7 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         netns,
         stack_id: -1,
         sk_ino: 0,
+        nft_chain: 0,
         local_addr: seg.daddr,
         remote_addr: seg.saddr,
         local_port: seg.dport,

@@ -26,6 +26,22 @@ pub enum Rules {
     Egress,
 }
 
+/// Frames a raw tracepoint program's stack starts with that are its own:
+/// the program (twice on 5.10: its unwinder repeats it) or the program and
+/// `bpf_trace_run1`. They lie among the modules and would read as one.
+/// Skipping `bpf_trace_run1` too is harmless: no rule names it.
+pub const RAW_TP_OWN_FRAMES: u64 = 2;
+
+impl Rules {
+    fn skip(self) -> u64 {
+        match self {
+            // A tracepoint program's stack starts at the traced code.
+            Rules::SendReset => 0,
+            Rules::Egress => RAW_TP_OWN_FRAMES,
+        }
+    }
+}
+
 /// Stacks of the RSTs whose details userspace reads off the stack
 /// (netfilter hook and backend, modules, unexplained paths), deduplicated by
 /// the kernel.
@@ -35,15 +51,16 @@ static STACK_TRACES: StackTrace = StackTrace::with_max_entries(4096, 0);
 const EEXIST: i32 = -17;
 const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 
-pub fn stack_id<C: StackIdContext>(ctx: &C) -> i32 {
+/// The stack's id in `STACK_TRACES`, without its first `skip` frames.
+pub fn stack_id<C: StackIdContext>(ctx: &C, skip: u64) -> i32 {
     // Another stack in the same bucket: without taking the bucket over the
     // event would go without its stack (a netfilter RST without its hook,
     // seen with many tests' stacks in one trace). The stack it replaces
     // belongs to an older event, almost always read by now.
-    match ctx.get_stackid(&STACK_TRACES, 0) {
+    match ctx.get_stackid(&STACK_TRACES, skip) {
         Ok(id) => id as i32,
         Err(EEXIST) => ctx
-            .get_stackid(&STACK_TRACES, BPF_F_REUSE_STACKID)
+            .get_stackid(&STACK_TRACES, skip | BPF_F_REUSE_STACKID)
             .map_or(-1, |id| id as i32),
         Err(_) => -1,
     }
@@ -78,7 +95,14 @@ pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: 
 fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> Option<u32> {
     let buf = STACK_BUF.get_ptr_mut(0)?;
     // SAFETY: buf is a per-CPU scratch of exactly the size passed.
-    let n = unsafe { bpf_get_stack(ctx.as_ptr(), buf.cast(), (STACK_DEPTH * 8) as u32, 0) };
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            buf.cast(),
+            (STACK_DEPTH * 8) as u32,
+            which.skip(),
+        )
+    };
     if n <= 0 {
         return None;
     }

@@ -86,6 +86,42 @@ impl Btf {
     }
 
     pub fn parse(d: &[u8]) -> Result<Self> {
+        let mut btf = Self {
+            types: vec![Type {
+                name_off: 0,
+                kind: 0,
+                kind_flag: false,
+                size_or_type: 0,
+                members: vec![],
+                array: None,
+            }],
+            strings: vec![],
+        };
+        btf.append(d)?;
+        Ok(btf)
+    }
+
+    /// Adds a module's BTF (/sys/kernel/btf/<module>): split BTF, whose
+    /// type ids and string offsets continue those of vmlinux.
+    pub fn add_module(&mut self, module: &str) -> Result<()> {
+        let path = format!("/sys/kernel/btf/{module}");
+        let data = std::fs::read(&path).with_context(|| {
+            format!("can't read {path} (module not loaded, or a kernel without module BTF)")
+        })?;
+        self.add_split(&data)
+            .with_context(|| format!("parsing {path}"))
+    }
+
+    fn add_split(&mut self, data: &[u8]) -> Result<()> {
+        let (types, strings) = (self.types.len(), self.strings.len());
+        self.append(data).inspect_err(|_| {
+            // Nothing half-added.
+            self.types.truncate(types);
+            self.strings.truncate(strings);
+        })
+    }
+
+    fn append(&mut self, d: &[u8]) -> Result<()> {
         if u16_at(d, 0)? != MAGIC {
             bail!("not BTF (bad magic), or big-endian BTF");
         }
@@ -102,16 +138,8 @@ impl Btf {
                 .context("BTF section out of bounds")
         };
         let tsec = section(type_off, type_len)?;
-        let strings = section(str_off, str_len)?.to_vec();
-
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            kind_flag: false,
-            size_or_type: 0,
-            members: vec![],
-            array: None,
-        }];
+        self.strings.extend_from_slice(section(str_off, str_len)?);
+        let types = &mut self.types;
         let mut o = 0usize;
         while o < tsec.len() {
             let name_off = u32_at(tsec, o)?;
@@ -156,7 +184,7 @@ impl Btf {
             }
             types.push(t);
         }
-        Ok(Self { types, strings })
+        Ok(())
     }
 
     fn name(&self, off: u32) -> &str {
@@ -349,6 +377,37 @@ pub mod tests {
         let e = btf.member("outer", &["nope"]).unwrap_err().to_string();
         assert!(e.contains("outer.nope not found"), "{e}");
         assert!(btf.member("missing", &["a"]).is_err());
+    }
+
+    #[test]
+    fn module_btf_continues_the_kernels_ids_and_strings() {
+        // vmlinux: 1 = int; strings "\0int\0" (5 bytes).
+        let mut btf = Btf::parse(&blob(&[("int", info(INT, 0), 4, vec![32])], &[])).unwrap();
+        // The module: 2 = int *, 3 = struct m { int *p; }, its names at
+        // offsets past vmlinux's strings: "\0m\0p\0" -> m = 5 + 1, p = 5 + 3.
+        let words: [u32; 9] = [0, info(PTR, 0), 1, 6, info(STRUCT, 1), 8, 8, 2, 0];
+        let tsec: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let strings = b"\0m\0p\0";
+        let mut split = MAGIC.to_le_bytes().to_vec();
+        split.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            tsec.len() as u32,
+            tsec.len() as u32,
+            strings.len() as u32,
+        ] {
+            split.extend_from_slice(&w.to_le_bytes());
+        }
+        split.extend_from_slice(&tsec);
+        split.extend_from_slice(strings);
+        btf.add_split(&split).unwrap();
+        let p = btf.member("m", &["p"]).unwrap();
+        assert_eq!((p.offset, p.size, p.type_id), (0, 8, 2));
+        // A broken module leaves the kernel's types as they were.
+        assert!(btf.add_split(&split[..split.len() - 10]).is_err());
+        assert!(btf.member("m", &["p"]).is_ok());
+        assert_eq!(btf.types.len(), 4);
     }
 
     #[test]

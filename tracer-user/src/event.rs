@@ -137,11 +137,13 @@ impl Decoder {
         Some(a)
     }
 
-    /// `stack` looks a stack id up in the kernel's stack map.
+    /// `stack` looks a stack id up in the kernel's stack map, `nft_chain`
+    /// an nftables chain's (table, chain) names by its kernel address.
     pub fn decode(
         &mut self,
         ev: &RstEvent,
         stack: impl FnOnce(i32) -> Option<Vec<u64>>,
+        nft_chain: impl FnOnce(u64) -> Option<(String, String)>,
     ) -> Option<Rst> {
         let family = match ev.family {
             AF_INET => Family::Ipv4,
@@ -157,12 +159,15 @@ impl Decoder {
                 .cloned()
                 .unwrap_or_else(|| format!("REASON_{}", ev.reason))
         });
+        let ksyms = self.ksyms.as_ref();
         let ips = if ev.stack_id >= 0 {
-            stack(ev.stack_id)
+            stack(ev.stack_id).map(|ips| match ksyms {
+                Some(k) => k.without_own_frames(ips),
+                None => ips,
+            })
         } else {
             None
         };
-        let ksyms = self.ksyms.as_ref();
         let named = ips.as_deref().map(|ips| frames(ksyms, ips));
         let mut netfilter = (cause == Cause::NetfilterReject)
             .then(|| {
@@ -179,6 +184,12 @@ impl Decoder {
             if let Some(a) = &nf.author {
                 nf.table = a.table.clone();
                 nf.chain = a.chain.clone();
+            } else if ev.nft_chain != 0
+                && let Some((table, chain)) = nft_chain(ev.nft_chain)
+            {
+                // A rule older than the trace: its base chain, as the
+                // kernel evaluated it.
+                (nf.table, nf.chain) = (Some(table), Some(chain));
             }
         }
         // A module built it: the first module frame names it.

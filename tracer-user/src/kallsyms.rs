@@ -14,6 +14,8 @@ pub struct Symbol {
 pub struct Kallsyms {
     /// Text symbols, sorted by address.
     syms: Vec<Symbol>,
+    /// See `core_text`.
+    core: Option<(u64, u64)>,
 }
 
 impl Kallsyms {
@@ -54,7 +56,13 @@ impl Kallsyms {
             );
         }
         syms.sort_by_key(|s| s.addr);
-        Ok(Self { syms })
+        let mut core = syms.iter().filter(|s| s.module.is_none());
+        let core = core.next().map(|first| {
+            let last = core.next_back().map_or(first.addr, |s| s.addr);
+            // The last function extends past its start; a page covers it.
+            (first.addr, last + 4096)
+        });
+        Ok(Self { syms, core })
     }
 
     /// [start, end) of a function: up to the next symbol's address.
@@ -77,6 +85,26 @@ impl Kallsyms {
         let last = mods.next_back().map_or(first, |s| s.addr);
         // The last function extends past its start; a page covers it.
         Some((first, last + 4096))
+    }
+
+    /// [lowest, highest] address of the core kernel's functions (not a
+    /// module's, a BPF program's or a trampoline's).
+    pub fn core_text(&self) -> Option<(u64, u64)> {
+        self.core
+    }
+
+    /// `ips` (a stack, innermost first) without its leading frames outside
+    /// the core kernel: the tracer's own BPF program, which would read as
+    /// a module's code.
+    pub fn without_own_frames(&self, ips: Vec<u64>) -> Vec<u64> {
+        let Some((start, end)) = self.core_text() else {
+            return ips;
+        };
+        let first = ips
+            .iter()
+            .position(|ip| (start..end).contains(ip))
+            .unwrap_or(ips.len());
+        ips[first..].to_vec()
     }
 
     /// The function containing `addr`, and the offset into it.
@@ -135,6 +163,18 @@ ffffffff820719f0 t next_fn
         );
         let no_mods = Kallsyms::parse("ffffffff81000000 T a\n").unwrap();
         assert_eq!(no_mods.module_area(), None);
+    }
+
+    #[test]
+    fn the_tracers_own_leading_frames_are_dropped() {
+        let k = Kallsyms::parse(SAMPLE).unwrap();
+        let (start, _) = k.core_text().unwrap();
+        assert_eq!(start, 0xffffffff8206b520);
+        // A BPF program's frame among the modules, then the kernel, then
+        // a module deeper down: only the first goes.
+        let stack = vec![0xffffffffc0a01800, 0xffffffff820715f8, 0xffffffffc0a01010];
+        assert_eq!(k.without_own_frames(stack.clone()), stack[1..].to_vec());
+        assert_eq!(k.without_own_frames(vec![]), Vec::<u64>::new());
     }
 
     #[test]

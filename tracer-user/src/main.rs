@@ -149,7 +149,19 @@ async fn run(mut args: Args) -> Result<()> {
         plan.fact(name, preflight::has_cap(cap), why);
     }
 
-    let egress_ok = egress_offsets().is_ok();
+    // Parsed once: every offset set comes from it.
+    let mut kernel_btf = btf::Btf::from_sys_fs();
+    let nft = if !kprobes {
+        Err(anyhow::anyhow!("naming them needs kprobes, absent here"))
+    } else if !args.direction.sent() {
+        Err(anyhow::anyhow!("only RSTs sent are traced"))
+    } else {
+        nft_plan(&mut kernel_btf, &ksyms)
+    };
+    let from_btf = || kernel_btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"));
+    let egress = from_btf().and_then(egress_offsets);
+    let netns = from_btf().and_then(netns_offsets);
+    let egress_ok = egress.is_ok();
     // Before 6.10 the tracepoint skips RSTs without a full socket: kprobes
     // take those where the kernel has them.
     let kprobe_resets = !reason && kprobes && egress_ok && args.direction.sent();
@@ -233,7 +245,6 @@ async fn run(mut args: Args) -> Result<()> {
             tracer_common::StackRules::EMPTY
         }
     };
-    let egress = egress_offsets();
     match (&egress, &ksyms) {
         (Ok(_), Ok(_)) => {
             plan.seen(
@@ -258,26 +269,46 @@ async fn run(mut args: Args) -> Result<()> {
         }
     }
     if egress.is_ok() {
-        let predating = if kprobes {
-            "kprobes on nft_do_chain/ipt_do_table could name those: not implemented yet"
-        } else {
-            "naming those needs kprobes on nft_do_chain/ipt_do_table, absent here"
-        };
-        plan.partly(
-            "netfilter hook, backend, table, chain and rule author of a REJECT",
-            "hook and backend from the kernel stack; table, chain, author from nftables netlink",
-            if preflight::has_cap(preflight::CAP_NET_ADMIN) {
+        let what = "netfilter hook, backend, table, chain and rule author of a REJECT";
+        let netlink = preflight::has_cap(preflight::CAP_NET_ADMIN);
+        let legacy = "iptables-legacy rules are named by hook only";
+        match (&nft, netlink) {
+            (Ok((_, functions)), true) => plan.partly(
+                what,
                 format!(
-                    "table, chain and author are named for nftables rules added while tracing, \
-                     not for rules that predate the trace ({predating})"
-                )
-            } else {
+                    "hook and backend from the kernel stack; table, chain, author from nftables \
+                     netlink; for rules older than the trace, the base chain from kprobes on \
+                     {}/{}",
+                    tracer::NFT_DO_CHAIN,
+                    functions.join("/")
+                ),
                 format!(
-                    "table, chain and author are not named: following nftables changes needs \
-                     CAP_NET_ADMIN; for rules that predate the trace, {predating}"
-                )
-            },
-        );
+                    "a rule older than the trace is named by its base chain (a jump target \
+                     chain is not), with no author; {legacy}"
+                ),
+            ),
+            (Err(e), true) => plan.partly(
+                what,
+                "hook and backend from the kernel stack; table, chain, author from nftables netlink",
+                format!(
+                    "named for nftables rules added while tracing, not for rules that predate \
+                     the trace ({e:#}); {legacy}"
+                ),
+            ),
+            (_, false) => plan.partly(
+                what,
+                "hook and backend from the kernel stack",
+                match &nft {
+                    Ok(_) => "following nftables changes needs CAP_NET_ADMIN: no author, and \
+                              only the base chain of each rule is named"
+                        .to_string(),
+                    Err(e) => format!(
+                        "table, chain and author are not named: following nftables changes needs \
+                         CAP_NET_ADMIN, and for rules older than the trace, {e:#}"
+                    ),
+                },
+            ),
+        }
     }
     let kfree_skb = kfree_skb_layout(&tracefs);
     match &kfree_skb {
@@ -290,7 +321,6 @@ async fn run(mut args: Args) -> Result<()> {
             plan.unseen("silent netfilter drops (no RST sent)", e.clone());
         }
     }
-    let netns = netns_offsets();
     match &netns {
         Ok(_) => plan.seen(
             "network namespace of each RST",
@@ -331,6 +361,7 @@ async fn run(mut args: Args) -> Result<()> {
         scope: &scope,
         sent: args.direction.sent(),
         kprobe_resets,
+        nft: nft.ok(),
         receive_reset: if args.direction.received() {
             plan.seen("RSTs received", "tracepoint tcp:tcp_receive_reset");
             let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;
@@ -384,6 +415,31 @@ async fn run(mut args: Args) -> Result<()> {
     let clock = BootClock::new();
     if doctor {
         tracer.detach()?;
+        // No hook needs fentry/fexit; the fact says whether a future one
+        // could use them here.
+        let fentry = tracer.probe_fentry();
+        plan.fact(
+            "fentry/fexit",
+            fentry.is_ok(),
+            match &fentry {
+                Ok(()) => {
+                    "attach here; no hook needs them (tracepoints and kprobes serve)".to_string()
+                }
+                Err(e) => format!(
+                    "not usable here ({}); no hook needs them",
+                    e.root_cause()
+                        .to_string()
+                        .split(". Verifier output")
+                        .next()
+                        .unwrap_or("")
+                ),
+            },
+        );
+        plan.fact(
+            "kernel stack traces",
+            true,
+            "the stack map and bpf_get_stack loaded with the programs: stack rules work",
+        );
         print!("{}", plan.report());
         return Ok(());
     }
@@ -551,69 +607,109 @@ fn kfree_skb_layout(tracefs: &std::path::Path) -> Result<tracer_common::KfreeSkb
 
 /// Offsets for reading outgoing packets at the egress hook; without them
 /// only the TCP stack's RSTs are seen, and rsttrace says so.
-fn egress_offsets() -> Result<tracer_common::EgressOffsets> {
-    btf::Btf::from_sys_fs().and_then(|b| {
-        let m = |s: &str, p: &[&str], size: u32| -> Result<u32> {
-            let m = b.member(s, p)?;
-            anyhow::ensure!(
-                m.size == size,
-                "{s}.{} has size {} (expected {size})",
-                p.join("."),
-                m.size
-            );
-            Ok(m.offset)
-        };
-        let (head, nh, proto) = (
-            m("sk_buff", &["head"], 8)?,
-            m("sk_buff", &["network_header"], 2)?,
-            m("sk_buff", &["protocol"], 2)?,
+fn egress_offsets(b: &btf::Btf) -> Result<tracer_common::EgressOffsets> {
+    let m = |s: &str, p: &[&str], size: u32| -> Result<u32> {
+        let m = b.member(s, p)?;
+        anyhow::ensure!(
+            m.size == size,
+            "{s}.{} has size {} (expected {size})",
+            p.join("."),
+            m.size
         );
-        // One read for the three when they sit together after `protocol`.
-        let block = nh > proto
-            && head > proto
-            && head + 8 - proto <= tracer_common::SKB_BLOCK
-            && nh + 2 - proto <= tracer_common::SKB_BLOCK;
-        Ok(tracer_common::EgressOffsets {
-            skb_sk: m("sk_buff", &["sk"], 8)?,
-            skb_head: head,
-            skb_network_header: nh,
-            skb_protocol: proto,
-            skb_block: u32::from(block),
-            sk_family: m("sock", &["__sk_common", "skc_family"], 2)?,
-            sk_state: m("sock", &["__sk_common", "skc_state"], 1)?,
-            sk_type: m("sock", &["sk_type"], 2)?,
-            sk_protocol: m("sock", &["sk_protocol"], 2)?,
-            sk_socket: m("sock", &["sk_socket"], 8)?,
-            socket_file: m("socket", &["file"], 8)?,
-            skb_iif: m("sk_buff", &["skb_iif"], 4)?,
-            socket_ino: {
-                let sock = b.member("socket_alloc", &["socket"])?.offset;
-                let inode = b.member("socket_alloc", &["vfs_inode"])?.offset;
-                let ino = m("inode", &["i_ino"], 8)?;
-                anyhow::ensure!(inode > sock, "socket_alloc has its inode first");
-                inode - sock + ino
-            },
-        })
+        Ok(m.offset)
+    };
+    let (head, nh, proto) = (
+        m("sk_buff", &["head"], 8)?,
+        m("sk_buff", &["network_header"], 2)?,
+        m("sk_buff", &["protocol"], 2)?,
+    );
+    // One read for the three when they sit together after `protocol`.
+    let block = nh > proto
+        && head > proto
+        && head + 8 - proto <= tracer_common::SKB_BLOCK
+        && nh + 2 - proto <= tracer_common::SKB_BLOCK;
+    Ok(tracer_common::EgressOffsets {
+        skb_sk: m("sk_buff", &["sk"], 8)?,
+        skb_head: head,
+        skb_network_header: nh,
+        skb_protocol: proto,
+        skb_block: u32::from(block),
+        sk_family: m("sock", &["__sk_common", "skc_family"], 2)?,
+        sk_state: m("sock", &["__sk_common", "skc_state"], 1)?,
+        sk_type: m("sock", &["sk_type"], 2)?,
+        sk_protocol: m("sock", &["sk_protocol"], 2)?,
+        sk_socket: m("sock", &["sk_socket"], 8)?,
+        socket_file: m("socket", &["file"], 8)?,
+        skb_iif: m("sk_buff", &["skb_iif"], 4)?,
+        socket_ino: {
+            let sock = b.member("socket_alloc", &["socket"])?.offset;
+            let inode = b.member("socket_alloc", &["vfs_inode"])?.offset;
+            let ino = m("inode", &["i_ino"], 8)?;
+            anyhow::ensure!(inode > sock, "socket_alloc has its inode first");
+            inode - sock + ino
+        },
     })
+}
+
+/// What naming the chain of a REJECT rule older than the trace takes:
+/// nf_tables loaded (its module's BTF, nft_do_chain) and a reject function
+/// to hook; returns the offsets and the reject functions present.
+fn nft_plan(
+    kernel_btf: &mut Result<btf::Btf>,
+    ksyms: &Result<kallsyms::Kallsyms>,
+) -> Result<(tracer_common::NftOffsets, Vec<&'static str>)> {
+    let ksyms = ksyms
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("kernel symbols are needed: {e:#}"))?;
+    anyhow::ensure!(
+        ksyms.range(tracer::NFT_DO_CHAIN).is_some(),
+        "nf_tables was not loaded when rsttrace started (no nftables or iptables-nft rules)"
+    );
+    let functions: Vec<&'static str> = tracer::NF_SEND_RESET_FUNCTIONS
+        .into_iter()
+        .filter(|f| ksyms.range(f).is_some())
+        .collect();
+    anyhow::ensure!(
+        !functions.is_empty(),
+        "no reject module (nf_reject_ipv4/ipv6) was loaded when rsttrace started"
+    );
+    let b = kernel_btf
+        .as_mut()
+        .map_err(|e| anyhow::anyhow!("kernel BTF is needed: {e:#}"))?;
+    if b.member("nft_chain", &["name"]).is_err() {
+        b.add_module("nf_tables")?;
+    }
+    let ptr = |s: &str, m: &str| -> Result<u32> {
+        let m2 = b.member(s, &[m])?;
+        anyhow::ensure!(m2.size == 8, "{s}.{m} is not a pointer");
+        Ok(m2.offset)
+    };
+    Ok((
+        tracer_common::NftOffsets {
+            pktinfo_skb: ptr("nft_pktinfo", "skb")?,
+            chain_table: ptr("nft_chain", "table")?,
+            chain_name: ptr("nft_chain", "name")?,
+            table_name: ptr("nft_table", "name")?,
+        },
+        functions,
+    ))
 }
 
 /// Offsets for reading a RST's network namespace; without BTF the trace
 /// still runs, with `netns` null.
-fn netns_offsets() -> Result<tracer_common::NetnsOffsets> {
-    btf::Btf::from_sys_fs().and_then(|b| {
-        let ptr = |s: &str, p: &[&str]| -> Result<u32> {
-            let m = b.member(s, p)?;
-            anyhow::ensure!(m.size == 8, "{s}.{} is not a pointer", p.join("."));
-            Ok(m.offset)
-        };
-        let inum = b.member("net", &["ns", "inum"])?;
-        anyhow::ensure!(inum.size == 4, "net.ns.inum is not 32 bits");
-        Ok(tracer_common::NetnsOffsets {
-            sock_net: ptr("sock", &["__sk_common", "skc_net", "net"])?,
-            skb_dev: ptr("sk_buff", &["dev"])?,
-            dev_net: ptr("net_device", &["nd_net", "net"])?,
-            net_inum: inum.offset,
-        })
+fn netns_offsets(b: &btf::Btf) -> Result<tracer_common::NetnsOffsets> {
+    let ptr = |s: &str, p: &[&str]| -> Result<u32> {
+        let m = b.member(s, p)?;
+        anyhow::ensure!(m.size == 8, "{s}.{} is not a pointer", p.join("."));
+        Ok(m.offset)
+    };
+    let inum = b.member("net", &["ns", "inum"])?;
+    anyhow::ensure!(inum.size == 4, "net.ns.inum is not 32 bits");
+    Ok(tracer_common::NetnsOffsets {
+        sock_net: ptr("sock", &["__sk_common", "skc_net", "net"])?,
+        skb_dev: ptr("sk_buff", &["dev"])?,
+        dev_net: ptr("net_device", &["nd_net", "net"])?,
+        net_inum: inum.offset,
     })
 }
 
@@ -633,7 +729,7 @@ fn drain(
         // with the ring's 8-byte alignment.
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
-        if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id)) {
+        if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id), |c| tracer.nft_chain(c)) {
             tally.observe(&rst);
             sink.rst(&rst)?;
             shown = true;

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
@@ -86,11 +86,8 @@ fn counter(
     help: &str,
     series: impl IntoIterator<Item = (Labels, u64)>,
 ) -> std::fmt::Result {
-    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in series {
-        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let series = series.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(enc, name, help, MetricType::Counter, series)
 }
 
 fn gauge(
@@ -99,9 +96,20 @@ fn gauge(
     help: &str,
     series: impl IntoIterator<Item = (Labels, i64)>,
 ) -> std::fmt::Result {
-    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in series {
-        ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+    let series = series.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(enc, name, help, MetricType::Gauge, series)
+}
+
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (Labels, M)>,
+) -> std::fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, m) in series {
+        m.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -9,13 +9,13 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
+        FEntry, KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
         raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use tracer_common::{
-    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, RemoteKey, RemoteStats,
-    SendResetLayout, StackRules,
+    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
+    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
 };
 
 use crate::cause::ReasonEntry;
@@ -42,7 +42,16 @@ pub struct Options<'a> {
     /// Kernels before 6.10: kprobes on tcp_v4/v6_send_reset take the RSTs
     /// the tracepoint skips (needs the egress offsets to read the segment).
     pub kprobe_resets: bool,
+    /// Kernels with kprobes and nf_tables' BTF: the offsets, and the reject
+    /// functions present (nf_send_reset, nf_send_reset6), for naming the
+    /// chain of REJECT rules that predate the trace.
+    pub nft: Option<(NftOffsets, Vec<&'static str>)>,
 }
+
+/// Where nftables evaluates a base chain, and where netfilter's REJECT
+/// builds a TCP reset (IPv4, IPv6).
+pub const NFT_DO_CHAIN: &str = "nft_do_chain";
+pub const NF_SEND_RESET_FUNCTIONS: [&str; 2] = ["nf_send_reset", "nf_send_reset6"];
 
 /// The functions `send_reset_no_full_socket` is attached to.
 pub const SEND_RESET_FUNCTIONS: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_reset"];
@@ -62,6 +71,9 @@ pub struct Tracer {
     egress: bool,
     drops: bool,
     kprobe_resets: bool,
+    /// Reject functions to attach the nftables chain kprobes with; none:
+    /// those kprobes stay off.
+    nft_rejects: Vec<&'static str>,
 }
 
 impl Tracer {
@@ -98,6 +110,11 @@ impl Tracer {
             )
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)
+            .override_global(
+                "NFT_OFFSETS",
+                &opts.nft.as_ref().map_or(NftOffsets::UNSET, |(o, _)| *o),
+                true,
+            )
             .map_max_entries("REMOTES", opts.max_remote_ips)
             .map_max_entries("EVENTS", opts.ring_size)
             .load(EBPF_OBJECT)
@@ -140,17 +157,15 @@ impl Tracer {
             egress: opts.egress.is_some(),
             drops,
             kprobe_resets: opts.kprobe_resets && opts.egress.is_some(),
+            nft_rejects: match &opts.nft {
+                Some((_, functions)) if opts.egress.is_some() => functions.clone(),
+                _ => vec![],
+            },
         })
     }
 
     fn attach_tp(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
-        let p: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing"))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("the kernel verifier rejected the {prog} program"))?;
+        let p = load(&mut self.ebpf, prog, TracePoint::load)?;
         let link = p
             .attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
@@ -158,17 +173,22 @@ impl Tracer {
         Ok(())
     }
 
+    fn attach_kprobe(&mut self, prog: &str, functions: &[&str]) -> Result<()> {
+        let p = load(&mut self.ebpf, prog, KProbe::load)?;
+        for func in functions {
+            let link = p
+                .attach(func, 0)
+                .with_context(|| format!("attaching a kprobe to {func}"))?;
+            self.links.push((prog.into(), Link::KProbe(link)));
+        }
+        Ok(())
+    }
+
     pub fn attach(&mut self) -> Result<()> {
         if self.sent {
             self.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset")?;
             if self.egress {
-                let p: &mut RawTracePoint = self
-                    .ebpf
-                    .program_mut("net_dev_queue")
-                    .context("program net_dev_queue missing")?
-                    .try_into()?;
-                p.load()
-                    .context("the kernel verifier rejected the net_dev_queue program")?;
+                let p = load(&mut self.ebpf, "net_dev_queue", RawTracePoint::load)?;
                 let link = p
                     .attach("net_dev_queue")
                     .context("attaching to raw tracepoint net_dev_queue")?;
@@ -179,25 +199,33 @@ impl Tracer {
                 self.attach_tp("kfree_skb", "skb", "kfree_skb")?;
             }
             if self.kprobe_resets {
-                let prog = "send_reset_no_full_socket";
-                let p: &mut KProbe = self
-                    .ebpf
-                    .program_mut(prog)
-                    .with_context(|| format!("program {prog} missing"))?
-                    .try_into()?;
-                p.load()
-                    .with_context(|| format!("the kernel verifier rejected the {prog} program"))?;
-                for func in SEND_RESET_FUNCTIONS {
-                    let link = p
-                        .attach(func, 0)
-                        .with_context(|| format!("attaching a kprobe to {func}"))?;
-                    self.links.push((prog.into(), Link::KProbe(link)));
-                }
+                self.attach_kprobe("send_reset_no_full_socket", &SEND_RESET_FUNCTIONS)?;
+            }
+            if !self.nft_rejects.is_empty() {
+                let functions = self.nft_rejects.clone();
+                self.attach_kprobe("nft_do_chain_entry", &[NFT_DO_CHAIN])?;
+                self.attach_kprobe("nf_send_reset_entry", &functions)?;
             }
         }
         if self.received {
             self.attach_tp("tcp_receive_reset", "tcp", "tcp_receive_reset")?;
         }
+        Ok(())
+    }
+
+    /// Whether fentry programs load and attach here (doctor's fact): a
+    /// program on `bpf_fentry_test1`, detached at once.
+    pub fn probe_fentry(&mut self) -> Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let p: &mut FEntry = self
+            .ebpf
+            .program_mut("fentry_probe")
+            .context("program fentry_probe missing")?
+            .try_into()?;
+        p.load("bpf_fentry_test1", &btf)
+            .context("loading an fentry program")?;
+        let link = p.attach().context("attaching an fentry program")?;
+        p.detach(link)?;
         Ok(())
     }
 
@@ -225,6 +253,19 @@ impl Tracer {
             .with_context(|| format!("detaching {prog}"))?;
         }
         Ok(())
+    }
+
+    /// (table, chain) of the nftables base chain at kernel address `addr`,
+    /// as read at its last reject.
+    pub fn nft_chain(&self, addr: u64) -> Option<(String, String)> {
+        let map: HashMap<_, u64, NftChainNames> =
+            HashMap::try_from(self.ebpf.map("NFT_CHAINS")?).ok()?;
+        let n = map.get(&addr, 0).ok()?;
+        let text = |b: &[u8]| {
+            let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+            String::from_utf8_lossy(&b[..end]).into_owned()
+        };
+        Some((text(&n.table), text(&n.chain)))
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.
@@ -289,4 +330,22 @@ impl Tracer {
     pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
         self.per_cpu_entries("REMOTES")
     }
+}
+
+/// `prog` as its program type, loaded into the kernel (the verifier's
+/// refusal named); `load_fn` is that type's `load`.
+fn load<'a, P>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+    load_fn: fn(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p: &mut P = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?
+        .try_into()?;
+    load_fn(p).with_context(|| format!("the kernel verifier rejected the {prog} program"))?;
+    Ok(p)
 }

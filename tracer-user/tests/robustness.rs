@@ -323,6 +323,28 @@ fn doctor_prints_the_plan_for_this_kernel() {
     for signal in ["RSTs received", "network namespace of each RST"] {
         assert!(line(signal).trim_start().starts_with("ok "), "{text}");
     }
+    // Chains of rules older than the trace: named where kprobes and
+    // nf_tables' BTF are there, and the plan says which.
+    let netfilter = text
+        .split("netfilter hook, backend, table, chain")
+        .nth(1)
+        .expect("the netfilter signal");
+    if support::names_predating_nft_chains() {
+        assert!(
+            netfilter.contains("kprobes on nft_do_chain/nf_send_reset"),
+            "{text}"
+        );
+    } else {
+        assert!(
+            netfilter.contains("not for rules that predate the trace"),
+            "{text}"
+        );
+    }
+    assert!(
+        line("kernel stack traces").trim_start().starts_with("yes "),
+        "{text}"
+    );
+    line("fentry/fexit");
     // As root every permission is there.
     for cap in [
         "CAP_SYSLOG",

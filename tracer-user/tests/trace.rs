@@ -477,10 +477,19 @@ fn assert_netfilter(
     n: u64,
     hook: &str,
     backend: &str,
+    base_chain: Option<(&str, &str)>,
 ) {
+    // Rules older than the trace: their (table, base chain) where the
+    // kernel lets rsttrace read it (`rsttrace doctor` says), else null.
+    let (table, chain) = match base_chain {
+        Some((t, c)) if support::names_predating_nft_chains() => (t.into(), c.into()),
+        _ => (serde_json::Value::Null, serde_json::Value::Null),
+    };
     for e in out.assert_exactly(ns, remote, n, "netfilter-reject") {
         assert_eq!(e["netfilter"]["hook"], hook, "{e}");
         assert_eq!(e["netfilter"]["backend"], backend, "{e}");
+        assert_eq!(e["netfilter"]["table"], table, "{e}");
+        assert_eq!(e["netfilter"]["chain"], chain, "{e}");
         assert_eq!(e["kernel_reason"], serde_json::Value::Null);
         // The rule ran in softirq on behalf of the peer: no actor.
         assert_eq!(e["actor"], serde_json::Value::Null, "{e}");
@@ -532,12 +541,36 @@ fn netfilter_reject_nftables_input_output_prerouting() {
     );
     let pre = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "pre"]));
     assert!(pre >= 2, "prerouting rule counter: {pre}");
-    assert_netfilter(&out, &ns, "127.16.0.2", pre, "prerouting", "nftables");
+    assert_netfilter(
+        &out,
+        &ns,
+        "127.16.0.2",
+        pre,
+        "prerouting",
+        "nftables",
+        Some(("rsttrace_t", "pre")),
+    );
     let in4 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
     let out6 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "out"]));
     assert!(in4 >= 3 && out6 >= 2, "rule counters: {in4} {out6}");
-    assert_netfilter(&out, &ns, "127.16.0.1", in4, "input", "nftables");
-    assert_netfilter(&out, &ns, "fd72:7374::17", out6, "output", "nftables");
+    assert_netfilter(
+        &out,
+        &ns,
+        "127.16.0.1",
+        in4,
+        "input",
+        "nftables",
+        Some(("rsttrace_t", "in")),
+    );
+    assert_netfilter(
+        &out,
+        &ns,
+        "fd72:7374::17",
+        out6,
+        "output",
+        "nftables",
+        Some(("rsttrace_t", "out")),
+    );
     // The segments the rules answered are not silent drops.
     let drops = out.summary["drops"].as_array().unwrap();
     assert!(
@@ -608,8 +641,24 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
     let n4 = rule_packets(&ns.output(&["iptables", "-L", "INPUT", "-v", "-x", "-n"]));
     let n6 = rule_packets(&ns.output(&["ip6tables", "-L", "INPUT", "-v", "-x", "-n"]));
     assert!(n4 >= 2 && n6 >= 3, "rule counters: {n4} {n6}");
-    assert_netfilter(&out, &ns, "127.18.0.1", n4, "input", "iptables-nft");
-    assert_netfilter(&out, &ns, "fd72:7374::18", n6, "input", "iptables-nft");
+    assert_netfilter(
+        &out,
+        &ns,
+        "127.18.0.1",
+        n4,
+        "input",
+        "iptables-nft",
+        Some(("filter", "INPUT")),
+    );
+    assert_netfilter(
+        &out,
+        &ns,
+        "fd72:7374::18",
+        n6,
+        "input",
+        "iptables-nft",
+        Some(("filter", "INPUT")),
+    );
 }
 
 #[test]
@@ -641,7 +690,8 @@ fn netfilter_reject_iptables_legacy() {
     assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
     let n = rule_packets(&ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]));
     assert!(n >= 2, "rule counter: {n}");
-    assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy");
+    // Legacy tables are not nftables chains: named by hook only.
+    assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy", None);
 }
 
 /// An IPv4 + TCP RST from 127.0.0.1:80 to remote:port (the kernel, or
@@ -935,7 +985,8 @@ fn netfilter_reject_nftables_netdev_ingress() {
     assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
     let n = rule_packets(&ns.output(&["nft", "list", "chain", "netdev", "rsttrace_t", "ing"]));
     assert!(n >= 2, "rule counter: {n}");
-    assert_netfilter(&out, &ns, "127.39.0.1", n, "ingress", "nftables");
+    // Built outside nf_send_reset: the netdev reject is named by hook only.
+    assert_netfilter(&out, &ns, "127.39.0.1", n, "ingress", "nftables", None);
     let drops = out.summary["drops"].as_array().unwrap();
     assert!(
         !drops.iter().any(|d| d["remote_ip"] == "127.39.0.1"),
@@ -1036,5 +1087,171 @@ fn netfilter_reject_in_the_forward_hook() {
         rule_packets(&router.output(&["nft", "list", "chain", "inet", "rsttrace_t", "forwarded"]));
     assert!(n >= 2, "rule counter: {n}");
     // The RST leaves the router: its namespace, not the client's.
-    assert_netfilter(&out, &router, "fd72:7374:c::1", n, "forward", "nftables");
+    assert_netfilter(
+        &out,
+        &router,
+        "fd72:7374:c::1",
+        n,
+        "forward",
+        "nftables",
+        Some(("rsttrace_t", "forwarded")),
+    );
+}
+
+/// A kernel module loaded for one test and removed after it (even when
+/// the test fails), through the raw syscalls: no tools needed in the VM.
+struct TestModule {
+    name: &'static str,
+}
+
+impl TestModule {
+    fn load(path: &str, name: &'static str, params: &str) -> Self {
+        // A run that died half-way may have left it loaded.
+        Self::remove(name);
+        let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let params = std::ffi::CString::new(params).unwrap();
+        // SAFETY: a valid fd and a NUL-terminated string.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                params.as_ptr(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "loading {path}: {}", std::io::Error::last_os_error());
+        TestModule { name }
+    }
+
+    fn param(&self, p: &str) -> u64 {
+        let path = format!("/sys/module/{}/parameters/{p}", self.name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.trim().parse().expect("a number")
+    }
+
+    fn remove(name: &str) {
+        let name = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated string.
+        unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+    }
+}
+
+impl Drop for TestModule {
+    fn drop(&mut self) {
+        Self::remove(self.name);
+    }
+}
+
+/// A RST built by a kernel module (in-kernel IPS modules do this): neither
+/// the TCP stack nor netfilter's REJECT sent it, so it is `injected`, named
+/// after the module, with no actor (it runs in whatever context the SYN
+/// arrived in). The module (tests/kmod) answers SYNs to one port.
+#[test]
+#[ignore = "loads a test module built for the running kernel: `cargo xtask vm-test` builds \
+            it and runs this test on the kernels it can build it for"]
+fn injected_by_a_kernel_module() {
+    let ko = std::env::var("RSTTRACE_TEST_MODULE").expect(
+        "RSTTRACE_TEST_MODULE: the path of rst_inject_test.ko (cargo xtask vm-test sets it)",
+    );
+    let ns = Netns::new("kmod");
+    let module = TestModule::load(&ko, "rst_inject_test", "port=7801");
+    let trace = Trace::start(&[]);
+    let stack_rsts = support::refused_connects(
+        &ns,
+        "127.52.0.1".parse().unwrap(),
+        "127.0.0.1:7801".parse().unwrap(),
+        3,
+    );
+    let out = trace.stop();
+    let sent = module.param("sent");
+    assert_eq!(stack_rsts, 0, "the module answered, not the TCP stack");
+    assert!(
+        sent >= 3,
+        "the module sent {sent} RSTs for 3 refused connects"
+    );
+    for e in out.assert_exactly(&ns, "127.52.0.1", sent, "injected") {
+        assert_eq!(e["module"], "rst_inject_test", "{e}");
+        assert!(e.get("actor").is_none_or(|a| a.is_null()), "no actor: {e}");
+        assert_eq!(e["local_port"], 7801, "{e}");
+    }
+}
+
+/// The keep-alive race: the server closes `n` idle connections from
+/// `client`, each client's kernel acknowledges the FIN, and the client,
+/// not yet aware, sends a request. The server's side is a time-wait socket
+/// by then (FIN_WAIT2 substate), which answers new data with a RST: on
+/// kernels before 6.10 tcp_send_reset does not fire for it, and the
+/// kprobe on tcp_v4_send_reset takes it. Returns the OutRsts delta.
+fn data_after_close(ns: &Netns, client: &'static str, n: usize) -> u64 {
+    ns.run(move || {
+        let before = out_rsts_here();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for _ in 0..n {
+            let (mut c, s) = established_with(&listener, client);
+            let peer_port = c.local_addr().unwrap().port();
+            drop(s);
+            wait_for_fin_acked(port, peer_port);
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            // The RST makes the client's socket report an error.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.take_error().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "no RST for the late request");
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        out_rsts_here() - before
+    })
+}
+
+fn established_with(
+    listener: &TcpListener,
+    client: &str,
+) -> (std::net::TcpStream, std::net::TcpStream) {
+    let c = connect_from(client.parse().unwrap(), listener.local_addr().unwrap()).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    (c.into(), s)
+}
+
+/// Waits until the server's side of 127.0.0.1:`port` <-> `peer_port` has
+/// its FIN acknowledged: FIN_WAIT2 (a time-wait socket shows its substate,
+/// 05, in this thread's /proc/net/tcp). The client's kernel may delay its
+/// ACK of the FIN.
+fn wait_for_fin_acked(port: u16, peer_port: u16) {
+    let (local, remote) = (format!(":{port:04X}"), format!(":{peer_port:04X}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap();
+        let acked = tcp.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[2].ends_with(&remote) && f[3] == "05"
+        });
+        if acked {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never acknowledged the server's FIN: {tcp}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn data_after_close_on_a_time_wait_socket() {
+    let ns = Netns::new("late");
+    let trace = Trace::start(&[]);
+    let sent = data_after_close(&ns, "127.53.0.1", 3);
+    let out = trace.stop();
+    assert_eq!(sent, 3, "OutRsts delta in the namespace");
+    for e in out.assert_exactly(&ns, "127.53.0.1", sent, "data-after-close") {
+        assert_eq!(
+            e["kernel_reason"],
+            support::expected_reason("TCP_TIMEWAIT_SOCKET"),
+            "{e}"
+        );
+        assert_eq!(e["local_ip"], "127.0.0.1");
+        // Sent in softirq, on behalf of the peer: nobody to name.
+        assert!(e.get("actor").is_none_or(|a| a.is_null()), "no actor: {e}");
+    }
 }

@@ -9,6 +9,7 @@ mod initramfs;
 mod kernel;
 mod qemu;
 mod report;
+mod testmod;
 
 use std::{
     path::{Path, PathBuf},
@@ -197,8 +198,13 @@ fn one(
         .filter(|(m, _)| modules.missing.iter().any(|x| x == m))
         .map(|(_, t)| *t)
         .collect();
+    let kmod = testmod::build(apt, suite, &k)?;
+    let ko = match &kmod {
+        testmod::Outcome::Built(ko) => Some(ko.as_path()),
+        testmod::Outcome::NotBuilt(_) => None,
+    };
     let initrd = dir.join("initrd.cpio");
-    initramfs::write(base.clone(), &k.release, &modules, &skip, &initrd)?;
+    initramfs::write(base.clone(), &k.release, &modules, &skip, ko, &initrd)?;
     let log = dir.join("console.log");
     eprintln!(
         "xtask: vm: booting {label} ({}) under qemu ({:?}); console in {}",
@@ -237,7 +243,11 @@ fn one(
         (None, true) => format!("FAIL timed out after {}s", o.timeout.as_secs()),
         (None, false) => "FAIL the VM stopped without a result line".into(),
     };
-    print_kernel(&k, &line, &out, &summary, &modules, &text, &log);
+    let not_built = match &kmod {
+        testmod::Outcome::NotBuilt(why) => Some(why.as_str()),
+        testmod::Outcome::Built(_) => None,
+    };
+    print_kernel(&k, &line, &out, &summary, &modules, not_built, &text, &log);
     Ok(KernelResult {
         label,
         release: k.release,
@@ -248,12 +258,14 @@ fn one(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_kernel(
     k: &kernel::Kernel,
     line: &str,
     out: &qemu::Outcome,
     s: &report::Summary,
     modules: &kernel::ModulePlan,
+    kmod_not_built: Option<&str>,
     log_text: &str,
     log: &Path,
 ) {
@@ -308,6 +320,9 @@ fn print_kernel(
         if modules.missing.iter().any(|x| x == m) {
             println!("   NOT RUN here: {t} (needs {m}, absent from this kernel)");
         }
+    }
+    if let Some(why) = kmod_not_built {
+        println!("   NOT RUN here: {} (no test module: {why})", testmod::TEST);
     }
     for w in &s.warnings {
         println!("   VM warning: {w}");

@@ -416,3 +416,14 @@ pub fn rule_packets(listing: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Whether rsttrace names the nftables base chain of a REJECT rule that
+/// predates the trace: kprobes, and nf_tables' types in BTF (its module's
+/// BTF, from 5.11; or built in). `rsttrace doctor` says the same.
+pub fn names_predating_nft_chains() -> bool {
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    let nf_tables_builtin =
+        exists("/sys/module/nf_tables") && !exists("/sys/module/nf_tables/initstate");
+    exists("/sys/bus/event_source/devices/kprobe/type")
+        && (exists("/sys/kernel/btf/nf_tables") || nf_tables_builtin)
+}

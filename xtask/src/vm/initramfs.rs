@@ -149,12 +149,14 @@ pub fn base(
 
 /// Adds one kernel's modules (in load order) to a copy of the base.
 ///
-/// `skip`: tests this kernel can't run (see `vm::NEEDS_MODULE`).
+/// `skip`: tests this kernel can't run (see `vm::NEEDS_MODULE`); `kmod`:
+/// the test module built for it, whose (ignored) test then runs too.
 pub fn write(
     mut a: Archive,
     release: &str,
     modules: &ModulePlan,
     skip: &[&str],
+    kmod: Option<&Path>,
     out: &Path,
 ) -> Result<()> {
     let mut list = String::new();
@@ -166,8 +168,18 @@ pub fn write(
         list.push('\n');
     }
     a.data("/etc/rsttrace-vm/modules", list, 0o644);
-    let skip: String = skip.iter().map(|t| format!("--skip {t}\n")).collect();
-    a.data("/etc/rsttrace-vm/skip", skip, 0o644);
+    let mut args: String = skip.iter().map(|t| format!("--skip {t}\n")).collect();
+    if let Some(ko) = kmod {
+        use super::testmod::{ENV, VM_PATH};
+        a.host_file(VM_PATH, ko, 0o644);
+        a.data(
+            "/etc/rsttrace-vm/env",
+            format!("export {ENV}={VM_PATH}\n"),
+            0o644,
+        );
+        args.push_str("--include-ignored\n");
+    }
+    a.data("/etc/rsttrace-vm/args", args, 0o644);
     let tmp = out.with_extension("tmp");
     let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     a.write(f)?;
@@ -282,14 +294,15 @@ fn job_script(bins: &[(String, PathBuf)], job: &Job) -> String {
             );
         }
         Job::Tests { args } => {
-            // Word-split on purpose: `--skip NAME` pairs, one per line.
-            s.push_str("fail=\"\"\nskip=$(cat /etc/rsttrace-vm/skip 2>/dev/null)\n");
+            // Word-split on purpose: this kernel's arguments (`--skip NAME`
+            // pairs, `--include-ignored`), one per line.
+            s.push_str("fail=\"\"\nkargs=$(cat /etc/rsttrace-vm/args 2>/dev/null)\n");
             for (name, exe) in bins {
                 let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
                 s.push_str(&format!(
                     "echo \"RSTTRACE-VM: test binary {name}: start\"\n\
                      t0=$(date +%s)\n\
-                     {} {} $skip\n\
+                     {} {} $kargs\n\
                      rc=$?\n\
                      echo \"RSTTRACE-VM: test binary {name}: exit $rc after $(( $(date +%s) - t0 ))s\"\n\
                      [ $rc -eq 0 ] || fail=\"$fail {name}(exit $rc)\"\n",
@@ -330,6 +343,8 @@ while read -r m; do
     insmod "$m" || say "warning: insmod $m failed"
 done < /etc/rsttrace-vm/modules
 ip link set lo up
+# This kernel's environment for the tests (the test module's path).
+[ -f /etc/rsttrace-vm/env ] && . /etc/rsttrace-vm/env
 say "booted $(uname -r) in $(cut -d' ' -f1 /proc/uptime)s"
 sh /etc/rsttrace-vm/job
 if [ $? -eq 0 ]; then
