@@ -271,7 +271,7 @@ async fn run(mut args: Args) -> Result<()> {
     if egress.is_ok() {
         let what = "netfilter hook, backend, table, chain and rule author of a REJECT";
         let netlink = preflight::has_cap(preflight::CAP_NET_ADMIN);
-        let legacy = "iptables-legacy rules are named by hook only";
+        let legacy = "iptables-legacy rules are named by table (filter) and base chain";
         match (&nft, netlink) {
             (Ok((_, functions)), true) => plan.partly(
                 what,

@@ -9,8 +9,9 @@ pub struct Netfilter {
     pub hook: Option<&'static str>,
     /// nftables, iptables-nft (xtables through nft_compat) or iptables-legacy.
     pub backend: Option<&'static str>,
-    /// Table and chain need kprobes on nft_do_chain / ipt_do_table (kernels
-    /// that have them); null otherwise.
+    /// Table and chain: from nftables netlink for rules added while
+    /// tracing; for older rules, the base chain from kprobes (nftables
+    /// backends) or from the hook (iptables-legacy); null otherwise.
     pub table: Option<String>,
     pub chain: Option<String>,
     /// Who added the rule, when it was added while rsttrace ran (nftables
@@ -90,6 +91,19 @@ pub fn from_stack<'a>(frames: impl IntoIterator<Item = &'a str>) -> Netfilter {
     nf.hook = hook_at
         .and_then(|i| outer.get(i + 1))
         .and_then(|caller| hook_of(caller));
+    // iptables-legacy's REJECT target exists only in the filter table, on
+    // INPUT, FORWARD and OUTPUT: table and base chain follow from the hook
+    // on every kernel (a rule in a chain reached by -j is named by the
+    // base chain, as for nftables).
+    if nf.backend == Some("iptables-legacy") {
+        nf.table = Some("filter".into());
+        nf.chain = match nf.hook {
+            Some("input") => Some("INPUT".into()),
+            Some("forward") => Some("FORWARD".into()),
+            Some("output") => Some("OUTPUT".into()),
+            _ => None,
+        };
+    }
     nf
 }
 
@@ -145,6 +159,12 @@ mod tests {
             (legacy.hook, legacy.backend),
             (Some("output"), Some("iptables-legacy"))
         );
+        assert_eq!(
+            (legacy.table.as_deref(), legacy.chain.as_deref()),
+            (Some("filter"), Some("OUTPUT"))
+        );
+        // nftables backends name nothing from the stack alone.
+        assert_eq!((compat.table, compat.chain), (None, None));
     }
 
     #[test]

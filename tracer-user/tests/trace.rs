@@ -470,6 +470,17 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
     }
 }
 
+/// The (table, base chain) a reject of a rule older than the trace shows.
+enum BaseChain {
+    /// Known on every kernel.
+    Always(&'static str, &'static str),
+    /// Where the kernel lets rsttrace read it (`rsttrace doctor` says),
+    /// else null.
+    WhereReadable(&'static str, &'static str),
+    /// Never known.
+    Null,
+}
+
 fn assert_netfilter(
     out: &support::TraceOutput,
     ns: &Netns,
@@ -477,12 +488,13 @@ fn assert_netfilter(
     n: u64,
     hook: &str,
     backend: &str,
-    base_chain: Option<(&str, &str)>,
+    base_chain: BaseChain,
 ) {
-    // Rules older than the trace: their (table, base chain) where the
-    // kernel lets rsttrace read it (`rsttrace doctor` says), else null.
     let (table, chain) = match base_chain {
-        Some((t, c)) if support::names_predating_nft_chains() => (t.into(), c.into()),
+        BaseChain::Always(t, c) => (t.into(), c.into()),
+        BaseChain::WhereReadable(t, c) if support::names_predating_nft_chains() => {
+            (t.into(), c.into())
+        }
         _ => (serde_json::Value::Null, serde_json::Value::Null),
     };
     for e in out.assert_exactly(ns, remote, n, "netfilter-reject") {
@@ -548,7 +560,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         pre,
         "prerouting",
         "nftables",
-        Some(("rsttrace_t", "pre")),
+        BaseChain::WhereReadable("rsttrace_t", "pre"),
     );
     let in4 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
     let out6 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "out"]));
@@ -560,7 +572,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         in4,
         "input",
         "nftables",
-        Some(("rsttrace_t", "in")),
+        BaseChain::WhereReadable("rsttrace_t", "in"),
     );
     assert_netfilter(
         &out,
@@ -569,7 +581,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         out6,
         "output",
         "nftables",
-        Some(("rsttrace_t", "out")),
+        BaseChain::WhereReadable("rsttrace_t", "out"),
     );
     // The segments the rules answered are not silent drops.
     let drops = out.summary["drops"].as_array().unwrap();
@@ -648,7 +660,7 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
         n4,
         "input",
         "iptables-nft",
-        Some(("filter", "INPUT")),
+        BaseChain::WhereReadable("filter", "INPUT"),
     );
     assert_netfilter(
         &out,
@@ -657,7 +669,7 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
         n6,
         "input",
         "iptables-nft",
-        Some(("filter", "INPUT")),
+        BaseChain::WhereReadable("filter", "INPUT"),
     );
 }
 
@@ -690,8 +702,16 @@ fn netfilter_reject_iptables_legacy() {
     assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
     let n = rule_packets(&ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]));
     assert!(n >= 2, "rule counter: {n}");
-    // Legacy tables are not nftables chains: named by hook only.
-    assert_netfilter(&out, &ns, "127.19.0.1", n, "input", "iptables-legacy", None);
+    // REJECT exists only in legacy's filter table: named on every kernel.
+    assert_netfilter(
+        &out,
+        &ns,
+        "127.19.0.1",
+        n,
+        "input",
+        "iptables-legacy",
+        BaseChain::Always("filter", "INPUT"),
+    );
 }
 
 /// An IPv4 + TCP RST from 127.0.0.1:80 to remote:port (the kernel, or
@@ -986,7 +1006,15 @@ fn netfilter_reject_nftables_netdev_ingress() {
     let n = rule_packets(&ns.output(&["nft", "list", "chain", "netdev", "rsttrace_t", "ing"]));
     assert!(n >= 2, "rule counter: {n}");
     // Built outside nf_send_reset: the netdev reject is named by hook only.
-    assert_netfilter(&out, &ns, "127.39.0.1", n, "ingress", "nftables", None);
+    assert_netfilter(
+        &out,
+        &ns,
+        "127.39.0.1",
+        n,
+        "ingress",
+        "nftables",
+        BaseChain::Null,
+    );
     let drops = out.summary["drops"].as_array().unwrap();
     assert!(
         !drops.iter().any(|d| d["remote_ip"] == "127.39.0.1"),
@@ -1094,7 +1122,7 @@ fn netfilter_reject_in_the_forward_hook() {
         n,
         "forward",
         "nftables",
-        Some(("rsttrace_t", "forwarded")),
+        BaseChain::WhereReadable("rsttrace_t", "forwarded"),
     );
 }
 
