@@ -316,6 +316,11 @@ pub mod tests {
                 tsec.extend_from_slice(&w.to_le_bytes());
             }
         }
+        with_header(&tsec, &strings)
+    }
+
+    /// A BTF blob of a type section and a string section.
+    fn with_header(tsec: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut d = vec![];
         d.extend_from_slice(&MAGIC.to_le_bytes());
         d.extend_from_slice(&[1, 0]);
@@ -328,8 +333,8 @@ pub mod tests {
         ] {
             d.extend_from_slice(&w.to_le_bytes());
         }
-        d.extend_from_slice(&tsec);
-        d.extend_from_slice(&strings);
+        d.extend_from_slice(tsec);
+        d.extend_from_slice(strings);
         d
     }
 
@@ -387,20 +392,7 @@ pub mod tests {
         // offsets past vmlinux's strings: "\0m\0p\0" -> m = 5 + 1, p = 5 + 3.
         let words: [u32; 9] = [0, info(PTR, 0), 1, 6, info(STRUCT, 1), 8, 8, 2, 0];
         let tsec: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let strings = b"\0m\0p\0";
-        let mut split = MAGIC.to_le_bytes().to_vec();
-        split.extend_from_slice(&[1, 0]);
-        for w in [
-            24u32,
-            0,
-            tsec.len() as u32,
-            tsec.len() as u32,
-            strings.len() as u32,
-        ] {
-            split.extend_from_slice(&w.to_le_bytes());
-        }
-        split.extend_from_slice(&tsec);
-        split.extend_from_slice(strings);
+        let split = with_header(&tsec, b"\0m\0p\0");
         btf.add_split(&split).unwrap();
         let p = btf.member("m", &["p"]).unwrap();
         assert_eq!((p.offset, p.size, p.type_id), (0, 8, 2));
