@@ -138,13 +138,10 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
                     return Ok(0);
                 }
                 // The stack names the netfilter hook and backend.
-                Some(c) => (c, stack::stack_id(ctx, stack::RAW_TP_OWN_FRAMES)),
+                Some(c) => (c, stack::stack_id(ctx, stack::Rules::Egress)),
                 None => {
                     count::bump(stat::EGRESS_UNEXPLAINED);
-                    (
-                        cause::UNKNOWN,
-                        stack::stack_id(ctx, stack::RAW_TP_OWN_FRAMES),
-                    )
+                    (cause::UNKNOWN, stack::stack_id(ctx, stack::Rules::Egress))
                 }
             }
         }

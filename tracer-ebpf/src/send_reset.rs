@@ -145,7 +145,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         state,
         netns,
         stack_id: if emit && cause == cause::UNKNOWN {
-            stack::stack_id(ctx, 0)
+            stack::stack_id(ctx, stack::Rules::SendReset)
         } else {
             -1
         },

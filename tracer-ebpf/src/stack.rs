@@ -30,7 +30,7 @@ pub enum Rules {
 /// the program (twice on 5.10: its unwinder repeats it) or the program and
 /// `bpf_trace_run1`. They lie among the modules and would read as one.
 /// Skipping `bpf_trace_run1` too is harmless: no rule names it.
-pub const RAW_TP_OWN_FRAMES: u64 = 2;
+const RAW_TP_OWN_FRAMES: u64 = 2;
 
 impl Rules {
     fn skip(self) -> u64 {
@@ -51,8 +51,9 @@ static STACK_TRACES: StackTrace = StackTrace::with_max_entries(4096, 0);
 const EEXIST: i32 = -17;
 const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 
-/// The stack's id in `STACK_TRACES`, without its first `skip` frames.
-pub fn stack_id<C: StackIdContext>(ctx: &C, skip: u64) -> i32 {
+/// The stack's id in `STACK_TRACES`, without the program's own frames.
+pub fn stack_id<C: StackIdContext>(ctx: &C, which: Rules) -> i32 {
+    let skip = which.skip();
     // Another stack in the same bucket: without taking the bucket over the
     // event would go without its stack (a netfilter RST without its hook,
     // seen with many tests' stacks in one trace). The stack it replaces

@@ -266,6 +266,19 @@ impl Btf {
         Ok(None)
     }
 
+    /// The offset of a member that must be `size` bytes (what a kernel
+    /// program reads there): a kernel whose layout differs is an error.
+    pub fn offset(&self, struct_name: &str, path: &[&str], size: u32) -> Result<u32> {
+        let m = self.member(struct_name, path)?;
+        anyhow::ensure!(
+            m.size == size,
+            "{struct_name}.{} has size {} (expected {size})",
+            path.join("."),
+            m.size
+        );
+        Ok(m.offset)
+    }
+
     /// Offset of `struct_name.path[0].path[1]...` (each step a member of
     /// the previous one's struct type, anonymous unions looked through).
     pub fn member(&self, struct_name: &str, path: &[&str]) -> Result<Member> {

@@ -56,12 +56,7 @@ impl Kallsyms {
             );
         }
         syms.sort_by_key(|s| s.addr);
-        let mut core = syms.iter().filter(|s| s.module.is_none());
-        let core = core.next().map(|first| {
-            let last = core.next_back().map_or(first.addr, |s| s.addr);
-            // The last function extends past its start; a page covers it.
-            (first.addr, last + 4096)
-        });
+        let core = span(syms.iter().filter(|s| s.module.is_none()));
         Ok(Self { syms, core })
     }
 
@@ -80,11 +75,7 @@ impl Kallsyms {
     /// [lowest, highest] address of module functions, when modules are
     /// loaded: frames in there belong to a module.
     pub fn module_area(&self) -> Option<(u64, u64)> {
-        let mut mods = self.syms.iter().filter(|s| s.module.is_some());
-        let first = mods.next()?.addr;
-        let last = mods.next_back().map_or(first, |s| s.addr);
-        // The last function extends past its start; a page covers it.
-        Some((first, last + 4096))
+        span(self.syms.iter().filter(|s| s.module.is_some()))
     }
 
     /// [lowest, highest] address of the core kernel's functions (not a
@@ -113,6 +104,14 @@ impl Kallsyms {
         let s = self.syms.get(i.checked_sub(1)?)?;
         Some((s, addr - s.addr))
     }
+}
+
+/// [first, last] of symbols sorted by address, as a range of code.
+fn span<'a>(mut syms: impl DoubleEndedIterator<Item = &'a Symbol>) -> Option<(u64, u64)> {
+    let first = syms.next()?.addr;
+    let last = syms.next_back().map_or(first, |s| s.addr);
+    // The last function extends past its start; a page covers it.
+    Some((first, last + 4096))
 }
 
 #[cfg(test)]

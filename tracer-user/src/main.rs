@@ -608,16 +608,7 @@ fn kfree_skb_layout(tracefs: &std::path::Path) -> Result<tracer_common::KfreeSkb
 /// Offsets for reading outgoing packets at the egress hook; without them
 /// only the TCP stack's RSTs are seen, and rsttrace says so.
 fn egress_offsets(b: &btf::Btf) -> Result<tracer_common::EgressOffsets> {
-    let m = |s: &str, p: &[&str], size: u32| -> Result<u32> {
-        let m = b.member(s, p)?;
-        anyhow::ensure!(
-            m.size == size,
-            "{s}.{} has size {} (expected {size})",
-            p.join("."),
-            m.size
-        );
-        Ok(m.offset)
-    };
+    let m = |s: &str, p: &[&str], size: u32| b.offset(s, p, size);
     let (head, nh, proto) = (
         m("sk_buff", &["head"], 8)?,
         m("sk_buff", &["network_header"], 2)?,
@@ -679,11 +670,7 @@ fn nft_plan(
     if b.member("nft_chain", &["name"]).is_err() {
         b.add_module("nf_tables")?;
     }
-    let ptr = |s: &str, m: &str| -> Result<u32> {
-        let m2 = b.member(s, &[m])?;
-        anyhow::ensure!(m2.size == 8, "{s}.{m} is not a pointer");
-        Ok(m2.offset)
-    };
+    let ptr = |s: &str, m: &str| b.offset(s, &[m], 8);
     Ok((
         tracer_common::NftOffsets {
             pktinfo_skb: ptr("nft_pktinfo", "skb")?,
@@ -698,18 +685,12 @@ fn nft_plan(
 /// Offsets for reading a RST's network namespace; without BTF the trace
 /// still runs, with `netns` null.
 fn netns_offsets(b: &btf::Btf) -> Result<tracer_common::NetnsOffsets> {
-    let ptr = |s: &str, p: &[&str]| -> Result<u32> {
-        let m = b.member(s, p)?;
-        anyhow::ensure!(m.size == 8, "{s}.{} is not a pointer", p.join("."));
-        Ok(m.offset)
-    };
-    let inum = b.member("net", &["ns", "inum"])?;
-    anyhow::ensure!(inum.size == 4, "net.ns.inum is not 32 bits");
+    let ptr = |s: &str, p: &[&str]| b.offset(s, p, 8);
     Ok(tracer_common::NetnsOffsets {
         sock_net: ptr("sock", &["__sk_common", "skc_net", "net"])?,
         skb_dev: ptr("sk_buff", &["dev"])?,
         dev_net: ptr("net_device", &["nd_net", "net"])?,
-        net_inum: inum.offset,
+        net_inum: b.offset("net", &["ns", "inum"], 4)?,
     })
 }
 

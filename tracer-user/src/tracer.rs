@@ -18,7 +18,7 @@ use tracer_common::{
     NftOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
 };
 
-use crate::cause::ReasonEntry;
+use crate::{actor::comm_str, cause::ReasonEntry};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -217,13 +217,9 @@ impl Tracer {
     /// program on `bpf_fentry_test1`, detached at once.
     pub fn probe_fentry(&mut self) -> Result<()> {
         let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        let p: &mut FEntry = self
-            .ebpf
-            .program_mut("fentry_probe")
-            .context("program fentry_probe missing")?
-            .try_into()?;
-        p.load("bpf_fentry_test1", &btf)
-            .context("loading an fentry program")?;
+        let p = load(&mut self.ebpf, "fentry_probe", |p: &mut FEntry| {
+            p.load("bpf_fentry_test1", &btf)
+        })?;
         let link = p.attach().context("attaching an fentry program")?;
         p.detach(link)?;
         Ok(())
@@ -261,11 +257,7 @@ impl Tracer {
         let map: HashMap<_, u64, NftChainNames> =
             HashMap::try_from(self.ebpf.map("NFT_CHAINS")?).ok()?;
         let n = map.get(&addr, 0).ok()?;
-        let text = |b: &[u8]| {
-            let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-            String::from_utf8_lossy(&b[..end]).into_owned()
-        };
-        Some((text(&n.table), text(&n.chain)))
+        Some((comm_str(&n.table), comm_str(&n.chain)))
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.
@@ -333,11 +325,11 @@ impl Tracer {
 }
 
 /// `prog` as its program type, loaded into the kernel (the verifier's
-/// refusal named); `load_fn` is that type's `load`.
+/// refusal named); `load_fn` is that type's `load` with its arguments.
 fn load<'a, P>(
     ebpf: &'a mut Ebpf,
     prog: &str,
-    load_fn: fn(&mut P) -> Result<(), aya::programs::ProgramError>,
+    load_fn: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
 ) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

@@ -199,12 +199,15 @@ fn one(
         .map(|(_, t)| *t)
         .collect();
     let kmod = testmod::build(apt, suite, &k)?;
-    let ko = match &kmod {
-        testmod::Outcome::Built(ko) => Some(ko.as_path()),
-        testmod::Outcome::NotBuilt(_) => None,
-    };
     let initrd = dir.join("initrd.cpio");
-    initramfs::write(base.clone(), &k.release, &modules, &skip, ko, &initrd)?;
+    initramfs::write(
+        base.clone(),
+        &k.release,
+        &modules,
+        &skip,
+        kmod.ko(),
+        &initrd,
+    )?;
     let log = dir.join("console.log");
     eprintln!(
         "xtask: vm: booting {label} ({}) under qemu ({:?}); console in {}",
@@ -243,11 +246,16 @@ fn one(
         (None, true) => format!("FAIL timed out after {}s", o.timeout.as_secs()),
         (None, false) => "FAIL the VM stopped without a result line".into(),
     };
-    let not_built = match &kmod {
-        testmod::Outcome::NotBuilt(why) => Some(why.as_str()),
-        testmod::Outcome::Built(_) => None,
-    };
-    print_kernel(&k, &line, &out, &summary, &modules, not_built, &text, &log);
+    print_kernel(
+        &k,
+        &line,
+        &out,
+        &summary,
+        &modules,
+        kmod.not_built(),
+        &text,
+        &log,
+    );
     Ok(KernelResult {
         label,
         release: k.release,

@@ -161,6 +161,31 @@ impl Apt {
             .with_context(|| format!("apt-cache show {package}/{suite}"))
     }
 
+    /// Downloads `package` and, transitively, the dependencies `follow`
+    /// accepts, into `dir`; returns the candidate of `package` and the .debs.
+    pub fn download_closure(
+        &self,
+        package: &str,
+        suite: &str,
+        dir: &Path,
+        follow: impl Fn(&str) -> bool,
+    ) -> Result<(Record, Vec<PathBuf>)> {
+        let top = self.show(package, suite)?;
+        let mut debs = vec![];
+        let mut seen = std::collections::BTreeSet::new();
+        let mut queue = vec![top.package.clone()];
+        while let Some(package) = queue.pop() {
+            let rec = self.show(&package, suite)?;
+            debs.push(self.download(&rec, suite, dir)?);
+            for dep in rec.depends {
+                if follow(&dep) && seen.insert(dep.clone()) {
+                    queue.push(dep);
+                }
+            }
+        }
+        Ok((top, debs))
+    }
+
     /// Downloads the package of `rec` into `dir` unless it is there already;
     /// returns the .deb's path.
     pub fn download(&self, rec: &Record, suite: &str, dir: &Path) -> Result<PathBuf> {

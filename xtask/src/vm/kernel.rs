@@ -55,20 +55,11 @@ pub struct Kernel {
 
 /// Resolves, downloads (once) and extracts the suite's cloud kernel.
 pub fn fetch(apt: &Apt, suite: &str, label: &'static str, dir: &Path) -> Result<Kernel> {
-    let meta = apt.show("linux-image-cloud-amd64", suite)?;
     let debs_dir = dir.join("debs");
-    let mut debs = vec![];
-    let mut seen = BTreeSet::new();
-    let mut queue = vec![meta.package.clone()];
-    while let Some(package) = queue.pop() {
-        let rec = apt.show(&package, suite)?;
-        debs.push(apt.download(&rec, suite, &debs_dir)?);
-        for dep in rec.depends {
-            if KERNEL_PACKAGES.iter().any(|p| dep.starts_with(p)) && seen.insert(dep.clone()) {
-                queue.push(dep);
-            }
-        }
-    }
+    let (meta, debs) =
+        apt.download_closure("linux-image-cloud-amd64", suite, &debs_dir, |dep| {
+            KERNEL_PACKAGES.iter().any(|p| dep.starts_with(p))
+        })?;
     let root = dir.join(format!("root-{}", meta.version));
     for deb in &debs {
         apt::extract(deb, &root)?;

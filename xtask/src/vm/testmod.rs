@@ -32,6 +32,22 @@ pub enum Outcome {
     NotBuilt(String),
 }
 
+impl Outcome {
+    pub fn ko(&self) -> Option<&Path> {
+        match self {
+            Outcome::Built(ko) => Some(ko),
+            Outcome::NotBuilt(_) => None,
+        }
+    }
+
+    pub fn not_built(&self) -> Option<&str> {
+        match self {
+            Outcome::NotBuilt(why) => Some(why),
+            Outcome::Built(_) => None,
+        }
+    }
+}
+
 pub fn build(apt: &Apt, suite: &str, k: &Kernel) -> Result<Outcome> {
     let headers = headers(apt, suite, k)?;
     let gcc = match kernel_gcc(&headers)? {
@@ -96,19 +112,14 @@ pub fn build(apt: &Apt, suite: &str, k: &Kernel) -> Result<Outcome> {
 /// headers, the kbuild tools), extracted once; returns the kbuild tree.
 fn headers(apt: &Apt, suite: &str, k: &Kernel) -> Result<PathBuf> {
     let root = k.dir.join(format!("headers-{}", k.release));
-    let debs_dir = k.dir.join("header-debs");
-    let mut queue = vec![format!("linux-headers-{}", k.release)];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some(package) = queue.pop() {
-        let rec = apt.show(&package, suite)?;
-        let deb = apt.download(&rec, suite, &debs_dir)?;
-        apt::extract(&deb, &root)?;
-        for dep in rec.depends {
-            let ours = dep.starts_with("linux-headers-") || dep.starts_with("linux-kbuild-");
-            if ours && seen.insert(dep.clone()) {
-                queue.push(dep);
-            }
-        }
+    let (_, debs) = apt.download_closure(
+        &format!("linux-headers-{}", k.release),
+        suite,
+        &k.dir.join("header-debs"),
+        |dep| dep.starts_with("linux-headers-") || dep.starts_with("linux-kbuild-"),
+    )?;
+    for deb in &debs {
+        apt::extract(deb, &root)?;
     }
     let tree = root.join(format!("usr/src/linux-headers-{}", k.release));
     // Debian's Makefile names the common headers (and, newer, itself as
