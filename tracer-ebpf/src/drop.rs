@@ -1,22 +1,20 @@
 //! `skb:kfree_skb` with reason NETFILTER_DROP: segments a netfilter rule
 //! dropped silently. No RST is sent, but the peer sees the same failure (a
 //! timeout instead of a refusal), so drops are counted per remote IP too.
-//! Every other drop returns after one look at the reason: a raw
-//! tracepoint, so no record is built for the drops of a flood.
+//! Every other drop returns after one read of the reason.
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
-    macros::{map, raw_tracepoint},
+    macros::{map, tracepoint},
     maps::PerCpuHashMap,
-    programs::RawTracePointContext,
+    programs::TracePointContext,
 };
-use tracer_common::{ABSENT, DropKey, KFREE_SKB_REASON_ARG, KfreeSkbLayout, RemoteStats, stat};
+use tracer_common::{ABSENT, DropKey, KfreeSkbLayout, RemoteStats, stat};
 
 use crate::{
     count,
     egress::{EGRESS_OFFSETS, LAST_REJECT},
-    filter,
-    packet::{self, Probe},
+    filter, packet,
 };
 
 #[unsafe(no_mangle)]
@@ -26,36 +24,42 @@ static KFREE_SKB_LAYOUT: KfreeSkbLayout = KfreeSkbLayout::UNSET;
 #[map]
 static DROPS: PerCpuHashMap<DropKey, RemoteStats> = PerCpuHashMap::with_max_entries(16384, 0);
 
-#[raw_tracepoint(tracepoint = "kfree_skb")]
-pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     match try_kfree_skb(&ctx) {
         Ok(r) => r,
         Err(r) => r,
     }
 }
 
-fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<i32, i32> {
-    let l = crate::global::get(&KFREE_SKB_LAYOUT);
-    if l.netfilter_drop == ABSENT {
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
+    // SAFETY: offsets come from the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| 0u32)
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: read-only globals that userspace sets before load.
+    let l = unsafe { core::ptr::read_volatile(&KFREE_SKB_LAYOUT) };
+    if l.reason == ABSENT {
         return Ok(0);
     }
-    // An enum: its 32 bits, whatever the upper half holds.
-    let reason: u64 = ctx.arg(KFREE_SKB_REASON_ARG);
-    if reason as u32 != l.netfilter_drop {
+    let reason: u32 = field(ctx, l.reason)?;
+    if reason != l.netfilter_drop {
         return Ok(0);
     }
-    let o = crate::global::get(&EGRESS_OFFSETS);
+    let o = unsafe { core::ptr::read_volatile(&EGRESS_OFFSETS) };
     if o.skb_head == ABSENT {
         return Ok(0);
     }
-    let skb: u64 = ctx.arg(0);
-    let location: u64 = ctx.arg(1);
-    let Some(p) = packet::tcp::<Probe>(skb, o, 0).map_err(|_| 0i32)? else {
+    let skb: u64 = field(ctx, l.skbaddr)?;
+    let location: u64 = field(ctx, l.location)?;
+    let Some(p) = packet::tcp(skb, &o).map_err(|_| 0u32)? else {
         return Ok(0);
     };
     // A received segment was dropped on its way in: the peer is its
     // source. One this host was sending has not been received anywhere.
-    let iif: i32 = packet::read(skb + u64::from(o.skb_iif)).map_err(|_| 0i32)?;
+    let iif: i32 = packet::read(skb + u64::from(o.skb_iif)).map_err(|_| 0u32)?;
     let (remote, remote_port, local_port) = if iif != 0 {
         (p.saddr, p.sport, p.dport)
     } else {
@@ -64,10 +68,10 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let f = filter::get();
     // Drops are rare next to traffic: the namespace is always worth
     // reading (it names the rule's author).
-    if !filter::remote_ok(f, p.family, &remote) {
+    if !filter::remote_ok(&f, p.family, &remote) {
         return Ok(0);
     }
-    let Some(ns) = filter::netns(f, true, || crate::netns::of::<Probe>(0, skb)) else {
+    let Some(ns) = filter::netns(&f, true, || crate::netns::of(0, skb)) else {
         return Ok(0);
     };
     // The segment a REJECT rule just answered: not a silent drop.

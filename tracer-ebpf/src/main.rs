@@ -5,7 +5,6 @@ mod count;
 mod drop;
 mod egress;
 mod filter;
-mod global;
 mod netns;
 mod nft_chain;
 mod packet;

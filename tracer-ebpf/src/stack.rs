@@ -23,13 +23,10 @@ static EGRESS_STACK_RULES: StackRules = StackRules::EMPTY;
 #[derive(Clone, Copy)]
 pub enum Rules {
     SendReset,
-    /// The BTF build of the tcp_send_reset program: its rules, with the
-    /// own frames of a raw tracepoint.
-    SendResetBtf,
     Egress,
 }
 
-/// Frames a raw (or BTF) tracepoint program's stack starts with that are its own:
+/// Frames a raw tracepoint program's stack starts with that are its own:
 /// the program (twice on 5.10: its unwinder repeats it) or the program and
 /// `bpf_trace_run1`. They lie among the modules and would read as one.
 /// Skipping `bpf_trace_run1` too is harmless: no rule names it.
@@ -40,7 +37,7 @@ impl Rules {
         match self {
             // A tracepoint program's stack starts at the traced code.
             Rules::SendReset => 0,
-            Rules::SendResetBtf | Rules::Egress => RAW_TP_OWN_FRAMES,
+            Rules::Egress => RAW_TP_OWN_FRAMES,
         }
     }
 }
@@ -112,7 +109,7 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
     }
     let frames = (n as usize / 8).min(STACK_DEPTH);
     let rules = match which {
-        Rules::SendReset | Rules::SendResetBtf => &STACK_RULES,
+        Rules::SendReset => &STACK_RULES,
         Rules::Egress => &EGRESS_STACK_RULES,
     };
     // SAFETY: a read-only global that userspace sets before load.

@@ -9,14 +9,13 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
-        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId,
+        FEntry, KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules,
+    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
 };
 
 use crate::{actor::comm_str, cause::ReasonEntry};
@@ -25,9 +24,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 pub struct Options<'a> {
     pub send_reset: SendResetLayout,
-    /// For the BTF build of the tcp_send_reset program; `None`: the
-    /// classic tracepoint reads the record.
-    pub sock_addrs: Option<SockAddrOffsets>,
     pub reason_causes: &'a [(u32, ReasonEntry)],
     pub stack_rules: StackRules,
     pub netns: NetnsOffsets,
@@ -63,16 +59,7 @@ pub const SEND_RESET_FUNCTIONS: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_r
 enum Link {
     TracePoint(TracePointLinkId),
     RawTracePoint(RawTracePointLinkId),
-    BtfTracePoint(BtfTracePointLinkId),
     KProbe(KProbeLinkId),
-}
-
-/// Which hot programs run as BTF tracepoints (plain loads, no record
-/// built) and which fell back to their classic or raw build, and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BtfHooks {
-    pub used: Vec<&'static str>,
-    pub refused: Vec<(&'static str, String)>,
 }
 
 pub struct Tracer {
@@ -82,9 +69,6 @@ pub struct Tracer {
     sent: bool,
     received: bool,
     egress: bool,
-    /// Filled as the programs are attached.
-    btf_hooks: BtfHooks,
-    sock_addrs: bool,
     drops: bool,
     kprobe_resets: bool,
     /// Reject functions to attach the nftables chain kprobes with; none:
@@ -115,14 +99,15 @@ impl Tracer {
                 true,
             )
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
-            .override_global(
-                "SOCK_ADDR_OFFSETS",
-                &opts.sock_addrs.unwrap_or(SockAddrOffsets::UNSET),
-                true,
-            )
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
-            .override_global("WAKEUP_EVERY", &wakeup_every(opts.ring_size), true)
+            // A quarter of the ring, at most 64K: wakeups stay rare under
+            // floods, and the reader's poll picks up the rest.
+            .override_global(
+                "WAKEUP_BYTES",
+                &u64::from((opts.ring_size / 4).min(64 * 1024)),
+                true,
+            )
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)
             .override_global(
@@ -163,15 +148,13 @@ impl Tracer {
                 .insert(p, 1, 0)
                 .context("filling the --local-port table")?;
         }
-        let drops = opts.egress.is_some() && kfree_skb.netfilter_drop != ABSENT;
+        let drops = opts.egress.is_some() && kfree_skb.reason != ABSENT;
         Ok(Self {
             ebpf,
             links: Vec::new(),
             sent: opts.sent,
             received: opts.receive_reset.is_some(),
             egress: opts.egress.is_some(),
-            btf_hooks: BtfHooks::default(),
-            sock_addrs: opts.sock_addrs.is_some(),
             drops,
             kprobe_resets: opts.kprobe_resets && opts.egress.is_some(),
             nft_rejects: match &opts.nft {
@@ -190,59 +173,6 @@ impl Tracer {
         Ok(())
     }
 
-    fn attach_raw_tp(&mut self, prog: &str, name: &str) -> Result<()> {
-        let p = load(&mut self.ebpf, prog, RawTracePoint::load)?;
-        let link = p
-            .attach(name)
-            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
-        self.links
-            .push((prog.to_string(), Link::RawTracePoint(link)));
-        Ok(())
-    }
-
-    /// `btf_prog` attached as a BTF tracepoint on `tracepoint`, else
-    /// `fallback` (the classic or raw build of the same program); the
-    /// outcome goes to `btf_hooks`.
-    fn attach_btf_or(
-        &mut self,
-        btf: &Result<aya::Btf>,
-        btf_prog: &'static str,
-        tracepoint: &'static str,
-        fallback: impl FnOnce(&mut Self) -> Result<()>,
-    ) -> Result<()> {
-        let attached = match btf {
-            Ok(btf) => load(&mut self.ebpf, btf_prog, |p: &mut BtfTracePoint| {
-                p.load(tracepoint, btf)
-            })
-            .and_then(|p| {
-                p.attach()
-                    .with_context(|| format!("attaching to BTF tracepoint {tracepoint}"))
-            }),
-            Err(e) => Err(anyhow::anyhow!("{e:#}")),
-        };
-        match attached {
-            Ok(link) => {
-                self.links
-                    .push((btf_prog.into(), Link::BtfTracePoint(link)));
-                self.btf_hooks.used.push(tracepoint);
-            }
-            Err(e) => {
-                // The verifier's full log, for reports from other kernels.
-                if std::env::var_os("RSTTRACE_VERIFIER_LOG").is_some() {
-                    eprintln!("rsttrace: {btf_prog}: {e:#}");
-                }
-                fallback(self)?;
-                self.btf_hooks.refused.push((tracepoint, first_line(&e)));
-            }
-        }
-        Ok(())
-    }
-
-    /// Which programs run as BTF tracepoints, once attached.
-    pub fn btf_hooks(&self) -> &BtfHooks {
-        &self.btf_hooks
-    }
-
     fn attach_kprobe(&mut self, prog: &str, functions: &[&str]) -> Result<()> {
         let p = load(&mut self.ebpf, prog, KProbe::load)?;
         for func in functions {
@@ -256,30 +186,17 @@ impl Tracer {
 
     pub fn attach(&mut self) -> Result<()> {
         if self.sent {
-            // Parsed once for both BTF programs (it is megabytes).
-            let btf = if std::env::var_os("RSTTRACE_NO_TP_BTF").is_some() {
-                // The builds kernels without BTF tracepoints run, on demand
-                // (their test; comparing costs).
-                Err(anyhow::anyhow!("turned off by RSTTRACE_NO_TP_BTF"))
-            } else if self.egress {
-                aya::Btf::from_sys_fs().context("reading kernel BTF")
-            } else {
-                Err(anyhow::anyhow!("not needed"))
-            };
-            let classic = |t: &mut Self| t.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset");
-            if self.sock_addrs && self.egress {
-                self.attach_btf_or(&btf, "tcp_send_reset_btf", "tcp_send_reset", classic)?;
-            } else {
-                classic(self)?;
-            }
+            self.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset")?;
             if self.egress {
-                self.attach_btf_or(&btf, "net_dev_queue_btf", "net_dev_queue", |t| {
-                    t.attach_raw_tp("net_dev_queue", "net_dev_queue")
-                })?;
+                let p = load(&mut self.ebpf, "net_dev_queue", RawTracePoint::load)?;
+                let link = p
+                    .attach("net_dev_queue")
+                    .context("attaching to raw tracepoint net_dev_queue")?;
+                self.links
+                    .push(("net_dev_queue".into(), Link::RawTracePoint(link)));
             }
-            drop(btf);
             if self.drops {
-                self.attach_raw_tp("kfree_skb", "kfree_skb")?;
+                self.attach_tp("kfree_skb", "skb", "kfree_skb")?;
             }
             if self.kprobe_resets {
                 self.attach_kprobe("send_reset_no_full_socket", &SEND_RESET_FUNCTIONS)?;
@@ -322,10 +239,6 @@ impl Tracer {
                 }
                 Link::RawTracePoint(l) => {
                     let p: &mut RawTracePoint = p.try_into()?;
-                    p.detach(l)
-                }
-                Link::BtfTracePoint(l) => {
-                    let p: &mut BtfTracePoint = p.try_into()?;
                     p.detach(l)
                 }
                 Link::KProbe(l) => {
@@ -409,30 +322,6 @@ impl Tracer {
     pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
         self.per_cpu_entries("REMOTES")
     }
-}
-
-/// Events per CPU between wakeups of the reader: all CPUs together wake it
-/// once a quarter of the ring (at most 64K) is waiting, so wakeups stay rare
-/// under floods and the ring does not fill first; the reader's poll picks
-/// up the rest.
-fn wakeup_every(ring_size: u32) -> u64 {
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
-    // Each record carries an 8-byte header.
-    let record = (std::mem::size_of::<tracer_common::RstEvent>() + 8) as u64;
-    (u64::from((ring_size / 4).min(64 * 1024)) / record / cpus).max(1)
-}
-
-/// An error's causes on one line, without the verifier's log (doctor
-/// and the start-up line quote it).
-pub fn first_line(e: &anyhow::Error) -> String {
-    format!("{e:#}")
-        .split(". Verifier output")
-        .next()
-        .unwrap_or("")
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 /// `prog` as its program type, loaded into the kernel (the verifier's

@@ -818,45 +818,6 @@ fn injected_from_raw_and_packet_sockets() {
     }
 }
 
-/// Kernels that refuse the BTF tracepoints run the classic tcp_send_reset
-/// (reading its record) and the raw net_dev_queue (probe reads): the same
-/// RSTs get the same attribution.
-#[test]
-fn classic_and_raw_builds_attribute_alike() {
-    let ns = Netns::new("fallback");
-    ns.add_addr("fd72:7374::41/128");
-    let trace = Trace::start_with_env(&[], ("RSTTRACE_NO_TP_BTF", "1"));
-    let closed4 = closed_port(
-        &ns,
-        "127.41.0.1".parse().unwrap(),
-        "127.0.0.1:9".parse().unwrap(),
-        3,
-    );
-    let closed6 = closed_port(
-        &ns,
-        "fd72:7374::41".parse().unwrap(),
-        "[::1]:9".parse().unwrap(),
-        3,
-    );
-    let aborted = abort_on_close(&ns, "127.41.0.2", 2);
-    let (injected, _) = inject_rsts(&ns, [127, 41, 0, 3], 2);
-    let out = trace.stop();
-    for e in out.assert_exactly(&ns, "127.41.0.1", closed4, "closed-port") {
-        assert_eq!(
-            (&e["local_ip"], &e["local_port"]),
-            (&"127.0.0.1".into(), &9.into())
-        );
-    }
-    for e in out.assert_exactly(&ns, "fd72:7374::41", closed6, "closed-port") {
-        assert_eq!(
-            (&e["family"], &e["local_ip"]),
-            (&"ipv6".into(), &"::1".into())
-        );
-    }
-    out.assert_exactly(&ns, "127.41.0.2", aborted, "abort-on-close");
-    out.assert_exactly(&ns, "127.41.0.3", injected, "injected");
-}
-
 /// Silent drops: no RST, but the peer sees the same failure. Counted per
 /// remote IP in the summary's `drops`, with where they were dropped.
 #[test]
