@@ -15,6 +15,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::actor::comm_str;
+
 const NETLINK_NETFILTER: i32 = 12;
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -362,11 +364,6 @@ fn attr<'a>(a: &[(u16, &'a [u8])], ty: u16) -> Option<&'a [u8]> {
     a.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v)
 }
 
-fn string(v: &[u8]) -> String {
-    let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
-    String::from_utf8_lossy(&v[..end]).into_owned()
-}
-
 fn be32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
@@ -404,11 +401,13 @@ pub fn verdict(expressions: &[u8]) -> Verdict {
             continue;
         }
         let e = attrs(elem);
-        let name = attr(&e, NFTA_EXPR_NAME).map(string).unwrap_or_default();
+        let name = attr(&e, NFTA_EXPR_NAME).map(comm_str).unwrap_or_default();
         let data = attr(&e, NFTA_EXPR_DATA).map(attrs).unwrap_or_default();
         match name.as_str() {
             "reject" => v = Verdict::Reject,
-            "target" if attr(&data, NFTA_TARGET_NAME).map(string).as_deref() == Some("REJECT") => {
+            "target"
+                if attr(&data, NFTA_TARGET_NAME).map(comm_str).as_deref() == Some("REJECT") =>
+            {
                 v = Verdict::Reject;
             }
             "immediate" => {
@@ -433,8 +432,8 @@ impl Log {
         let change = |what: &str, table: u16, chain: Option<u16>, handle: Option<u16>| Change {
             what: what.to_string(),
             family,
-            table: attr(&a, table).map(string),
-            chain: chain.and_then(|c| attr(&a, c)).map(string),
+            table: attr(&a, table).map(comm_str),
+            chain: chain.and_then(|c| attr(&a, c)).map(comm_str),
             handle: handle.and_then(|h| attr(&a, h)).and_then(be64),
             verdict: None,
         };
@@ -455,7 +454,7 @@ impl Log {
                         netns,
                         generation: attr(&a, 1).and_then(be32).unwrap_or(0),
                         pid: attr(&a, 2).and_then(be32).unwrap_or(0),
-                        comm: attr(&a, 3).map(string).unwrap_or_default(),
+                        comm: attr(&a, 3).map(comm_str).unwrap_or_default(),
                         at: Some(SystemTime::now()),
                         changes,
                     });

@@ -172,7 +172,9 @@ impl Apt {
     ) -> Result<(Record, Vec<PathBuf>)> {
         let top = self.show(package, suite)?;
         let mut debs = vec![];
-        let mut seen = std::collections::BTreeSet::new();
+        // The top package counts as seen: a dependency cycle back to it
+        // would download and extract it twice.
+        let mut seen = std::collections::BTreeSet::from([top.package.clone()]);
         let mut queue = vec![top.package.clone()];
         while let Some(package) = queue.pop() {
             let rec = self.show(&package, suite)?;
