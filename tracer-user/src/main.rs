@@ -484,6 +484,7 @@ async fn run(mut args: Args) -> Result<()> {
     let mut output_ok = true;
     let mut tally = ActorTally::default();
     let mut lost_noted = false;
+    let mut skipped_noted = false;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -500,6 +501,14 @@ async fn run(mut args: Args) -> Result<()> {
                     eprintln!(
                         "rsttrace: the event ring buffer overflowed: some RSTs are not shown \
                          live; every count stays exact (see lost in the summary; --ring-size)"
+                    );
+                }
+                if !skipped_noted && !tracer.skipped_runs().is_empty() {
+                    skipped_noted = true;
+                    eprintln!(
+                        "rsttrace: warning: the kernel skipped some runs of rsttrace's programs \
+                         (another BPF program was running on that CPU): counts may be short \
+                         (see skipped_runs in the summary)"
                     );
                 }
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
@@ -576,6 +585,7 @@ fn counts(
     summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
         event::symbolize_function(decoder.ksyms.as_ref(), loc)
     });
+    summary.skipped_runs = tracer.skipped_runs();
     Ok(summary)
 }
 

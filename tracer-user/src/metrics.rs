@@ -218,6 +218,15 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut enc,
+            "rsttrace_skipped_program_runs",
+            "Runs of rsttrace's programs the kernel skipped because another BPF program was \
+             running on that CPU: RSTs or drops not counted at all.",
+            s.skipped_runs
+                .iter()
+                .map(|(prog, n)| (vec![("program", prog.clone())], *n)),
+        )?;
+        counter(
+            &mut enc,
             "rsttrace_remote_ip_overflow",
             "RSTs counted by cause but not per remote IP: the kernel's per-remote map was \
              full (--max-remote-ips).",
@@ -370,5 +379,23 @@ mod tests {
         );
         assert!(!text.contains("direction=\"in\""), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn skipped_runs_are_a_counter_per_program() {
+        let s = Summary {
+            skipped_runs: [("tcp_send_reset".to_string(), 3)].into_iter().collect(),
+            ..Default::default()
+        };
+        let shape = Shape {
+            sent: true,
+            received: false,
+            top: 2,
+        };
+        let text = encode(&s, shape);
+        assert!(
+            text.contains("rsttrace_skipped_program_runs_total{program=\"tcp_send_reset\"} 3\n"),
+            "{text}"
+        );
     }
 }

@@ -56,6 +56,9 @@ pub struct Summary {
     pub total: u64,
     /// Events that did not reach userspace (counts above stay exact).
     pub lost: u64,
+    /// Runs of our programs the kernel skipped, by program: RSTs (or drops)
+    /// not counted at all (see `Tracer::skipped_runs`).
+    pub skipped_runs: BTreeMap<String, u64>,
     /// RSTs counted by cause but not per remote IP: the per-remote map was full.
     pub remote_ip_overflow: u64,
     pub coverage: Coverage,
@@ -179,6 +182,7 @@ pub fn build(
         duration,
         total: by_cause.values().sum(),
         lost: slot(stat::LOST_EVENTS),
+        skipped_runs: BTreeMap::new(),
         remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
         coverage: Coverage {
             egress_rsts: slot(stat::EGRESS_RSTS),

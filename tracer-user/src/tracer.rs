@@ -1,6 +1,11 @@
 //! The kernel side as userspace sees it: load the eBPF object with this
 //! kernel's offsets, attach, and read the counters back.
 
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+};
+
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
@@ -13,6 +18,7 @@ use aya::{
         raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
     NftOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
@@ -273,6 +279,24 @@ impl Tracer {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// Runs of our programs the kernel skipped, by program (those with
+    /// any). The kernel runs one tracepoint/kprobe BPF program per CPU at a
+    /// time (raw tracepoints: each program once per CPU): a RST sent from
+    /// a softirq that interrupts a BPF program on that CPU, ours or
+    /// another tool's kprobe, is not seen, so counts are short by up to
+    /// this many. Kernels count these from 6.2 (raw tracepoints) and 6.7
+    /// (tracepoints, kprobes); older ones skip silently.
+    pub fn skipped_runs(&self) -> BTreeMap<String, u64> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let fd = p.fd().ok()?;
+                let n = recursion_misses(fd.as_fd()).ok()?;
+                (n > 0).then(|| (name.to_string(), n))
+            })
+            .collect()
+    }
+
     /// Events lost so far (the ring buffer was full).
     pub fn lost(&self) -> u64 {
         self.stats()
@@ -326,6 +350,40 @@ impl Tracer {
 
 /// `prog` as its program type, loaded into the kernel (the verifier's
 /// refusal named); `load_fn` is that type's `load` with its arguments.
+/// `bpf_prog_info.recursion_misses` of a loaded program (0 on kernels
+/// without the field: they leave it as passed).
+fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    /// `bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: a struct of integers and integer arrays: all-zero is valid,
+    // and the kernel wants unknown trailing fields zero.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<bpf_prog_info>() as u32,
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    // SAFETY: attr and info outlive the call; the kernel writes at most
+    // info_len bytes to info and the length back to attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::from_mut(&mut attr),
+            size_of::<InfoAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}
+
 fn load<'a, P>(
     ebpf: &'a mut Ebpf,
     prog: &str,

@@ -270,6 +270,18 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             s.remote_ip_overflow
         ));
     }
+    if !s.skipped_runs.is_empty() {
+        let runs: Vec<String> = s
+            .skipped_runs
+            .iter()
+            .map(|(prog, n)| format!("{prog} {n}"))
+            .collect();
+        t.push_str(&format!(
+            "\nskipped by the kernel: {} (runs of rsttrace's programs while another BPF \
+             program ran on that CPU; the counts above may be short by as many)\n",
+            runs.join(", ")
+        ));
+    }
     t.push_str(&format!(
         "\nlost events: {}{}\n",
         s.lost,
@@ -384,6 +396,7 @@ mod tests {
         assert!(text.contains("rsttrace summary: 10 RSTs sent"), "{text}");
         assert!(text.contains("closed-port=10"), "{text}");
         assert!(text.contains("lost events: 0\n"), "{text}");
+        assert!(!text.contains("skipped by the kernel"), "{text}");
     }
 
     #[test]
@@ -400,6 +413,12 @@ mod tests {
             duration: Duration::from_secs(1),
             total: 6,
             lost: 2,
+            skipped_runs: [
+                ("kfree_skb".to_string(), 1),
+                ("tcp_send_reset".to_string(), 5),
+            ]
+            .into_iter()
+            .collect(),
             by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
             by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
             ..Default::default()
@@ -410,5 +429,9 @@ mod tests {
         assert!(!t.contains("127.0.0.1 "));
         assert!(t.contains("... and 1 more remote IPs (1 in all)"), "{t}");
         assert!(t.contains("lost events: 2 (not shown live"));
+        assert!(
+            t.contains("skipped by the kernel: kfree_skb 1, tcp_send_reset 5 (runs of"),
+            "{t}"
+        );
     }
 }

@@ -63,6 +63,7 @@ struct SummaryLine<'a> {
     duration_s: f64,
     total: u64,
     lost: u64,
+    skipped_runs: &'a BTreeMap<String, u64>,
     remote_ip_overflow: u64,
     by_cause: &'a BTreeMap<Cause, u64>,
     by_remote_ip: Vec<RemoteLine<'a>>,
@@ -157,6 +158,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
         duration_s: s.duration.as_secs_f64(),
         total: s.total,
         lost: s.lost,
+        skipped_runs: &s.skipped_runs,
         remote_ip_overflow: s.remote_ip_overflow,
         by_cause: &s.by_cause,
         by_remote_ip: s.by_remote_ip.iter().map(remote_line).collect(),
@@ -355,6 +357,7 @@ mod tests {
                 author: None,
             }],
             drops_total: 2,
+            skipped_runs: [("tcp_send_reset".to_string(), 4)].into_iter().collect(),
             ..Default::default()
         };
         let v = serde_json::to_value(summary_line(&s)).unwrap();
@@ -365,6 +368,7 @@ mod tests {
                 "duration_s": 2.5,
                 "total": 3,
                 "lost": 1,
+                "skipped_runs": {"tcp_send_reset": 4},
                 "remote_ip_overflow": 0,
                 "by_cause": {"closed-port": 3},
                 "by_remote_ip": [{

@@ -329,7 +329,12 @@ impl TraceOutput {
             *m.entry(e["cause"].as_str().unwrap_or("?")).or_default() += 1;
             m
         });
-        assert_eq!(evs.len() as u64, n, "events to {remote}: {causes:?}");
+        assert_eq!(
+            evs.len() as u64,
+            n,
+            "events to {remote}: {causes:?}; program runs the kernel skipped: {}",
+            self.summary["skipped_runs"]
+        );
         assert_eq!(
             causes,
             BTreeMap::from([(cause, n as usize)]),
