@@ -85,9 +85,25 @@ const EEXIST: i32 = 17;
 #[inline(always)]
 pub fn bump(slot: u32) {
     if let Some(p) = STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot; a tracepoint program does not migrate.
-        unsafe { *p += 1 };
+        // SAFETY: this CPU's slot of a live map value, 8-byte aligned.
+        unsafe { add_one(p) };
     }
+}
+
+/// Adds one to a per-CPU counter in a single instruction. A program does
+/// not migrate, but it can be interrupted (a softirq's program counting
+/// in the same slot) and, where tracepoints leave preemption on (7.x runs
+/// raw tracepoint programs preemptible), preempted: a load, add and store
+/// would lose the other count. The result is unused, so this is the plain
+/// atomic add every kernel's verifier takes (no fetch variant).
+///
+/// # Safety
+/// `p` points to a live, 8-byte aligned u64 in a map value.
+#[inline(always)]
+unsafe fn add_one(p: *mut u64) {
+    use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+    // SAFETY: as the caller promises.
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(p, 1) };
 }
 
 /// Counts one RST this host received and emits its event.
@@ -179,7 +195,7 @@ fn add(v: *mut RemoteStats, now: u64) {
         if (*v).count == 0 {
             (*v).first_ns = now;
         }
-        (*v).count += 1;
+        add_one(&raw mut (*v).count);
         (*v).last_ns = now;
     }
 }

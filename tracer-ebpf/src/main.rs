@@ -1,5 +1,8 @@
 #![no_std]
 #![no_main]
+// An atomic add for per-CPU counters: core has no atomic types for BPF.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod count;
 mod drop;

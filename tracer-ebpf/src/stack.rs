@@ -33,6 +33,18 @@ pub enum Rules {
 const RAW_TP_OWN_FRAMES: u64 = 2;
 
 impl Rules {
+    /// Each kind has its own scratch slot. The tracepoint and kprobe
+    /// programs (SendReset) never run nested or preempted on a CPU (the
+    /// kernel's bpf_prog_active, preemption off), but the raw tracepoint
+    /// (Egress) runs with neither: a softirq's tcp_send_reset can run in
+    /// the middle of it (and on 7.x another task, when it is preempted).
+    fn scratch(self) -> u32 {
+        match self {
+            Rules::SendReset => 0,
+            Rules::Egress => 1,
+        }
+    }
+
     fn skip(self) -> u64 {
         match self {
             // A tracepoint program's stack starts at the traced code.
@@ -68,14 +80,14 @@ pub fn stack_id<C: StackIdContext>(ctx: &C, which: Rules) -> i32 {
 }
 
 #[map]
-static STACK_BUF: PerCpuArray<[u64; STACK_DEPTH]> = PerCpuArray::with_max_entries(1, 0);
+static STACK_BUF: PerCpuArray<[u64; STACK_DEPTH]> = PerCpuArray::with_max_entries(2, 0);
 
 /// Passes the matched cause through memory: each rule that can match is a
 /// path with its own constant cause, and the verifier would check the rest
 /// of the program once per path (past its limit on kernels where the
 /// rules are many); read back, the cause is one unknown value again.
 #[map]
-static MATCHED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static MATCHED: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 const NO_MATCH: u32 = u32::MAX;
 
@@ -83,8 +95,8 @@ const NO_MATCH: u32 = u32::MAX;
 /// TCP state of the socket, 0 when unknown).
 pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> Option<u8> {
     let found = first_match(ctx, which, state).unwrap_or(NO_MATCH);
-    let slot = MATCHED.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot, written then read by this program only.
+    let slot = MATCHED.get_ptr_mut(which.scratch())?;
+    // SAFETY: this CPU's slot for this kind, written then read at once.
     let found = unsafe {
         core::ptr::write_volatile(slot, found);
         core::ptr::read_volatile(slot)
@@ -94,7 +106,7 @@ pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: 
 
 #[inline(always)]
 fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> Option<u32> {
-    let buf = STACK_BUF.get_ptr_mut(0)?;
+    let buf = STACK_BUF.get_ptr_mut(which.scratch())?;
     // SAFETY: buf is a per-CPU scratch of exactly the size passed.
     let n = unsafe {
         bpf_get_stack(
