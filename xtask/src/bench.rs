@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: rsttrace's cost as ratios against untraced runs
-//! measured in the same invocation (alternating rounds, medians), its
-//! exactness under a flood, its memory at scale and its start-up time.
+//! measured in the same invocation (each traced run between two untraced
+//! ones, medians of the ratios), its exactness under a flood, its memory
+//! at scale and its start-up time.
 //! Everything runs in a private network namespace on loopback. Results go
 //! to stdout and to bench/RESULTS.md.
 
@@ -319,6 +320,58 @@ fn which(bin: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Traced runs, each with the mean of the untraced runs around it.
+#[derive(Default)]
+struct Paired {
+    untraced: Vec<f64>,
+    traced: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+impl Paired {
+    fn push(&mut self, before: f64, traced: f64, after: f64) {
+        let u = (before + after) / 2.0;
+        self.untraced.push(u);
+        self.traced.push(traced);
+        self.ratios.push(traced / u);
+    }
+
+    /// The median of the per-run ratios (robust to a run the host slowed).
+    fn ratio(&self) -> f64 {
+        median(&mut self.ratios.clone())
+    }
+
+    /// A throughput row: met when the median ratio is `min` or above.
+    fn row(&self, what: &str, min: f64) -> Row {
+        let r = self.ratio();
+        Row {
+            ratio: format!("{:.1}%", 100.0 * r),
+            met: Some(r >= min),
+            ..Row::rate(
+                what,
+                median(&mut self.untraced.clone()),
+                median(&mut self.traced.clone()),
+                min,
+            )
+        }
+    }
+
+    /// A latency row: the traced one may exceed the untraced one by `max`.
+    fn latency_row(&self, what: &str, max: f64) -> Row {
+        let r = self.ratio();
+        Row {
+            ratio: format!("{:+.1}%", 100.0 * (r - 1.0)),
+            met: Some(r <= 1.0 + max),
+            ..Row::latency(
+                what,
+                median(&mut self.untraced.clone()),
+                median(&mut self.traced.clone()),
+                max,
+            )
+        }
+    }
+}
+
 struct Row {
     what: String,
     untraced: String,
@@ -384,86 +437,92 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut rows: Vec<Row> = vec![];
     let secs = opts.seconds;
     let rounds = opts.rounds;
-    eprintln!("bench: {rounds} alternating rounds of {secs} s each");
+    eprintln!("bench: {rounds} rounds of {secs} s runs, each traced run between untraced ones");
 
-    // RST flood, exactness, and the bpftrace reference.
-    let (mut untraced, mut traced, mut bpf) = (vec![], vec![], vec![]);
+    // RST flood, exactness, and the bpftrace reference. Each traced run
+    // sits between two untraced ones and is compared with their mean: the
+    // host's speed drifts over seconds (a shared VM), and a drift that
+    // spans the three cancels out of the ratio.
+    let (mut full, mut counting, mut bpf) =
+        (Paired::default(), Paired::default(), Paired::default());
     let mut exact = 0;
     let have_bpftrace = which("bpftrace");
+    let flood = |client| rst_flood(&ns, client, secs);
     for r in 0..rounds {
         let client = Ipv4Addr::new(127, 200, r as u8, 1);
-        untraced.push(rst_flood(&ns, client, secs).0);
-        let t = Tracer::rsttrace(&[])?;
-        let (rate, delta) = rst_flood(&ns, client, secs);
-        let s = summary(&t.stop()?)?;
-        traced.push(rate);
-        let counted = remote_total(&s, &client.to_string());
-        if counted == delta {
-            exact += 1;
-        } else {
-            eprintln!("bench: round {r}: rsttrace counted {counted}, OutRsts says {delta}");
+        let mut before = flood(client).0;
+        for (variant, extra) in [
+            (&mut full, &[][..]),
+            (&mut counting, &["--summary-only"][..]),
+        ] {
+            let t = Tracer::rsttrace(extra)?;
+            let (rate, delta) = flood(client);
+            let s = summary(&t.stop()?)?;
+            let counted = remote_total(&s, &client.to_string());
+            if counted == delta {
+                exact += 1;
+            } else {
+                eprintln!("bench: round {r}: rsttrace counted {counted}, OutRsts says {delta}");
+            }
+            let after = flood(client).0;
+            variant.push(before, rate, after);
+            before = after;
         }
         if have_bpftrace {
             let b = Tracer::bpftrace()?;
-            bpf.push(rst_flood(&ns, client, secs).0);
+            let rate = flood(client).0;
             b.stop()?;
+            let after = flood(client).0;
+            bpf.push(before, rate, after);
         }
         eprintln!(
-            "bench: flood round {r}: untraced {:.0}/s, traced {:.0}/s{}",
-            untraced[r],
-            traced[r],
-            bpf.get(r)
-                .map(|b| format!(", bpftrace {b:.0}/s"))
+            "bench: flood round {r}: {:.1}% with events, {:.1}% counting only{}",
+            100.0 * full.ratios[r],
+            100.0 * counting.ratios[r],
+            bpf.ratios
+                .get(r)
+                .map(|b| format!(", bpftrace {:.1}%", 100.0 * b))
                 .unwrap_or_default()
         );
     }
-    let (u, t) = (median(&mut untraced), median(&mut traced));
-    rows.push(Row::rate(
-        "RST flood (connect to a closed port), RSTs/s",
-        u,
-        t,
-        0.97,
-    ));
+    let what = "RST flood (connect to a closed port), RSTs/s";
+    let full_row = full.row(what, 0.97);
+    let full_ratio = full.ratio();
+    rows.push(full_row);
+    rows.push(counting.row("  the same, --summary-only (counts, no events)", 0.97));
     if have_bpftrace {
-        let b = median(&mut bpf);
         rows.push(Row {
             target: "(to beat)".into(),
-            met: Some(t >= b),
-            ..Row::rate("  reference: bpftrace count-only one-liner", u, b, 0.0)
+            met: Some(full_ratio >= bpf.ratio()),
+            ..bpf.row("  reference: bpftrace count-only one-liner", 0.0)
         });
     }
     rows.push(Row::traced(
         "exact count under the flood (rsttrace == OutRsts)",
-        format!("{exact}/{rounds} rounds"),
-        "every round",
-        Some(exact == rounds),
+        format!("{exact}/{} runs", 2 * rounds),
+        "every run",
+        Some(exact == 2 * rounds),
     ));
 
-    // RST-free traffic: ping-pong.
-    let (mut ur, mut tr, mut ul, mut tl) = (vec![], vec![], vec![], vec![]);
+    // RST-free traffic: ping-pong, bracketed like the flood.
+    let (mut rate, mut p99) = (Paired::default(), Paired::default());
+    let mut before = ping_pong(&ns, secs);
     for r in 0..rounds {
-        let (rate, p99) = ping_pong(&ns, secs);
-        ur.push(rate);
-        ul.push(p99);
         let t = Tracer::rsttrace(&[])?;
-        let (rate, p99) = ping_pong(&ns, secs);
+        let traced = ping_pong(&ns, secs);
         t.stop()?;
-        tr.push(rate);
-        tl.push(p99);
+        let after = ping_pong(&ns, secs);
+        rate.push(before.0, traced.0, after.0);
+        p99.push(before.1, traced.1, after.1);
+        before = after;
         eprintln!(
-            "bench: ping-pong round {r}: untraced {:.0}/s, traced {:.0}/s",
-            ur[r], tr[r]
+            "bench: ping-pong round {r}: {:.1}% of the untraced rate, p99 {:+.1}%",
+            100.0 * rate.ratios[r],
+            100.0 * (p99.ratios[r] - 1.0)
         );
     }
-    let (u, t) = (median(&mut ur), median(&mut tr));
-    rows.push(Row::rate("1-byte ping-pong, round trips/s", u, t, 0.99));
-    let (u, t) = (median(&mut ul), median(&mut tl));
-    rows.push(Row::latency(
-        "1-byte ping-pong, p99 latency (us)",
-        u,
-        t,
-        0.02,
-    ));
+    rows.push(rate.row("1-byte ping-pong, round trips/s", 0.99));
+    rows.push(p99.latency_row("1-byte ping-pong, p99 latency (us)", 0.02));
 
     // HTTP keep-alive load against nginx, when nginx and wrk are there.
     if which("nginx") && which("wrk") {
@@ -566,31 +625,29 @@ fn http_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             .context("wrk printed no 99% latency")?;
         Ok((rps, p99))
     };
-    let (mut ur, mut tr, mut ul, mut tl) = (vec![], vec![], vec![], vec![]);
+    let (mut rate, mut p99) = (Paired::default(), Paired::default());
+    let mut before = wrk(secs)?;
     for r in 0..rounds {
-        let (a, b) = wrk(secs)?;
-        ur.push(a);
-        ul.push(b);
         let t = Tracer::rsttrace(&[])?;
-        let (a, b) = wrk(secs)?;
+        let traced = wrk(secs)?;
         t.stop()?;
-        tr.push(a);
-        tl.push(b);
+        let after = wrk(secs)?;
+        rate.push(before.0, traced.0, after.0);
+        p99.push(before.1, traced.1, after.1);
+        before = after;
         eprintln!(
-            "bench: http round {r}: untraced {:.0}/s, traced {:.0}/s",
-            ur[r], tr[r]
+            "bench: http round {r}: {:.1}% of the untraced rate",
+            100.0 * rate.ratios[r]
         );
     }
     // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
     // SAFETY: signalling our own child (ip netns exec execs nginx in place).
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
-    let (u, t) = (median(&mut ur), median(&mut tr));
-    let (lu, lt) = (median(&mut ul), median(&mut tl));
     let _ = ns;
     Ok(vec![
-        Row::rate("HTTP keep-alive (nginx, wrk -c8), requests/s", u, t, 0.99),
-        Row::latency("HTTP keep-alive, p99 latency (us)", lu, lt, 0.02),
+        rate.row("HTTP keep-alive (nginx, wrk -c8), requests/s", 0.99),
+        p99.latency_row("HTTP keep-alive, p99 latency (us)", 0.02),
     ])
 }
 
@@ -743,9 +800,11 @@ fn report(rows: &[Row], opts: &Options) -> Result<()> {
     writeln!(md, "# rsttrace benchmark results\n")?;
     writeln!(
         md,
-        "Kernel {kernel}, {cpus} CPUs, {date}. `cargo xtask bench`: {} alternating untraced/traced \
-         rounds of {} s each, medians; rsttrace runs with full attribution (`--output json` to a \
-         file). Ratios are traced / untraced, measured in the same invocation.\n",
+        "Kernel {kernel}, {cpus} CPUs, {date}. `cargo xtask bench`: {} rounds of {} s runs; each \
+         traced run sits between two untraced ones and is compared with their mean (the host's \
+         speed drifts over seconds); ratios are the median of those per-run ratios, the \
+         untraced and traced columns medians of the runs. rsttrace runs with full attribution \
+         (`--output json` to a file) unless the row says otherwise.\n",
         opts.rounds, opts.seconds
     )?;
     writeln!(

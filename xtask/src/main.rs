@@ -56,11 +56,11 @@ enum Cmd {
     /// Measure rsttrace's cost against untraced runs (needs root), print a
     /// table and write bench/RESULTS.md.
     Bench {
-        /// Alternating untraced/traced rounds per measurement.
-        #[arg(long, default_value_t = 5)]
+        /// Traced runs per measurement, each between two untraced ones.
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
-        /// Seconds per round.
-        #[arg(long, default_value_t = 2.0)]
+        /// Seconds per run.
+        #[arg(long, default_value_t = 1.0)]
         seconds: f64,
         /// Seconds of the mixed-cause soak (memory stability); 0 skips it.
         #[arg(long, default_value_t = 600)]
