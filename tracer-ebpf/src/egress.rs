@@ -120,8 +120,16 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let emit = count::emitting();
-    let Some(netns) = filter::netns(&f, emit, || netns::of(0, skb)) else {
-        return Ok(0);
+    // The namespace costs three reads: read first only when the scope needs
+    // it to decide; the TCP stack's own RSTs (most RSTs, and every one of a
+    // closed-port flood) stop below without it.
+    let scoped_netns = if f.netns != 0 {
+        let Some(ns) = filter::netns(&f, emit, || netns::of(0, skb)) else {
+            return Ok(0);
+        };
+        Some(ns)
+    } else {
+        None
     };
     count::bump(stat::EGRESS_RSTS);
     let sk: u64 = read(skb + u64::from(o.skb_sk))?;
@@ -149,6 +157,11 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
     if !filter::cause_ok(&f, cause) {
         return Ok(0);
     }
+    let netns = match scoped_netns {
+        Some(ns) => ns,
+        None if emit => netns::of(0, skb),
+        None => 0,
+    };
     let (cgroup_id, pid_tgid, comm) = count::current(cause, emit);
     let ev = RstEvent {
         // SAFETY: plain helper call with no arguments.
