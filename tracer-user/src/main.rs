@@ -507,7 +507,7 @@ async fn run(mut args: Args) -> Result<()> {
                     skipped_noted = true;
                     eprintln!(
                         "rsttrace: warning: the kernel skipped some runs of rsttrace's programs \
-                         (another BPF program was running on that CPU): counts may be short \
+                         (a BPF program was already running on that CPU): counts may be short \
                          (see skipped_runs in the summary)"
                     );
                 }

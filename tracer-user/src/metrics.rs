@@ -219,7 +219,7 @@ impl Collector for Snapshot {
         counter(
             &mut enc,
             "rsttrace_skipped_program_runs",
-            "Runs of rsttrace's programs the kernel skipped because another BPF program was \
+            "Runs of rsttrace's programs the kernel skipped because a BPF program was already \
              running on that CPU: RSTs or drops not counted at all.",
             s.skipped_runs
                 .iter()

@@ -283,8 +283,9 @@ impl Tracer {
     /// any). The kernel runs one tracepoint/kprobe BPF program per CPU at a
     /// time (raw tracepoints: each program once per CPU): a RST sent from
     /// a softirq that interrupts a BPF program on that CPU, ours or
-    /// another tool's kprobe, is not seen, so counts are short by up to
-    /// this many. Kernels count these from 6.2 (raw tracepoints) and 6.7
+    /// another tool's kprobe, is not seen, nor (7.x, where raw tracepoint
+    /// programs run preemptible) one sent while another task's run of the
+    /// same program is preempted; counts are short by up to this many. Kernels count these from 6.2 (raw tracepoints) and 6.7
     /// (tracepoints, kprobes); older ones skip silently.
     pub fn skipped_runs(&self) -> BTreeMap<String, u64> {
         self.ebpf

@@ -277,8 +277,9 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             .map(|(prog, n)| format!("{prog} {n}"))
             .collect();
         t.push_str(&format!(
-            "\nskipped by the kernel: {} (runs of rsttrace's programs while another BPF \
-             program ran on that CPU; the counts above may be short by as many)\n",
+            "\nskipped by the kernel: {} (runs of rsttrace's programs not started because a \
+             BPF program was already running on that CPU; the counts above may be short by \
+             as many)\n",
             runs.join(", ")
         ));
     }
