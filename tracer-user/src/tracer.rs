@@ -285,8 +285,9 @@ impl Tracer {
     /// a softirq that interrupts a BPF program on that CPU, ours or
     /// another tool's kprobe, is not seen, nor (7.x, where raw tracepoint
     /// programs run preemptible) one sent while another task's run of the
-    /// same program is preempted; counts are short by up to this many. Kernels count these from 6.2 (raw tracepoints) and 6.7
-    /// (tracepoints, kprobes); older ones skip silently.
+    /// same program is preempted; counts are short by up to this many.
+    /// Kernels count these from 6.2 (raw tracepoints) and 6.7 (tracepoints,
+    /// kprobes); older ones skip silently.
     pub fn skipped_runs(&self) -> BTreeMap<String, u64> {
         self.ebpf
             .programs()
@@ -349,8 +350,6 @@ impl Tracer {
     }
 }
 
-/// `prog` as its program type, loaded into the kernel (the verifier's
-/// refusal named); `load_fn` is that type's `load` with its arguments.
 /// `bpf_prog_info.recursion_misses` of a loaded program (0 on kernels
 /// without the field: they leave it as passed).
 fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
@@ -385,6 +384,8 @@ fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     Ok(info.recursion_misses)
 }
 
+/// `prog` as its program type, loaded into the kernel (the verifier's
+/// refusal named); `load_fn` is that type's `load` with its arguments.
 fn load<'a, P>(
     ebpf: &'a mut Ebpf,
     prog: &str,
