@@ -171,6 +171,39 @@ impl SendResetLayout {
     };
 }
 
+/// Offsets (from BTF) of a socket's endpoints in `sock_common`, for the BTF
+/// build of the tcp_send_reset program, which reads the socket (or the
+/// segment it answers) instead of the tracepoint's record. `num == ABSENT`
+/// leaves that build off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockAddrOffsets {
+    /// `skc_rcv_saddr`, `skc_daddr`: IPv4, network order.
+    pub rcv_saddr: u32,
+    pub daddr: u32,
+    /// `skc_num`: local port, host order; `skc_dport`: network order.
+    pub num: u32,
+    pub dport: u32,
+    /// `skc_v6_rcv_saddr`, `skc_v6_daddr`: 16 bytes each.
+    pub v6_rcv_saddr: u32,
+    pub v6_daddr: u32,
+    /// 1 when tcp_send_reset has a reason argument (6.10+), 0 when its
+    /// arguments are only (sk, skb).
+    pub reason_arg: u32,
+}
+
+impl SockAddrOffsets {
+    pub const UNSET: Self = Self {
+        rcv_saddr: ABSENT,
+        daddr: ABSENT,
+        num: ABSENT,
+        dport: ABSENT,
+        v6_rcv_saddr: ABSENT,
+        v6_daddr: ABSENT,
+        reason_arg: 0,
+    };
+}
+
 /// Offsets (from BTF) along the pointer chains that lead from a socket or
 /// an skb to its network namespace's inode number. `ABSENT` when the
 /// kernel has no BTF or no network namespaces.
@@ -280,24 +313,30 @@ impl EgressOffsets {
     };
 }
 
-/// Offsets into the `skb:kfree_skb` record, and the value of the
-/// NETFILTER_DROP reason on this kernel (it moves: 7, 11, 12, ...).
-/// `reason == ABSENT` leaves drop counting off.
+/// `skb:kfree_skb` on this kernel. Read as a raw tracepoint, its arguments
+/// are (skb, location, reason[, rx_sk]) on every kernel with a drop reason
+/// (5.17+; the format file's record mirrors them); read as a classic one,
+/// its record's fields are at these offsets. `netfilter_drop` is the
+/// NETFILTER_DROP reason's value here (it moves: 7, 11, 12, ...); `ABSENT`
+/// leaves drop counting off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KfreeSkbLayout {
+    pub netfilter_drop: u32,
     pub skbaddr: u32,
     pub location: u32,
     pub reason: u32,
-    pub netfilter_drop: u32,
 }
+
+/// Index of the drop reason among kfree_skb's raw tracepoint arguments.
+pub const KFREE_SKB_REASON_ARG: usize = 2;
 
 impl KfreeSkbLayout {
     pub const UNSET: Self = Self {
+        netfilter_drop: ABSENT,
         skbaddr: ABSENT,
         location: ABSENT,
         reason: ABSENT,
-        netfilter_drop: ABSENT,
     };
 }
 
@@ -413,6 +452,7 @@ mod pod {
     // SAFETY: all three are repr(C), made of integers and byte arrays, with
     // no implicit padding; any bit pattern is valid.
     unsafe impl aya::Pod for super::SendResetLayout {}
+    unsafe impl aya::Pod for super::SockAddrOffsets {}
     unsafe impl aya::Pod for super::RemoteKey {}
     unsafe impl aya::Pod for super::RemoteStats {}
     unsafe impl aya::Pod for super::RstEvent {}
@@ -438,6 +478,7 @@ mod tests {
         assert_eq!(size_of::<EgressOffsets>(), 13 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
+        assert_eq!(size_of::<SockAddrOffsets>(), 7 * 4);
         assert_eq!(size_of::<RemoteKey>(), 20);
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 40);
         assert_eq!(size_of::<RemoteStats>(), 24);

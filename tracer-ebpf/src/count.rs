@@ -2,9 +2,9 @@
 //! never from the event stream, so they stay exact when events are lost.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id,
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     },
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
@@ -36,15 +36,15 @@ static EMIT_EVENTS: u8 = 1;
 #[unsafe(no_mangle)]
 static ACTOR_CAUSES: u32 = 0;
 
-/// Pending bytes in the ring that wake the reader (set by userspace).
+/// Events a CPU emits between two wakeups of the reader (set by
+/// userspace: a share of the ring per CPU, so that all CPUs together wake
+/// it before the ring fills).
 #[unsafe(no_mangle)]
-static WAKEUP_BYTES: u64 = 0;
+static WAKEUP_EVERY: u64 = 1;
 
-#[inline(always)]
-fn wakeup_bytes() -> u64 {
-    // SAFETY: a read-only global that userspace sets before load.
-    unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
-}
+/// Events this CPU emitted since it last woke the reader.
+#[map]
+static SINCE_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether events are read at all: what only events carry (namespace,
 /// stacks, owners) is not worth its helper calls otherwise.
@@ -62,22 +62,21 @@ pub fn has_actor(cause: u8) -> bool {
     cause < 32 && mask & (1 << cause) != 0
 }
 
-/// The current task as an event carries it: (cgroup id, pid_tgid, comm).
-pub type Current = (u64, u64, [u8; TASK_COMM_LEN]);
-
-/// The current task, taken only when `cause` has an actor and events are
-/// read (each helper call costs); zeros otherwise.
+/// Names the current task in `ev` when its cause has an actor and events
+/// are read (each helper call costs). Written in place: no copy of the
+/// name through the stack.
 #[inline(always)]
-pub fn current(cause: u8, emit: bool) -> Current {
-    if !(emit && has_actor(cause)) {
-        return (0, 0, [0; TASK_COMM_LEN]);
+pub fn set_actor(ev: &mut RstEvent, emit: bool) {
+    if !(emit && has_actor(ev.cause)) {
+        return;
     }
-    (
-        // SAFETY: plain helper call.
-        unsafe { bpf_get_current_cgroup_id() },
-        bpf_get_current_pid_tgid(),
-        bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
-    )
+    // SAFETY: plain helper calls; the name goes to the event's own array
+    // of exactly the size passed.
+    unsafe {
+        ev.cgroup_id = bpf_get_current_cgroup_id();
+        ev.pid_tgid = bpf_get_current_pid_tgid();
+        bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
+    }
 }
 
 const EEXIST: i32 = 17;
@@ -145,12 +144,20 @@ fn emit(ev: &RstEvent) {
         return;
     }
     // Waking the reader for every event costs an interrupt (in a VM, an
-    // exit) per RST: wake it only once a batch is waiting; it also polls.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    // exit) per RST: wake it once a batch is waiting; it also polls. Counted
+    // per CPU: asking the ring how full it is reads a line the reader
+    // writes, on every event.
+    let mut flags = BPF_RB_NO_WAKEUP;
+    if let Some(n) = SINCE_WAKEUP.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a tracing program does not migrate.
+        unsafe {
+            *n += 1;
+            if *n >= core::ptr::read_volatile(&WAKEUP_EVERY) {
+                *n = 0;
+                flags = BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
     if EVENTS.output::<RstEvent>(ev, flags as u64).is_err() {
         bump(stat::LOST_EVENTS);
     }

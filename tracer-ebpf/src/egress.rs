@@ -1,7 +1,12 @@
-//! Every RST that leaves through a device, whoever built it: the raw
+//! Every RST that leaves through a device, whoever built it: the
 //! `net_dev_queue` tracepoint sees all devices of all namespaces at once
 //! (tc would need a hook per interface per namespace, created as containers
 //! come and go). Packets that are not TCP RSTs return after a few reads.
+//!
+//! Every packet the host sends passes here, so the program comes in two
+//! builds of one body: a BTF tracepoint reading `sk_buff` and `sock` with
+//! plain loads, and a raw tracepoint that probe-reads them, for kernels
+//! whose BTF or verifier refuses the first (userspace picks).
 //!
 //! The TCP stack's own RSTs were already counted by `tcp_send_reset`; here
 //! they only count for coverage. What remains is what the TCP stack never
@@ -10,15 +15,17 @@
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::PerCpuArray,
-    programs::RawTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
-use tracer_common::{ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, cause, source, stat};
+use tracer_common::{
+    ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause, source, stat,
+};
 
 use crate::{
     count, filter, netns, nft_chain,
-    packet::{self, read},
+    packet::{self, Direct, Mem, Probe},
     stack,
 };
 
@@ -47,9 +54,19 @@ const SOCK_RAW: u16 = 3;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn net_dev_queue_btf(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    match try_net_dev_queue::<Direct, _>(&ctx, skb) {
+        Ok(r) => r,
+        Err(r) => r,
+    }
+}
+
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
-    match try_net_dev_queue(&ctx) {
+    let skb: u64 = ctx.arg(0);
+    match try_net_dev_queue::<Probe, _>(&ctx, skb) {
         Ok(r) => r,
         Err(r) => r,
     }
@@ -65,34 +82,34 @@ enum Origin {
 }
 
 #[inline(always)]
-fn origin(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
+fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     if sk == 0 {
         return Ok(Origin::NoSocket);
     }
-    let family: u16 = read(sk + u64::from(o.sk_family))?;
+    let family: u16 = M::read(sk + u64::from(o.sk_family))?;
     if family == AF_PACKET {
         return Ok(Origin::Socket);
     }
     // Time-wait and request sockets are only a `sock_common`: check the
     // state before reading fields of a full socket.
-    let state: u8 = read(sk + u64::from(o.sk_state))?;
+    let state: u8 = M::read(sk + u64::from(o.sk_state))?;
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         return Ok(Origin::TcpStack);
     }
-    let sk_type: u16 = read(sk + u64::from(o.sk_type))?;
+    let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
     if sk_type == SOCK_STREAM {
         return Ok(Origin::TcpStack);
     }
     if sk_type == SOCK_RAW {
-        let protocol: u16 = read(sk + u64::from(o.sk_protocol))?;
+        let protocol: u16 = M::read(sk + u64::from(o.sk_protocol))?;
         if protocol == u16::from(IPPROTO_TCP) {
             // The TCP stack answers without a full socket through its
             // per-CPU control socket, a raw TCP socket that no file holds.
-            let socket: u64 = read(sk + u64::from(o.sk_socket))?;
+            let socket: u64 = M::read(sk + u64::from(o.sk_socket))?;
             let file: u64 = if socket == 0 {
                 0
             } else {
-                read(socket + u64::from(o.socket_file))?
+                M::read(socket + u64::from(o.socket_file))?
             };
             if file == 0 {
                 return Ok(Origin::TcpStack);
@@ -102,38 +119,29 @@ fn origin(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     Ok(Origin::Socket)
 }
 
-fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
-    // SAFETY: a read-only global that userspace sets before load.
-    let o = unsafe { core::ptr::read_volatile(&EGRESS_OFFSETS) };
+#[inline(always)]
+fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32, i32> {
+    let o = crate::global::get(&EGRESS_OFFSETS);
     if o.skb_sk == ABSENT {
         return Ok(0);
     }
-    let skb: u64 = ctx.arg(0);
-    let Some(p) = packet::tcp(skb, &o)? else {
+    let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
         return Ok(0);
     };
-    if p.flags & TCP_RST == 0 {
-        return Ok(0);
-    }
     let f = filter::get();
-    if !filter::remote_ok(&f, p.family, &p.daddr) || !filter::port_ok(&f, p.sport) {
+    if !filter::remote_ok(f, p.family, &p.daddr) || !filter::port_ok(f, p.sport) {
         return Ok(0);
     }
-    let emit = count::emitting();
-    // The namespace costs three reads: read first only when the scope needs
-    // it to decide; the TCP stack's own RSTs (most RSTs, and every one of a
-    // closed-port flood) stop below without it.
-    let scoped_netns = if f.netns != 0 {
-        let Some(ns) = filter::netns(&f, emit, || netns::of(0, skb)) else {
-            return Ok(0);
-        };
-        Some(ns)
-    } else {
-        None
+    let sk: u64 = M::read(skb + u64::from(o.skb_sk))?;
+    let origin = origin::<M>(sk, o)?;
+    // The TCP stack's own RSTs (most of them) emit nothing here: their
+    // namespace is read only when the scope needs it.
+    let emit = count::emitting() && !matches!(origin, Origin::TcpStack);
+    let Some(netns) = filter::netns(f, emit, || netns::of::<M>(0, skb)) else {
+        return Ok(0);
     };
     count::bump(stat::EGRESS_RSTS);
-    let sk: u64 = read(skb + u64::from(o.skb_sk))?;
-    let (cause, stack_id) = match origin(sk, &o)? {
+    let (cause, stack_id) = match origin {
         Origin::TcpStack => {
             count::bump(stat::EGRESS_TCP_STACK);
             return Ok(0);
@@ -154,21 +162,15 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
             }
         }
     };
-    if !filter::cause_ok(&f, cause) {
+    if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
-    let netns = match scoped_netns {
-        Some(ns) => ns,
-        None if emit => netns::of(0, skb),
-        None => 0,
-    };
-    let (cgroup_id, pid_tgid, comm) = count::current(cause, emit);
-    let ev = RstEvent {
+    let mut ev = RstEvent {
         // SAFETY: plain helper call with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr: sk,
-        cgroup_id,
-        pid_tgid,
+        cgroup_id: 0,
+        pid_tgid: 0,
         reason: ABSENT,
         state: 0,
         netns,
@@ -188,8 +190,9 @@ fn try_net_dev_queue(ctx: &RawTracePointContext) -> Result<i32, i32> {
         cause,
         source: source::EGRESS,
         _pad: 0,
-        comm,
+        comm: [0; TASK_COMM_LEN],
     };
+    count::set_actor(&mut ev, emit);
     if cause == cause::NETFILTER_REJECT
         && let Some(last) = LAST_REJECT.get_ptr_mut(0)
     {

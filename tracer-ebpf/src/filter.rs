@@ -24,9 +24,8 @@ static REMOTE_CIDRS: LpmTrie<CidrKey, u8> = LpmTrie::with_max_entries(256, 0);
 static LOCAL_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
 
 #[inline(always)]
-pub fn get() -> Filter {
-    // SAFETY: a read-only global that userspace sets before load.
-    unsafe { core::ptr::read_volatile(&FILTER) }
+pub fn get() -> &'static Filter {
+    crate::global::get(&FILTER)
 }
 
 /// The event's namespace, read only when someone needs it (a --netns

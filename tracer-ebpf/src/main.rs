@@ -8,6 +8,7 @@ mod count;
 mod drop;
 mod egress;
 mod filter;
+mod global;
 mod netns;
 mod nft_chain;
 mod packet;

@@ -1,23 +1,18 @@
 //! The network namespace of a RST: from its socket when there is one, else
 //! from the device of the segment it answers. Offsets come from BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{ABSENT, NetnsOffsets};
+
+use crate::packet::Mem;
 
 #[unsafe(no_mangle)]
 static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets::UNSET;
 
-#[inline(always)]
-fn read_u64(addr: u64) -> u64 {
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
-}
-
 /// Inode number of the namespace, 0 when it can't be read.
 #[inline(always)]
-pub fn of(skaddr: u64, skbaddr: u64) -> u32 {
-    // SAFETY: a read-only global that userspace sets before load.
-    let o = unsafe { core::ptr::read_volatile(&NETNS_OFFSETS) };
+pub fn of<M: Mem>(skaddr: u64, skbaddr: u64) -> u32 {
+    let read_u64 = |addr: u64| M::read::<u64>(addr).unwrap_or(0);
+    let o = crate::global::get(&NETNS_OFFSETS);
     if o.net_inum == ABSENT {
         return 0;
     }
@@ -35,6 +30,5 @@ pub fn of(skaddr: u64, skbaddr: u64) -> u32 {
     if net == 0 {
         return 0;
     }
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel((net + u64::from(o.net_inum)) as *const u32) }.unwrap_or(0)
+    M::read::<u32>(net + u64::from(o.net_inum)).unwrap_or(0)
 }

@@ -49,9 +49,8 @@ static NAMES_BUF: PerCpuArray<NftChainNames> = PerCpuArray::with_max_entries(1, 
 /// can take milliseconds.
 const FRESH_NS: u64 = 100_000_000;
 
-fn offsets() -> Option<NftOffsets> {
-    // SAFETY: a read-only global that userspace sets before load.
-    let o = unsafe { core::ptr::read_volatile(&NFT_OFFSETS) };
+fn offsets() -> Option<&'static NftOffsets> {
+    let o = crate::global::get(&NFT_OFFSETS);
     (o.pktinfo_skb != ABSENT).then_some(o)
 }
 

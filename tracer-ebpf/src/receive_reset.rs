@@ -10,6 +10,7 @@ use tracer_common::{ABSENT, RstEvent, SendResetLayout, TASK_COMM_LEN, cause, sou
 
 use crate::{
     count, filter, netns,
+    packet::Probe,
     send_reset::{copy_record, read_split},
 };
 
@@ -25,23 +26,22 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: a read-only global that userspace sets before load.
-    let layout = unsafe { core::ptr::read_volatile(&RECEIVE_RESET_LAYOUT) };
+    let layout = crate::global::get(&RECEIVE_RESET_LAYOUT);
     if layout.skaddr == ABSENT {
         return Ok(0);
     }
     let rec = copy_record(ctx)?;
     // The socket's own view: saddr/sport are this host's.
-    let ends = read_split(&rec, &layout)?;
+    let ends = read_split(&rec, layout)?;
     let skaddr = u64::from_ne_bytes(rec.bytes(layout.skaddr)?);
     let f = filter::get();
-    if !filter::cause_ok(&f, cause::RECEIVED)
-        || !filter::port_ok(&f, ends.local_port)
-        || !filter::remote_ok(&f, ends.family, &ends.remote)
+    if !filter::cause_ok(f, cause::RECEIVED)
+        || !filter::port_ok(f, ends.local_port)
+        || !filter::remote_ok(f, ends.family, &ends.remote)
     {
         return Ok(0);
     }
-    let Some(netns) = filter::netns(&f, count::emitting(), || netns::of(skaddr, 0)) else {
+    let Some(netns) = filter::netns(f, count::emitting(), || netns::of::<Probe>(skaddr, 0)) else {
         return Ok(0);
     };
     let ev = RstEvent {

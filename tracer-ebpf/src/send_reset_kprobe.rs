@@ -15,7 +15,7 @@ use crate::{
     count,
     egress::EGRESS_OFFSETS,
     filter, netns,
-    packet::{self, read},
+    packet::{self, Probe, read},
 };
 
 const TCP_RST: u8 = 0x04;
@@ -31,8 +31,7 @@ pub fn send_reset_no_full_socket(ctx: ProbeContext) -> u32 {
 }
 
 fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
-    // SAFETY: a read-only global that userspace sets before load.
-    let o = unsafe { core::ptr::read_volatile(&EGRESS_OFFSETS) };
+    let o = crate::global::get(&EGRESS_OFFSETS);
     if o.skb_sk == ABSENT {
         return Ok(0);
     }
@@ -50,7 +49,7 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         // A full socket: the tracepoint reports it.
         _ => return Ok(0),
     };
-    let Some(seg) = packet::tcp(skb, &o)? else {
+    let Some(seg) = packet::tcp::<Probe>(skb, o, 0)? else {
         return Ok(0);
     };
     // The kernel never answers a RST with a RST.
@@ -58,14 +57,14 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         return Ok(0);
     }
     let f = filter::get();
-    if !filter::cause_ok(&f, cause)
-        || !filter::port_ok(&f, seg.dport)
-        || !filter::remote_ok(&f, seg.family, &seg.saddr)
+    if !filter::cause_ok(f, cause)
+        || !filter::port_ok(f, seg.dport)
+        || !filter::remote_ok(f, seg.family, &seg.saddr)
     {
         return Ok(0);
     }
     let emit = count::emitting();
-    let Some(netns) = filter::netns(&f, emit, || netns::of(sk, skb)) else {
+    let Some(netns) = filter::netns(f, emit, || netns::of::<Probe>(sk, skb)) else {
         return Ok(0);
     };
     let ev = RstEvent {

@@ -23,24 +23,28 @@ static EGRESS_STACK_RULES: StackRules = StackRules::EMPTY;
 #[derive(Clone, Copy)]
 pub enum Rules {
     SendReset,
+    /// The BTF build of the tcp_send_reset program: its rules, with the
+    /// own frames of a raw tracepoint.
+    SendResetBtf,
     Egress,
 }
 
-/// Frames a raw tracepoint program's stack starts with that are its own:
+/// Frames a raw (or BTF) tracepoint program's stack starts with that are its own:
 /// the program (twice on 5.10: its unwinder repeats it) or the program and
 /// `bpf_trace_run1`. They lie among the modules and would read as one.
 /// Skipping `bpf_trace_run1` too is harmless: no rule names it.
 const RAW_TP_OWN_FRAMES: u64 = 2;
 
 impl Rules {
-    /// Each kind has its own scratch slot. The tracepoint and kprobe
-    /// programs (SendReset) never run nested or preempted on a CPU (the
-    /// kernel's bpf_prog_active, preemption off), but the raw tracepoint
-    /// (Egress) runs with neither: a softirq's tcp_send_reset can run in
-    /// the middle of it (and on 7.x another task, when it is preempted).
+    /// Each program has its own scratch slot: a program never runs twice
+    /// at once on a CPU (the kernel skips the nested run and counts it),
+    /// but a raw or BTF tracepoint program runs without the classic
+    /// tracepoints' shared guard, so a softirq's tcp_send_reset can run in
+    /// the middle of the egress program's scan, or the other way round.
+    /// The two builds of tcp_send_reset are never loaded together.
     fn scratch(self) -> u32 {
         match self {
-            Rules::SendReset => 0,
+            Rules::SendReset | Rules::SendResetBtf => 0,
             Rules::Egress => 1,
         }
     }
@@ -49,7 +53,7 @@ impl Rules {
         match self {
             // A tracepoint program's stack starts at the traced code.
             Rules::SendReset => 0,
-            Rules::Egress => RAW_TP_OWN_FRAMES,
+            Rules::SendResetBtf | Rules::Egress => RAW_TP_OWN_FRAMES,
         }
     }
 }
@@ -121,7 +125,7 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
     }
     let frames = (n as usize / 8).min(STACK_DEPTH);
     let rules = match which {
-        Rules::SendReset => &STACK_RULES,
+        Rules::SendReset | Rules::SendResetBtf => &STACK_RULES,
         Rules::Egress => &EGRESS_STACK_RULES,
     };
     // SAFETY: a read-only global that userspace sets before load.

@@ -213,9 +213,11 @@ impl SendResetFormat {
     }
 }
 
-/// `skb:kfree_skb` on this kernel: where its fields are and which reason
-/// value means NETFILTER_DROP. `reason` stays ABSENT on kernels whose
-/// kfree_skb has no reason (before 5.17), where drops can't be told apart.
+/// `skb:kfree_skb` on this kernel: which reason value means NETFILTER_DROP,
+/// and where the classic build finds its fields. It stays ABSENT on kernels
+/// whose kfree_skb has no reason (before 5.17), where drops can't be told
+/// apart. The raw build reads the arguments: the record must show them in
+/// their order (skb, location, reason), as every kernel since 5.17 does.
 pub fn kfree_skb_layout(format: &Format) -> Result<tracer_common::KfreeSkbLayout> {
     let off = |name: &str, size: u32| -> Result<u32> {
         let f = format
@@ -224,11 +226,8 @@ pub fn kfree_skb_layout(format: &Format) -> Result<tracer_common::KfreeSkbLayout
         anyhow::ensure!(f.size == size, "kfree_skb field {name} has size {}", f.size);
         Ok(f.offset)
     };
-    let mut l = tracer_common::KfreeSkbLayout {
-        skbaddr: off("skbaddr", 8)?,
-        location: off("location", 8)?,
-        ..tracer_common::KfreeSkbLayout::UNSET
-    };
+    let (skbaddr, location) = (off("skbaddr", 8)?, off("location", 8)?);
+    let mut l = tracer_common::KfreeSkbLayout::UNSET;
     if format.field("reason").is_some() {
         let value = format
             .symbols("reason")
@@ -236,8 +235,17 @@ pub fn kfree_skb_layout(format: &Format) -> Result<tracer_common::KfreeSkbLayout
             .find(|(_, n)| n == "NETFILTER_DROP")
             .map(|(v, _)| v as u32);
         if let Some(v) = value {
-            l.reason = off("reason", 4)?;
-            l.netfilter_drop = v;
+            let reason = off("reason", 4)?;
+            anyhow::ensure!(
+                skbaddr < location && location < reason,
+                "kfree_skb's record is not (skb, location, reason): its arguments moved"
+            );
+            l = tracer_common::KfreeSkbLayout {
+                netfilter_drop: v,
+                skbaddr,
+                location,
+                reason,
+            };
         }
     }
     Ok(l)
@@ -350,19 +358,20 @@ mod tests {
         let l = |k: &str| kfree_skb_layout(&fixture(&format!("{k}/kfree_skb"))).unwrap();
         let host = l("6.18");
         assert_eq!(
-            (
-                host.skbaddr,
-                host.location,
-                host.reason,
-                host.netfilter_drop
-            ),
-            (8, 16, 36, 12)
+            host,
+            tracer_common::KfreeSkbLayout {
+                netfilter_drop: 12,
+                skbaddr: 8,
+                location: 16,
+                reason: 36,
+            }
         );
-        let k61 = l("6.1");
-        assert_eq!((k61.reason, k61.netfilter_drop), (28, 7));
+        assert_eq!(l("6.1").netfilter_drop, 7);
+        assert_eq!(l("6.1").reason, 28);
         assert_eq!(l("6.12").netfilter_drop, 11);
-        let k510 = l("5.10");
-        assert_eq!(k510.reason, ABSENT, "5.10 has no drop reason");
+        assert_eq!(l("7.2").netfilter_drop, 12);
+        assert_eq!(l("5.10").netfilter_drop, ABSENT, "5.10 has no drop reason");
+        assert_eq!(l("5.10").reason, ABSENT);
     }
 
     #[test]

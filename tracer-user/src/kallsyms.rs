@@ -16,13 +16,43 @@ pub struct Kallsyms {
     syms: Vec<Symbol>,
     /// See `core_text`.
     core: Option<(u64, u64)>,
+    /// Module name -> end of its memory, from /proc/modules.
+    module_ends: std::collections::HashMap<String, u64>,
 }
 
 impl Kallsyms {
     pub fn load() -> Result<Self> {
         let text = std::fs::read_to_string("/proc/kallsyms")
             .map_err(|e| anyhow::anyhow!("can't read /proc/kallsyms: {e}"))?;
-        Self::parse(&text)
+        let mut k = Self::parse(&text)?;
+        // Without it, a module's last function reaches up to the next
+        // module: a guess the BPF programs' own code can fall into.
+        if let Ok(modules) = std::fs::read_to_string("/proc/modules") {
+            k.bound_modules(&modules);
+        }
+        Ok(k)
+    }
+
+    /// Ends each module's functions at the end of its memory (`name size
+    /// refcount deps state address` lines; addresses hidden as 0 are left
+    /// out). BPF programs and trampolines live among the modules, never
+    /// inside one.
+    pub fn bound_modules(&mut self, proc_modules: &str) {
+        for line in proc_modules.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(name), Some(size), Some(addr)) = (f.first(), f.get(1), f.get(5)) else {
+                continue;
+            };
+            let (Ok(size), Ok(addr)) = (
+                size.parse::<u64>(),
+                u64::from_str_radix(addr.trim_start_matches("0x"), 16),
+            ) else {
+                continue;
+            };
+            if addr != 0 {
+                self.module_ends.insert(name.to_string(), addr + size);
+            }
+        }
     }
 
     pub fn parse(text: &str) -> Result<Self> {
@@ -57,18 +87,31 @@ impl Kallsyms {
         }
         syms.sort_by_key(|s| s.addr);
         let core = span(syms.iter().filter(|s| s.module.is_none()));
-        Ok(Self { syms, core })
+        Ok(Self {
+            syms,
+            core,
+            module_ends: Default::default(),
+        })
     }
 
-    /// [start, end) of a function: up to the next symbol's address.
+    /// [start, end) of a function: up to the next symbol's address, and
+    /// within its module's memory when that is known.
     pub fn range(&self, name: &str) -> Option<(u64, u64)> {
         let i = self.syms.iter().position(|s| s.name == name)?;
         let start = self.syms[i].addr;
-        let end = self.syms[i + 1..]
+        let mut end = self.syms[i + 1..]
             .iter()
             .map(|s| s.addr)
             .find(|a| *a > start)
             .unwrap_or(start + 1);
+        if let Some(module_end) = self.syms[i]
+            .module
+            .as_ref()
+            .and_then(|m| self.module_ends.get(m))
+            && *module_end > start
+        {
+            end = end.min(*module_end);
+        }
         Some((start, end))
     }
 
@@ -141,6 +184,32 @@ ffffffff820719f0 t next_fn
         );
         assert_eq!(k.range("some_data"), None, "data symbols are not functions");
         assert_eq!(k.range("missing"), None);
+    }
+
+    #[test]
+    fn a_modules_last_function_ends_with_the_module() {
+        let text = "\
+ffffffffc0a01000 t nf_send_reset6\t[nf_reject_ipv6]
+ffffffffc0b00000 t first_fn\t[other]
+ffffffff81000000 T core_fn
+";
+        let mut k = Kallsyms::parse(text).unwrap();
+        // Unbounded: up to the next module, past anything between them.
+        assert_eq!(
+            k.range("nf_send_reset6"),
+            Some((0xffffffffc0a01000, 0xffffffffc0b00000))
+        );
+        k.bound_modules(
+            "nf_reject_ipv6 20480 3 ip6t_REJECT, Live 0xffffffffc0a00000\n\
+             other 16384 0 - Live 0x0000000000000000\n\
+             garbage\n",
+        );
+        assert_eq!(
+            k.range("nf_send_reset6"),
+            Some((0xffffffffc0a01000, 0xffffffffc0a05000))
+        );
+        // Hidden addresses (0) bound nothing.
+        assert_eq!(k.range("first_fn").unwrap().0, 0xffffffffc0b00000);
     }
 
     #[test]

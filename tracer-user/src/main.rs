@@ -160,6 +160,7 @@ async fn run(mut args: Args) -> Result<()> {
     };
     let from_btf = || kernel_btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"));
     let egress = from_btf().and_then(egress_offsets);
+    let sock_addrs = from_btf().and_then(|b| sock_addr_offsets(b, &fmt.layout));
     let netns = from_btf().and_then(netns_offsets);
     let egress_ok = egress.is_ok();
     // Before 6.10 the tracepoint skips RSTs without a full socket: kprobes
@@ -249,12 +250,12 @@ async fn run(mut args: Args) -> Result<()> {
         (Ok(_), Ok(_)) => {
             plan.seen(
                 "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
-                "raw tracepoint net_dev_queue (every device of every namespace) and the stack",
+                "tracepoint net_dev_queue (every device of every namespace) and the stack",
             );
         }
         (Ok(_), Err(e)) => plan.partly(
             "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
-            "raw tracepoint net_dev_queue (every device of every namespace)",
+            "tracepoint net_dev_queue (every device of every namespace)",
             format!("{e:#}: RSTs without a socket (netfilter, modules) show as unknown"),
         ),
         (Err(e), _) => {
@@ -314,7 +315,11 @@ async fn run(mut args: Args) -> Result<()> {
     match &kfree_skb {
         Ok(_) => plan.seen(
             "silent netfilter drops (no RST sent)",
-            "tracepoint skb:kfree_skb (reason NETFILTER_DROP)",
+            if tracer::bpf_runs_preemptible() {
+                "tracepoint skb:kfree_skb (reason NETFILTER_DROP)"
+            } else {
+                "raw tracepoint skb:kfree_skb (reason NETFILTER_DROP)"
+            },
         ),
         Err(e) => {
             eprintln!("rsttrace: warning: netfilter drops will not be counted: {e}");
@@ -350,6 +355,7 @@ async fn run(mut args: Args) -> Result<()> {
 
     let mut tracer = tracer::Tracer::load(&tracer::Options {
         send_reset: fmt.layout,
+        sock_addrs: sock_addrs.ok(),
         reason_causes: &reason_causes,
         stack_rules,
         netns: netns.unwrap_or(tracer_common::NetnsOffsets::UNSET),
@@ -412,6 +418,14 @@ async fn run(mut args: Args) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tracer.attach()?;
     let started = Instant::now();
+    let hooks = tracer.btf_hooks();
+    if !hooks.used.is_empty() || !hooks.refused.is_empty() || !hooks.avoided.is_empty() {
+        plan.fact(
+            "BTF tracepoints (tp_btf)",
+            hooks.refused.is_empty(),
+            btf_fact(hooks),
+        );
+    }
     let clock = BootClock::new();
     if doctor {
         tracer.detach()?;
@@ -427,11 +441,7 @@ async fn run(mut args: Args) -> Result<()> {
                 }
                 Err(e) => format!(
                     "not usable here ({}); no hook needs them",
-                    e.root_cause()
-                        .to_string()
-                        .split(". Verifier output")
-                        .next()
-                        .unwrap_or("")
+                    tracer::first_line(e)
                 ),
             },
         );
@@ -605,7 +615,7 @@ fn kfree_skb_layout(tracefs: &std::path::Path) -> Result<tracer_common::KfreeSkb
         .and_then(|t| Format::parse(&t))
         .and_then(|f| format::kfree_skb_layout(&f));
     match layout {
-        Ok(l) if l.reason != tracer_common::ABSENT => Ok(l),
+        Ok(l) if l.netfilter_drop != tracer_common::ABSENT => Ok(l),
         Ok(_) => Err(
             "this kernel's skb:kfree_skb has no NETFILTER_DROP reason (5.17 or later \
                       has it): silent netfilter drops can't be told from other drops"
@@ -649,6 +659,46 @@ fn egress_offsets(b: &btf::Btf) -> Result<tracer_common::EgressOffsets> {
             anyhow::ensure!(inode > sock, "socket_alloc has its inode first");
             inode - sock + ino
         },
+    })
+}
+
+/// What doctor says about the BTF builds of the hot programs.
+fn btf_fact(hooks: &tracer::BtfHooks) -> String {
+    let mut parts = vec![];
+    if !hooks.used.is_empty() {
+        parts.push(format!(
+            "{} read kernel structures with plain loads, no record built",
+            hooks.used.join(" and ")
+        ));
+    }
+    for (tp, why) in &hooks.refused {
+        parts.push(format!(
+            "{tp} refused ({why}): its classic or raw build runs, at a higher cost per event"
+        ));
+    }
+    for (tp, why) in &hooks.avoided {
+        parts.push(format!("{tp} stays a classic tracepoint ({why})"));
+    }
+    parts.join("; ")
+}
+
+/// Where a socket keeps its endpoints, for the BTF build of the
+/// tcp_send_reset program; its arguments follow the record's reason field.
+fn sock_addr_offsets(
+    b: &btf::Btf,
+    layout: &tracer_common::SendResetLayout,
+) -> Result<tracer_common::SockAddrOffsets> {
+    let m = |name: &str, size: u32| b.offset("sock", &["__sk_common", name], size);
+    // Kernels without IPv6 have no v6 fields: IPv4 still works.
+    let v6 = |name: &str| m(name, 16).unwrap_or(tracer_common::ABSENT);
+    Ok(tracer_common::SockAddrOffsets {
+        rcv_saddr: m("skc_rcv_saddr", 4)?,
+        daddr: m("skc_daddr", 4)?,
+        num: m("skc_num", 2)?,
+        dport: m("skc_dport", 2)?,
+        v6_rcv_saddr: v6("skc_v6_rcv_saddr"),
+        v6_daddr: v6("skc_v6_daddr"),
+        reason_arg: u32::from(layout.reason != tracer_common::ABSENT),
     })
 }
 

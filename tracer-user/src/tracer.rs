@@ -14,14 +14,15 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        FEntry, KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, StackRules,
+    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules,
 };
 
 use crate::{actor::comm_str, cause::ReasonEntry};
@@ -30,6 +31,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 pub struct Options<'a> {
     pub send_reset: SendResetLayout,
+    /// For the BTF build of the tcp_send_reset program; `None`: the
+    /// classic tracepoint reads the record.
+    pub sock_addrs: Option<SockAddrOffsets>,
     pub reason_causes: &'a [(u32, ReasonEntry)],
     pub stack_rules: StackRules,
     pub netns: NetnsOffsets,
@@ -65,7 +69,37 @@ pub const SEND_RESET_FUNCTIONS: [&str; 2] = ["tcp_v4_send_reset", "tcp_v6_send_r
 enum Link {
     TracePoint(TracePointLinkId),
     RawTracePoint(RawTracePointLinkId),
+    BtfTracePoint(BtfTracePointLinkId),
     KProbe(KProbeLinkId),
+}
+
+/// Which hot programs run as BTF tracepoints (plain loads, no record
+/// built) and which fell back to their classic or raw build, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BtfHooks {
+    pub used: Vec<&'static str>,
+    pub refused: Vec<(&'static str, String)>,
+    /// Not tried: a BTF or raw program there could be skipped (why).
+    pub avoided: Vec<(&'static str, &'static str)>,
+}
+
+/// Why a hook that runs in task context keeps its classic tracepoint on
+/// kernels where `bpf_runs_preemptible`.
+pub const PREEMPTIBLE_RUNS: &str = "on 6.19+ kernels a raw or BTF tracepoint's program can be \
+     preempted, and the kernel skips that program's runs on the CPU meanwhile";
+
+/// Whether this kernel runs programs on raw and BTF tracepoints with
+/// preemption on. From the SRCU-fast tracepoint guard (7.0; 6.19 is taken
+/// too, to be safe) a program that runs in task context can be preempted
+/// mid-run, and the kernel then skips every other run of it on that CPU
+/// (recursion_misses): seen on 7.2 as closed-port RSTs with no event while
+/// another task's abort was in tcp_send_reset. Classic tracepoints keep
+/// preemption off around their programs. net_dev_queue is exempt: it fires
+/// with bottom halves off (in `__dev_queue_xmit`), where no task is
+/// preempted. An unknown version counts as preemptible.
+pub fn bpf_runs_preemptible() -> bool {
+    aya::util::KernelVersion::current()
+        .map_or(true, |v| v >= aya::util::KernelVersion::new(6, 19, 0))
 }
 
 pub struct Tracer {
@@ -75,6 +109,9 @@ pub struct Tracer {
     sent: bool,
     received: bool,
     egress: bool,
+    /// Filled as the programs are attached.
+    btf_hooks: BtfHooks,
+    sock_addrs: bool,
     drops: bool,
     kprobe_resets: bool,
     /// Reject functions to attach the nftables chain kprobes with; none:
@@ -105,15 +142,14 @@ impl Tracer {
                 true,
             )
             .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
-            .override_global("EMIT_EVENTS", &emit, true)
-            .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
-            // A quarter of the ring, at most 64K: wakeups stay rare under
-            // floods, and the reader's poll picks up the rest.
             .override_global(
-                "WAKEUP_BYTES",
-                &u64::from((opts.ring_size / 4).min(64 * 1024)),
+                "SOCK_ADDR_OFFSETS",
+                &opts.sock_addrs.unwrap_or(SockAddrOffsets::UNSET),
                 true,
             )
+            .override_global("EMIT_EVENTS", &emit, true)
+            .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
+            .override_global("WAKEUP_EVERY", &wakeup_every(opts.ring_size), true)
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)
             .override_global(
@@ -154,13 +190,15 @@ impl Tracer {
                 .insert(p, 1, 0)
                 .context("filling the --local-port table")?;
         }
-        let drops = opts.egress.is_some() && kfree_skb.reason != ABSENT;
+        let drops = opts.egress.is_some() && kfree_skb.netfilter_drop != ABSENT;
         Ok(Self {
             ebpf,
             links: Vec::new(),
             sent: opts.sent,
             received: opts.receive_reset.is_some(),
             egress: opts.egress.is_some(),
+            btf_hooks: BtfHooks::default(),
+            sock_addrs: opts.sock_addrs.is_some(),
             drops,
             kprobe_resets: opts.kprobe_resets && opts.egress.is_some(),
             nft_rejects: match &opts.nft {
@@ -179,6 +217,59 @@ impl Tracer {
         Ok(())
     }
 
+    fn attach_raw_tp(&mut self, prog: &str, name: &str) -> Result<()> {
+        let p = load(&mut self.ebpf, prog, RawTracePoint::load)?;
+        let link = p
+            .attach(name)
+            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+        self.links
+            .push((prog.to_string(), Link::RawTracePoint(link)));
+        Ok(())
+    }
+
+    /// `btf_prog` attached as a BTF tracepoint on `tracepoint`, else
+    /// `fallback` (the classic or raw build of the same program); the
+    /// outcome goes to `btf_hooks`.
+    fn attach_btf_or(
+        &mut self,
+        btf: &Result<aya::Btf>,
+        btf_prog: &'static str,
+        tracepoint: &'static str,
+        fallback: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let attached = match btf {
+            Ok(btf) => load(&mut self.ebpf, btf_prog, |p: &mut BtfTracePoint| {
+                p.load(tracepoint, btf)
+            })
+            .and_then(|p| {
+                p.attach()
+                    .with_context(|| format!("attaching to BTF tracepoint {tracepoint}"))
+            }),
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        };
+        match attached {
+            Ok(link) => {
+                self.links
+                    .push((btf_prog.into(), Link::BtfTracePoint(link)));
+                self.btf_hooks.used.push(tracepoint);
+            }
+            Err(e) => {
+                // The verifier's full log, for reports from other kernels.
+                if std::env::var_os("RSTTRACE_VERIFIER_LOG").is_some() {
+                    eprintln!("rsttrace: {btf_prog}: {e:#}");
+                }
+                fallback(self)?;
+                self.btf_hooks.refused.push((tracepoint, first_line(&e)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which programs run as BTF tracepoints, once attached.
+    pub fn btf_hooks(&self) -> &BtfHooks {
+        &self.btf_hooks
+    }
+
     fn attach_kprobe(&mut self, prog: &str, functions: &[&str]) -> Result<()> {
         let p = load(&mut self.ebpf, prog, KProbe::load)?;
         for func in functions {
@@ -192,17 +283,42 @@ impl Tracer {
 
     pub fn attach(&mut self) -> Result<()> {
         if self.sent {
-            self.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset")?;
-            if self.egress {
-                let p = load(&mut self.ebpf, "net_dev_queue", RawTracePoint::load)?;
-                let link = p
-                    .attach("net_dev_queue")
-                    .context("attaching to raw tracepoint net_dev_queue")?;
-                self.links
-                    .push(("net_dev_queue".into(), Link::RawTracePoint(link)));
+            // The builds other kernels run (no BTF tracepoints, or programs
+            // that can be preempted), on demand: their tests; comparing costs.
+            let fallbacks = std::env::var_os("RSTTRACE_NO_TP_BTF").is_some();
+            // Parsed once for both BTF programs (it is megabytes).
+            let btf = if fallbacks {
+                Err(anyhow::anyhow!("turned off by RSTTRACE_NO_TP_BTF"))
+            } else if self.egress {
+                aya::Btf::from_sys_fs().context("reading kernel BTF")
+            } else {
+                Err(anyhow::anyhow!("not needed"))
+            };
+            let classic = |t: &mut Self| t.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset");
+            let preemptible = bpf_runs_preemptible();
+            if preemptible && self.sock_addrs && self.egress {
+                classic(self)?;
+                self.btf_hooks
+                    .avoided
+                    .push(("tcp_send_reset", PREEMPTIBLE_RUNS));
+            } else if self.sock_addrs && self.egress {
+                self.attach_btf_or(&btf, "tcp_send_reset_btf", "tcp_send_reset", classic)?;
+            } else {
+                classic(self)?;
             }
-            if self.drops {
-                self.attach_tp("kfree_skb", "skb", "kfree_skb")?;
+            if self.egress {
+                self.attach_btf_or(&btf, "net_dev_queue_btf", "net_dev_queue", |t| {
+                    t.attach_raw_tp("net_dev_queue", "net_dev_queue")
+                })?;
+            }
+            drop(btf);
+            if self.drops && (preemptible || fallbacks) {
+                self.attach_tp("kfree_skb_tp", "skb", "kfree_skb")?;
+                if preemptible {
+                    self.btf_hooks.avoided.push(("kfree_skb", PREEMPTIBLE_RUNS));
+                }
+            } else if self.drops {
+                self.attach_raw_tp("kfree_skb", "kfree_skb")?;
             }
             if self.kprobe_resets {
                 self.attach_kprobe("send_reset_no_full_socket", &SEND_RESET_FUNCTIONS)?;
@@ -245,6 +361,10 @@ impl Tracer {
                 }
                 Link::RawTracePoint(l) => {
                     let p: &mut RawTracePoint = p.try_into()?;
+                    p.detach(l)
+                }
+                Link::BtfTracePoint(l) => {
+                    let p: &mut BtfTracePoint = p.try_into()?;
                     p.detach(l)
                 }
                 Link::KProbe(l) => {
@@ -382,6 +502,30 @@ fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(info.recursion_misses)
+}
+
+/// Events per CPU between wakeups of the reader: all CPUs together wake it
+/// once a quarter of the ring (at most 64K) is waiting, so wakeups stay rare
+/// under floods and the ring does not fill first; the reader's poll picks
+/// up the rest.
+fn wakeup_every(ring_size: u32) -> u64 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
+    // Each record carries an 8-byte header.
+    let record = (std::mem::size_of::<tracer_common::RstEvent>() + 8) as u64;
+    (u64::from((ring_size / 4).min(64 * 1024)) / record / cpus).max(1)
+}
+
+/// An error's causes on one line, without the verifier's log (doctor
+/// and the start-up line quote it).
+pub fn first_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .split(". Verifier output")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// `prog` as its program type, loaded into the kernel (the verifier's

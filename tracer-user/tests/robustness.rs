@@ -196,15 +196,27 @@ fn sigterm_mid_flood_prints_the_summary_and_leaves_nothing_behind() {
         "{}",
         parsed.summary
     );
-    // Every program and link it held is gone.
-    for (kind, id) in ids {
-        let st = Command::new("bpftool")
-            .args([&kind, "show", "id", &id])
+    // Every program and link it held is gone. The kernel frees them after
+    // an RCU grace period once the last reference goes (for tracing
+    // programs that can take a moment): wait a little, not forever.
+    let exists = |kind: &str, id: &str| {
+        Command::new("bpftool")
+            .args([kind, "show", "id", id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .expect("running bpftool");
-        assert!(!st.success(), "{kind} {id} still exists after exit");
+            .expect("running bpftool")
+            .success()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for (kind, id) in ids {
+        while exists(&kind, &id) && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !exists(&kind, &id),
+            "{kind} {id} still exists 5 s after exit"
+        );
     }
 }
 

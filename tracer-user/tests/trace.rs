@@ -818,11 +818,64 @@ fn injected_from_raw_and_packet_sockets() {
     }
 }
 
+/// Kernels that refuse the BTF tracepoints run the classic tcp_send_reset
+/// (reading its record) and the raw net_dev_queue (probe reads): the same
+/// RSTs get the same attribution.
+#[test]
+fn classic_and_raw_builds_attribute_alike() {
+    let ns = Netns::new("fallback");
+    ns.add_addr("fd72:7374::41/128");
+    let trace = Trace::start_with_env(&[], ("RSTTRACE_NO_TP_BTF", "1"));
+    let closed4 = closed_port(
+        &ns,
+        "127.41.0.1".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+        3,
+    );
+    let closed6 = closed_port(
+        &ns,
+        "fd72:7374::41".parse().unwrap(),
+        "[::1]:9".parse().unwrap(),
+        3,
+    );
+    let aborted = abort_on_close(&ns, "127.41.0.2", 2);
+    let (injected, _) = inject_rsts(&ns, [127, 41, 0, 3], 2);
+    let out = trace.stop();
+    for e in out.assert_exactly(&ns, "127.41.0.1", closed4, "closed-port") {
+        assert_eq!(
+            (&e["local_ip"], &e["local_port"]),
+            (&"127.0.0.1".into(), &9.into())
+        );
+    }
+    for e in out.assert_exactly(&ns, "fd72:7374::41", closed6, "closed-port") {
+        assert_eq!(
+            (&e["family"], &e["local_ip"]),
+            (&"ipv6".into(), &"::1".into())
+        );
+    }
+    out.assert_exactly(&ns, "127.41.0.2", aborted, "abort-on-close");
+    out.assert_exactly(&ns, "127.41.0.3", injected, "injected");
+}
+
 /// Silent drops: no RST, but the peer sees the same failure. Counted per
 /// remote IP in the summary's `drops`, with where they were dropped.
 #[test]
 fn netfilter_drops_are_counted_per_remote() {
-    let ns = Netns::new("drop");
+    netfilter_drops("drop", 27, None);
+}
+
+/// The classic build of the kfree_skb program (kernels where a raw
+/// tracepoint's program can be preempted) counts the same drops.
+#[test]
+fn netfilter_drops_are_counted_by_the_classic_build() {
+    netfilter_drops("dropc", 49, Some(("RSTTRACE_NO_TP_BTF", "1")));
+}
+
+/// Two clients, 127.`octet`.0.1 and .2, whose SYNs an nft rule and an
+/// iptables-legacy rule drop.
+fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
+    let ns = Netns::new(tag);
+    let (c1, c2) = (format!("127.{octet}.0.1"), format!("127.{octet}.0.2"));
     ns.exec(&["nft", "add table inet rsttrace_t"]);
     ns.exec(&[
         "nft",
@@ -830,14 +883,14 @@ fn netfilter_drops_are_counted_per_remote() {
     ]);
     ns.exec(&[
         "nft",
-        "add rule inet rsttrace_t in ip saddr 127.27.0.1 tcp dport 7777 counter drop",
+        &format!("add rule inet rsttrace_t in ip saddr {c1} tcp dport 7777 counter drop"),
     ]);
     ns.exec(&[
         "iptables-legacy",
         "-A",
         "INPUT",
         "-s",
-        "127.27.0.2",
+        &c2,
         "-p",
         "tcp",
         "--dport",
@@ -845,9 +898,13 @@ fn netfilter_drops_are_counted_per_remote() {
         "-j",
         "DROP",
     ]);
-    let trace = Trace::start(&[]);
-    ns.run(|| {
-        for client in ["127.27.0.1", "127.27.0.2"] {
+    let trace = match env {
+        Some(var) => Trace::start_with_env(&[], var),
+        None => Trace::start(&[]),
+    };
+    let clients = [c1.clone(), c2.clone()];
+    ns.run(move || {
+        for client in clients {
             // A SYN into the void: the connect times out.
             let s =
                 socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -865,7 +922,7 @@ fn netfilter_drops_are_counted_per_remote() {
     let legacy = ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]);
     let legacy: u64 = legacy
         .lines()
-        .find(|l| l.contains("DROP") && l.contains("127.27.0.2"))
+        .find(|l| l.contains("DROP") && l.contains(c2.as_str()))
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .parse()
@@ -879,7 +936,7 @@ fn netfilter_drops_are_counted_per_remote() {
         assert_eq!(out.summary["drops_total"], 0);
         return;
     }
-    for (ip, n) in [("127.27.0.1", nft), ("127.27.0.2", legacy)] {
+    for (ip, n) in [(c1.as_str(), nft), (c2.as_str(), legacy)] {
         let d = drops
             .iter()
             .find(|d| d["remote_ip"] == ip)
@@ -888,7 +945,7 @@ fn netfilter_drops_are_counted_per_remote() {
         assert_eq!(d["by_cause"], serde_json::json!({"netfilter-drop": n}));
         assert!(!d["where"].as_object().unwrap().is_empty(), "{d}");
     }
-    assert!(out.rsts_to("127.27.0.1").is_empty() && out.rsts_to("127.27.0.2").is_empty());
+    assert!(out.rsts_to(&c1).is_empty() && out.rsts_to(&c2).is_empty());
 }
 
 /// A security agent that blocks a peer with a firewall rule: the rule is

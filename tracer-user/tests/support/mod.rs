@@ -198,9 +198,18 @@ impl Trace {
         Self::start_in(None, extra)
     }
 
+    /// rsttrace with `var` set in its environment.
+    pub fn start_with_env(extra: &[&str], var: (&str, &str)) -> Self {
+        Self::spawn(None, extra, Some(var))
+    }
+
     /// Runs rsttrace inside namespace `ns` (the sidecar shape), or in the
     /// test's own.
     pub fn start_in(ns: Option<&Netns>, extra: &[&str]) -> Self {
+        Self::spawn(ns, extra, None)
+    }
+
+    fn spawn(ns: Option<&Netns>, extra: &[&str], var: Option<(&str, &str)>) -> Self {
         require_root();
         let mut cmd = match ns {
             // ip netns exec execs rsttrace in place: signals reach it.
@@ -211,6 +220,9 @@ impl Trace {
             }
             None => Command::new(env!("CARGO_BIN_EXE_rsttrace")),
         };
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
         let mut child = cmd
             .args(["--output", "json"])
             .args(extra)
@@ -329,10 +341,17 @@ impl TraceOutput {
             *m.entry(e["cause"].as_str().unwrap_or("?")).or_default() += 1;
             m
         });
+        let others: Vec<String> = evs
+            .iter()
+            .filter(|e| e["cause"] != cause)
+            .take(3)
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(
             evs.len() as u64,
             n,
-            "events to {remote}: {causes:?}; program runs the kernel skipped: {}",
+            "events to {remote}: {causes:?}; not {cause}: {others:?}; \
+             program runs the kernel skipped: {}",
             self.summary["skipped_runs"]
         );
         assert_eq!(
