@@ -676,8 +676,22 @@ fn btf_fact(hooks: &tracer::BtfHooks) -> String {
             "{tp} refused ({why}): its classic or raw build runs, at a higher cost per event"
         ));
     }
-    for (tp, why) in &hooks.avoided {
-        parts.push(format!("{tp} stays a classic tracepoint ({why})"));
+    // One reason keeps them classic so far: named once.
+    let mut whys: Vec<&str> = hooks.avoided.iter().map(|(_, why)| *why).collect();
+    whys.dedup();
+    for why in whys {
+        let tps: Vec<&str> = hooks
+            .avoided
+            .iter()
+            .filter(|(_, w)| *w == why)
+            .map(|(tp, _)| *tp)
+            .collect();
+        let stay = if tps.len() == 1 {
+            "stays a classic tracepoint"
+        } else {
+            "stay classic tracepoints"
+        };
+        parts.push(format!("{} {stay} ({why})", tps.join(" and ")));
     }
     parts.join("; ")
 }
@@ -790,5 +804,32 @@ fn stop_on_output_error(e: io::Error) -> Result<bool> {
         Ok(false)
     } else {
         Err(e).context("writing output")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btf_fact_names_each_reason_once() {
+        let hooks = tracer::BtfHooks {
+            used: vec!["net_dev_queue"],
+            refused: vec![],
+            avoided: vec![
+                ("tcp_send_reset", tracer::PREEMPTIBLE_RUNS),
+                ("kfree_skb", tracer::PREEMPTIBLE_RUNS),
+            ],
+        };
+        let fact = btf_fact(&hooks);
+        assert_eq!(fact.matches(tracer::PREEMPTIBLE_RUNS).count(), 1, "{fact}");
+        assert!(
+            fact.contains("tcp_send_reset and kfree_skb stay classic tracepoints"),
+            "{fact}"
+        );
+        assert!(
+            fact.starts_with("net_dev_queue read kernel structures"),
+            "{fact}"
+        );
     }
 }
