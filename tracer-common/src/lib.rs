@@ -50,8 +50,11 @@ pub mod stat {
     /// RSTs this host received, and those that found their map full.
     pub const RECEIVED_RSTS: u32 = cause::COUNT + 7;
     pub const RECEIVED_MAP_FULL: u32 = cause::COUNT + 8;
+    /// RSTs tcp_send_reset saw but could not read (a fault, or offsets
+    /// this kernel lacks): in no other count.
+    pub const UNREADABLE_RSTS: u32 = cause::COUNT + 9;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT + 9;
+    pub const COUNT: u32 = cause::COUNT + 10;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.

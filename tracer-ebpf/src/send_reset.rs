@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, EgressOffsets, MAX_REASONS, NEEDS_STACK, RstEvent, SendResetLayout,
-    SockAddrOffsets, TASK_COMM_LEN, addr_layout, cause, source,
+    SockAddrOffsets, TASK_COMM_LEN, addr_layout, cause, source, stat,
 };
 
 use crate::{
@@ -68,8 +68,16 @@ pub fn copy_record(ctx: &TracePointContext) -> Result<Record<'static>, u32> {
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     match try_tcp_send_reset(&ctx) {
         Ok(r) => r,
-        Err(r) => r,
+        Err(r) => unreadable(r),
     }
+}
+
+/// A RST that could not be read is still counted, as unreadable: the
+/// summary never comes up short without saying so.
+#[inline(always)]
+fn unreadable(r: u32) -> u32 {
+    count::bump(stat::UNREADABLE_RSTS);
+    r
 }
 
 /// Aligned, addresses first: zeroed and copied a word at a time (see
@@ -124,7 +132,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
 pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> u32 {
     match try_tcp_send_reset_btf(&ctx) {
         Ok(r) => r,
-        Err(r) => r,
+        Err(r) => unreadable(r),
     }
 }
 
@@ -138,7 +146,7 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let a = crate::global::get(&SOCK_ADDR_OFFSETS);
     let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
     if a.num == ABSENT || o.sk_state == ABSENT {
-        return Ok(0);
+        return Err(1);
     }
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
@@ -155,16 +163,20 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     };
     let ends = if sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
         sock_endpoints(sk, a, o)?
-    } else if a.reason_arg == 0 || skb == 0 {
+    } else if a.reason_arg == 0 {
         // Before 6.10 (no reason argument) the tracepoint fires only with a
         // full socket: this path is left out of the program the verifier
         // walks there (a second walk of everything below, which 5.10 under
-        // emulation takes most of a minute over). The verifier types `skb`
-        // may-be-null: checked before any arithmetic on it.
+        // emulation takes most of a minute over).
         return Ok(0);
+    } else if skb == 0 {
+        // The verifier types `skb` may-be-null: checked before any
+        // arithmetic on it. The kernel always passes the segment a RST
+        // without a full socket answers.
+        return Err(1);
     } else {
         let Some(seg) = packet::tcp::<Direct>(skb, o, 0).map_err(|_| 1u32)? else {
-            return Ok(0);
+            return Err(1);
         };
         Endpoints {
             local: seg.daddr,

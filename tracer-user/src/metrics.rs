@@ -227,6 +227,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut enc,
+            "rsttrace_unreadable_rsts",
+            "RSTs tcp_send_reset saw but rsttrace could not read: in no other count.",
+            [(vec![], s.unreadable)],
+        )?;
+        counter(
+            &mut enc,
             "rsttrace_remote_ip_overflow",
             "RSTs counted by cause but not per remote IP: the kernel's per-remote map was \
              full (--max-remote-ips).",
@@ -385,6 +391,7 @@ mod tests {
     fn skipped_runs_are_a_counter_per_program() {
         let s = Summary {
             skipped_runs: [("tcp_send_reset".to_string(), 3)].into_iter().collect(),
+            unreadable: 2,
             ..Default::default()
         };
         let shape = Shape {
@@ -395,6 +402,10 @@ mod tests {
         let text = encode(&s, shape);
         assert!(
             text.contains("rsttrace_skipped_program_runs_total{program=\"tcp_send_reset\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rsttrace_unreadable_rsts_total 2\n"),
             "{text}"
         );
     }

@@ -59,6 +59,8 @@ pub struct Summary {
     /// Runs of our programs the kernel skipped, by program: RSTs (or drops)
     /// not counted at all (see `Tracer::skipped_runs`).
     pub skipped_runs: BTreeMap<String, u64>,
+    /// RSTs tcp_send_reset saw but could not read: in no other count.
+    pub unreadable: u64,
     /// RSTs counted by cause but not per remote IP: the per-remote map was full.
     pub remote_ip_overflow: u64,
     pub coverage: Coverage,
@@ -183,6 +185,7 @@ pub fn build(
         total: by_cause.values().sum(),
         lost: slot(stat::LOST_EVENTS),
         skipped_runs: BTreeMap::new(),
+        unreadable: slot(stat::UNREADABLE_RSTS),
         remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
         coverage: Coverage {
             egress_rsts: slot(stat::EGRESS_RSTS),
@@ -242,6 +245,7 @@ mod tests {
         stats[Cause::AbortOnClose as usize] = 2;
         stats[stat::LOST_EVENTS as usize] = 3;
         stats[stat::REMOTE_MAP_FULL as usize] = 1;
+        stats[stat::UNREADABLE_RSTS as usize] = 4;
         let remotes = vec![
             (key(a, Cause::ClosedPort), vec![v(1, 100, 100), v(0, 0, 0)]),
             (key(b, Cause::ClosedPort), vec![v(2, 50, 60), v(1, 40, 45)]),
@@ -249,7 +253,8 @@ mod tests {
         ];
         let clock = BootClock::with_boot_epoch_ns(0);
         let s = build(&stats, remotes, &clock, Duration::from_secs(1));
-        assert_eq!(s.total, 7);
+        assert_eq!(s.total, 7, "unreadable RSTs are in no cause");
+        assert_eq!(s.unreadable, 4);
         assert_eq!(s.lost, 3);
         assert_eq!(s.remote_ip_overflow, 1);
         assert_eq!(s.by_cause[&Cause::ClosedPort], 5);

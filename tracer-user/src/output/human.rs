@@ -270,6 +270,13 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
             s.remote_ip_overflow
         ));
     }
+    if s.unreadable > 0 {
+        t.push_str(&format!(
+            "\n{} RSTs could not be read (a fault, or a kernel layout rsttrace does not know): \
+             they are in no count above\n",
+            s.unreadable
+        ));
+    }
     if !s.skipped_runs.is_empty() {
         let runs: Vec<String> = s
             .skipped_runs
@@ -398,6 +405,7 @@ mod tests {
         assert!(text.contains("closed-port=10"), "{text}");
         assert!(text.contains("lost events: 0\n"), "{text}");
         assert!(!text.contains("skipped by the kernel"), "{text}");
+        assert!(!text.contains("could not be read"), "{text}");
     }
 
     #[test]
@@ -420,6 +428,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            unreadable: 1,
             by_cause: [(Cause::ClosedPort, 6)].into_iter().collect(),
             by_remote_ip: vec![r("127.0.0.3", 3), r("127.0.0.2", 2), r("127.0.0.1", 1)],
             ..Default::default()
@@ -430,6 +439,7 @@ mod tests {
         assert!(!t.contains("127.0.0.1 "));
         assert!(t.contains("... and 1 more remote IPs (1 in all)"), "{t}");
         assert!(t.contains("lost events: 2 (not shown live"));
+        assert!(t.contains("1 RSTs could not be read (a fault"), "{t}");
         assert!(
             t.contains("skipped by the kernel: kfree_skb 1, tcp_send_reset 5 (runs of"),
             "{t}"

@@ -64,6 +64,7 @@ struct SummaryLine<'a> {
     total: u64,
     lost: u64,
     skipped_runs: &'a BTreeMap<String, u64>,
+    unreadable: u64,
     remote_ip_overflow: u64,
     by_cause: &'a BTreeMap<Cause, u64>,
     by_remote_ip: Vec<RemoteLine<'a>>,
@@ -159,6 +160,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
         total: s.total,
         lost: s.lost,
         skipped_runs: &s.skipped_runs,
+        unreadable: s.unreadable,
         remote_ip_overflow: s.remote_ip_overflow,
         by_cause: &s.by_cause,
         by_remote_ip: s.by_remote_ip.iter().map(remote_line).collect(),
@@ -358,6 +360,7 @@ mod tests {
             }],
             drops_total: 2,
             skipped_runs: [("tcp_send_reset".to_string(), 4)].into_iter().collect(),
+            unreadable: 2,
             ..Default::default()
         };
         let v = serde_json::to_value(summary_line(&s)).unwrap();
@@ -369,6 +372,7 @@ mod tests {
                 "total": 3,
                 "lost": 1,
                 "skipped_runs": {"tcp_send_reset": 4},
+                "unreadable": 2,
                 "remote_ip_overflow": 0,
                 "by_cause": {"closed-port": 3},
                 "by_remote_ip": [{

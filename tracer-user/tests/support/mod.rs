@@ -336,6 +336,11 @@ impl TraceOutput {
             "events were lost: {}",
             self.summary
         );
+        assert_eq!(
+            self.summary["unreadable"], 0,
+            "RSTs could not be read: {}",
+            self.summary
+        );
         let evs = self.rsts_to(remote);
         let causes: BTreeMap<&str, usize> = evs.iter().fold(BTreeMap::new(), |mut m, e| {
             *m.entry(e["cause"].as_str().unwrap_or("?")).or_default() += 1;
