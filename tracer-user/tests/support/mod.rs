@@ -240,7 +240,11 @@ impl Trace {
             }
         });
         let mut seen = String::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Loading means verifying every program: a second or so here, 7 s
+        // for one tracer on 5.10 under qemu without KVM, and several start
+        // at once there (test threads). Generous: only a hang should fail.
+        const ATTACH_WITHIN: Duration = Duration::from_secs(180);
+        let deadline = Instant::now() + ATTACH_WITHIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -253,7 +257,7 @@ impl Trace {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("rsttrace did not attach within 60s; stderr:\n{seen}");
+                    panic!("rsttrace did not attach within {ATTACH_WITHIN:?}; stderr:\n{seen}");
                 }
             }
         }
