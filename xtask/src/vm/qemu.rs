@@ -36,6 +36,17 @@ pub struct Outcome {
     pub result: Option<String>,
     pub timed_out: bool,
     pub duration: Duration,
+    /// Our init said it booted (before it, no test had run).
+    pub booted: bool,
+    /// The guest kernel's first crash line (oops, BUG, panic), if any.
+    pub crash: Option<String>,
+}
+
+/// Whether a console line says the guest kernel itself crashed.
+fn is_crash(line: &str) -> bool {
+    ["Oops:", "Kernel panic", "BUG: ", "general protection fault"]
+        .iter()
+        .any(|m| line.contains(m))
 }
 
 /// How the guest's CPU runs. KVM can be present and still unusable (nested
@@ -109,6 +120,7 @@ pub fn boot(
     let kvm = accel[1] == "kvm";
     let kvm_failed;
     let mut grace = None;
+    let mut crash: Option<String> = None;
     loop {
         // After the result line the VM only has to power off.
         let mut limit = grace.unwrap_or(deadline);
@@ -124,6 +136,9 @@ pub fn boot(
             Ok(line) => {
                 writeln!(file, "{line}")?;
                 booted |= line.contains(BOOTED);
+                if crash.is_none() && is_crash(&line) {
+                    crash = Some(line.trim().to_string());
+                }
                 if let Some(i) = line.find(RESULT) {
                     result = Some(line[i + RESULT.len()..].trim().to_string());
                     grace = Some(Instant::now() + Duration::from_secs(30));
@@ -150,6 +165,8 @@ pub fn boot(
         result,
         timed_out,
         duration: start.elapsed(),
+        booted,
+        crash,
     })
 }
 
@@ -169,6 +186,29 @@ fn lines(r: impl Read, tx: mpsc::Sender<String>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_crash_lines_are_told_from_test_output() {
+        for l in [
+            "[    1.712345] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[   90.1] Kernel panic - not syncing: Fatal exception in interrupt",
+            "[    3.2] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+        ] {
+            assert!(is_crash(l), "{l}");
+        }
+        for l in [
+            "test closed_port_ipv4 ... ok",
+            "RSTTRACE-VM: booted 6.12.117-cloud-amd64 in 3.10s",
+            "thread 'x' panicked at tracer-user/tests/trace.rs:40:5:",
+        ] {
+            assert!(!is_crash(l), "{l}");
         }
     }
 }
