@@ -132,7 +132,7 @@ fn wait_attached(child: &mut std::process::Child) -> (Vec<(String, String)>, Std
             }
         }
     });
-    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+    if rx.recv_timeout(support::ATTACH_WITHIN).is_err() {
         panic!(
             "process {} did not attach: {}",
             child.id(),
@@ -270,7 +270,7 @@ fn runs_with_only_the_capabilities_it_needs() {
     });
     let mut seen = String::new();
     loop {
-        let l = match rx.recv_timeout(Duration::from_secs(60)) {
+        let l = match rx.recv_timeout(support::ATTACH_WITHIN) {
             Ok(l) => l,
             Err(e) => panic!("no attached line ({e}); stderr:\n{seen}"),
         };

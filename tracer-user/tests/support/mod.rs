@@ -180,6 +180,12 @@ pub fn connect_from(local: IpAddr, remote: SocketAddr) -> std::io::Result<Socket
     Ok(s)
 }
 
+/// How long a test waits for rsttrace's "attached" line. Loading means
+/// verifying every program: a second or so here, 7 s for one tracer on 5.10
+/// under qemu without KVM, and several start at once there (test threads).
+/// Generous: only a hang should fail, and no test measures start-up.
+pub const ATTACH_WITHIN: Duration = Duration::from_secs(180);
+
 /// A running `rsttrace --output json`, stopped with SIGINT.
 pub struct Trace {
     child: Child,
@@ -240,10 +246,6 @@ impl Trace {
             }
         });
         let mut seen = String::new();
-        // Loading means verifying every program: a second or so here, 7 s
-        // for one tracer on 5.10 under qemu without KVM, and several start
-        // at once there (test threads). Generous: only a hang should fail.
-        const ATTACH_WITHIN: Duration = Duration::from_secs(180);
         let deadline = Instant::now() + ATTACH_WITHIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
