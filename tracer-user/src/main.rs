@@ -416,6 +416,7 @@ async fn run(mut args: Args) -> Result<()> {
     // must stop the trace cleanly, not kill it.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut bench_toggle = BenchToggle::from_env()?;
     tracer.attach()?;
     let started = Instant::now();
     let hooks = tracer.btf_hooks();
@@ -499,6 +500,16 @@ async fn run(mut args: Args) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            attach = bench_toggle.recv() => {
+                // `cargo xtask bench` waits for these lines.
+                if attach {
+                    tracer.unpark()?;
+                    eprintln!("rsttrace: bench: attached again");
+                } else {
+                    tracer.park()?;
+                    eprintln!("rsttrace: bench: detached");
+                }
+            }
             _ = &mut deadline => break,
             _ = tick.tick() => {
                 // Namespaces created while tracing get a ruleset monitor.
@@ -766,6 +777,35 @@ fn netns_offsets(b: &btf::Btf) -> Result<tracer_common::NetnsOffsets> {
         dev_net: ptr("net_device", &["nd_net", "net"])?,
         net_inum: b.offset("net", &["ns", "inum"], 4)?,
     })
+}
+
+/// `RSTTRACE_BENCH_TOGGLE=1`, for `cargo xtask bench` only: SIGUSR1
+/// detaches every program and SIGUSR2 attaches them again, so that the
+/// bench can compare traced and untraced stretches a few hundred
+/// milliseconds apart. Counts miss what happens while detached.
+struct BenchToggle(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl BenchToggle {
+    fn from_env() -> Result<Self> {
+        if std::env::var_os("RSTTRACE_BENCH_TOGGLE").is_none() {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some((
+            signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?,
+            signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
+        ))))
+    }
+
+    /// Waits for the next toggle: true to attach, false to detach.
+    async fn recv(&mut self) -> bool {
+        match &mut self.0 {
+            Some((detach, attach)) => tokio::select! {
+                _ = detach.recv() => false,
+                _ = attach.recv() => true,
+            },
+            None => std::future::pending().await,
+        }
+    }
 }
 
 fn drain(

@@ -73,6 +73,16 @@ enum Link {
     KProbe(KProbeLinkId),
 }
 
+/// Where a loaded program attaches again after `park`.
+#[derive(Clone)]
+enum Target {
+    TracePoint(&'static str, &'static str),
+    RawTracePoint(&'static str),
+    /// Its tracepoint was fixed when it was loaded.
+    BtfTracePoint,
+    KProbe(&'static str),
+}
+
 /// Which hot programs run as BTF tracepoints (plain loads, no record
 /// built) and which fell back to their classic or raw build, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,7 +115,9 @@ pub fn bpf_runs_preemptible() -> bool {
 pub struct Tracer {
     ebpf: Ebpf,
     /// Attached programs, detached in reverse order.
-    links: Vec<(String, Link)>,
+    links: Vec<(String, Target, Link)>,
+    /// Programs `park` detached, to attach again.
+    parked: Vec<(String, Target)>,
     sent: bool,
     received: bool,
     egress: bool,
@@ -194,6 +206,7 @@ impl Tracer {
         Ok(Self {
             ebpf,
             links: Vec::new(),
+            parked: Vec::new(),
             sent: opts.sent,
             received: opts.receive_reset.is_some(),
             egress: opts.egress.is_some(),
@@ -208,22 +221,53 @@ impl Tracer {
         })
     }
 
-    fn attach_tp(&mut self, prog: &str, category: &str, name: &str) -> Result<()> {
-        let p = load(&mut self.ebpf, prog, TracePoint::load)?;
-        let link = p
-            .attach(category, name)
-            .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
-        self.links.push((prog.to_string(), Link::TracePoint(link)));
-        Ok(())
+    fn attach_tp(&mut self, prog: &str, category: &'static str, name: &'static str) -> Result<()> {
+        load(&mut self.ebpf, prog, TracePoint::load)?;
+        self.attach_to(prog, Target::TracePoint(category, name))
     }
 
-    fn attach_raw_tp(&mut self, prog: &str, name: &str) -> Result<()> {
-        let p = load(&mut self.ebpf, prog, RawTracePoint::load)?;
-        let link = p
-            .attach(name)
-            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
-        self.links
-            .push((prog.to_string(), Link::RawTracePoint(link)));
+    fn attach_raw_tp(&mut self, prog: &str, name: &'static str) -> Result<()> {
+        load(&mut self.ebpf, prog, RawTracePoint::load)?;
+        self.attach_to(prog, Target::RawTracePoint(name))
+    }
+
+    /// Attaches loaded program `prog` to `target`.
+    fn attach_to(&mut self, prog: &str, target: Target) -> Result<()> {
+        let p = self
+            .ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing"))?;
+        let link = match target {
+            Target::TracePoint(category, name) => {
+                let p: &mut TracePoint = p.try_into()?;
+                Link::TracePoint(
+                    p.attach(category, name)
+                        .with_context(|| format!("attaching to tracepoint {category}:{name}"))?,
+                )
+            }
+            Target::RawTracePoint(name) => {
+                let p: &mut RawTracePoint = p.try_into()?;
+                Link::RawTracePoint(
+                    p.attach(name)
+                        .with_context(|| format!("attaching to raw tracepoint {name}"))?,
+                )
+            }
+            Target::BtfTracePoint => {
+                let p: &mut BtfTracePoint = p.try_into()?;
+                Link::BtfTracePoint(
+                    p.attach()
+                        .with_context(|| format!("attaching {prog} to its BTF tracepoint"))?,
+                )
+            }
+            Target::KProbe(func) => {
+                let p: &mut KProbe = p.try_into()?;
+                Link::KProbe(
+                    p.attach(func, 0)
+                        .with_context(|| format!("attaching a kprobe to {func}"))?,
+                )
+            }
+        };
+        self.links.push((prog.to_string(), target, link));
         Ok(())
     }
 
@@ -249,8 +293,11 @@ impl Tracer {
         };
         match attached {
             Ok(link) => {
-                self.links
-                    .push((btf_prog.into(), Link::BtfTracePoint(link)));
+                self.links.push((
+                    btf_prog.into(),
+                    Target::BtfTracePoint,
+                    Link::BtfTracePoint(link),
+                ));
                 self.btf_hooks.used.push(tracepoint);
             }
             Err(e) => {
@@ -270,13 +317,10 @@ impl Tracer {
         &self.btf_hooks
     }
 
-    fn attach_kprobe(&mut self, prog: &str, functions: &[&str]) -> Result<()> {
-        let p = load(&mut self.ebpf, prog, KProbe::load)?;
+    fn attach_kprobe(&mut self, prog: &str, functions: &[&'static str]) -> Result<()> {
+        load(&mut self.ebpf, prog, KProbe::load)?;
         for func in functions {
-            let link = p
-                .attach(func, 0)
-                .with_context(|| format!("attaching a kprobe to {func}"))?;
-            self.links.push((prog.into(), Link::KProbe(link)));
+            self.attach_to(prog, Target::KProbe(func))?;
         }
         Ok(())
     }
@@ -349,7 +393,32 @@ impl Tracer {
 
     /// Stops new events; counters keep what was counted.
     pub fn detach(&mut self) -> Result<()> {
-        while let Some((prog, link)) = self.links.pop() {
+        self.detach_all().map(drop)
+    }
+
+    /// Detaches every program, to `unpark` later (the bench measures the
+    /// untraced host between traced stretches of one tracer this way:
+    /// starting a tracer takes a second, and the host's speed drifts over
+    /// seconds). Nothing is counted meanwhile.
+    pub fn park(&mut self) -> Result<()> {
+        let detached = self.detach_all()?;
+        self.parked.extend(detached);
+        Ok(())
+    }
+
+    /// Attaches again what `park` detached.
+    pub fn unpark(&mut self) -> Result<()> {
+        while let Some((prog, target)) = self.parked.pop() {
+            self.attach_to(&prog, target)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches in reverse order; returns what was detached, in the order
+    /// to attach it again when popped.
+    fn detach_all(&mut self) -> Result<Vec<(String, Target)>> {
+        let mut detached = vec![];
+        while let Some((prog, target, link)) = self.links.pop() {
             let p = self
                 .ebpf
                 .program_mut(&prog)
@@ -373,8 +442,9 @@ impl Tracer {
                 }
             }
             .with_context(|| format!("detaching {prog}"))?;
+            detached.push((prog, target));
         }
-        Ok(())
+        Ok(detached)
     }
 
     /// (table, chain) of the nftables base chain at kernel address `addr`,

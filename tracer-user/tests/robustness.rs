@@ -232,6 +232,29 @@ fn two_tracers_at_once_both_count_exactly() {
     assert_eq!(b.remote("127.35.0.1").unwrap()["total"], sent);
 }
 
+/// The bench's instrument (`RSTTRACE_BENCH_TOGGLE`): SIGUSR1 detaches
+/// every program, SIGUSR2 attaches them again; RSTs are counted exactly
+/// while attached and not at all in between.
+#[test]
+fn bench_toggle_detaches_and_attaches_again() {
+    let ns = Netns::new("toggle");
+    let mut t = Trace::start_with_env(&[], ("RSTTRACE_BENCH_TOGGLE", "1"));
+    let before = flood(&ns, "127.37.0.1", 1, 20);
+    t.signal_and_wait(libc::SIGUSR1, "bench: detached");
+    let detached = flood(&ns, "127.37.0.2", 1, 20);
+    t.signal_and_wait(libc::SIGUSR2, "bench: attached again");
+    let after = flood(&ns, "127.37.0.3", 1, 20);
+    let out = t.stop();
+    assert_eq!((before, detached, after), (20, 20, 20));
+    out.assert_exactly(&ns, "127.37.0.1", before, "closed-port");
+    assert!(
+        out.remote("127.37.0.2").is_none(),
+        "counted while detached: {}",
+        out.summary
+    );
+    out.assert_exactly(&ns, "127.37.0.3", after, "closed-port");
+}
+
 /// As uid 0 but with every capability dropped except those rsttrace needs
 /// to trace (CAP_BPF, CAP_PERFMON, CAP_SYSLOG for kernel symbols).
 #[test]

@@ -1,7 +1,15 @@
-//! `cargo xtask bench`: rsttrace's cost as ratios against untraced runs
-//! measured in the same invocation (each traced run between two untraced
-//! ones, medians of the ratios), its exactness under a flood, its memory
-//! at scale and its start-up time.
+//! `cargo xtask bench`: rsttrace's cost as ratios against the untraced
+//! host measured in the same invocation, its exactness under a flood, its
+//! memory at scale and its start-up time.
+//!
+//! Throughput and latency: one rsttrace (started with
+//! `RSTTRACE_BENCH_TOGGLE=1`) runs under a steady load while the bench
+//! detaches its programs and attaches them again a few hundred
+//! milliseconds apart; each traced stretch is compared with the untraced
+//! ones around it. Whole runs a second apart, each with a tracer started
+//! for it, could not resolve a few percent here: this VM's speed moves by
+//! tens of percent over seconds, and its two vCPUs run at different
+//! speeds (the load is kept on one).
 //! Everything runs in a private network namespace on loopback. Results go
 //! to stdout and to bench/RESULTS.md.
 
@@ -13,7 +21,11 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -28,6 +40,27 @@ pub struct Options {
     pub rounds: usize,
     pub seconds: f64,
     pub soak_seconds: u64,
+    /// Empty: every part, and the results file is written.
+    pub only: Vec<Part>,
+    /// Another rsttrace binary to measure (a variant under study).
+    pub rsttrace: Option<PathBuf>,
+}
+
+/// The parts of the bench, for `--only`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    Flood,
+    PingPong,
+    Http,
+    Scale,
+    Startup,
+    Soak,
+}
+
+impl Options {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 struct Netns;
@@ -123,7 +156,8 @@ fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// connect() to a closed port in a loop for `secs`: (RSTs/s, OutRsts delta).
+/// connect() to a closed port in a loop for `secs`: (RSTs/s, OutRsts
+/// delta).
 fn rst_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
     ns.run(move || {
         let before = out_rsts();
@@ -141,13 +175,79 @@ fn rst_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
     })
 }
 
-/// 1-byte ping-pong on one loopback connection: (round trips/s, p99 µs).
-fn ping_pong(ns: &Netns, secs: f64) -> (f64, f64) {
-    ns.run(move || {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+/// Keeps the calling thread on the host's last CPU. The two vCPUs of this
+/// VM run at speeds that differ and drift apart by tens of percent; a load
+/// the scheduler moves between them measures that, not the tracer. The
+/// tracer stays free to run anywhere.
+fn pin_to_last_cpu() {
+    let last = thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(last, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A load on its own threads until dropped: `done` counts operations,
+/// `lat` collects latencies (ns) when the load has them.
+struct Load {
+    done: Arc<AtomicU64>,
+    lat: Arc<Mutex<Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Runs `step` in a loop on a thread in the namespace; `step` returns
+    /// the operation's latency, if it measures one.
+    fn start<F>(make: impl FnOnce() -> F + Send + 'static) -> Self
+    where
+        F: FnMut() -> Option<Duration>,
+    {
+        let done = Arc::new(AtomicU64::new(0));
+        let lat = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, l, st) = (done.clone(), lat.clone(), stop.clone());
+        let t = thread::spawn(move || {
+            enter();
+            pin_to_last_cpu();
+            let mut step = make();
+            while !st.load(Ordering::Relaxed) {
+                if let Some(took) = step() {
+                    l.lock()
+                        .unwrap()
+                        .push(took.as_nanos().min(u32::MAX as u128) as u32);
+                }
+                d.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Load {
+            done,
+            lat,
+            stop,
+            threads: vec![t],
+        }
+    }
+
+    /// The RST flood from `client`.
+    fn flood(client: Ipv4Addr) -> Self {
+        Self::start(move || {
+            let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            move || {
+                let _ = connect_from(client, to);
+                None
+            }
+        })
+    }
+
+    /// 1-byte ping-pong on one loopback connection.
+    fn ping_pong() -> Self {
+        let (tx, rx) = mpsc::channel();
         let server = thread::spawn(move || {
             enter();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
             let (mut s, _) = l.accept().unwrap();
             s.set_nodelay(true).unwrap();
             let mut b = [0u8; 1];
@@ -157,24 +257,129 @@ fn ping_pong(ns: &Netns, secs: f64) -> (f64, f64) {
                 }
             }
         });
-        let mut c = TcpStream::connect(addr).unwrap();
-        c.set_nodelay(true).unwrap();
-        let mut lat = Vec::with_capacity(1 << 20);
-        let start = Instant::now();
-        let mut b = [7u8; 1];
-        while start.elapsed().as_secs_f64() < secs {
-            let t = Instant::now();
-            c.write_all(&b).unwrap();
-            c.read_exact(&mut b).unwrap();
-            lat.push(t.elapsed().as_nanos() as u64);
+        let addr = rx.recv().unwrap();
+        let mut load = Self::start(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_nodelay(true).unwrap();
+            let mut b = [7u8; 1];
+            move || {
+                let t = Instant::now();
+                c.write_all(&b).ok()?;
+                c.read_exact(&mut b).ok()?;
+                Some(t.elapsed())
+            }
+        });
+        load.threads.push(server);
+        load
+    }
+
+    /// HTTP/1.1 keep-alive GETs on `conns` connections to `addr`, all
+    /// sent, then all answered (as many in flight as connections).
+    fn http(addr: SocketAddr, conns: usize) -> Self {
+        Self::start(move || {
+            let mut socks: Vec<TcpStream> = (0..conns)
+                .map(|_| {
+                    let s = TcpStream::connect(addr).expect("connecting to nginx");
+                    s.set_nodelay(true).unwrap();
+                    s
+                })
+                .collect();
+            let req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+            // nginx answers every request with the same bytes: learn their
+            // length once, then read exactly that.
+            socks[0].write_all(req).unwrap();
+            let len = http_response_len(&mut socks[0]);
+            let mut buf = vec![0u8; len];
+            move || {
+                let t = Instant::now();
+                for s in &mut socks {
+                    s.write_all(req).ok()?;
+                }
+                for s in &mut socks {
+                    s.read_exact(&mut buf).ok()?;
+                }
+                // One operation per batch; its latency is the batch's.
+                Some(t.elapsed())
+            }
+        })
+    }
+
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Latencies recorded since the last call.
+    fn take_lat(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.lat.lock().unwrap())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The ping-pong server ends when its client's connection closes.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
-        let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
-        drop(c);
-        let _ = server.join();
+    }
+}
+
+/// Reads one HTTP response (headers and a Content-Length body) and
+/// returns its length in bytes.
+fn http_response_len(s: &mut TcpStream) -> usize {
+    let mut head = vec![];
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).expect("reading nginx's answer");
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "nginx answered {text}");
+    let body: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("nginx's answer has a Content-Length");
+    let mut rest = vec![0u8; body];
+    s.read_exact(&mut rest).expect("reading nginx's body");
+    head.len() + body
+}
+
+/// Untraced and traced stretches alternate this long (after `SETTLE`):
+/// a few hundred milliseconds apart, where the host's speed has not yet
+/// drifted (on this shared VM it moves by tens of percent over seconds).
+const PHASE: Duration = Duration::from_millis(400);
+/// Left out after each detach or attach (text patching, RCU grace periods).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// One tracer, detached and attached again `pairs` times under `load`:
+/// each traced stretch is compared with the mean of the untraced ones
+/// around it. Rates and p99 latencies (us; 0 without latencies).
+fn toggled(tracer: &mut Tracer, load: &Load, pairs: usize) -> Result<(Paired, Paired)> {
+    let mut stretch = |attach: bool| -> Result<(f64, f64)> {
+        tracer.toggle(attach)?;
+        thread::sleep(SETTLE);
+        let (c0, t0) = (load.done(), Instant::now());
+        load.take_lat();
+        thread::sleep(PHASE);
+        let (c1, t1) = (load.done(), Instant::now());
+        let mut lat = load.take_lat();
         lat.sort_unstable();
-        let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)] as f64 / 1000.0;
-        (rate, p99)
-    })
+        let p99 = lat
+            .get(lat.len() * 99 / 100)
+            .map_or(0.0, |v| f64::from(*v) / 1000.0);
+        Ok(((c1 - c0) as f64 / (t1 - t0).as_secs_f64(), p99))
+    };
+    let (mut rate, mut p99) = (Paired::default(), Paired::default());
+    let mut before = stretch(false)?;
+    for _ in 0..pairs {
+        let traced = stretch(true)?;
+        let after = stretch(false)?;
+        rate.push(before.0, traced.0, after.0);
+        p99.push(before.1, traced.1, after.1);
+        before = after;
+    }
+    Ok((rate, p99))
 }
 
 /// A running tracer (rsttrace or bpftrace), attached.
@@ -182,20 +387,46 @@ struct Tracer {
     child: Child,
     out: PathBuf,
     attached_after: Duration,
+    /// The lines it writes after the one saying it attached.
+    lines: mpsc::Receiver<String>,
 }
 
+/// `--rsttrace`, else this tree's release build.
+static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn rsttrace_bin() -> PathBuf {
-    crate::workspace_root().join("target/release/rsttrace")
+    BIN.get()
+        .cloned()
+        .unwrap_or_else(|| crate::workspace_root().join("target/release/rsttrace"))
 }
 
 impl Tracer {
     /// rsttrace with full attribution, JSON lines to a file.
     fn rsttrace(extra: &[&str]) -> Result<Self> {
-        let out = std::env::temp_dir().join(format!("rsttrace-bench-{}.json", std::process::id()));
+        Self::spawn(
+            Self::rsttrace_cmd(extra),
+            Self::rsttrace_out(),
+            "attached",
+            true,
+        )
+    }
+
+    /// The same, detached and attached again on `toggle`.
+    fn rsttrace_toggled(extra: &[&str]) -> Result<Self> {
+        let mut cmd = Self::rsttrace_cmd(extra);
+        cmd.env("RSTTRACE_BENCH_TOGGLE", "1");
+        Self::spawn(cmd, Self::rsttrace_out(), "attached", true)
+    }
+
+    fn rsttrace_cmd(extra: &[&str]) -> Command {
         let mut cmd = Command::new(rsttrace_bin());
         cmd.args(["--output", "json"]).args(extra);
         cmd.args(EXTRA_ARGS.get().into_iter().flatten());
-        Self::spawn(cmd, out, "attached", true)
+        cmd
+    }
+
+    fn rsttrace_out() -> PathBuf {
+        std::env::temp_dir().join(format!("rsttrace-bench-{}.json", std::process::id()))
     }
 
     fn bpftrace() -> Result<Self> {
@@ -219,19 +450,21 @@ impl Tracer {
         } else {
             Box::new(child.stdout.take().unwrap())
         };
-        let (tx, rx) = mpsc::channel();
-        let ready = ready.to_string();
+        let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
-            let mut told = false;
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if !told && line.contains(&ready) {
-                    told = true;
-                    let _ = tx.send(());
-                }
+                let _ = tx.send(line);
             }
         });
-        rx.recv_timeout(Duration::from_secs(60))
-            .context("tracer did not attach within 60 s")?;
+        let wait = Duration::from_secs(60);
+        loop {
+            let left = wait.saturating_sub(started.elapsed());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(ready) => break,
+                Ok(_) => {}
+                Err(_) => bail!("tracer did not attach within 60 s"),
+            }
+        }
         let attached_after = started.elapsed();
         // Let the tracer settle into its loop before measuring.
         thread::sleep(Duration::from_millis(200));
@@ -239,7 +472,27 @@ impl Tracer {
             child,
             out,
             attached_after,
+            lines,
         })
+    }
+
+    /// Detaches rsttrace's programs or attaches them again (see
+    /// `rsttrace_toggled`), and waits until it is done.
+    fn toggle(&mut self, attach: bool) -> Result<()> {
+        let (sig, said) = if attach {
+            (libc::SIGUSR2, "bench: attached again")
+        } else {
+            (libc::SIGUSR1, "bench: detached")
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains(said) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => bail!("rsttrace did not say \"{said}\" within 10 s"),
+            }
+        }
     }
 
     fn rss_kib(&self) -> u64 {
@@ -341,6 +594,14 @@ impl Paired {
         median(&mut self.ratios.clone())
     }
 
+    /// The middle half of the per-stretch ratios, for the log.
+    fn spread(&self) -> String {
+        let mut r = self.ratios.clone();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (lo, hi) = (r[r.len() / 4], r[r.len() * 3 / 4]);
+        format!("middle half {:.1}%..{:.1}%", 100.0 * lo, 100.0 * hi)
+    }
+
     /// A throughput row: met when the median ratio is `min` or above.
     fn row(&self, what: &str, min: f64) -> Row {
         let r = self.ratio();
@@ -424,6 +685,9 @@ static EXTRA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new()
 
 pub fn run(opts: &Options) -> Result<()> {
     let _ = EXTRA_ARGS.set(opts.args.clone());
+    if let Some(bin) = &opts.rsttrace {
+        let _ = BIN.set(bin.clone());
+    }
     ensure!(
         crate::is_root(),
         "the bench needs root (it traces and makes namespaces)"
@@ -439,24 +703,98 @@ pub fn run(opts: &Options) -> Result<()> {
     let rounds = opts.rounds;
     eprintln!("bench: {rounds} rounds of {secs} s runs, each traced run between untraced ones");
 
-    // RST flood, exactness, and the bpftrace reference. Each traced run
-    // sits between two untraced ones and is compared with their mean: the
-    // host's speed drifts over seconds (a shared VM), and a drift that
-    // spans the three cancels out of the ratio.
-    let (mut full, mut counting, mut bpf) =
-        (Paired::default(), Paired::default(), Paired::default());
+    if opts.runs(Part::Flood) {
+        rows.append(&mut flood_rows(&ns, rounds, secs)?);
+    }
+    if opts.runs(Part::PingPong) {
+        rows.append(&mut ping_pong_rows(rounds)?);
+    }
+    if opts.runs(Part::Http) {
+        if which("nginx") {
+            match http_rows(rounds) {
+                Ok(mut r) => rows.append(&mut r),
+                Err(e) => eprintln!("bench: HTTP load skipped: {e:#}"),
+            }
+        } else {
+            eprintln!("bench: HTTP load skipped: install nginx (Debian package)");
+        }
+    }
+    if opts.runs(Part::Scale) {
+        rows.append(&mut scale_rows(&ns)?);
+    }
+    if opts.runs(Part::Startup) {
+        rows.append(&mut startup_rows(&ns)?);
+    }
+    if opts.runs(Part::Soak) && opts.soak_seconds > 0 {
+        rows.append(&mut soak_rows(&ns, opts.soak_seconds)?);
+    }
+
+    report(&rows, opts)
+}
+
+/// Traced stretches per toggled measurement: four per `--rounds`.
+fn pairs(rounds: usize) -> usize {
+    4 * rounds
+}
+
+/// The RST flood with events and counting only (toggled), its exactness
+/// (whole runs against OutRsts), and the bpftrace reference.
+fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    let what = "RST flood (connect to a closed port), RSTs/s";
+    let mut full_ratio = 0.0;
+    for (i, extra) in [&[][..], &["--summary-only"][..]].into_iter().enumerate() {
+        let mut t = Tracer::rsttrace_toggled(extra)?;
+        let load = Load::flood(Ipv4Addr::new(127, 199, i as u8, 1));
+        let (rate, _) = toggled(&mut t, &load, pairs(rounds))?;
+        drop(load);
+        t.stop()?;
+        eprintln!(
+            "bench: flood{}: {:.1}% (traced stretches: {})",
+            if i == 0 { "" } else { ", counting only" },
+            100.0 * rate.ratio(),
+            rate.spread()
+        );
+        if i == 0 {
+            full_ratio = rate.ratio();
+            rows.push(rate.row(what, 0.97));
+        } else {
+            rows.push(rate.row("  the same, --summary-only (counts, no events)", 0.97));
+        }
+    }
+
+    // bpftrace can't be detached and attached again: its runs are whole
+    // runs between untraced ones, which the host's drift blurs more.
+    if which("bpftrace") {
+        let mut bpf = Paired::default();
+        let client = Ipv4Addr::new(127, 198, 0, 1);
+        let mut before = rst_flood(ns, client, secs).0;
+        for r in 0..rounds {
+            let b = Tracer::bpftrace()?;
+            let rate = rst_flood(ns, client, secs).0;
+            b.stop()?;
+            let after = rst_flood(ns, client, secs).0;
+            bpf.push(before, rate, after);
+            before = after;
+            eprintln!("bench: bpftrace round {r}: {:.1}%", 100.0 * bpf.ratios[r]);
+        }
+        rows.push(Row {
+            target: "(to beat)".into(),
+            met: Some(full_ratio >= bpf.ratio()),
+            ..bpf.row(
+                "  reference: bpftrace count-only one-liner (whole runs)",
+                0.0,
+            )
+        });
+    }
+
+    // Exactness: whole traced runs, every count against OutRsts.
     let mut exact = 0;
-    let have_bpftrace = which("bpftrace");
-    let flood = |client| rst_flood(&ns, client, secs);
     for r in 0..rounds {
         let client = Ipv4Addr::new(127, 200, r as u8, 1);
-        let mut before = flood(client).0;
-        for (variant, extra) in [
-            (&mut full, &[][..]),
-            (&mut counting, &["--summary-only"][..]),
-        ] {
+        for extra in [&[][..], &["--summary-only"][..]] {
             let t = Tracer::rsttrace(extra)?;
-            let (rate, delta) = flood(client);
+            let (_, delta) = rst_flood(ns, client, secs);
             let s = summary(&t.stop()?)?;
             let counted = remote_total(&s, &client.to_string());
             if counted == delta {
@@ -464,38 +802,7 @@ pub fn run(opts: &Options) -> Result<()> {
             } else {
                 eprintln!("bench: round {r}: rsttrace counted {counted}, OutRsts says {delta}");
             }
-            let after = flood(client).0;
-            variant.push(before, rate, after);
-            before = after;
         }
-        if have_bpftrace {
-            let b = Tracer::bpftrace()?;
-            let rate = flood(client).0;
-            b.stop()?;
-            let after = flood(client).0;
-            bpf.push(before, rate, after);
-        }
-        eprintln!(
-            "bench: flood round {r}: {:.1}% with events, {:.1}% counting only{}",
-            100.0 * full.ratios[r],
-            100.0 * counting.ratios[r],
-            bpf.ratios
-                .get(r)
-                .map(|b| format!(", bpftrace {:.1}%", 100.0 * b))
-                .unwrap_or_default()
-        );
-    }
-    let what = "RST flood (connect to a closed port), RSTs/s";
-    let full_row = full.row(what, 0.97);
-    let full_ratio = full.ratio();
-    rows.push(full_row);
-    rows.push(counting.row("  the same, --summary-only (counts, no events)", 0.97));
-    if have_bpftrace {
-        rows.push(Row {
-            target: "(to beat)".into(),
-            met: Some(full_ratio >= bpf.ratio()),
-            ..bpf.row("  reference: bpftrace count-only one-liner", 0.0)
-        });
     }
     rows.push(Row::traced(
         "exact count under the flood (rsttrace == OutRsts)",
@@ -503,41 +810,85 @@ pub fn run(opts: &Options) -> Result<()> {
         "every run",
         Some(exact == 2 * rounds),
     ));
+    Ok(rows)
+}
 
-    // RST-free traffic: ping-pong, bracketed like the flood.
-    let (mut rate, mut p99) = (Paired::default(), Paired::default());
-    let mut before = ping_pong(&ns, secs);
-    for r in 0..rounds {
-        let t = Tracer::rsttrace(&[])?;
-        let traced = ping_pong(&ns, secs);
+/// RST-free traffic: 1-byte ping-pong, toggled.
+fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
+    let mut t = Tracer::rsttrace_toggled(&[])?;
+    let load = Load::ping_pong();
+    let (rate, p99) = toggled(&mut t, &load, pairs(rounds))?;
+    drop(load);
+    t.stop()?;
+    eprintln!(
+        "bench: ping-pong: {:.1}%, p99 {:+.1}% (traced stretches: {})",
+        100.0 * rate.ratio(),
+        100.0 * (p99.ratio() - 1.0),
+        rate.spread()
+    );
+    Ok(vec![
+        rate.row("1-byte ping-pong, round trips/s", 0.99),
+        p99.latency_row("1-byte ping-pong, p99 latency (us)", 0.02),
+    ])
+}
+
+/// An HTTP keep-alive load against nginx, toggled.
+fn http_rows(rounds: usize) -> Result<Vec<Row>> {
+    const CONNS: usize = 8;
+    let dir = std::env::temp_dir().join("rsttrace-bench-nginx");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("index.html"), "ok\n")?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             server {{ listen 127.0.0.1:8080; root {d}; }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let mut nginx = Command::new("ip")
+        .args(["netns", "exec", NS, "nginx", "-c"])
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    let measured = (|| {
+        let mut t = Tracer::rsttrace_toggled(&[])?;
+        let load = Load::http("127.0.0.1:8080".parse().unwrap(), CONNS);
+        let (mut rate, p99) = toggled(&mut t, &load, pairs(rounds))?;
+        drop(load);
         t.stop()?;
-        let after = ping_pong(&ns, secs);
-        rate.push(before.0, traced.0, after.0);
-        p99.push(before.1, traced.1, after.1);
-        before = after;
-        eprintln!(
-            "bench: ping-pong round {r}: {:.1}% of the untraced rate, p99 {:+.1}%",
-            100.0 * rate.ratios[r],
-            100.0 * (p99.ratios[r] - 1.0)
-        );
-    }
-    rows.push(rate.row("1-byte ping-pong, round trips/s", 0.99));
-    rows.push(p99.latency_row("1-byte ping-pong, p99 latency (us)", 0.02));
-
-    // HTTP keep-alive load against nginx, when nginx and wrk are there.
-    if which("nginx") && which("wrk") {
-        match http_rows(&ns, rounds, secs) {
-            Ok(mut r) => rows.append(&mut r),
-            Err(e) => eprintln!("bench: HTTP load skipped: {e:#}"),
+        // The load counts batches of one request per connection.
+        for v in [&mut rate.untraced, &mut rate.traced] {
+            v.iter_mut().for_each(|r| *r *= CONNS as f64);
         }
-    } else {
-        eprintln!("bench: HTTP load skipped: install nginx and wrk (Debian packages)");
-    }
+        anyhow::Ok((rate, p99))
+    })();
+    // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
+    // SAFETY: signalling our own child (ip netns exec execs nginx in place).
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
+    let _ = nginx.wait();
+    let (rate, p99) = measured?;
+    eprintln!(
+        "bench: http: {:.1}%, p99 {:+.1}% (traced stretches: {})",
+        100.0 * rate.ratio(),
+        100.0 * (p99.ratio() - 1.0),
+        rate.spread()
+    );
+    Ok(vec![
+        rate.row("HTTP keep-alive (nginx, 8 connections), requests/s", 0.99),
+        p99.latency_row(
+            "HTTP keep-alive, p99 latency of 8 requests in flight (us)",
+            0.02,
+        ),
+    ])
+}
 
-    // Scale: 100k distinct remote IPs.
-    rows.append(&mut scale_rows(&ns)?);
-
-    // Start-up.
+fn startup_rows(ns: &Netns) -> Result<Vec<Row>> {
+    let mut rows = vec![];
     let t = Tracer::rsttrace(&[])?;
     let attach = t.attached_after;
     let first = {
@@ -577,92 +928,7 @@ pub fn run(opts: &Options) -> Result<()> {
         None,
     ));
 
-    if opts.soak_seconds > 0 {
-        rows.append(&mut soak_rows(&ns, opts.soak_seconds)?);
-    }
-
-    report(&rows, opts)
-}
-
-fn http_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
-    let dir = std::env::temp_dir().join("rsttrace-bench-nginx");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("index.html"), "ok\n")?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-             server {{ listen 127.0.0.1:8080; root {d}; }} }}\n",
-            d = dir.display()
-        ),
-    )?;
-    let mut nginx = Command::new("ip")
-        .args(["netns", "exec", NS, "nginx", "-c"])
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()?;
-    thread::sleep(Duration::from_millis(500));
-    let wrk = |secs: f64| -> Result<(f64, f64)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", NS, "wrk", "-t1", "-c8", "--latency"])
-            .arg(format!("-d{}s", secs.ceil() as u64))
-            .arg("http://127.0.0.1:8080/")
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let rps = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse().ok())
-            .context("wrk printed no Requests/sec")?;
-        let p99 = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("99%"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(parse_wrk_latency)
-            .context("wrk printed no 99% latency")?;
-        Ok((rps, p99))
-    };
-    let (mut rate, mut p99) = (Paired::default(), Paired::default());
-    let mut before = wrk(secs)?;
-    for r in 0..rounds {
-        let t = Tracer::rsttrace(&[])?;
-        let traced = wrk(secs)?;
-        t.stop()?;
-        let after = wrk(secs)?;
-        rate.push(before.0, traced.0, after.0);
-        p99.push(before.1, traced.1, after.1);
-        before = after;
-        eprintln!(
-            "bench: http round {r}: {:.1}% of the untraced rate",
-            100.0 * rate.ratios[r]
-        );
-    }
-    // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
-    // SAFETY: signalling our own child (ip netns exec execs nginx in place).
-    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
-    let _ = nginx.wait();
-    let _ = ns;
-    Ok(vec![
-        rate.row("HTTP keep-alive (nginx, wrk -c8), requests/s", 0.99),
-        p99.latency_row("HTTP keep-alive, p99 latency (us)", 0.02),
-    ])
-}
-
-/// wrk latencies: `123.45us`, `1.20ms`, `2.00s` -> microseconds.
-fn parse_wrk_latency(v: &str) -> f64 {
-    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1e3)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1e6)
-    } else {
-        (v, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+    Ok(rows)
 }
 
 fn scale_rows(ns: &Netns) -> Result<Vec<Row>> {
@@ -800,12 +1066,20 @@ fn report(rows: &[Row], opts: &Options) -> Result<()> {
     writeln!(md, "# rsttrace benchmark results\n")?;
     writeln!(
         md,
-        "Kernel {kernel}, {cpus} CPUs, {date}. `cargo xtask bench`: {} rounds of {} s runs; each \
-         traced run sits between two untraced ones and is compared with their mean (the host's \
-         speed drifts over seconds); ratios are the median of those per-run ratios, the \
-         untraced and traced columns medians of the runs. rsttrace runs with full attribution \
-         (`--output json` to a file) unless the row says otherwise.\n",
-        opts.rounds, opts.seconds
+        "Kernel {kernel}, {cpus} CPUs, {date}. `cargo xtask bench --rounds {}`. Throughput and \
+         latency rows: one rsttrace runs under a steady load while the bench detaches its \
+         programs and attaches them again every {} ms ({} traced stretches, each compared with \
+         the mean of the untraced stretches around it; the load runs on the last CPU, the \
+         tracer anywhere). The ratio is the median of those per-stretch ratios, the untraced \
+         and traced columns medians of the stretches. This VM's speed moves by tens of \
+         percent over seconds, so whole runs a second apart can't resolve a few percent. \
+         bpftrace can't be detached and attached again: its row compares whole {} s runs \
+         between untraced ones, as do the exactness runs. rsttrace runs with full \
+         attribution (`--output json` to a file) unless the row says otherwise.\n",
+        opts.rounds,
+        (PHASE + SETTLE).as_millis(),
+        pairs(opts.rounds),
+        opts.seconds
     )?;
     writeln!(
         md,
@@ -825,10 +1099,12 @@ fn report(rows: &[Row], opts: &Options) -> Result<()> {
         )?;
     }
     print!("{md}");
-    let path = crate::workspace_root().join("bench/RESULTS.md");
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::write(&path, &md)?;
-    eprintln!("bench: written to {}", path.display());
+    if opts.only.is_empty() {
+        let path = crate::workspace_root().join("bench/RESULTS.md");
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, &md)?;
+        eprintln!("bench: written to {}", path.display());
+    }
     if rows.iter().any(|r| r.met == Some(false)) {
         bail!("some targets were not met (see the table)");
     }

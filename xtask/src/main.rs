@@ -56,10 +56,12 @@ enum Cmd {
     /// Measure rsttrace's cost against untraced runs (needs root), print a
     /// table and write bench/RESULTS.md.
     Bench {
-        /// Traced runs per measurement, each between two untraced ones.
+        /// Whole traced runs for bpftrace and for exactness (each between
+        /// untraced ones); rsttrace's throughput rows take four traced
+        /// stretches per round.
         #[arg(long, default_value_t = 9)]
         rounds: usize,
-        /// Seconds per run.
+        /// Seconds per whole run.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
         /// Seconds of the mixed-cause soak (memory stability); 0 skips it.
@@ -69,6 +71,14 @@ enum Cmd {
         /// variants (e.g. `--args=--summary-only`).
         #[arg(long, allow_hyphen_values = true)]
         args: Vec<String>,
+        /// Measure only these parts (comma-separated), to compare variants
+        /// quickly; bench/RESULTS.md is then left as it is.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        only: Vec<bench::Part>,
+        /// Measure this rsttrace binary instead of this tree's build
+        /// (a variant under study; needs `--only`).
+        #[arg(long, requires = "only")]
+        rsttrace: Option<std::path::PathBuf>,
     },
     /// Run the privileged integration tests on Debian kernels under qemu
     /// (downloads the kernels once into target/vm/; needs root for nothing
@@ -181,6 +191,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seconds,
             soak_seconds,
             args,
+            only,
+            rsttrace,
         } => {
             setup::run()?;
             build()?;
@@ -189,6 +201,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 rounds: rounds.max(1),
                 seconds,
                 soak_seconds,
+                only,
+                rsttrace,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -266,6 +266,22 @@ impl Trace {
         Trace { child, stderr: rx }
     }
 
+    /// Sends `sig` and waits for rsttrace to write a line containing
+    /// `said` on stderr.
+    pub fn signal_and_wait(&mut self, sig: i32, said: &str) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let deadline = Instant::now() + ATTACH_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(said) => return,
+                Ok(_) => {}
+                Err(_) => panic!("rsttrace did not say {said:?} within {ATTACH_WITHIN:?}"),
+            }
+        }
+    }
+
     pub fn stop(mut self) -> TraceOutput {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
