@@ -12,6 +12,12 @@
 //! they only count for coverage. What remains is what the TCP stack never
 //! saw: netfilter rejects (no socket, `nf_send_reset` on the stack), raw and
 //! packet sockets, and kernel modules.
+//!
+//! A packet of a full TCP socket stops at its socket, before its headers
+//! are read (most packets a host sends are such, and reading the headers
+//! takes a helper call): the TCP stack sends a RST on a full socket's own
+//! packet only from `tcp_send_active_reset`, which `tcp_send_reset` sees
+//! on every kernel, and counts for coverage there.
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
@@ -73,12 +79,34 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
 }
 
 enum Origin {
-    /// Sent by the TCP stack: already attributed by tcp_send_reset.
+    /// A full TCP socket's own packet: a RST there was counted by
+    /// tcp_send_reset, coverage included.
+    FullSocket,
+    /// Sent by the TCP stack without a full socket of its own (time-wait,
+    /// request and control sockets): already attributed by tcp_send_reset.
     TcpStack,
     /// A user's raw or packet socket.
     Socket,
     /// No socket: decided by the stack.
     NoSocket,
+}
+
+/// Whether `sk` is a full TCP socket (see the module's comment).
+#[inline(always)]
+fn full_socket<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<bool, i32> {
+    if sk == 0 {
+        return Ok(false);
+    }
+    let family: u16 = M::read(sk + u64::from(o.sk_family))?;
+    if family == AF_PACKET {
+        return Ok(false);
+    }
+    let state: u8 = M::read(sk + u64::from(o.sk_state))?;
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return Ok(false);
+    }
+    let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
+    Ok(sk_type == SOCK_STREAM)
 }
 
 #[inline(always)]
@@ -98,7 +126,7 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
     if sk_type == SOCK_STREAM {
-        return Ok(Origin::TcpStack);
+        return Ok(Origin::FullSocket);
     }
     if sk_type == SOCK_RAW {
         let protocol: u16 = M::read(sk + u64::from(o.sk_protocol))?;
@@ -125,6 +153,13 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if o.skb_sk == ABSENT {
         return Ok(0);
     }
+    let sk: u64 = M::read(skb + u64::from(o.skb_sk))?;
+    // A yes or no, not the origin: nothing of it stays live across the
+    // header parse, so the verifier walks that once, not once per origin
+    // (5.10's gave up on the BTF build otherwise).
+    if full_socket::<M>(sk, o)? {
+        return Ok(0);
+    }
     let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
         return Ok(0);
     };
@@ -132,7 +167,6 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if !filter::remote_ok(f, p.family, &p.daddr) || !filter::port_ok(f, p.sport) {
         return Ok(0);
     }
-    let sk: u64 = M::read(skb + u64::from(o.skb_sk))?;
     let origin = origin::<M>(sk, o)?;
     // The TCP stack's own RSTs (most of them) emit nothing here: their
     // namespace is read only when the scope needs it.
@@ -142,7 +176,7 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     };
     count::bump(stat::EGRESS_RSTS);
     let (cause, stack_id) = match origin {
-        Origin::TcpStack => {
+        Origin::TcpStack | Origin::FullSocket => {
             count::bump(stat::EGRESS_TCP_STACK);
             return Ok(0);
         }

@@ -291,6 +291,12 @@ fn attribute<M: Mem, C: StackIdContext>(
     let Some(netns) = filter::netns(f, emit, || netns::of::<M>(skaddr, skbaddr)) else {
         return Ok(0);
     };
+    if skaddr != 0 && skbaddr == 0 {
+        // tcp_send_active_reset: the RST leaves on the socket's own
+        // packet, which the egress hook passes over (see egress.rs).
+        count::bump(stat::EGRESS_RSTS);
+        count::bump(stat::EGRESS_TCP_STACK);
+    }
     let mut ev = RstEvent {
         // SAFETY: plain helper call with no arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
