@@ -245,23 +245,9 @@ impl Trace {
                 }
             }
         });
-        let mut seen = String::new();
-        let deadline = Instant::now() + ATTACH_WITHIN;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if line.contains("attached") {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("rsttrace did not attach within {ATTACH_WITHIN:?}; stderr:\n{seen}");
-                }
-            }
+        if let Err(seen) = wait_for(&rx, "attached") {
+            let _ = child.kill();
+            panic!("rsttrace did not attach within {ATTACH_WITHIN:?}; stderr:\n{seen}");
         }
         Trace { child, stderr: rx }
     }
@@ -271,14 +257,8 @@ impl Trace {
     pub fn signal_and_wait(&mut self, sig: i32, said: &str) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
-        let deadline = Instant::now() + ATTACH_WITHIN;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(said) => return,
-                Ok(_) => {}
-                Err(_) => panic!("rsttrace did not say {said:?} within {ATTACH_WITHIN:?}"),
-            }
+        if let Err(seen) = wait_for(&self.stderr, said) {
+            panic!("rsttrace did not say {said:?} within {ATTACH_WITHIN:?}; stderr:\n{seen}");
         }
     }
 
@@ -299,6 +279,22 @@ impl Trace {
             "rsttrace exited with {status}; stderr:\n{stderr}"
         );
         parse_output(&out, stderr)
+    }
+}
+
+/// Waits up to `ATTACH_WITHIN` for a stderr line containing `said`; on
+/// time-out, the lines seen meanwhile.
+fn wait_for(rx: &mpsc::Receiver<String>, said: &str) -> Result<(), String> {
+    let mut seen = String::new();
+    let deadline = Instant::now() + ATTACH_WITHIN;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).map_err(|_| seen.clone())?;
+        if line.contains(said) {
+            return Ok(());
+        }
+        seen.push_str(&line);
+        seen.push('\n');
     }
 }
 
