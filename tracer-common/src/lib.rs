@@ -53,8 +53,15 @@ pub mod stat {
     /// RSTs tcp_send_reset saw but could not read (a fault, or offsets
     /// this kernel lacks): in no other count.
     pub const UNREADABLE_RSTS: u32 = cause::COUNT + 9;
+    /// Events left in the kernel by the per-second budget of the text
+    /// output (counted as usual; not lost: the output says "N more").
+    pub const UNSENT_EVENTS: u32 = cause::COUNT + 10;
+    /// RSTs of the TCP stack that tcp_send_reset counted for coverage, as
+    /// if seen leaving (one slot for both `EGRESS_RSTS` and
+    /// `EGRESS_TCP_STACK`: each count costs an atomic add per RST).
+    pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 11;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT + 10;
+    pub const COUNT: u32 = cause::COUNT + 12;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.

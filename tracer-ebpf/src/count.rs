@@ -46,6 +46,28 @@ static WAKEUP_EVERY: u64 = 1;
 #[map]
 static SINCE_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Events a CPU sends per second of the causes in `BUDGETED_CAUSES`; 0 =
+/// every event. Set for the text output, which prints a few lines a
+/// second: under a flood the rest would cross the ring only to be dropped
+/// by the reader, and the ring is most of what tracing a RST costs.
+#[unsafe(no_mangle)]
+static EVENTS_PER_SEC: u64 = 0;
+
+/// Bit `c` set: events of cause `c` carry nothing beyond their line (no
+/// actor, owner or stack that the summary needs), so they may be left in
+/// the kernel (the rule is `Cause::line_only` in userspace).
+#[unsafe(no_mangle)]
+static BUDGETED_CAUSES: u32 = 0;
+
+#[repr(C)]
+struct Budget {
+    window_start_ns: u64,
+    sent: u64,
+}
+
+#[map]
+static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
+
 /// Whether events are read at all: what only events carry (namespace,
 /// stacks, owners) is not worth its helper calls otherwise.
 #[inline(always)]
@@ -105,9 +127,50 @@ unsafe fn add_one(p: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { Relaxed }>(p, 1) };
 }
 
-/// Counts one RST this host received and emits its event.
+/// Whether this second's budget has room for an event of `cause` counted
+/// at `now`. An event held back is counted as unsent, so the output can say
+/// how many it did not show. Called once per event, last, as
+/// `emitting() && within_budget(..)`: with events off, or no budget, the
+/// verifier then knows the answer and walks one way (a value it cannot
+/// know, live across the event's branches, made 5.10's walk explode).
 #[inline(always)]
-pub fn record_received(ev: &RstEvent) {
+pub fn within_budget(cause: u8, now: u64) -> bool {
+    // SAFETY: read-only globals that userspace sets before load.
+    let (per_sec, budgeted) = unsafe {
+        (
+            core::ptr::read_volatile(&EVENTS_PER_SEC),
+            core::ptr::read_volatile(&BUDGETED_CAUSES),
+        )
+    };
+    if per_sec == 0 {
+        return true;
+    }
+    if cause >= 32 || budgeted & (1 << cause) == 0 {
+        return true;
+    }
+    let Some(b) = BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot. Where programs run preemptible, two may
+    // interleave here: the budget is then off by one, which only moves
+    // how many lines are shown; every count stays exact.
+    unsafe {
+        if now.wrapping_sub((*b).window_start_ns) >= 1_000_000_000 {
+            (*b).window_start_ns = now;
+            (*b).sent = 0;
+        }
+        if (*b).sent < per_sec {
+            (*b).sent += 1;
+            return true;
+        }
+    }
+    bump(stat::UNSENT_EVENTS);
+    false
+}
+
+/// Counts one RST this host received and emits its event when `send`.
+#[inline(always)]
+pub fn record_received(ev: &RstEvent, send: bool) {
     bump(stat::RECEIVED_RSTS);
     let key = RemoteKey {
         addr: ev.remote_addr,
@@ -118,12 +181,14 @@ pub fn record_received(ev: &RstEvent) {
     if !bump_map(&RECEIVED, &key, ev.ts_ns) {
         bump(stat::RECEIVED_MAP_FULL);
     }
-    emit(ev);
+    if send {
+        emit(ev);
+    }
 }
 
-/// Counts one RST and, unless nobody listens, emits its event.
+/// Counts one RST and emits its event when `send`.
 #[inline(always)]
-pub fn record(ev: &RstEvent) {
+pub fn record(ev: &RstEvent, send: bool) {
     bump(ev.cause as u32);
 
     let key = RemoteKey {
@@ -135,14 +200,13 @@ pub fn record(ev: &RstEvent) {
     if !bump_remote(&key, ev.ts_ns) {
         bump(stat::REMOTE_MAP_FULL);
     }
-    emit(ev);
+    if send {
+        emit(ev);
+    }
 }
 
 #[inline(always)]
 fn emit(ev: &RstEvent) {
-    if !emitting() {
-        return;
-    }
     // Waking the reader for every event costs an interrupt (in a VM, an
     // exit) per RST: wake it once a batch is waiting; it also polls. Counted
     // per CPU: asking the ring how full it is reads a line the reader

@@ -17,7 +17,10 @@
 //! are read (most packets a host sends are such, and reading the headers
 //! takes a helper call): the TCP stack sends a RST on a full socket's own
 //! packet only from `tcp_send_active_reset`, which `tcp_send_reset` sees
-//! on every kernel, and counts for coverage there.
+//! on every kernel, and counts for coverage there. From 6.10, where
+//! `tcp_send_reset` sees every RST the TCP stack sends, the stack's other
+//! packets (control, time-wait and request sockets) stop at their socket
+//! too, and `tcp_send_reset` counts all of its RSTs for coverage.
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
@@ -37,6 +40,19 @@ use crate::{
 
 #[unsafe(no_mangle)]
 pub static EGRESS_OFFSETS: EgressOffsets = EgressOffsets::UNSET;
+
+/// 1 when `tcp_send_reset` is attached and sees every RST the TCP stack
+/// sends (6.10+): it then counts them for coverage (see the module's
+/// comment).
+#[unsafe(no_mangle)]
+static STACK_COUNTED_AT_SEND: u8 = 0;
+
+#[inline(always)]
+pub fn stack_counted_at_send() -> bool {
+    // SAFETY: a read-only global that userspace sets before load; a
+    // constant to the verifier, which walks only the branch taken.
+    unsafe { core::ptr::read_volatile(&STACK_COUNTED_AT_SEND) != 0 }
+}
 
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
@@ -79,9 +95,6 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
 }
 
 enum Origin {
-    /// A full TCP socket's own packet: a RST there was counted by
-    /// tcp_send_reset, coverage included.
-    FullSocket,
     /// Sent by the TCP stack without a full socket of its own (time-wait,
     /// request and control sockets): already attributed by tcp_send_reset.
     TcpStack,
@@ -126,7 +139,8 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
     if sk_type == SOCK_STREAM {
-        return Ok(Origin::FullSocket);
+        // Not reached: `full_socket` stopped these before the parse.
+        return Ok(Origin::TcpStack);
     }
     if sk_type == SOCK_RAW {
         let protocol: u16 = M::read(sk + u64::from(o.sk_protocol))?;
@@ -160,6 +174,9 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if full_socket::<M>(sk, o)? {
         return Ok(0);
     }
+    if stack_counted_at_send() && matches!(origin::<M>(sk, o)?, Origin::TcpStack) {
+        return Ok(0);
+    }
     let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
         return Ok(0);
     };
@@ -176,7 +193,7 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     };
     count::bump(stat::EGRESS_RSTS);
     let (cause, stack_id) = match origin {
-        Origin::TcpStack | Origin::FullSocket => {
+        Origin::TcpStack => {
             count::bump(stat::EGRESS_TCP_STACK);
             return Ok(0);
         }
@@ -199,9 +216,10 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
+    // SAFETY: plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut ev = RstEvent {
-        // SAFETY: plain helper call with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: now,
         skaddr: sk,
         cgroup_id: 0,
         pid_tgid: 0,
@@ -240,6 +258,6 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
             };
         }
     }
-    count::record(&ev);
+    count::record(&ev, emit && count::within_budget(cause, now));
     Ok(0)
 }

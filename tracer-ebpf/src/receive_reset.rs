@@ -41,12 +41,14 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     {
         return Ok(0);
     }
-    let Some(netns) = filter::netns(f, count::emitting(), || netns::of::<Probe>(skaddr, 0)) else {
+    let emit = count::emitting();
+    let Some(netns) = filter::netns(f, emit, || netns::of::<Probe>(skaddr, 0)) else {
         return Ok(0);
     };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let ev = RstEvent {
-        // SAFETY: plain helper call.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: now,
         skaddr,
         cgroup_id: 0,
         pid_tgid: 0,
@@ -66,6 +68,6 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
     };
-    count::record_received(&ev);
+    count::record_received(&ev, emit && count::within_budget(cause::RECEIVED, now));
     Ok(0)
 }

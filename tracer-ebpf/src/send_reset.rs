@@ -15,7 +15,7 @@ use tracer_common::{
 };
 
 use crate::{
-    count, filter, netns,
+    count, egress, filter, netns,
     packet::{self, Direct, Mem, Probe},
     stack,
 };
@@ -280,10 +280,7 @@ fn attribute<M: Mem, C: StackIdContext>(
         }
     };
     let f = filter::get();
-    if !filter::cause_ok(f, cause)
-        || !filter::port_ok(f, ends.local_port)
-        || !filter::remote_ok(f, ends.family, &ends.remote)
-    {
+    if !filter::port_ok(f, ends.local_port) || !filter::remote_ok(f, ends.family, &ends.remote) {
         return Ok(0);
     }
     // Each helper call costs: take only what will be used.
@@ -291,15 +288,20 @@ fn attribute<M: Mem, C: StackIdContext>(
     let Some(netns) = filter::netns(f, emit, || netns::of::<M>(skaddr, skbaddr)) else {
         return Ok(0);
     };
-    if skaddr != 0 && skbaddr == 0 {
-        // tcp_send_active_reset: the RST leaves on the socket's own
-        // packet, which the egress hook passes over (see egress.rs).
-        count::bump(stat::EGRESS_RSTS);
-        count::bump(stat::EGRESS_TCP_STACK);
+    // Coverage, as the egress hook would have counted it (in scope,
+    // whatever the cause): a RST of tcp_send_active_reset leaves on the
+    // socket's own packet, which the egress hook passes over; from 6.10 so
+    // do all of the TCP stack's (see egress.rs).
+    if egress::stack_counted_at_send() || (skaddr != 0 && skbaddr == 0) {
+        count::bump(stat::STACK_RSTS_AT_SEND);
     }
+    if !filter::cause_ok(f, cause) {
+        return Ok(0);
+    }
+    // SAFETY: plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut ev = RstEvent {
-        // SAFETY: plain helper call with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns: now,
         skaddr,
         cgroup_id: 0,
         pid_tgid: 0,
@@ -328,7 +330,7 @@ fn attribute<M: Mem, C: StackIdContext>(
         comm: [0; TASK_COMM_LEN],
     };
     count::set_actor(&mut ev, emit);
-    count::record(&ev);
+    count::record(&ev, emit && count::within_budget(cause, now));
     Ok(0)
 }
 

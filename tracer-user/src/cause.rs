@@ -86,14 +86,31 @@ impl Cause {
                 | Cause::Injected
         )
     }
+
+    /// Whether an event of this cause is only a line of output: the
+    /// summary takes nothing from it (no actor to tally, no owner, no
+    /// rule author, no stack to show), so the text output may leave it in
+    /// the kernel past its lines per second.
+    pub fn line_only(self) -> bool {
+        !self.has_actor() && !matches!(self, Cause::Unknown | Cause::NetfilterReject)
+    }
 }
 
 /// `has_actor` as a bit mask by cause id, for the kernel programs.
 pub fn actor_mask() -> u32 {
+    mask(Cause::has_actor)
+}
+
+/// `line_only` as a bit mask by cause id, for the kernel programs.
+pub fn line_only_mask() -> u32 {
+    mask(Cause::line_only)
+}
+
+fn mask(pred: fn(Cause) -> bool) -> u32 {
     Cause::ALL
-        .iter()
-        .filter(|c| c.has_actor())
-        .fold(0, |m, c| m | 1 << (*c as u32))
+        .into_iter()
+        .filter(|c| pred(*c))
+        .fold(0, |m, c| m | 1 << (c as u32))
 }
 
 impl fmt::Display for Cause {
@@ -379,6 +396,26 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_events_the_summary_needs_nothing_from_are_budgeted() {
+        let m = line_only_mask();
+        let has = |c: Cause| m & (1 << c as u32) != 0;
+        for c in [Cause::ClosedPort, Cause::KeepaliveTimeout, Cause::Received] {
+            assert!(has(c), "{c}");
+        }
+        // Actors are tallied, rule authors named, stacks shown.
+        for c in [
+            Cause::Unknown,
+            Cause::NetfilterReject,
+            Cause::AbortOnClose,
+            Cause::SocketKilled,
+            Cause::Injected,
+        ] {
+            assert!(!has(c), "{c}");
+        }
+        assert_eq!(m & actor_mask(), 0);
+    }
 
     #[test]
     fn ids_round_trip() {

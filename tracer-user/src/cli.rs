@@ -31,7 +31,9 @@ pub struct Args {
     pub duration: Option<Duration>,
 
     /// Text output: print at most this many RST lines per second and one
-    /// "N more" line for the rest (all are counted in the summary); 0 = no limit.
+    /// "N more" line for the rest (all are counted in the summary; past the
+    /// limit, RSTs whose line is all their event carries stay in the kernel,
+    /// which keeps a flood cheap); 0 = no limit.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub rate: u32,
 

@@ -362,6 +362,7 @@ async fn run(mut args: Args) -> Result<()> {
         egress: egress.ok().map(|o| (o, egress_rules)),
         kfree_skb: kfree_skb.unwrap_or(tracer_common::KfreeSkbLayout::UNSET),
         emit_events: !args.summary_only || args.pcap.is_some(),
+        events_per_sec: events_per_sec(&args),
         max_remote_ips: args.max_remote_ips,
         ring_size: args.ring_size,
         scope: &scope,
@@ -496,6 +497,7 @@ async fn run(mut args: Args) -> Result<()> {
     let mut tally = ActorTally::default();
     let mut lost_noted = false;
     let mut skipped_noted = false;
+    let mut unsent = Unsent::default();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -532,6 +534,7 @@ async fn run(mut args: Args) -> Result<()> {
                          (see skipped_runs in the summary)"
                     );
                 }
+                unsent.report(&tracer, sink.as_mut());
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
             Some(reply) = next_scrape(&mut scrapes) => {
@@ -569,6 +572,7 @@ async fn run(mut args: Args) -> Result<()> {
     {
         output_ok = stop_on_output_error(e)?;
     }
+    unsent.report(&tracer, sink.as_mut());
     let mut summary = counts(&tracer, &decoder, started.elapsed())?;
     for d in &mut summary.drops {
         d.author = d
@@ -808,6 +812,21 @@ impl BenchToggle {
     }
 }
 
+/// Events the kernel's budget held back, handed to the output as they
+/// grow (the text output says "N more").
+#[derive(Default)]
+struct Unsent(u64);
+
+impl Unsent {
+    fn report(&mut self, tracer: &tracer::Tracer, sink: &mut dyn Sink) {
+        let now = tracer.unsent();
+        if now > self.0 {
+            sink.unsent(now - self.0);
+            self.0 = now;
+        }
+    }
+}
+
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracer: &tracer::Tracer,
@@ -835,6 +854,16 @@ fn drain(
         sink.tick()?;
     }
     Ok(())
+}
+
+/// The text output prints `--rate` lines a second: that many events per
+/// CPU of the line-only causes are enough (each CPU's second may start
+/// anywhere in the output's). JSON and pcap write every event.
+fn events_per_sec(args: &cli::Args) -> u64 {
+    match (args.output, &args.pcap) {
+        (cli::OutputFormat::Text, None) => u64::from(args.rate),
+        _ => 0,
+    }
 }
 
 /// A closed stdout (`rsttrace | head`) ends the trace quietly; other write

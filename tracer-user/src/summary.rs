@@ -188,8 +188,8 @@ pub fn build(
         unreadable: slot(stat::UNREADABLE_RSTS),
         remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
         coverage: Coverage {
-            egress_rsts: slot(stat::EGRESS_RSTS),
-            tcp_stack: slot(stat::EGRESS_TCP_STACK),
+            egress_rsts: slot(stat::EGRESS_RSTS) + slot(stat::STACK_RSTS_AT_SEND),
+            tcp_stack: slot(stat::EGRESS_TCP_STACK) + slot(stat::STACK_RSTS_AT_SEND),
             unexplained: slot(stat::EGRESS_UNEXPLAINED),
         },
         by_cause,
@@ -268,6 +268,24 @@ mod tests {
         assert_eq!(top.last_seen, clock.to_system_time(80));
         assert_eq!(s.by_remote_ip[1].remote_ip, a);
         assert_eq!(s.by_remote_ip[1].total, 1);
+    }
+
+    #[test]
+    fn coverage_adds_what_tcp_send_reset_counted_for_it() {
+        let mut stats = vec![0; stat::COUNT as usize];
+        stats[stat::EGRESS_RSTS as usize] = 4;
+        stats[stat::EGRESS_TCP_STACK as usize] = 1;
+        stats[stat::EGRESS_UNEXPLAINED as usize] = 2;
+        stats[stat::STACK_RSTS_AT_SEND as usize] = 10;
+        let s = build(
+            &stats,
+            vec![],
+            &BootClock::with_boot_epoch_ns(0),
+            Duration::ZERO,
+        );
+        assert_eq!(s.coverage.egress_rsts, 14);
+        assert_eq!(s.coverage.tcp_stack, 11);
+        assert_eq!(s.coverage.unexplained, 2);
     }
 
     #[test]

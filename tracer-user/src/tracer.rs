@@ -42,6 +42,9 @@ pub struct Options<'a> {
     /// Drop counting needs the egress offsets (to read packets) too.
     pub kfree_skb: KfreeSkbLayout,
     pub emit_events: bool,
+    /// Events per second and CPU of the causes whose event is only a line
+    /// (`Cause::line_only`); 0 = every event.
+    pub events_per_sec: u64,
     pub max_remote_ips: u32,
     pub ring_size: u32,
     pub scope: &'a crate::scope::Scope,
@@ -145,6 +148,11 @@ impl Tracer {
             .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
         let mut ebpf = EbpfLoader::new()
             .override_global("EGRESS_OFFSETS", &egress_offsets, true)
+            .override_global(
+                "STACK_COUNTED_AT_SEND",
+                &u8::from(stack_counted_at_send(opts)),
+                true,
+            )
             .override_global("EGRESS_STACK_RULES", &egress_rules, true)
             .override_global("KFREE_SKB_LAYOUT", &kfree_skb, true)
             .override_global("FILTER", &opts.scope.filter, true)
@@ -161,6 +169,8 @@ impl Tracer {
             )
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
+            .override_global("EVENTS_PER_SEC", &opts.events_per_sec, true)
+            .override_global("BUDGETED_CAUSES", &crate::cause::line_only_mask(), true)
             .override_global("WAKEUP_EVERY", &wakeup_every(opts.ring_size), true)
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)
@@ -491,9 +501,18 @@ impl Tracer {
 
     /// Events lost so far (the ring buffer was full).
     pub fn lost(&self) -> u64 {
+        self.stat(tracer_common::stat::LOST_EVENTS)
+    }
+
+    /// Events the text output's budget left in the kernel (all counted).
+    pub fn unsent(&self) -> u64 {
+        self.stat(tracer_common::stat::UNSENT_EVENTS)
+    }
+
+    fn stat(&self, slot: u32) -> u64 {
         self.stats()
             .ok()
-            .and_then(|s| s.get(tracer_common::stat::LOST_EVENTS as usize).copied())
+            .and_then(|s| s.get(slot as usize).copied())
             .unwrap_or(0)
     }
 
@@ -572,6 +591,14 @@ fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(info.recursion_misses)
+}
+
+/// Whether tcp_send_reset counts the TCP stack's RSTs for coverage, so the
+/// egress hook can pass over the stack's packets unread: it must be
+/// attached and see every such RST, which it does where it has a reason
+/// (6.10+; before, it misses those sent without a full socket).
+fn stack_counted_at_send(opts: &Options<'_>) -> bool {
+    opts.sent && opts.egress.is_some() && opts.send_reset.reason != tracer_common::ABSENT
 }
 
 /// Events per CPU between wakeups of the reader: all CPUs together wake it

@@ -100,6 +100,60 @@ fn ring_overflow_keeps_counts_exact_and_says_so_once() {
     );
 }
 
+/// The text output prints `--rate` lines a second. Under a flood the kernel
+/// keeps the events of line-only causes past that budget (carrying them
+/// through the ring is most of a RST's cost), and the output still accounts
+/// for every RST: the lines plus the "N more" notes make the exact count,
+/// and nothing is lost.
+#[test]
+fn text_output_shows_its_rate_and_accounts_for_every_rst() {
+    let ns = Netns::new("budget");
+    let mut text = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+        .args(["--rate", "5", "--remote", "127.38.0.1/32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, stderr) = wait_attached(&mut text);
+    let sent = flood(&ns, "127.38.0.1", 2, 2000);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
+    let text = text.wait_with_output().unwrap();
+    let stderr = stderr.finish();
+    assert!(text.status.success(), "{stderr}");
+    let human = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(sent, 4000, "OutRsts delta");
+    let lines = human
+        .lines()
+        .filter(|l| l.contains(" closed-port ") && l.contains(" to 127.38.0.1:"))
+        .count() as u64;
+    let more: u64 = human
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("... ")?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        lines > 0 && more > 0,
+        "{lines} lines, {more} more:\n{human}"
+    );
+    assert_eq!(
+        lines + more,
+        sent,
+        "every RST a line or in a note:\n{human}"
+    );
+    assert!(
+        human.contains(&format!("rsttrace summary: {sent} RSTs sent")),
+        "{human}"
+    );
+    assert!(human.contains("lost events: 0\n"), "{human}");
+    assert!(!stderr.contains("overflowed"), "{stderr}");
+}
+
 /// A child's standard error, collected while it runs.
 struct Stderr {
     text: std::sync::Arc<std::sync::Mutex<String>>,

@@ -314,6 +314,10 @@ impl Sink for Human {
         writeln!(self.out, "{}", rst_text(rst))
     }
 
+    fn unsent(&mut self, n: u64) {
+        self.suppressed += n;
+    }
+
     fn tick(&mut self) -> io::Result<()> {
         self.roll_window(Instant::now())?;
         self.out.flush()

@@ -14,6 +14,9 @@ use crate::{event::Rst, summary::Summary};
 
 pub trait Sink {
     fn rst(&mut self, rst: &Rst) -> io::Result<()>;
+    /// `n` more RSTs whose events stayed in the kernel (the text output's
+    /// budget; only the text output sets one).
+    fn unsent(&mut self, _n: u64) {}
     /// Called about once a second: flush rate-limit notes and buffers.
     fn tick(&mut self) -> io::Result<()>;
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
@@ -37,6 +40,9 @@ pub struct Tee(pub Vec<Box<dyn Sink>>);
 impl Sink for Tee {
     fn rst(&mut self, rst: &Rst) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.rst(rst))
+    }
+    fn unsent(&mut self, n: u64) {
+        self.0.iter_mut().for_each(|s| s.unsent(n))
     }
     fn tick(&mut self) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.tick())
