@@ -49,18 +49,11 @@ fn ring_overflow_keeps_counts_exact_and_says_so_once() {
     // more as the test reads rsttrace's output only at the end.
     let trace = Trace::start(&["--ring-size", "4K"]);
     // The same in human output, read only at the end too.
-    let mut text = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
-        .args(["--ring-size", "4K", "--rate", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut text = spawn_piped(&["--ring-size", "4K", "--rate", "0"]);
     let (_, text_stderr) = wait_attached(&mut text);
     let sent = flood(&ns, "127.33.0.1", 2, 3000);
     let out = trace.stop();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
-    let text = text.wait_with_output().unwrap();
+    let text = interrupt(text);
     assert!(text.status.success());
     let human = String::from_utf8_lossy(&text.stdout);
     let stderr = text_stderr.finish();
@@ -108,17 +101,10 @@ fn ring_overflow_keeps_counts_exact_and_says_so_once() {
 #[test]
 fn text_output_shows_its_rate_and_accounts_for_every_rst() {
     let ns = Netns::new("budget");
-    let mut text = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
-        .args(["--rate", "5", "--remote", "127.38.0.1/32"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut text = spawn_piped(&["--rate", "5", "--remote", "127.38.0.1/32"]);
     let (_, stderr) = wait_attached(&mut text);
     let sent = flood(&ns, "127.38.0.1", 2, 2000);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
-    let text = text.wait_with_output().unwrap();
+    let text = interrupt(text);
     let stderr = stderr.finish();
     assert!(text.status.success(), "{stderr}");
     let human = String::from_utf8_lossy(&text.stdout);
@@ -152,6 +138,23 @@ fn text_output_shows_its_rate_and_accounts_for_every_rst() {
     );
     assert!(human.contains("lost events: 0\n"), "{human}");
     assert!(!stderr.contains("overflowed"), "{stderr}");
+}
+
+/// rsttrace with `args`, its stdout and stderr piped.
+fn spawn_piped(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops `child` with SIGINT (as Ctrl-C would) and collects its output.
+fn interrupt(child: std::process::Child) -> std::process::Output {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait_with_output().unwrap()
 }
 
 /// A child's standard error, collected while it runs.
@@ -222,12 +225,7 @@ fn bpf_ids(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn sigterm_mid_flood_prints_the_summary_and_leaves_nothing_behind() {
     let ns = Netns::new("sigterm");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
-        .args(["--output", "json", "--summary-only"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&["--output", "json", "--summary-only"]);
     let pid = child.id();
     let (ids, child_stderr) = wait_attached(&mut child);
     assert!(
