@@ -80,7 +80,13 @@ pub fn emitting() -> bool {
 #[inline(always)]
 pub fn has_actor(cause: u8) -> bool {
     // SAFETY: as above.
-    let mask = unsafe { core::ptr::read_volatile(&ACTOR_CAUSES) };
+    in_mask(unsafe { core::ptr::read_volatile(&ACTOR_CAUSES) }, cause)
+}
+
+/// Whether bit `cause` is set in one of the cause masks userspace sets
+/// (`cause::COUNT` fits in 32 bits).
+#[inline(always)]
+fn in_mask(mask: u32, cause: u8) -> bool {
     cause < 32 && mask & (1 << cause) != 0
 }
 
@@ -127,14 +133,14 @@ unsafe fn add_one(p: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { Relaxed }>(p, 1) };
 }
 
-/// Whether this second's budget has room for an event of `cause` counted
-/// at `now`. An event held back is counted as unsent, so the output can say
-/// how many it did not show. Called once per event, last, as
-/// `emitting() && within_budget(..)`: with events off, or no budget, the
-/// verifier then knows the answer and walks one way (a value it cannot
-/// know, live across the event's branches, made 5.10's walk explode).
+/// Whether this second's budget has room for `ev`. An event held back is
+/// counted as unsent, so the output can say how many it did not show.
+/// Decided once per event, last, and only when events are read (`emit`):
+/// with events off, or no budget, the verifier then knows the answer and
+/// walks one way (a value it cannot know, live across the event's
+/// branches, made 5.10's walk explode).
 #[inline(always)]
-pub fn within_budget(cause: u8, now: u64) -> bool {
+fn within_budget(ev: &RstEvent) -> bool {
     // SAFETY: read-only globals that userspace sets before load.
     let (per_sec, budgeted) = unsafe {
         (
@@ -142,15 +148,13 @@ pub fn within_budget(cause: u8, now: u64) -> bool {
             core::ptr::read_volatile(&BUDGETED_CAUSES),
         )
     };
-    if per_sec == 0 {
-        return true;
-    }
-    if cause >= 32 || budgeted & (1 << cause) == 0 {
+    if per_sec == 0 || !in_mask(budgeted, ev.cause) {
         return true;
     }
     let Some(b) = BUDGET.get_ptr_mut(0) else {
         return true;
     };
+    let now = ev.ts_ns;
     // SAFETY: this CPU's slot. Where programs run preemptible, two may
     // interleave here: the budget is then off by one, which only moves
     // how many lines are shown; every count stays exact.
@@ -168,9 +172,10 @@ pub fn within_budget(cause: u8, now: u64) -> bool {
     false
 }
 
-/// Counts one RST this host received and emits its event when `send`.
+/// Counts one RST this host received and, when events are read (`emit`)
+/// and the budget has room, emits its event.
 #[inline(always)]
-pub fn record_received(ev: &RstEvent, send: bool) {
+pub fn record_received(ev: &RstEvent, emit: bool) {
     bump(stat::RECEIVED_RSTS);
     let key = RemoteKey {
         addr: ev.remote_addr,
@@ -181,14 +186,15 @@ pub fn record_received(ev: &RstEvent, send: bool) {
     if !bump_map(&RECEIVED, &key, ev.ts_ns) {
         bump(stat::RECEIVED_MAP_FULL);
     }
-    if send {
-        emit(ev);
+    if emit && within_budget(ev) {
+        send(ev);
     }
 }
 
-/// Counts one RST and emits its event when `send`.
+/// Counts one RST and, when events are read (`emit`) and the budget has
+/// room, emits its event.
 #[inline(always)]
-pub fn record(ev: &RstEvent, send: bool) {
+pub fn record(ev: &RstEvent, emit: bool) {
     bump(ev.cause as u32);
 
     let key = RemoteKey {
@@ -200,13 +206,13 @@ pub fn record(ev: &RstEvent, send: bool) {
     if !bump_remote(&key, ev.ts_ns) {
         bump(stat::REMOTE_MAP_FULL);
     }
-    if send {
-        emit(ev);
+    if emit && within_budget(ev) {
+        send(ev);
     }
 }
 
 #[inline(always)]
-fn emit(ev: &RstEvent) {
+fn send(ev: &RstEvent) {
     // Waking the reader for every event costs an interrupt (in a VM, an
     // exit) per RST: wake it once a batch is waiting; it also polls. Counted
     // per CPU: asking the ring how full it is reads a line the reader

@@ -139,7 +139,7 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
     if sk_type == SOCK_STREAM {
-        // Not reached: `full_socket` stopped these before the parse.
+        // A full socket: stopped before the parse (see try_net_dev_queue).
         return Ok(Origin::TcpStack);
     }
     if sk_type == SOCK_RAW {
@@ -170,11 +170,15 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     let sk: u64 = M::read(skb + u64::from(o.skb_sk))?;
     // A yes or no, not the origin: nothing of it stays live across the
     // header parse, so the verifier walks that once, not once per origin
-    // (5.10's gave up on the BTF build otherwise).
-    if full_socket::<M>(sk, o)? {
-        return Ok(0);
-    }
-    if stack_counted_at_send() && matches!(origin::<M>(sk, o)?, Origin::TcpStack) {
+    // (5.10's gave up on the BTF build otherwise). Where tcp_send_reset
+    // counts the stack's RSTs, every socket of the stack stops here (a
+    // full socket is one of them: the same first loads decide it).
+    let stop = if stack_counted_at_send() {
+        matches!(origin::<M>(sk, o)?, Origin::TcpStack)
+    } else {
+        full_socket::<M>(sk, o)?
+    };
+    if stop {
         return Ok(0);
     }
     let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
@@ -216,10 +220,9 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
-    // SAFETY: plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut ev = RstEvent {
-        ts_ns: now,
+        // SAFETY: plain helper call with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr: sk,
         cgroup_id: 0,
         pid_tgid: 0,
@@ -258,6 +261,6 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
             };
         }
     }
-    count::record(&ev, emit && count::within_budget(cause, now));
+    count::record(&ev, emit);
     Ok(0)
 }

@@ -45,10 +45,9 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(netns) = filter::netns(f, emit, || netns::of::<Probe>(skaddr, 0)) else {
         return Ok(0);
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let ev = RstEvent {
-        ts_ns: now,
+        // SAFETY: plain helper call with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr,
         cgroup_id: 0,
         pid_tgid: 0,
@@ -68,6 +67,6 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
     };
-    count::record_received(&ev, emit && count::within_budget(cause::RECEIVED, now));
+    count::record_received(&ev, emit);
     Ok(0)
 }

@@ -298,10 +298,9 @@ fn attribute<M: Mem, C: StackIdContext>(
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
-    // SAFETY: plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut ev = RstEvent {
-        ts_ns: now,
+        // SAFETY: plain helper call with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr,
         cgroup_id: 0,
         pid_tgid: 0,
@@ -330,7 +329,7 @@ fn attribute<M: Mem, C: StackIdContext>(
         comm: [0; TASK_COMM_LEN],
     };
     count::set_actor(&mut ev, emit);
-    count::record(&ev, emit && count::within_budget(cause, now));
+    count::record(&ev, emit);
     Ok(0)
 }
 

@@ -67,10 +67,9 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
     let Some(netns) = filter::netns(f, emit, || netns::of::<Probe>(sk, skb)) else {
         return Ok(0);
     };
-    // SAFETY: plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let ev = RstEvent {
-        ts_ns: now,
+        // SAFETY: plain helper call with no arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         skaddr: sk,
         // Sent in softirq on behalf of the peer: no actor.
         cgroup_id: 0,
@@ -91,6 +90,6 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
     };
-    count::record(&ev, emit && count::within_budget(cause, now));
+    count::record(&ev, emit);
     Ok(0)
 }

@@ -36,7 +36,7 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::RstEvent;
+use tracer_common::{RstEvent, stat};
 
 use crate::{
     actor::ActorResolver, cli::Args, clock::BootClock, diagnosis::ActorTally, event::Decoder,
@@ -518,8 +518,12 @@ async fn run(mut args: Args) -> Result<()> {
                 for w in monitors.rescan(&ruleset) {
                     eprintln!("rsttrace: warning: nftables ruleset changes: {w}");
                 }
+                let stats = tracer.stat_slots();
                 // Said once, not per event: the summary has the number.
-                if !lost_noted && (!args.summary_only || args.pcap.is_some()) && tracer.lost() > 0 {
+                if !lost_noted
+                    && (!args.summary_only || args.pcap.is_some())
+                    && stats.get(stat::LOST_EVENTS) > 0
+                {
                     lost_noted = true;
                     eprintln!(
                         "rsttrace: the event ring buffer overflowed: some RSTs are not shown \
@@ -534,7 +538,7 @@ async fn run(mut args: Args) -> Result<()> {
                          (see skipped_runs in the summary)"
                     );
                 }
-                unsent.report(&tracer, sink.as_mut());
+                unsent.report(&stats, sink.as_mut());
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
             Some(reply) = next_scrape(&mut scrapes) => {
@@ -572,7 +576,7 @@ async fn run(mut args: Args) -> Result<()> {
     {
         output_ok = stop_on_output_error(e)?;
     }
-    unsent.report(&tracer, sink.as_mut());
+    unsent.report(&tracer.stat_slots(), sink.as_mut());
     let mut summary = counts(&tracer, &decoder, started.elapsed())?;
     for d in &mut summary.drops {
         d.author = d
@@ -818,8 +822,8 @@ impl BenchToggle {
 struct Unsent(u64);
 
 impl Unsent {
-    fn report(&mut self, tracer: &tracer::Tracer, sink: &mut dyn Sink) {
-        let now = tracer.unsent();
+    fn report(&mut self, stats: &tracer::StatSlots, sink: &mut dyn Sink) {
+        let now = stats.get(stat::UNSENT_EVENTS);
         if now > self.0 {
             sink.unsent(now - self.0);
             self.0 = now;

@@ -499,21 +499,11 @@ impl Tracer {
             .collect()
     }
 
-    /// Events lost so far (the ring buffer was full).
-    pub fn lost(&self) -> u64 {
-        self.stat(tracer_common::stat::LOST_EVENTS)
-    }
-
-    /// Events the text output's budget left in the kernel (all counted).
-    pub fn unsent(&self) -> u64 {
-        self.stat(tracer_common::stat::UNSENT_EVENTS)
-    }
-
-    fn stat(&self, slot: u32) -> u64 {
-        self.stats()
-            .ok()
-            .and_then(|s| s.get(slot as usize).copied())
-            .unwrap_or(0)
+    /// One read of the `STATS` slots, for the notes of a tick: a slot
+    /// that can't be read counts 0 (the summary reads them again, and
+    /// fails loudly there).
+    pub fn stat_slots(&self) -> StatSlots {
+        StatSlots(self.stats().unwrap_or_default())
     }
 
     /// The `STATS` slots, summed over CPUs.
@@ -556,6 +546,15 @@ impl Tracer {
     /// RSTs sent per (remote IP, cause).
     pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
         self.per_cpu_entries("REMOTES")
+    }
+}
+
+/// The `STATS` slots, summed over CPUs (see `tracer_common::stat`).
+pub struct StatSlots(Vec<u64>);
+
+impl StatSlots {
+    pub fn get(&self, slot: u32) -> u64 {
+        self.0.get(slot as usize).copied().unwrap_or(0)
     }
 }
 
