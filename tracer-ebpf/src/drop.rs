@@ -92,7 +92,15 @@ fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
     if !filter::remote_ok(f, p.family, &remote) {
         return Ok(0);
     }
-    let Some(ns) = filter::netns(f, true, || crate::netns::of::<Probe>(0, skb)) else {
+    // From the segment's socket where it has one: a segment this host
+    // was sending has no device yet at the OUTPUT hook, but the socket
+    // that sent it (the stack's control socket for a RST) is in the
+    // namespace. A received one is read from its device.
+    let sk: u64 = match o.skb_sk {
+        ABSENT => 0,
+        off => packet::read(skb + u64::from(off)).unwrap_or(0),
+    };
+    let Some(ns) = filter::netns(f, true, || crate::netns::of::<Probe>(sk, skb)) else {
         return Ok(0);
     };
     // The segment a REJECT rule just answered: not a silent drop.

@@ -948,6 +948,63 @@ fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
     assert!(out.rsts_to(&c1).is_empty() && out.rsts_to(&c2).is_empty());
 }
 
+/// A RST the TCP stack sends but an OUTPUT rule drops never reaches the
+/// peer. It is still counted by its cause (the stack sent it, and OutRsts
+/// counts it), and the drop shows toward the same peer: together they say
+/// the peer never saw it. Coverage differs by kernel: from 6.10
+/// tcp_send_reset counts each stack RST for coverage as it is sent, so
+/// this one counts as having left; before, only the egress hook counts,
+/// and the RST never reached a device.
+#[test]
+fn rst_dropped_on_output_is_counted_by_cause_and_as_a_drop() {
+    let ns = Netns::new("outdrop");
+    let client = "127.54.0.1";
+    ns.exec(&["nft", "add table inet rsttrace_o"]);
+    ns.exec(&[
+        "nft",
+        "add chain inet rsttrace_o out { type filter hook output priority 0 ; }",
+    ]);
+    ns.exec(&[
+        "nft",
+        &format!("add rule inet rsttrace_o out ip daddr {client} tcp flags rst counter drop"),
+    ]);
+    let trace = Trace::start_in(Some(&ns), &["--netns", "self"]);
+    let sent = ns.run(move || {
+        let before = out_rsts_here();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&format!("{client}:0").parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // Well before the SYN's first retransmission (1 s): one RST.
+        let err = s
+            .connect_timeout(&to.into(), Duration::from_millis(300))
+            .expect_err("the refusal was dropped");
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        out_rsts_here() - before
+    });
+    let out = trace.stop();
+    let dropped = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_o", "out"]));
+    assert!(sent >= 1, "OutRsts delta in the namespace: {sent}");
+    assert_eq!(dropped, sent, "every RST the stack sent was dropped");
+    out.assert_exactly(&ns, client, sent, "closed-port");
+    if support::kernel_names_netfilter_drops() {
+        let drops = out.summary["drops"].as_array().unwrap();
+        let d = drops
+            .iter()
+            .find(|d| d["remote_ip"] == client)
+            .unwrap_or_else(|| panic!("{client} missing from drops: {drops:?}"));
+        assert_eq!(d["total"], sent, "{d}");
+    }
+    let coverage = &out.summary["coverage"];
+    let left = if support::send_reset_has_reason() {
+        sent
+    } else {
+        0
+    };
+    assert_eq!(coverage["egress_rsts"], left, "{coverage}");
+    assert_eq!(coverage["by_tcp_stack"], left, "{coverage}");
+}
+
 /// A security agent that blocks a peer with a firewall rule: the rule is
 /// added while rsttrace runs, so its generation names the process, and
 /// RSTs the rule sends carry it, its table and chain, and the label.

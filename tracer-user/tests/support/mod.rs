@@ -402,15 +402,22 @@ impl TraceOutput {
 /// the name, or null on kernels whose tcp_send_reset has no reason field
 /// (before 6.10; `rsttrace doctor` says so).
 pub fn expected_reason(name: &str) -> Value {
-    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|t| std::fs::read_to_string(format!("{t}/events/tcp/tcp_send_reset/format")).ok())
-        .expect("tcp_send_reset format file");
-    if format.contains(" reason;") {
+    if send_reset_has_reason() {
         Value::from(name)
     } else {
         Value::Null
     }
+}
+
+/// Whether this kernel's tcp_send_reset has a reason (6.10+): there it
+/// fires for every RST the TCP stack sends, and rsttrace counts them for
+/// coverage as they are sent.
+pub fn send_reset_has_reason() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/tcp/tcp_send_reset/format")).ok())
+        .expect("tcp_send_reset format file")
+        .contains(" reason;")
 }
 
 /// The capabilities that attaching needs on this kernel, for setpriv's
