@@ -346,11 +346,14 @@ fn http_response_len(s: &mut TcpStream) -> usize {
 }
 
 /// Untraced and traced stretches alternate this long (after `SETTLE`):
-/// a few hundred milliseconds apart, where the host's speed has not yet
+/// a fraction of a second apart, where the host's speed has not yet
 /// drifted (on this shared VM it moves by tens of percent over seconds).
-const PHASE: Duration = Duration::from_millis(400);
+/// Short stretches buy many of them: each stretch's ratio scatters by
+/// several points here whatever its length (150 ms or 400 ms alike), so
+/// the median gets steadier only with more stretches.
+const PHASE: Duration = Duration::from_millis(150);
 /// Left out after each detach or attach (text patching, RCU grace periods).
-const SETTLE: Duration = Duration::from_millis(100);
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// One tracer, detached and attached again `pairs` times under `load`:
 /// each traced stretch is compared with the mean of the untraced ones
@@ -736,9 +739,10 @@ pub fn run(opts: &Options) -> Result<()> {
     report(&rows, opts)
 }
 
-/// Traced stretches per toggled measurement: four per `--rounds`.
+/// Traced stretches per toggled measurement: ten per `--rounds` (two
+/// seconds of stretches).
 fn pairs(rounds: usize) -> usize {
-    4 * rounds
+    10 * rounds
 }
 
 /// The RST flood in each output mode (toggled), its exactness (whole runs

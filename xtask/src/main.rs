@@ -57,7 +57,7 @@ enum Cmd {
     /// table and write bench/RESULTS.md.
     Bench {
         /// Whole traced runs for bpftrace and for exactness (each between
-        /// untraced ones); rsttrace's throughput rows take four traced
+        /// untraced ones); rsttrace's throughput rows take ten traced
         /// stretches per round.
         #[arg(long, default_value_t = 9)]
         rounds: usize,
