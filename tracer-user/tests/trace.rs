@@ -857,6 +857,15 @@ fn classic_and_raw_builds_attribute_alike() {
     out.assert_exactly(&ns, "127.41.0.3", injected, "injected");
 }
 
+/// A connect from `client` (IPv4, any port) to `to`, given up after
+/// 300 ms: before the SYN's first retransmission (1 s), so one SYN left.
+fn connect_briefly(client: &str, to: &str) -> std::io::Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&format!("{client}:0").parse::<SocketAddr>().unwrap().into())?;
+    let to: SocketAddr = to.parse().unwrap();
+    s.connect_timeout(&to.into(), Duration::from_millis(300))
+}
+
 /// Silent drops: no RST, but the peer sees the same failure. Counted per
 /// remote IP in the summary's `drops`, with where they were dropped.
 #[test]
@@ -906,14 +915,7 @@ fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
     ns.run(move || {
         for client in clients {
             // A SYN into the void: the connect times out.
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.bind(&format!("{client}:0").parse::<SocketAddr>().unwrap().into())
-                .unwrap();
-            let to: SocketAddr = "127.0.0.1:7777".parse().unwrap();
-            let err = s
-                .connect_timeout(&to.into(), Duration::from_millis(300))
-                .expect_err("dropped");
+            let err = connect_briefly(&client, "127.0.0.1:7777").expect_err("dropped");
             assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
         }
     });
@@ -971,14 +973,8 @@ fn rst_dropped_on_output_is_counted_by_cause_and_as_a_drop() {
     let trace = Trace::start_in(Some(&ns), &["--netns", "self"]);
     let sent = ns.run(move || {
         let before = out_rsts_here();
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.bind(&format!("{client}:0").parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        // Well before the SYN's first retransmission (1 s): one RST.
-        let err = s
-            .connect_timeout(&to.into(), Duration::from_millis(300))
-            .expect_err("the refusal was dropped");
+        // One SYN, so one RST.
+        let err = connect_briefly(client, "127.0.0.1:9").expect_err("the refusal was dropped");
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
         out_rsts_here() - before
     });
@@ -1041,11 +1037,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
     );
     // A silent drop by the agent's rule: its author shows on the drop too.
     ns.run(|| {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.bind(&"127.31.0.2:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        let to: SocketAddr = "127.0.0.1:443".parse().unwrap();
-        let _ = s.connect_timeout(&to.into(), Duration::from_millis(300));
+        let _ = connect_briefly("127.31.0.2", "127.0.0.1:443");
     });
     let out = trace.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -1106,12 +1098,7 @@ fn netfilter_reject_nftables_netdev_ingress() {
     let tcp = ns.run(|| {
         let before = out_rsts_here();
         for _ in 0..2 {
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.bind(&"127.39.0.1:0".parse::<SocketAddr>().unwrap().into())
-                .unwrap();
-            let to: SocketAddr = "127.0.0.1:7777".parse().unwrap();
-            let _ = s.connect_timeout(&to.into(), Duration::from_millis(300));
+            let _ = connect_briefly("127.39.0.1", "127.0.0.1:7777");
         }
         out_rsts_here() - before
     });
