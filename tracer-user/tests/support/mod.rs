@@ -413,11 +413,16 @@ pub fn expected_reason(name: &str) -> Value {
 /// fires for every RST the TCP stack sends, and rsttrace counts them for
 /// coverage as they are sent.
 pub fn send_reset_has_reason() -> bool {
+    tracepoint_format("tcp/tcp_send_reset").contains(" reason;")
+}
+
+/// The running kernel's format file of tracepoint `event` ("group/name"),
+/// wherever tracefs is mounted.
+fn tracepoint_format(event: &str) -> String {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|t| std::fs::read_to_string(format!("{t}/events/tcp/tcp_send_reset/format")).ok())
-        .expect("tcp_send_reset format file")
-        .contains(" reason;")
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/{event}/format")).ok())
+        .unwrap_or_else(|| panic!("{event} format file"))
 }
 
 /// The capabilities that attaching needs on this kernel, for setpriv's
@@ -447,11 +452,7 @@ pub fn attach_caps() -> String {
 /// Whether this kernel's skb:kfree_skb names NETFILTER_DROP (5.17+): where
 /// it does not, netfilter drops can't be counted (`rsttrace doctor` says so).
 pub fn kernel_names_netfilter_drops() -> bool {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
-        .expect("kfree_skb format file")
-        .contains("NETFILTER_DROP")
+    tracepoint_format("skb/kfree_skb").contains("NETFILTER_DROP")
 }
 
 /// Packets a netfilter rule matched, from its counter: the ground truth
