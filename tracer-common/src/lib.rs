@@ -58,10 +58,17 @@ pub mod stat {
     pub const UNSENT_EVENTS: u32 = cause::COUNT + 10;
     /// RSTs of the TCP stack that tcp_send_reset counted for coverage, as
     /// if seen leaving (one slot for both `EGRESS_RSTS` and
-    /// `EGRESS_TCP_STACK`: each count costs an atomic add per RST).
+    /// `EGRESS_TCP_STACK`: each count costs an atomic add per RST). From
+    /// 6.10 the kernel bumps it only for RSTs `--cause` leaves out: the
+    /// others are in the `AT_SEND` slots.
     pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 11;
+    /// Per-cause totals of tcp_send_reset where it also counts the stack's
+    /// RSTs for coverage (6.10+): slots `AT_SEND + cause`, one add per RST
+    /// for both counts. Userspace folds them into the cause slots and
+    /// `STACK_RSTS_AT_SEND` when it reads them.
+    pub const AT_SEND: u32 = cause::COUNT + 12;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT + 12;
+    pub const COUNT: u32 = cause::COUNT * 2 + 12;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.

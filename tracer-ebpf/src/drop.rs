@@ -7,7 +7,6 @@
 //! userspace's `bpf_runs_preemptible`).
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_boot_ns,
     macros::{map, raw_tracepoint, tracepoint},
     maps::PerCpuHashMap,
     programs::{RawTracePointContext, TracePointContext},
@@ -123,8 +122,7 @@ fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
         netns: ns,
         location,
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = count::coarse_now();
     count::bump(stat::NETFILTER_DROPS);
     if !count::bump_map(&DROPS, &key, now) {
         count::bump(stat::DROP_MAP_FULL);

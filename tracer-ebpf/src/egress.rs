@@ -23,7 +23,6 @@
 //! too, and `tcp_send_reset` counts all of its RSTs for coverage.
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_boot_ns,
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::PerCpuArray,
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
@@ -189,10 +188,10 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         return Ok(0);
     }
     let origin = origin::<M>(sk, o)?;
-    // The TCP stack's own RSTs (most of them) emit nothing here: their
-    // namespace is read only when the scope needs it.
-    let emit = count::emitting() && !matches!(origin, Origin::TcpStack);
-    let Some(netns) = filter::netns(f, emit, || netns::of::<M>(0, skb)) else {
+    // The namespace from the device, which every packet has here (a
+    // reject's RST has no socket; drop.rs, before the device is set, reads
+    // the socket); read for a --netns scope, else with the event.
+    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<M>(0, skb)) else {
         return Ok(0);
     };
     count::bump(stat::EGRESS_RSTS);
@@ -220,34 +219,13 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
-    let mut ev = RstEvent {
-        // SAFETY: plain helper call with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        skaddr: sk,
-        cgroup_id: 0,
-        pid_tgid: 0,
-        reason: ABSENT,
-        state: 0,
-        netns,
-        stack_id,
-        sk_ino: 0,
-        nft_chain: if cause == cause::NETFILTER_REJECT {
-            nft_chain::take_reject()
-        } else {
-            0
-        },
-        // Outgoing: the source is this host.
-        local_addr: p.saddr,
-        remote_addr: p.daddr,
-        local_port: p.sport,
-        remote_port: p.dport,
-        family: p.family,
-        cause,
-        source: source::EGRESS,
-        _pad: 0,
-        comm: [0; TASK_COMM_LEN],
+    // Taken whether or not the event is sent: a chain left in its slot
+    // could name the wrong rule later.
+    let nft_chain = if cause == cause::NETFILTER_REJECT {
+        nft_chain::take_reject()
+    } else {
+        0
     };
-    count::set_actor(&mut ev, emit);
     if cause == cause::NETFILTER_REJECT
         && let Some(last) = LAST_REJECT.get_ptr_mut(0)
     {
@@ -261,6 +239,33 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
             };
         }
     }
-    count::record(&ev, emit);
+    let rst = count::Counted {
+        ts_ns: count::coarse_now(),
+        remote: p.daddr,
+        family: p.family,
+        cause,
+    };
+    count::record(&rst, false, count::emitting(), || RstEvent {
+        ts_ns: 0,
+        skaddr: sk,
+        cgroup_id: 0,
+        pid_tgid: 0,
+        reason: ABSENT,
+        state: 0,
+        netns: filter::netns_or_read(scoped_ns, || netns::of::<M>(0, skb)),
+        stack_id,
+        sk_ino: 0,
+        nft_chain,
+        // Outgoing: the source is this host.
+        local_addr: p.saddr,
+        remote_addr: p.daddr,
+        local_port: p.sport,
+        remote_port: p.dport,
+        family: p.family,
+        cause,
+        source: source::EGRESS,
+        _pad: 0,
+        comm: [0; TASK_COMM_LEN],
+    });
     Ok(0)
 }

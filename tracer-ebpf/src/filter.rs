@@ -28,15 +28,24 @@ pub fn get() -> &'static Filter {
     crate::global::get(&FILTER)
 }
 
-/// The event's namespace, read only when someone needs it (a --netns
-/// filter, or the event stream: `emit`); `None` when it is out of scope.
+/// The namespace, read only when needed now (a --netns scope, or
+/// `always`); `None` when it is out of scope, `Some(0)` when not read.
 #[inline(always)]
-pub fn netns(f: &Filter, emit: bool, read: impl FnOnce() -> u32) -> Option<u32> {
-    if f.netns == 0 && !emit {
+pub fn netns(f: &Filter, always: bool, read: impl FnOnce() -> u32) -> Option<u32> {
+    if f.netns == 0 && !always {
         return Some(0);
     }
     let ns = read();
     (f.netns == 0 || ns == f.netns).then_some(ns)
+}
+
+/// An event's namespace: the one `netns` read, else read now.
+#[inline(always)]
+pub fn netns_or_read(scoped: u32, read: impl FnOnce() -> u32) -> u32 {
+    match scoped {
+        0 => read(),
+        ns => ns,
+    }
 }
 
 #[inline(always)]

@@ -3,9 +3,7 @@
 //! The record has the split layout of older tcp_send_reset records: the
 //! same reader serves, with offsets from this tracepoint's format file.
 
-use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{ABSENT, RstEvent, SendResetLayout, TASK_COMM_LEN, cause, source};
 
 use crate::{
@@ -41,19 +39,23 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     {
         return Ok(0);
     }
-    let emit = count::emitting();
-    let Some(netns) = filter::netns(f, emit, || netns::of::<Probe>(skaddr, 0)) else {
+    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<Probe>(skaddr, 0)) else {
         return Ok(0);
     };
-    let ev = RstEvent {
-        // SAFETY: plain helper call with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    let rst = count::Counted {
+        ts_ns: count::coarse_now(),
+        remote: ends.remote,
+        family: ends.family,
+        cause: cause::RECEIVED,
+    };
+    count::record_received(&rst, count::emitting(), || RstEvent {
+        ts_ns: 0,
         skaddr,
         cgroup_id: 0,
         pid_tgid: 0,
         reason: ABSENT,
         state: 0,
-        netns,
+        netns: filter::netns_or_read(scoped_ns, || netns::of::<Probe>(skaddr, 0)),
         stack_id: -1,
         sk_ino: 0,
         nft_chain: 0,
@@ -66,7 +68,6 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         source: source::RECEIVED,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
-    };
-    count::record_received(&ev, emit);
+    });
     Ok(0)
 }

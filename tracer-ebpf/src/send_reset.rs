@@ -4,7 +4,6 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::bpf_ktime_get_boot_ns,
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
@@ -283,36 +282,47 @@ fn attribute<M: Mem, C: StackIdContext>(
     if !filter::port_ok(f, ends.local_port) || !filter::remote_ok(f, ends.family, &ends.remote) {
         return Ok(0);
     }
-    // Each helper call costs: take only what will be used.
+    // Each helper call costs: take only what will be used. The namespace
+    // is read here only for a --netns scope, else with the event.
     let emit = count::emitting();
-    let Some(netns) = filter::netns(f, emit, || netns::of::<M>(skaddr, skbaddr)) else {
+    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<M>(skaddr, skbaddr)) else {
         return Ok(0);
     };
     // Coverage, as the egress hook would have counted it (in scope,
     // whatever the cause): a RST of tcp_send_active_reset leaves on the
     // socket's own packet, which the egress hook passes over; from 6.10 so
-    // do all of the TCP stack's (see egress.rs).
-    if egress::stack_counted_at_send() || (skaddr != 0 && skbaddr == 0) {
+    // do all of the TCP stack's (see egress.rs), and their cause's count
+    // is their coverage count too (`count::record`).
+    let at_send = egress::stack_counted_at_send();
+    if !at_send && skaddr != 0 && skbaddr == 0 {
         count::bump(stat::STACK_RSTS_AT_SEND);
     }
     if !filter::cause_ok(f, cause) {
+        if at_send {
+            count::bump(stat::STACK_RSTS_AT_SEND);
+        }
         return Ok(0);
     }
-    let mut ev = RstEvent {
-        // SAFETY: plain helper call with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    let rst = count::Counted {
+        ts_ns: count::coarse_now(),
+        remote: ends.remote,
+        family: ends.family,
+        cause,
+    };
+    count::record(&rst, at_send, emit, || RstEvent {
+        ts_ns: 0,
         skaddr,
         cgroup_id: 0,
         pid_tgid: 0,
         reason,
         state,
-        netns,
-        stack_id: if emit && cause == cause::UNKNOWN {
+        netns: filter::netns_or_read(scoped_ns, || netns::of::<M>(skaddr, skbaddr)),
+        stack_id: if cause == cause::UNKNOWN {
             stack::stack_id(ctx, rules)
         } else {
             -1
         },
-        sk_ino: if emit && cause == cause::SOCKET_KILLED {
+        sk_ino: if cause == cause::SOCKET_KILLED {
             socket_ino(skaddr)
         } else {
             0
@@ -327,9 +337,7 @@ fn attribute<M: Mem, C: StackIdContext>(
         source: source::TCP_STACK,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
-    };
-    count::set_actor(&mut ev, emit);
-    count::record(&ev, emit);
+    });
     Ok(0)
 }
 

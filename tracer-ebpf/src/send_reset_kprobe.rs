@@ -8,7 +8,7 @@
 //! The endpoints come from the segment being answered: its source is the
 //! remote peer.
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, macros::kprobe, programs::ProbeContext};
+use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use tracer_common::{ABSENT, RstEvent, TASK_COMM_LEN, cause, source};
 
 use crate::{
@@ -63,20 +63,24 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
     {
         return Ok(0);
     }
-    let emit = count::emitting();
-    let Some(netns) = filter::netns(f, emit, || netns::of::<Probe>(sk, skb)) else {
+    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<Probe>(sk, skb)) else {
         return Ok(0);
     };
-    let ev = RstEvent {
-        // SAFETY: plain helper call with no arguments.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    let rst = count::Counted {
+        ts_ns: count::coarse_now(),
+        remote: seg.saddr,
+        family: seg.family,
+        cause,
+    };
+    count::record(&rst, false, count::emitting(), || RstEvent {
+        ts_ns: 0,
         skaddr: sk,
         // Sent in softirq on behalf of the peer: no actor.
         cgroup_id: 0,
         pid_tgid: 0,
         reason: ABSENT,
         state: u32::from(state),
-        netns,
+        netns: filter::netns_or_read(scoped_ns, || netns::of::<Probe>(sk, skb)),
         stack_id: -1,
         sk_ino: 0,
         nft_chain: 0,
@@ -89,7 +93,6 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         source: source::TCP_STACK_KPROBE,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
-    };
-    count::record(&ev, emit);
+    });
     Ok(0)
 }

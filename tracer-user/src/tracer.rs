@@ -22,7 +22,7 @@ use aya::{
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules,
+    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, stat,
 };
 
 use crate::{actor::comm_str, cause::ReasonEntry};
@@ -514,7 +514,7 @@ impl Tracer {
         for per_cpu in stats.iter() {
             out.push(per_cpu?.iter().sum());
         }
-        Ok(out)
+        Ok(fold_at_send(out))
     }
 
     /// Every entry of a per-CPU hash map of `RemoteStats`, with its
@@ -556,6 +556,25 @@ impl StatSlots {
     pub fn get(&self, slot: u32) -> u64 {
         self.0.get(slot as usize).copied().unwrap_or(0)
     }
+}
+
+/// The slots as the rest of rsttrace reads them: tcp_send_reset's cause
+/// totals at send (`stat::AT_SEND`, 6.10+) added to their cause and to the
+/// coverage count they also are.
+fn fold_at_send(mut slots: Vec<u64>) -> Vec<u64> {
+    for c in 0..tracer_common::cause::COUNT {
+        let at_send = slots
+            .get((stat::AT_SEND + c) as usize)
+            .copied()
+            .unwrap_or(0);
+        if let Some(s) = slots.get_mut(c as usize) {
+            *s += at_send;
+        }
+        if let Some(s) = slots.get_mut(stat::STACK_RSTS_AT_SEND as usize) {
+            *s += at_send;
+        }
+    }
+    slots
 }
 
 /// `bpf_prog_info.recursion_misses` of a loaded program (0 on kernels
@@ -640,4 +659,26 @@ where
         .try_into()?;
     load_fn(p).with_context(|| format!("the kernel verifier rejected the {prog} program"))?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::cause;
+
+    #[test]
+    fn counts_at_send_are_cause_totals_and_coverage() {
+        let mut raw = vec![0; stat::COUNT as usize];
+        // Egress counted 2 rejects; tcp_send_reset 5 closed-port and 1
+        // keepalive at send, and 3 RSTs that --cause left out.
+        raw[usize::from(cause::NETFILTER_REJECT)] = 2;
+        raw[(stat::AT_SEND + u32::from(cause::CLOSED_PORT)) as usize] = 5;
+        raw[(stat::AT_SEND + u32::from(cause::KEEPALIVE_TIMEOUT)) as usize] = 1;
+        raw[stat::STACK_RSTS_AT_SEND as usize] = 3;
+        let s = StatSlots(fold_at_send(raw));
+        assert_eq!(s.get(u32::from(cause::NETFILTER_REJECT)), 2);
+        assert_eq!(s.get(u32::from(cause::CLOSED_PORT)), 5);
+        assert_eq!(s.get(u32::from(cause::KEEPALIVE_TIMEOUT)), 1);
+        assert_eq!(s.get(stat::STACK_RSTS_AT_SEND), 3 + 5 + 1);
+    }
 }
