@@ -28,8 +28,10 @@ pub mod cause {
     pub const COUNT: u32 = 15;
 }
 
-/// Slots of the per-CPU `STATS` array that are not per-cause counters.
-/// Per-cause totals occupy slots `0..cause::COUNT`.
+/// Slots of the per-CPU `STATS` array. Slots `0..cause::COUNT` count, per
+/// cause, the RSTs that found the per-remote map full (`REMOTE_MAP_FULL`):
+/// a cause's total is its slot plus its entries in that map, so a RST
+/// costs one atomic add, not two.
 pub mod stat {
     use super::cause;
     /// Events the ring buffer had no room for (counts stay exact).
@@ -62,9 +64,10 @@ pub mod stat {
     /// 6.10 the kernel bumps it only for RSTs `--cause` leaves out: the
     /// others are in the `AT_SEND` slots.
     pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 11;
-    /// Per-cause totals of tcp_send_reset where it also counts the stack's
-    /// RSTs for coverage (6.10+): slots `AT_SEND + cause`, one add per RST
-    /// for both counts. Userspace folds them into the cause slots and
+    /// The cause slots of tcp_send_reset where it also counts the stack's
+    /// RSTs for coverage (6.10+): slots `AT_SEND + cause`, and its
+    /// per-remote entries have `at_send` set, so that one add per RST
+    /// counts both. Userspace folds them into the cause slots and
     /// `STACK_RSTS_AT_SEND` when it reads them.
     pub const AT_SEND: u32 = cause::COUNT + 12;
     /// Total number of slots.
@@ -403,7 +406,8 @@ pub mod source {
     pub const RECEIVED: u8 = 2;
 }
 
-/// Key of the per-remote-IP counters: one entry per (remote address, cause).
+/// Key of the per-remote-IP counters: one entry per (remote address, cause,
+/// at_send).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RemoteKey {
@@ -411,7 +415,10 @@ pub struct RemoteKey {
     pub addr: [u8; 16],
     pub family: u8,
     pub cause: u8,
-    pub _pad: [u8; 2],
+    /// 1: counted by tcp_send_reset where its counts are also coverage
+    /// counts (6.10+, see `stat::AT_SEND`).
+    pub at_send: u8,
+    pub _pad: u8,
 }
 
 /// Per-CPU value of the per-remote-IP counters. Times are

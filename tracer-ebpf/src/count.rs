@@ -230,12 +230,13 @@ pub struct Counted {
 
 impl Counted {
     #[inline(always)]
-    fn key(&self) -> RemoteKey {
+    fn key(&self, at_send: bool) -> RemoteKey {
         RemoteKey {
             addr: self.remote,
             family: self.family,
             cause: self.cause,
-            _pad: [0; 2],
+            at_send: u8::from(at_send),
+            _pad: 0,
         }
     }
 }
@@ -245,7 +246,7 @@ impl Counted {
 #[inline(always)]
 pub fn record_received(rst: &Counted, emit: bool, event: impl FnOnce() -> RstEvent) {
     bump(stat::RECEIVED_RSTS);
-    if !bump_map(&RECEIVED, &rst.key(), rst.ts_ns) {
+    if !bump_map(&RECEIVED, &rst.key(false), rst.ts_ns) {
         bump(stat::RECEIVED_MAP_FULL);
     }
     if emit && within_budget(rst) {
@@ -259,15 +260,18 @@ pub fn record_received(rst: &Counted, emit: bool, event: impl FnOnce() -> RstEve
 /// building one anyway (its namespace, 136 bytes of stores, a copy) was a
 /// good part of tcp_send_reset's time per RST (bpf_stats on 6.18, text
 /// output: 180-190 ns a run before this, `coarse_now` and `AT_SEND`;
-/// 130-145 after). `at_send`: tcp_send_reset where it also counts the stack's
-/// RSTs for coverage (6.10+): its cause totals go to their own slots
-/// (`stat::AT_SEND`), which make the coverage count too, so one atomic add
-/// per RST does for both.
+/// 130-145 after).
+///
+/// One atomic add per RST: its remote's entry, whose key names its cause,
+/// counts it for the cause's total too; the cause's slot counts it only
+/// when the map is full (see `stat`). `at_send`: tcp_send_reset where it
+/// also counts the stack's RSTs for coverage (6.10+): its entries and
+/// slots are marked so (`stat::AT_SEND`), and count for coverage as well.
 #[inline(always)]
 pub fn record(rst: &Counted, at_send: bool, emit: bool, event: impl FnOnce() -> RstEvent) {
-    bump(if at_send { stat::AT_SEND } else { 0 } + u32::from(rst.cause));
-    if !bump_remote(&rst.key(), rst.ts_ns) {
+    if !bump_remote(&rst.key(at_send), rst.ts_ns) {
         bump(stat::REMOTE_MAP_FULL);
+        bump(if at_send { stat::AT_SEND } else { 0 } + u32::from(rst.cause));
     }
     if emit && within_budget(rst) {
         send(event);

@@ -128,8 +128,10 @@ pub fn build_drops(
     out
 }
 
-/// `stats`: the per-CPU `STATS` slots summed over CPUs. `remotes`: each
-/// per-remote map entry with its per-CPU values.
+/// `stats`: the per-CPU `STATS` slots summed over CPUs (`AT_SEND` folded,
+/// see `Tracer::stats`). `remotes`: each per-remote map entry with its
+/// per-CPU values. A cause's total is its slot (RSTs that found the map
+/// full) plus its entries (see `tracer_common::stat`).
 pub fn build(
     stats: &[u64],
     remotes: impl IntoIterator<Item = (RemoteKey, Vec<RemoteStats>)>,
@@ -137,10 +139,12 @@ pub fn build(
     duration: Duration,
 ) -> Summary {
     let slot = |i: u32| stats.get(i as usize).copied().unwrap_or(0);
-    let by_cause: BTreeMap<Cause, u64> = (0..cause_id::COUNT)
+    let mut by_cause: BTreeMap<Cause, u64> = (0..cause_id::COUNT)
         .filter(|i| slot(*i) > 0)
         .map(|i| (Cause::from_id(i as u8), slot(i)))
         .collect();
+    // The entries tcp_send_reset counted for coverage too.
+    let mut at_send = 0;
 
     struct Acc {
         total: u64,
@@ -164,6 +168,10 @@ pub fn build(
         });
         acc.total += count;
         *acc.by_cause.entry(Cause::from_id(key.cause)).or_default() += count;
+        *by_cause.entry(Cause::from_id(key.cause)).or_default() += count;
+        if key.at_send != 0 {
+            at_send += count;
+        }
         acc.first = acc.first.min(first);
         acc.last = acc.last.max(last);
     }
@@ -188,8 +196,8 @@ pub fn build(
         unreadable: slot(stat::UNREADABLE_RSTS),
         remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
         coverage: Coverage {
-            egress_rsts: slot(stat::EGRESS_RSTS) + slot(stat::STACK_RSTS_AT_SEND),
-            tcp_stack: slot(stat::EGRESS_TCP_STACK) + slot(stat::STACK_RSTS_AT_SEND),
+            egress_rsts: slot(stat::EGRESS_RSTS) + slot(stat::STACK_RSTS_AT_SEND) + at_send,
+            tcp_stack: slot(stat::EGRESS_TCP_STACK) + slot(stat::STACK_RSTS_AT_SEND) + at_send,
             unexplained: slot(stat::EGRESS_UNEXPLAINED),
         },
         by_cause,
@@ -224,7 +232,8 @@ mod tests {
             addr,
             family,
             cause: cause as u8,
-            _pad: [0; 2],
+            at_send: 0,
+            _pad: 0,
         }
     }
 
@@ -241,8 +250,8 @@ mod tests {
         let a: IpAddr = "127.3.0.1".parse().unwrap();
         let b: IpAddr = "::1".parse().unwrap();
         let mut stats = vec![0; stat::COUNT as usize];
-        stats[Cause::ClosedPort as usize] = 5;
-        stats[Cause::AbortOnClose as usize] = 2;
+        // One closed-port RST found the per-remote map full.
+        stats[Cause::ClosedPort as usize] = 1;
         stats[stat::LOST_EVENTS as usize] = 3;
         stats[stat::REMOTE_MAP_FULL as usize] = 1;
         stats[stat::UNREADABLE_RSTS as usize] = 4;
@@ -257,7 +266,12 @@ mod tests {
         assert_eq!(s.unreadable, 4);
         assert_eq!(s.lost, 3);
         assert_eq!(s.remote_ip_overflow, 1);
-        assert_eq!(s.by_cause[&Cause::ClosedPort], 5);
+        assert_eq!(
+            s.by_cause[&Cause::ClosedPort],
+            5,
+            "1 by cause only, 4 per remote"
+        );
+        assert_eq!(s.by_cause[&Cause::AbortOnClose], 2);
         assert_eq!(s.by_remote_ip.len(), 2);
         let top = &s.by_remote_ip[0];
         assert_eq!(top.remote_ip, b);
@@ -277,15 +291,27 @@ mod tests {
         stats[stat::EGRESS_TCP_STACK as usize] = 1;
         stats[stat::EGRESS_UNEXPLAINED as usize] = 2;
         stats[stat::STACK_RSTS_AT_SEND as usize] = 10;
+        // 6 counted per remote at send (coverage too), 2 by egress.
+        let a: IpAddr = "127.3.0.9".parse().unwrap();
+        let at_send = RemoteKey {
+            at_send: 1,
+            ..key(a, Cause::ClosedPort)
+        };
+        let remotes = vec![
+            (at_send, vec![v(6, 1, 2)]),
+            (key(a, Cause::Unknown), vec![v(2, 1, 2)]),
+        ];
         let s = build(
             &stats,
-            vec![],
+            remotes,
             &BootClock::with_boot_epoch_ns(0),
             Duration::ZERO,
         );
-        assert_eq!(s.coverage.egress_rsts, 14);
-        assert_eq!(s.coverage.tcp_stack, 11);
+        assert_eq!(s.coverage.egress_rsts, 4 + 10 + 6);
+        assert_eq!(s.coverage.tcp_stack, 1 + 10 + 6);
         assert_eq!(s.coverage.unexplained, 2);
+        assert_eq!(s.by_cause[&Cause::ClosedPort], 6);
+        assert_eq!(s.by_cause[&Cause::Unknown], 2);
     }
 
     #[test]

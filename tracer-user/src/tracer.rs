@@ -559,7 +559,7 @@ impl StatSlots {
 }
 
 /// The slots as the rest of rsttrace reads them: tcp_send_reset's cause
-/// totals at send (`stat::AT_SEND`, 6.10+) added to their cause and to the
+/// slots at send (`stat::AT_SEND`, 6.10+) added to their cause and to the
 /// coverage count they also are.
 fn fold_at_send(mut slots: Vec<u64>) -> Vec<u64> {
     for c in 0..tracer_common::cause::COUNT {
@@ -669,8 +669,9 @@ mod tests {
     #[test]
     fn counts_at_send_are_cause_totals_and_coverage() {
         let mut raw = vec![0; stat::COUNT as usize];
-        // Egress counted 2 rejects; tcp_send_reset 5 closed-port and 1
-        // keepalive at send, and 3 RSTs that --cause left out.
+        // By cause only (the per-remote map was full): 2 rejects from
+        // egress, 5 closed-port and 1 keepalive from tcp_send_reset at send;
+        // and 3 RSTs at send that --cause left out.
         raw[usize::from(cause::NETFILTER_REJECT)] = 2;
         raw[(stat::AT_SEND + u32::from(cause::CLOSED_PORT)) as usize] = 5;
         raw[(stat::AT_SEND + u32::from(cause::KEEPALIVE_TIMEOUT)) as usize] = 1;

@@ -70,6 +70,37 @@ fn closed_port_ipv6() {
     }
 }
 
+/// More remotes than the per-remote table holds: the RSTs beyond it are
+/// still counted, by cause, and said (`remote_ip_overflow`); nothing is
+/// lost from the totals. Scoped to its namespace, so that only its own
+/// RSTs fill the table.
+#[test]
+fn remotes_beyond_the_table_are_counted_by_cause() {
+    let ns = Netns::new("remotefull");
+    let path = format!("/run/netns/{}", ns.name);
+    let trace = Trace::start(&["--netns", &path, "--max-remote-ips", "16"]);
+    let clients: Vec<IpAddr> = (1..=24)
+        .map(|i| format!("127.58.0.{i}").parse().unwrap())
+        .collect();
+    let sent: u64 = clients
+        .iter()
+        .map(|c| closed_port(&ns, *c, "127.0.0.1:9".parse().unwrap(), 2))
+        .sum();
+    let out = trace.stop();
+    let s = &out.summary;
+    assert!(sent >= 48, "OutRsts delta in the namespace: {sent}");
+    assert_eq!(s["total"], sent, "{s}");
+    assert_eq!(s["by_cause"], serde_json::json!({ "closed-port": sent }));
+    let listed = s["by_remote_ip"].as_array().expect("by_remote_ip");
+    assert!(listed.len() <= 16, "{} remotes listed", listed.len());
+    let per_remote: u64 = listed.iter().map(|r| r["total"].as_u64().unwrap()).sum();
+    let overflow = s["remote_ip_overflow"]
+        .as_u64()
+        .expect("remote_ip_overflow");
+    assert!(overflow > 0, "{s}");
+    assert_eq!(per_remote + overflow, sent, "{s}");
+}
+
 /// The server closes `n` connections from `client` with the request
 /// unread; returns the namespace's OutRsts delta.
 fn abort_on_close(ns: &Netns, client: &'static str, n: u64) -> u64 {
