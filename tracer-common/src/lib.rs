@@ -55,23 +55,20 @@ pub mod stat {
     /// RSTs tcp_send_reset saw but could not read (a fault, or offsets
     /// this kernel lacks): in no other count.
     pub const UNREADABLE_RSTS: u32 = cause::COUNT + 9;
-    /// Events left in the kernel by the per-second budget of the text
-    /// output (counted as usual; not lost: the output says "N more").
-    pub const UNSENT_EVENTS: u32 = cause::COUNT + 10;
     /// RSTs of the TCP stack that tcp_send_reset counted for coverage, as
     /// if seen leaving (one slot for both `EGRESS_RSTS` and
     /// `EGRESS_TCP_STACK`: each count costs an atomic add per RST). From
     /// 6.10 the kernel bumps it only for RSTs `--cause` leaves out: the
     /// others are in the `AT_SEND` slots.
-    pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 11;
+    pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 10;
     /// The cause slots of tcp_send_reset where it also counts the stack's
     /// RSTs for coverage (6.10+): slots `AT_SEND + cause`, and its
     /// per-remote entries have `at_send` set, so that one add per RST
     /// counts both. Userspace folds them into the cause slots and
     /// `STACK_RSTS_AT_SEND` when it reads them.
-    pub const AT_SEND: u32 = cause::COUNT + 12;
+    pub const AT_SEND: u32 = cause::COUNT + 11;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT * 2 + 12;
+    pub const COUNT: u32 = cause::COUNT * 2 + 11;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.
@@ -421,8 +418,19 @@ pub struct RemoteKey {
     pub _pad: u8,
 }
 
-/// Per-CPU value of the per-remote-IP counters. Times are
-/// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME).
+/// Per-CPU state of the text output's budget (`EVENTS_PER_SEC`): the
+/// events sent in the current second, and the events it ever held back
+/// (counted as usual, not lost: the output says "N more").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub window_start_ns: u64,
+    pub sent: u64,
+    pub unsent: u64,
+}
+
+/// Per-CPU value of the per-remote-IP counters. Times are CLOCK_BOOTTIME
+/// nanoseconds, to the jiffy (the eBPF side's `count::coarse_now`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteStats {
@@ -479,6 +487,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockAddrOffsets {}
     unsafe impl aya::Pod for super::RemoteKey {}
     unsafe impl aya::Pod for super::RemoteStats {}
+    unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::StackRules {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
@@ -506,6 +515,7 @@ mod tests {
         assert_eq!(size_of::<RemoteKey>(), 20);
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 40);
         assert_eq!(size_of::<RemoteStats>(), 24);
+        assert_eq!(size_of::<Budget>(), 24);
         assert_eq!(size_of::<RstEvent>(), 6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
         assert_eq!(size_of::<NftOffsets>(), 4 * 4);
         assert_eq!(size_of::<NftChainNames>(), 2 * NFT_NAME_LEN);

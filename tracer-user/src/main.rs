@@ -538,7 +538,7 @@ async fn run(mut args: Args) -> Result<()> {
                          (see skipped_runs in the summary)"
                     );
                 }
-                unsent.report(&stats, sink.as_mut());
+                unsent.report(tracer.unsent(), sink.as_mut());
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
             Some(reply) = next_scrape(&mut scrapes) => {
@@ -576,7 +576,7 @@ async fn run(mut args: Args) -> Result<()> {
     {
         output_ok = stop_on_output_error(e)?;
     }
-    unsent.report(&tracer.stat_slots(), sink.as_mut());
+    unsent.report(tracer.unsent(), sink.as_mut());
     let mut summary = counts(&tracer, &decoder, started.elapsed())?;
     for d in &mut summary.drops {
         d.author = d
@@ -822,8 +822,7 @@ impl BenchToggle {
 struct Unsent(u64);
 
 impl Unsent {
-    fn report(&mut self, stats: &tracer::StatSlots, sink: &mut dyn Sink) {
-        let now = stats.get(stat::UNSENT_EVENTS);
+    fn report(&mut self, now: u64, sink: &mut dyn Sink) {
         if now > self.0 {
             sink.unsent(now - self.0);
             self.0 = now;

@@ -502,6 +502,21 @@ impl Tracer {
     /// One read of the `STATS` slots, for the notes of a tick: a slot
     /// that can't be read counts 0 (the summary reads them again, and
     /// fails loudly there).
+    /// Events the text output's budget held back, summed over CPUs (0 when
+    /// the map can't be read: only the live notes use it).
+    pub fn unsent(&self) -> u64 {
+        let Some(map) = self.ebpf.map("BUDGET") else {
+            return 0;
+        };
+        let Ok(budget) = PerCpuArray::<_, tracer_common::Budget>::try_from(map) else {
+            return 0;
+        };
+        budget
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().map(|b| b.unsent).sum())
+            .unwrap_or(0)
+    }
+
     pub fn stat_slots(&self) -> StatSlots {
         StatSlots(self.stats().unwrap_or_default())
     }
