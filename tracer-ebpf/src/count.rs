@@ -12,11 +12,14 @@ use aya_ebpf::{
 };
 use tracer_common::{Budget, RemoteKey, RemoteStats, RstEvent, TASK_COMM_LEN, stat};
 
-/// Per-cause totals, lost events and remote-map overflows (see `stat`).
+/// Per-cause counts of the RSTs `REMOTES` had no room for, lost events,
+/// coverage and the other slots of `stat`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Per (remote IP, cause) counters. Userspace may resize it before load.
+/// Per (remote IP, cause) counters: with the cause slots of `STATS`, the
+/// cause totals too (`record`). Never deleted from, so the sums are exact.
+/// Userspace may resize it before load.
 #[map]
 static REMOTES: PerCpuHashMap<RemoteKey, RemoteStats> = PerCpuHashMap::with_max_entries(65536, 0);
 
