@@ -159,20 +159,23 @@ fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<()> {
 /// connect() to a closed port in a loop for `secs`: (RSTs/s, OutRsts
 /// delta).
 fn rst_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
-    ns.run(move || {
-        let before = out_rsts();
-        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            let _ = connect_from(client, to);
-            n += 1;
-        }
-        (
-            n as f64 / start.elapsed().as_secs_f64(),
-            out_rsts() - before,
-        )
-    })
+    ns.run(move || flood_here(client, secs))
+}
+
+/// The flood of `rst_flood` on the calling thread, in its namespace.
+fn flood_here(client: Ipv4Addr, secs: f64) -> (f64, u64) {
+    let before = out_rsts();
+    let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let _ = connect_from(client, to);
+        n += 1;
+    }
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        out_rsts() - before,
+    )
 }
 
 /// Keeps the calling thread on the host's last CPU. The two vCPUs of this
@@ -941,18 +944,7 @@ impl RunTimeStats {
 fn pinned_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
     ns.run(move || {
         pin_to_last_cpu();
-        let before = out_rsts();
-        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            let _ = connect_from(client, to);
-            n += 1;
-        }
-        (
-            n as f64 / start.elapsed().as_secs_f64(),
-            out_rsts() - before,
-        )
+        flood_here(client, secs)
     })
 }
 
