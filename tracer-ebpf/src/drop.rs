@@ -29,6 +29,9 @@ static DROPS: PerCpuHashMap<DropKey, RemoteStats> = PerCpuHashMap::with_max_entr
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     let l = crate::global::get(&KFREE_SKB_LAYOUT);
     if l.netfilter_drop == ABSENT {
         return 0;
@@ -46,6 +49,9 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
 
 #[tracepoint]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     match try_kfree_skb_tp(&ctx) {
         Ok(r) => r as u32,
         Err(r) => r as u32,

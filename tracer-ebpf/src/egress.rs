@@ -77,6 +77,9 @@ const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[btf_tracepoint(function = "net_dev_queue")]
 pub fn net_dev_queue_btf(ctx: BtfTracePointContext) -> i32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     let skb: u64 = ctx.arg(0);
     match try_net_dev_queue::<Direct, _>(&ctx, skb) {
         Ok(r) => r,
@@ -86,6 +89,9 @@ pub fn net_dev_queue_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "net_dev_queue")]
 pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     let skb: u64 = ctx.arg(0);
     match try_net_dev_queue::<Probe, _>(&ctx, skb) {
         Ok(r) => r,

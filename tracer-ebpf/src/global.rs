@@ -12,3 +12,17 @@ pub fn get<T>(g: &'static T) -> &'static T {
     // can't assume the global's initializer.
     unsafe { &*core::ptr::read_volatile(&p) }
 }
+
+/// Set by userspace for `cargo xtask bench` only (`RSTTRACE_BENCH_EMPTY`):
+/// every program returns at once, so the bench can measure what the hooks
+/// themselves cost, the floor under rsttrace's own work.
+#[unsafe(no_mangle)]
+static BENCH_EMPTY: u8 = 0;
+
+/// Whether programs should return at once (see `BENCH_EMPTY`). A constant
+/// to the verifier, which walks only the branch taken.
+#[inline(always)]
+pub fn bench_empty() -> bool {
+    // SAFETY: a read-only global that userspace sets before load.
+    unsafe { core::ptr::read_volatile(&BENCH_EMPTY) != 0 }
+}

@@ -56,6 +56,9 @@ fn offsets() -> Option<&'static NftOffsets> {
 
 #[kprobe]
 pub fn nft_do_chain_entry(ctx: ProbeContext) -> u32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     let _ = try_chain_entry(&ctx);
     0
 }
@@ -74,6 +77,9 @@ fn try_chain_entry(ctx: &ProbeContext) -> Result<(), i32> {
 
 #[kprobe]
 pub fn nf_send_reset_entry(ctx: ProbeContext) -> u32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     let _ = try_send_reset(&ctx);
     0
 }

@@ -65,6 +65,9 @@ pub fn copy_record(ctx: &TracePointContext) -> Result<Record<'static>, u32> {
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     match try_tcp_send_reset(&ctx) {
         Ok(r) => r,
         Err(r) => unreadable(r),
@@ -129,6 +132,9 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
 /// from a full socket, else from the segment, reversed.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> u32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     match try_tcp_send_reset_btf(&ctx) {
         Ok(r) => r,
         Err(r) => unreadable(r),

@@ -24,6 +24,9 @@ const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[kprobe]
 pub fn send_reset_no_full_socket(ctx: ProbeContext) -> u32 {
+    if crate::global::bench_empty() {
+        return 0;
+    }
     match try_send_reset(&ctx) {
         Ok(r) => r,
         Err(r) => r as u32,

@@ -369,6 +369,7 @@ async fn run(mut args: Args) -> Result<()> {
         sent: args.direction.sent(),
         kprobe_resets,
         nft: nft.ok(),
+        bench_empty: bench_empty(),
         receive_reset: if args.direction.received() {
             plan.seen("RSTs received", "tracepoint tcp:tcp_receive_reset");
             let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;
@@ -785,6 +786,20 @@ fn netns_offsets(b: &btf::Btf) -> Result<tracer_common::NetnsOffsets> {
         dev_net: ptr("net_device", &["nd_net", "net"])?,
         net_inum: b.offset("net", &["ns", "inum"], 4)?,
     })
+}
+
+/// `RSTTRACE_BENCH_EMPTY=1`, for `cargo xtask bench` only: the programs
+/// are attached as usual but return at once, so the bench can measure what
+/// the hooks cost before any of rsttrace's work. Nothing is counted, and
+/// the trace says so.
+fn bench_empty() -> bool {
+    let on = std::env::var_os("RSTTRACE_BENCH_EMPTY").is_some();
+    if on {
+        eprintln!(
+            "rsttrace: RSTTRACE_BENCH_EMPTY is set: every program returns at once, nothing is counted"
+        );
+    }
+    on
 }
 
 /// `RSTTRACE_BENCH_TOGGLE=1`, for `cargo xtask bench` only: SIGUSR1

@@ -59,6 +59,9 @@ pub struct Options<'a> {
     /// functions present (nf_send_reset, nf_send_reset6), for naming the
     /// chain of REJECT rules that predate the trace.
     pub nft: Option<(NftOffsets, Vec<&'static str>)>,
+    /// `RSTTRACE_BENCH_EMPTY`, for `cargo xtask bench` only: every program
+    /// returns at once (the hooks' own cost, nothing counted).
+    pub bench_empty: bool,
 }
 
 /// Where nftables evaluates a base chain, and where netfilter's REJECT
@@ -168,6 +171,7 @@ impl Tracer {
                 true,
             )
             .override_global("EMIT_EVENTS", &emit, true)
+            .override_global("BENCH_EMPTY", &u8::from(opts.bench_empty), true)
             .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
             .override_global("EVENTS_PER_SEC", &opts.events_per_sec, true)
             .override_global("BUDGETED_CAUSES", &crate::cause::line_only_mask(), true)

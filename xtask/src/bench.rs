@@ -409,18 +409,26 @@ fn rsttrace_bin() -> PathBuf {
 impl Tracer {
     /// rsttrace with full attribution, JSON lines to a file.
     fn rsttrace(extra: &[&str]) -> Result<Self> {
-        Self::spawn(
-            Self::rsttrace_cmd(extra),
-            Self::rsttrace_out(),
-            "attached",
-            true,
-        )
+        Self::rsttrace_env(extra, &[])
+    }
+
+    /// `rsttrace` with more environment (`RSTTRACE_BENCH_EMPTY`).
+    fn rsttrace_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = Self::rsttrace_cmd(extra);
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd, Self::rsttrace_out(), "attached", true)
     }
 
     /// The same, detached and attached again on `toggle`.
     fn rsttrace_toggled(extra: &[&str]) -> Result<Self> {
+        Self::rsttrace_toggled_env(extra, &[])
+    }
+
+    /// `rsttrace_toggled` with more environment (`RSTTRACE_BENCH_EMPTY`).
+    fn rsttrace_toggled_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut cmd = Self::rsttrace_cmd(extra);
         cmd.env("RSTTRACE_BENCH_TOGGLE", "1");
+        cmd.envs(env.iter().copied());
         Self::spawn(cmd, Self::rsttrace_out(), "attached", true)
     }
 
@@ -759,39 +767,78 @@ fn pairs(rounds: usize) -> usize {
     10 * rounds
 }
 
-/// The RST flood in each output mode (toggled), its exactness (whole runs
+/// One row of the flood: rsttrace's arguments and whether its programs
+/// return at once (`RSTTRACE_BENCH_EMPTY`).
+struct FloodMode {
+    what: &'static str,
+    /// For the log.
+    name: &'static str,
+    extra: &'static [&'static str],
+    empty: bool,
+    target: Option<f64>,
+}
+
+/// The RST flood in each output mode (toggled), under the same hooks with
+/// programs that return at once (the floor), its exactness (whole runs
 /// against OutRsts), and the bpftrace reference.
 fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
     let mut rows = vec![];
-    let modes: [(&str, &[&str], Option<f64>); 3] = [
-        (
-            "RST flood (connect to a closed port), RSTs/s: default text output",
-            &["--output", "text"],
-            Some(0.97),
-        ),
+    let modes = [
+        FloodMode {
+            what: "RST flood (connect to a closed port), RSTs/s: default text output",
+            name: "text",
+            extra: &["--output", "text"],
+            empty: false,
+            target: Some(0.97),
+        },
         // Not a target: the cost of carrying every event to a reader is
         // the consumer's choice, and shown as such.
-        (
-            "  the same, --output json (every event to userspace)",
-            &[],
-            None,
-        ),
-        (
-            "  the same, --summary-only (counts, no events)",
-            &["--summary-only"],
-            Some(0.97),
-        ),
+        FloodMode {
+            what: "  the same, --output json (every event to userspace)",
+            name: "json",
+            extra: &[],
+            empty: false,
+            target: None,
+        },
+        FloodMode {
+            what: "  the same, --summary-only (counts, no events)",
+            name: "--summary-only",
+            extra: &["--summary-only"],
+            empty: false,
+            target: Some(0.97),
+        },
+        // What the hooks cost before any of rsttrace's work: the kernel
+        // runs every attached program at each of its events, whatever the
+        // program does. The rows above can't rise above this one.
+        FloodMode {
+            what: "  floor: the same hooks, every program returning at once",
+            name: "floor",
+            extra: &["--summary-only"],
+            empty: true,
+            target: None,
+        },
     ];
     let mut full_ratio = 0.0;
-    for (i, (what, extra, target)) in modes.into_iter().enumerate() {
-        let mut t = Tracer::rsttrace_toggled(extra)?;
+    for (i, m) in modes.into_iter().enumerate() {
+        let FloodMode {
+            what,
+            name,
+            extra,
+            empty,
+            target,
+        } = m;
+        let env: &[(&str, &str)] = if empty {
+            &[("RSTTRACE_BENCH_EMPTY", "1")]
+        } else {
+            &[]
+        };
+        let mut t = Tracer::rsttrace_toggled_env(extra, env)?;
         let load = Load::flood(Ipv4Addr::new(127, 199, i as u8, 1));
         let (rate, _) = toggled(&mut t, &load, pairs(rounds))?;
         drop(load);
         t.stop()?;
         eprintln!(
-            "bench: flood, {}: {:.1}% (traced stretches: {})",
-            extra.last().unwrap_or(&"json"),
+            "bench: flood, {name}: {:.1}% (traced stretches: {})",
             100.0 * rate.ratio(),
             rate.spread()
         );
@@ -870,14 +917,22 @@ fn program_time_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
     let _stats = RunTimeStats::enable()?;
     let client = Ipv4Addr::new(127, 197, 0, 1);
     let mut rows = vec![];
-    for (what, extra) in [
-        ("text output", &["--output", "text"][..]),
-        ("--summary-only", &["--summary-only"][..]),
+    let empty: &[(&str, &str)] = &[("RSTTRACE_BENCH_EMPTY", "1")];
+    for (what, extra, env) in [
+        ("text output", &["--output", "text"][..], &[][..]),
+        ("--summary-only", &["--summary-only"][..], &[][..]),
+        // The stats' own clock reads and the programs' entry and exit:
+        // what the rows above take beyond this is rsttrace's work.
+        (
+            "floor (every program returning at once)",
+            &["--summary-only"][..],
+            empty,
+        ),
     ] {
         let (mut untraced_ns, mut prog_ns, mut shares) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
             let rate = pinned_flood(ns, client, secs).0;
-            let t = Tracer::rsttrace(extra)?;
+            let t = Tracer::rsttrace_env(extra, env)?;
             let before = t.program_run_time();
             let (_, rsts) = pinned_flood(ns, client, secs);
             let after = t.program_run_time();
