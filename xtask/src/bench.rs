@@ -555,11 +555,28 @@ impl Tracer {
         total
     }
 
-    /// Stops it and returns its output file's text.
+    /// Stops the tracer with SIGINT and returns its output file's text.
+    /// SIGINT is sent again every 5 s: bpftrace has been seen to miss one
+    /// (the bench then waited on it for good); rsttrace ignores any after
+    /// the first. A tracer still running after a minute is killed.
     fn stop(mut self) -> Result<String> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let st = self.child.wait()?;
+        let started = Instant::now();
+        let st = 'stopped: loop {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_secs(5) {
+                if let Some(st) = self.child.try_wait()? {
+                    break 'stopped st;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("the tracer did not stop within a minute of SIGINT: killed");
+            }
+        };
         ensure!(st.success(), "tracer exited with {st}");
         let text = std::fs::read_to_string(&self.out)?;
         let _ = std::fs::remove_file(&self.out);
