@@ -412,11 +412,14 @@ impl Tracer {
         Self::rsttrace_env(extra, &[])
     }
 
-    /// `rsttrace` with more environment (`RSTTRACE_BENCH_EMPTY`).
+    /// `rsttrace` with more environment (`EMPTY_PROGRAMS`).
     fn rsttrace_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut cmd = Self::rsttrace_cmd(extra);
-        cmd.envs(env.iter().copied());
-        Self::spawn(cmd, Self::rsttrace_out(), "attached", true)
+        Self::spawn(
+            Self::rsttrace_cmd(extra, env),
+            Self::rsttrace_out(),
+            "attached",
+            true,
+        )
     }
 
     /// The same, detached and attached again on `toggle`.
@@ -424,17 +427,17 @@ impl Tracer {
         Self::rsttrace_toggled_env(extra, &[])
     }
 
-    /// `rsttrace_toggled` with more environment (`RSTTRACE_BENCH_EMPTY`).
+    /// `rsttrace_toggled` with more environment (`EMPTY_PROGRAMS`).
     fn rsttrace_toggled_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut cmd = Self::rsttrace_cmd(extra);
+        let mut cmd = Self::rsttrace_cmd(extra, env);
         cmd.env("RSTTRACE_BENCH_TOGGLE", "1");
-        cmd.envs(env.iter().copied());
         Self::spawn(cmd, Self::rsttrace_out(), "attached", true)
     }
 
     /// JSON output unless `extra` names one.
-    fn rsttrace_cmd(extra: &[&str]) -> Command {
+    fn rsttrace_cmd(extra: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(rsttrace_bin());
+        cmd.envs(env.iter().copied());
         if !extra.contains(&"--output") {
             cmd.args(["--output", "json"]);
         }
@@ -784,14 +787,17 @@ fn pairs(rounds: usize) -> usize {
     10 * rounds
 }
 
-/// One row of the flood: rsttrace's arguments and whether its programs
-/// return at once (`RSTTRACE_BENCH_EMPTY`).
+/// rsttrace's environment for the floor: the same hooks, every program
+/// returning at once.
+const EMPTY_PROGRAMS: &[(&str, &str)] = &[("RSTTRACE_BENCH_EMPTY", "1")];
+
+/// One row of the flood: rsttrace's arguments and environment.
 struct FloodMode {
     what: &'static str,
     /// For the log.
     name: &'static str,
     extra: &'static [&'static str],
-    empty: bool,
+    env: &'static [(&'static str, &'static str)],
     target: Option<f64>,
 }
 
@@ -805,7 +811,7 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what: "RST flood (connect to a closed port), RSTs/s: default text output",
             name: "text",
             extra: &["--output", "text"],
-            empty: false,
+            env: &[],
             target: Some(0.97),
         },
         // Not a target: the cost of carrying every event to a reader is
@@ -814,14 +820,14 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what: "  the same, --output json (every event to userspace)",
             name: "json",
             extra: &[],
-            empty: false,
+            env: &[],
             target: None,
         },
         FloodMode {
             what: "  the same, --summary-only (counts, no events)",
             name: "--summary-only",
             extra: &["--summary-only"],
-            empty: false,
+            env: &[],
             target: Some(0.97),
         },
         // What the hooks cost before any of rsttrace's work: the kernel
@@ -831,7 +837,7 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what: "  floor: the same hooks, every program returning at once",
             name: "floor",
             extra: &["--summary-only"],
-            empty: true,
+            env: EMPTY_PROGRAMS,
             target: None,
         },
     ];
@@ -841,14 +847,9 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what,
             name,
             extra,
-            empty,
+            env,
             target,
         } = m;
-        let env: &[(&str, &str)] = if empty {
-            &[("RSTTRACE_BENCH_EMPTY", "1")]
-        } else {
-            &[]
-        };
         let mut t = Tracer::rsttrace_toggled_env(extra, env)?;
         let load = Load::flood(Ipv4Addr::new(127, 199, i as u8, 1));
         let (rate, _) = toggled(&mut t, &load, pairs(rounds))?;
@@ -934,7 +935,6 @@ fn program_time_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
     let _stats = RunTimeStats::enable()?;
     let client = Ipv4Addr::new(127, 197, 0, 1);
     let mut rows = vec![];
-    let empty: &[(&str, &str)] = &[("RSTTRACE_BENCH_EMPTY", "1")];
     for (what, extra, env) in [
         ("text output", &["--output", "text"][..], &[][..]),
         ("--summary-only", &["--summary-only"][..], &[][..]),
@@ -943,7 +943,7 @@ fn program_time_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
         (
             "floor (every program returning at once)",
             &["--summary-only"][..],
-            empty,
+            EMPTY_PROGRAMS,
         ),
     ] {
         let (mut untraced_ns, mut prog_ns, mut shares) = (vec![], vec![], vec![]);
