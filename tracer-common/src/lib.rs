@@ -49,26 +49,27 @@ pub mod stat {
     pub const NETFILTER_DROPS: u32 = cause::COUNT + 5;
     /// ... of which found the per-remote drop map full.
     pub const DROP_MAP_FULL: u32 = cause::COUNT + 6;
-    /// RSTs this host received, and those that found their map full.
-    pub const RECEIVED_RSTS: u32 = cause::COUNT + 7;
-    pub const RECEIVED_MAP_FULL: u32 = cause::COUNT + 8;
+    /// RSTs this host received that found their map full: with that map's
+    /// entries, the received total (one atomic add per RST, as for sent
+    /// ones).
+    pub const RECEIVED_MAP_FULL: u32 = cause::COUNT + 7;
     /// RSTs tcp_send_reset saw but could not read (a fault, or offsets
     /// this kernel lacks): in no other count.
-    pub const UNREADABLE_RSTS: u32 = cause::COUNT + 9;
+    pub const UNREADABLE_RSTS: u32 = cause::COUNT + 8;
     /// RSTs of the TCP stack that tcp_send_reset counted for coverage, as
     /// if seen leaving (one slot for both `EGRESS_RSTS` and
     /// `EGRESS_TCP_STACK`: each count costs an atomic add per RST). From
     /// 6.10 the kernel bumps it only for RSTs `--cause` leaves out: the
     /// others are in the `AT_SEND` slots.
-    pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 10;
+    pub const STACK_RSTS_AT_SEND: u32 = cause::COUNT + 9;
     /// The cause slots of tcp_send_reset where it also counts the stack's
     /// RSTs for coverage (6.10+): slots `AT_SEND + cause`, and its
     /// per-remote entries have `at_send` set, so that one add per RST
     /// counts both. Userspace folds them into the cause slots and
     /// `STACK_RSTS_AT_SEND` when it reads them.
-    pub const AT_SEND: u32 = cause::COUNT + 11;
+    pub const AT_SEND: u32 = cause::COUNT + 10;
     /// Total number of slots.
-    pub const COUNT: u32 = cause::COUNT * 2 + 11;
+    pub const COUNT: u32 = cause::COUNT * 2 + 10;
 }
 
 /// Size of the table mapping a kernel `sk_rst_reason` value to a cause.

@@ -242,10 +242,10 @@ impl Counted {
 }
 
 /// Counts one RST this host received and, when events are read (`emit`)
-/// and the budget has room, builds and emits its event.
+/// and the budget has room, builds and emits its event. One atomic add, as
+/// in `record`: the total is the map's entries plus its full slot.
 #[inline(always)]
 pub fn record_received(rst: &Counted, emit: bool, event: impl FnOnce() -> RstEvent) {
-    bump(stat::RECEIVED_RSTS);
     if !bump_map(&RECEIVED, &rst.key(false), rst.ts_ns) {
         bump(stat::RECEIVED_MAP_FULL);
     }

@@ -197,7 +197,8 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     // The namespace from the device, which every packet has here (a
     // reject's RST has no socket; drop.rs, before the device is set, reads
     // the socket); read for a --netns scope, else with the event.
-    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<M>(0, skb)) else {
+    let read_ns = || netns::of::<M>(0, skb);
+    let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
     count::bump(stat::EGRESS_RSTS);
@@ -225,26 +226,24 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
-    // Taken whether or not the event is sent: a chain left in its slot
-    // could name the wrong rule later.
     let nft_chain = if cause == cause::NETFILTER_REJECT {
+        if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot.
+            unsafe {
+                *last = LastReject {
+                    remote: p.daddr,
+                    remote_port: p.dport,
+                    local_port: p.sport,
+                    valid: 1,
+                };
+            }
+        }
+        // Taken whether or not the event is sent: a chain left in its slot
+        // could name the wrong rule later.
         nft_chain::take_reject()
     } else {
         0
     };
-    if cause == cause::NETFILTER_REJECT
-        && let Some(last) = LAST_REJECT.get_ptr_mut(0)
-    {
-        // SAFETY: this CPU's slot.
-        unsafe {
-            *last = LastReject {
-                remote: p.daddr,
-                remote_port: p.dport,
-                local_port: p.sport,
-                valid: 1,
-            };
-        }
-    }
     let rst = count::Counted {
         ts_ns: count::coarse_now(),
         remote: p.daddr,
@@ -258,7 +257,7 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         pid_tgid: 0,
         reason: ABSENT,
         state: 0,
-        netns: filter::netns_or_read(scoped_ns, || netns::of::<M>(0, skb)),
+        netns: filter::netns_or_read(scoped_ns, read_ns),
         stack_id,
         sk_ino: 0,
         nft_chain,

@@ -42,7 +42,8 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     {
         return Ok(0);
     }
-    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<Probe>(skaddr, 0)) else {
+    let read_ns = || netns::of::<Probe>(skaddr, 0);
+    let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
     let rst = count::Counted {
@@ -58,7 +59,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         pid_tgid: 0,
         reason: ABSENT,
         state: 0,
-        netns: filter::netns_or_read(scoped_ns, || netns::of::<Probe>(skaddr, 0)),
+        netns: filter::netns_or_read(scoped_ns, read_ns),
         stack_id: -1,
         sk_ino: 0,
         nft_chain: 0,

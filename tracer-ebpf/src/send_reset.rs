@@ -291,7 +291,8 @@ fn attribute<M: Mem, C: StackIdContext>(
     // Each helper call costs: take only what will be used. The namespace
     // is read here only for a --netns scope, else with the event.
     let emit = count::emitting();
-    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<M>(skaddr, skbaddr)) else {
+    let read_ns = || netns::of::<M>(skaddr, skbaddr);
+    let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
     // Coverage, as the egress hook would have counted it (in scope,
@@ -322,7 +323,7 @@ fn attribute<M: Mem, C: StackIdContext>(
         pid_tgid: 0,
         reason,
         state,
-        netns: filter::netns_or_read(scoped_ns, || netns::of::<M>(skaddr, skbaddr)),
+        netns: filter::netns_or_read(scoped_ns, read_ns),
         stack_id: if cause == cause::UNKNOWN {
             stack::stack_id(ctx, rules)
         } else {

@@ -66,7 +66,8 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
     {
         return Ok(0);
     }
-    let Some(scoped_ns) = filter::netns(f, false, || netns::of::<Probe>(sk, skb)) else {
+    let read_ns = || netns::of::<Probe>(sk, skb);
+    let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
     let rst = count::Counted {
@@ -83,7 +84,7 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         pid_tgid: 0,
         reason: ABSENT,
         state: u32::from(state),
-        netns: filter::netns_or_read(scoped_ns, || netns::of::<Probe>(sk, skb)),
+        netns: filter::netns_or_read(scoped_ns, read_ns),
         stack_id: -1,
         sk_ino: 0,
         nft_chain: 0,

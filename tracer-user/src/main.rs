@@ -604,14 +604,10 @@ fn counts(
     decoder: &Decoder,
     duration: Duration,
 ) -> Result<summary::Summary> {
-    let mut summary = summary::build(
-        &tracer.stats()?,
-        tracer.remotes()?,
-        &decoder.clock,
-        duration,
-    );
-    summary.received =
-        summary::build(&[], tracer.received()?, &decoder.clock, duration).by_remote_ip;
+    let stats = tracer.stats()?;
+    let mut summary = summary::build(&stats, tracer.remotes()?, &decoder.clock, duration);
+    (summary.received, summary.received_total) =
+        summary::build_received(&stats, tracer.received()?, &decoder.clock);
     summary.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
         event::symbolize_function(decoder.ksyms.as_ref(), loc)
     });

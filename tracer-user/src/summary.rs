@@ -11,7 +11,7 @@ use std::{
 
 use tracer_common::{DropKey, RemoteKey, RemoteStats, cause as cause_id, stat};
 
-use crate::{cause::Cause, clock::BootClock, event::ip_from};
+use crate::{cause::Cause, clock::BootClock, event::ip_from, tracer::StatSlots};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSummary {
@@ -128,20 +128,18 @@ pub fn build_drops(
     out
 }
 
-/// `stats`: the per-CPU `STATS` slots summed over CPUs (`AT_SEND` folded,
-/// see `Tracer::stats`). `remotes`: each per-remote map entry with its
-/// per-CPU values. A cause's total is its slot (RSTs that found the map
-/// full) plus its entries (see `tracer_common::stat`).
+/// `remotes`: each per-remote map entry with its per-CPU values. A cause's
+/// total is its slot (RSTs that found the map full) plus its entries (see
+/// `tracer_common::stat`).
 pub fn build(
-    stats: &[u64],
+    stats: &StatSlots,
     remotes: impl IntoIterator<Item = (RemoteKey, Vec<RemoteStats>)>,
     clock: &BootClock,
     duration: Duration,
 ) -> Summary {
-    let slot = |i: u32| stats.get(i as usize).copied().unwrap_or(0);
     let mut by_cause: BTreeMap<Cause, u64> = (0..cause_id::COUNT)
-        .filter(|i| slot(*i) > 0)
-        .map(|i| (Cause::from_id(i as u8), slot(i)))
+        .filter(|i| stats.get(*i) > 0)
+        .map(|i| (Cause::from_id(i as u8), stats.get(i)))
         .collect();
     // The entries tcp_send_reset counted for coverage too.
     let mut at_send = 0;
@@ -191,24 +189,39 @@ pub fn build(
     Summary {
         duration,
         total: by_cause.values().sum(),
-        lost: slot(stat::LOST_EVENTS),
+        lost: stats.get(stat::LOST_EVENTS),
         skipped_runs: BTreeMap::new(),
-        unreadable: slot(stat::UNREADABLE_RSTS),
-        remote_ip_overflow: slot(stat::REMOTE_MAP_FULL),
+        unreadable: stats.get(stat::UNREADABLE_RSTS),
+        remote_ip_overflow: stats.get(stat::REMOTE_MAP_FULL),
         coverage: Coverage {
-            egress_rsts: slot(stat::EGRESS_RSTS) + slot(stat::STACK_RSTS_AT_SEND) + at_send,
-            tcp_stack: slot(stat::EGRESS_TCP_STACK) + slot(stat::STACK_RSTS_AT_SEND) + at_send,
-            unexplained: slot(stat::EGRESS_UNEXPLAINED),
+            egress_rsts: stats.get(stat::EGRESS_RSTS)
+                + stats.get(stat::STACK_RSTS_AT_SEND)
+                + at_send,
+            tcp_stack: stats.get(stat::EGRESS_TCP_STACK)
+                + stats.get(stat::STACK_RSTS_AT_SEND)
+                + at_send,
+            unexplained: stats.get(stat::EGRESS_UNEXPLAINED),
         },
         by_cause,
         by_remote_ip,
         received: Vec::new(),
-        received_total: slot(stat::RECEIVED_RSTS),
+        received_total: 0,
         drops: Vec::new(),
-        drops_total: slot(stat::NETFILTER_DROPS),
-        drop_overflow: slot(stat::DROP_MAP_FULL),
+        drops_total: stats.get(stat::NETFILTER_DROPS),
+        drop_overflow: stats.get(stat::DROP_MAP_FULL),
         ruleset_changes: Vec::new(),
     }
+}
+
+/// RSTs this host received, per remote IP, and their total: the map's
+/// entries plus the RSTs that found it full.
+pub fn build_received(
+    stats: &StatSlots,
+    received: impl IntoIterator<Item = (RemoteKey, Vec<RemoteStats>)>,
+    clock: &BootClock,
+) -> (Vec<RemoteSummary>, u64) {
+    let s = build(&StatSlots::default(), received, clock, Duration::ZERO);
+    (s.by_remote_ip, s.total + stats.get(stat::RECEIVED_MAP_FULL))
 }
 
 #[cfg(test)]
@@ -261,7 +274,7 @@ mod tests {
             (key(b, Cause::AbortOnClose), vec![v(0, 0, 0), v(2, 70, 80)]),
         ];
         let clock = BootClock::with_boot_epoch_ns(0);
-        let s = build(&stats, remotes, &clock, Duration::from_secs(1));
+        let s = build(&StatSlots(stats), remotes, &clock, Duration::from_secs(1));
         assert_eq!(s.total, 7, "unreadable RSTs are in no cause");
         assert_eq!(s.unreadable, 4);
         assert_eq!(s.lost, 3);
@@ -302,7 +315,7 @@ mod tests {
             (key(a, Cause::Unknown), vec![v(2, 1, 2)]),
         ];
         let s = build(
-            &stats,
+            &StatSlots(stats),
             remotes,
             &BootClock::with_boot_epoch_ns(0),
             Duration::ZERO,
@@ -347,9 +360,27 @@ mod tests {
     }
 
     #[test]
+    fn received_total_is_entries_and_the_full_slot() {
+        let a: IpAddr = "127.46.0.1".parse().unwrap();
+        let mut stats = vec![0; stat::COUNT as usize];
+        stats[stat::RECEIVED_MAP_FULL as usize] = 2;
+        // Sent RSTs' slots are not received ones.
+        stats[Cause::ClosedPort as usize] = 5;
+        let clock = BootClock::with_boot_epoch_ns(0);
+        let (per_ip, total) = build_received(
+            &StatSlots(stats),
+            vec![(key(a, Cause::Received), vec![v(3, 1, 2), v(1, 4, 4)])],
+            &clock,
+        );
+        assert_eq!(total, 4 + 2);
+        assert_eq!(per_ip.len(), 1);
+        assert_eq!((per_ip[0].remote_ip, per_ip[0].total), (a, 4));
+    }
+
+    #[test]
     fn empty_run_is_all_zero() {
         let s = build(
-            &[0; stat::COUNT as usize],
+            &StatSlots::default(),
             vec![],
             &BootClock::with_boot_epoch_ns(0),
             Duration::ZERO,

@@ -522,18 +522,18 @@ impl Tracer {
     }
 
     pub fn stat_slots(&self) -> StatSlots {
-        StatSlots(self.stats().unwrap_or_default())
+        self.stats().unwrap_or_default()
     }
 
     /// The `STATS` slots, summed over CPUs.
-    pub fn stats(&self) -> Result<Vec<u64>> {
+    pub fn stats(&self) -> Result<StatSlots> {
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("STATS").context("STATS map missing")?)?;
         let mut out = Vec::new();
         for per_cpu in stats.iter() {
             out.push(per_cpu?.iter().sum());
         }
-        Ok(fold_at_send(out))
+        Ok(StatSlots(fold_at_send(out)))
     }
 
     /// Every entry of a per-CPU hash map of `RemoteStats`, with its
@@ -568,8 +568,10 @@ impl Tracer {
     }
 }
 
-/// The `STATS` slots, summed over CPUs (see `tracer_common::stat`).
-pub struct StatSlots(Vec<u64>);
+/// The `STATS` slots, summed over CPUs and with the `AT_SEND` slots
+/// folded (see `tracer_common::stat`).
+#[derive(Debug, Default)]
+pub struct StatSlots(pub(crate) Vec<u64>);
 
 impl StatSlots {
     pub fn get(&self, slot: u32) -> u64 {

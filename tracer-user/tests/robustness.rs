@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Netns, Trace, connect_from, out_rsts_here, parse_output};
+use support::{Netns, Trace, connect_from, out_rsts_here, parse_output, rsttrace_command};
 
 /// `threads` x `per_thread` connects from `client` to a closed port; the
 /// namespace's OutRsts delta.
@@ -142,12 +142,7 @@ fn text_output_shows_its_rate_and_accounts_for_every_rst() {
 
 /// rsttrace with `args`, its stdout and stderr piped.
 fn spawn_piped(args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_rsttrace"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    rsttrace_command(None).args(args).spawn().unwrap()
 }
 
 /// Stops `child` with SIGINT (as Ctrl-C would) and collects its output.

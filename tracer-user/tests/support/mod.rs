@@ -186,6 +186,22 @@ pub fn connect_from(local: IpAddr, remote: SocketAddr) -> std::io::Result<Socket
 /// Generous: only a hang should fail, and no test measures start-up.
 pub const ATTACH_WITHIN: Duration = Duration::from_secs(180);
 
+/// rsttrace, inside namespace `ns` (the sidecar shape) or in the test's
+/// own, with its stdout and stderr piped.
+pub fn rsttrace_command(ns: Option<&Netns>) -> Command {
+    let mut cmd = match ns {
+        // ip netns exec execs rsttrace in place: signals reach it.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_rsttrace")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_rsttrace")),
+    };
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
 /// A running `rsttrace --output json`, stopped with SIGINT.
 pub struct Trace {
     child: Child,
@@ -217,23 +233,13 @@ impl Trace {
 
     fn spawn(ns: Option<&Netns>, extra: &[&str], var: Option<(&str, &str)>) -> Self {
         require_root();
-        let mut cmd = match ns {
-            // ip netns exec execs rsttrace in place: signals reach it.
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_rsttrace")]);
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_rsttrace")),
-        };
+        let mut cmd = rsttrace_command(ns);
         if let Some((k, v)) = var {
             cmd.env(k, v);
         }
         let mut child = cmd
             .args(["--output", "json"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("spawning rsttrace");
         let (tx, rx) = mpsc::channel();
