@@ -236,6 +236,10 @@ pub struct NetnsOffsets {
     pub dev_net: u32,
     /// `net.ns.inum`.
     pub net_inum: u32,
+    /// `sk_buff._skb_refdst` (the route, with a flag in bit 0).
+    pub skb_refdst: u32,
+    /// `dst_entry.dev`.
+    pub dst_dev: u32,
 }
 
 impl NetnsOffsets {
@@ -244,6 +248,8 @@ impl NetnsOffsets {
         skb_dev: ABSENT,
         dev_net: ABSENT,
         net_inum: ABSENT,
+        skb_refdst: ABSENT,
+        dst_dev: ABSENT,
     };
 }
 
@@ -508,7 +514,7 @@ mod tests {
     #[test]
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
-        assert_eq!(size_of::<NetnsOffsets>(), 4 * 4);
+        assert_eq!(size_of::<NetnsOffsets>(), 6 * 4);
         assert_eq!(size_of::<EgressOffsets>(), 13 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);

@@ -100,7 +100,8 @@ fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
     // From the segment's socket where it has one: a segment this host
     // was sending has no device yet at the OUTPUT hook, but the socket
     // that sent it (the stack's control socket for a RST) is in the
-    // namespace. A received one is read from its device.
+    // namespace. A received one is read from its device, and one with
+    // neither (a REJECT's answer) from its route.
     let sk: u64 = match o.skb_sk {
         ABSENT => 0,
         off => packet::read(skb + u64::from(off)).unwrap_or(0),

@@ -781,6 +781,10 @@ fn netns_offsets(b: &btf::Btf) -> Result<tracer_common::NetnsOffsets> {
         skb_dev: ptr("sk_buff", &["dev"])?,
         dev_net: ptr("net_device", &["nd_net", "net"])?,
         net_inum: b.offset("net", &["ns", "inum"], 4)?,
+        // Only for segments with neither socket nor device (see
+        // netns.rs): without them, those alone have no namespace.
+        skb_refdst: ptr("sk_buff", &["_skb_refdst"]).unwrap_or(tracer_common::ABSENT),
+        dst_dev: ptr("dst_entry", &["dev"]).unwrap_or(tracer_common::ABSENT),
     })
 }
 

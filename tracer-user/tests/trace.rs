@@ -1032,6 +1032,51 @@ fn rst_dropped_on_output_is_counted_by_cause_and_as_a_drop() {
     assert_eq!(coverage["by_tcp_stack"], left, "{coverage}");
 }
 
+/// A REJECT rule's answer that an OUTPUT rule drops: at OUTPUT the RST has
+/// neither a socket nor a device, and its namespace comes from its route.
+/// A sidecar (`--netns self`) sees both drops toward the peer, the RST and
+/// the SYN it answered (the peer got no answer), and no RST sent.
+#[test]
+fn reject_answer_dropped_on_output_is_in_the_sidecars_namespace() {
+    let ns = Netns::new("rejdrop");
+    let client = "127.56.0.1";
+    let nft = |args: &str| ns.exec(&["nft", args]);
+    nft("add table inet rsttrace_rd");
+    nft("add chain inet rsttrace_rd in { type filter hook input priority 0 ; }");
+    nft("add chain inet rsttrace_rd out { type filter hook output priority 0 ; }");
+    nft(&format!(
+        "add rule inet rsttrace_rd in ip saddr {client} tcp dport 7 counter reject with tcp reset"
+    ));
+    nft(&format!(
+        "add rule inet rsttrace_rd out ip daddr {client} tcp flags rst counter drop"
+    ));
+    let trace = Trace::start_in(Some(&ns), &["--netns", "self"]);
+    ns.run(move || {
+        let err = connect_briefly(client, "127.0.0.1:7").expect_err("the answer was dropped");
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    });
+    let out = trace.stop();
+    let chain =
+        |c: &str| rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_rd", c]));
+    let (rejected, dropped) = (chain("in"), chain("out"));
+    assert!(rejected >= 1, "SYNs rejected: {rejected}");
+    assert_eq!(dropped, rejected, "every answer was dropped");
+    assert!(
+        out.rsts_to(client).is_empty(),
+        "no RST left: {:?}",
+        out.rsts
+    );
+    assert!(out.remote(client).is_none(), "{}", out.summary);
+    if support::kernel_names_netfilter_drops() {
+        let drops = out.summary["drops"].as_array().unwrap();
+        let d = drops
+            .iter()
+            .find(|d| d["remote_ip"] == client)
+            .unwrap_or_else(|| panic!("{client} missing from drops: {drops:?}"));
+        assert_eq!(d["total"], rejected + dropped, "{d}");
+    }
+}
+
 /// A security agent that blocks a peer with a firewall rule: the rule is
 /// added while rsttrace runs, so its generation names the process, and
 /// RSTs the rule sends carry it, its table and chain, and the label.
