@@ -101,21 +101,27 @@ pub struct BtfHooks {
 
 /// Why a hook that runs in task context keeps its classic tracepoint on
 /// kernels where `bpf_runs_preemptible`.
-pub const PREEMPTIBLE_RUNS: &str = "on 6.19+ kernels a raw or BTF tracepoint's program can be \
+pub const PREEMPTIBLE_RUNS: &str = "on 7.0+ kernels a raw or BTF tracepoint's program can be \
      preempted, and the kernel skips that program's runs on the CPU meanwhile";
 
 /// Whether this kernel runs programs on raw and BTF tracepoints with
-/// preemption on. From the SRCU-fast tracepoint guard (7.0; 6.19 is taken
-/// too, to be safe) a program that runs in task context can be preempted
-/// mid-run, and the kernel then skips every other run of it on that CPU
-/// (recursion_misses): seen on 7.2 as closed-port RSTs with no event while
-/// another task's abort was in tcp_send_reset. Classic tracepoints keep
-/// preemption off around their programs. net_dev_queue is exempt: it fires
-/// with bottom halves off (in `__dev_queue_xmit`), where no task is
-/// preempted. An unknown version counts as preemptible.
+/// preemption on. From 7.0 tracepoints call their probes under SRCU-fast
+/// instead of with preemption off ("tracing: Guard __DECLARE_TRACE() use
+/// of __DO_TRACE_CALL() with SRCU-fast", the trace-v7.0 merge; 6.19 and
+/// earlier, RT or not, disable preemption there), and `__bpf_trace_run`
+/// only disables migration. A program that runs in task context can then
+/// be preempted mid-run, and the kernel skips every other run of it on
+/// that CPU (recursion_misses): seen on 7.2 as closed-port RSTs with no
+/// event while another task's abort was in tcp_send_reset. Classic
+/// tracepoints keep preemption off around their programs. net_dev_queue is
+/// exempt: it fires with bottom halves off (in `__dev_queue_xmit`), where
+/// no task is preempted. Kernels built without preemptible RCU still run
+/// the program with preemption off (its RCU read lock does it); they are
+/// counted as preemptible all the same, on the safe side. An unknown
+/// version counts as preemptible.
 pub fn bpf_runs_preemptible() -> bool {
     aya::util::KernelVersion::current()
-        .map_or(true, |v| v >= aya::util::KernelVersion::new(6, 19, 0))
+        .map_or(true, |v| v >= aya::util::KernelVersion::new(7, 0, 0))
 }
 
 pub struct Tracer {
