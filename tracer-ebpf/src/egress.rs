@@ -196,7 +196,8 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     let origin = origin::<M>(sk, o)?;
     // The namespace from the device, which every packet has here (a
     // reject's RST has no socket; drop.rs, before the device is set, reads
-    // the socket); read for a --netns scope, else with the event.
+    // the socket, else the route); read for a --netns scope, else with the
+    // event.
     let read_ns = || netns::of::<M>(0, skb);
     let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);

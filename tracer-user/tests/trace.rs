@@ -970,10 +970,7 @@ fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
         return;
     }
     for (ip, n) in [(c1.as_str(), nft), (c2.as_str(), legacy)] {
-        let d = drops
-            .iter()
-            .find(|d| d["remote_ip"] == ip)
-            .unwrap_or_else(|| panic!("{ip} missing from drops: {drops:?}"));
+        let d = out.drops_to(ip);
         assert_eq!(d["total"], n, "{d}");
         assert_eq!(d["by_cause"], serde_json::json!({"netfilter-drop": n}));
         assert!(!d["where"].as_object().unwrap().is_empty(), "{d}");
@@ -1015,11 +1012,7 @@ fn rst_dropped_on_output_is_counted_by_cause_and_as_a_drop() {
     assert_eq!(dropped, sent, "every RST the stack sent was dropped");
     out.assert_exactly(&ns, client, sent, "closed-port");
     if support::kernel_names_netfilter_drops() {
-        let drops = out.summary["drops"].as_array().unwrap();
-        let d = drops
-            .iter()
-            .find(|d| d["remote_ip"] == client)
-            .unwrap_or_else(|| panic!("{client} missing from drops: {drops:?}"));
+        let d = out.drops_to(client);
         assert_eq!(d["total"], sent, "{d}");
     }
     let coverage = &out.summary["coverage"];
@@ -1068,11 +1061,7 @@ fn reject_answer_dropped_on_output_is_in_the_sidecars_namespace() {
     );
     assert!(out.remote(client).is_none(), "{}", out.summary);
     if support::kernel_names_netfilter_drops() {
-        let drops = out.summary["drops"].as_array().unwrap();
-        let d = drops
-            .iter()
-            .find(|d| d["remote_ip"] == client)
-            .unwrap_or_else(|| panic!("{client} missing from drops: {drops:?}"));
+        let d = out.drops_to(client);
         assert_eq!(d["total"], rejected + dropped, "{d}");
     }
 }

@@ -351,6 +351,16 @@ impl TraceOutput {
             .find(|r| r["remote_ip"] == remote)
     }
 
+    /// The summary's silent drops toward `remote`; panics, naming what is
+    /// there, when it has none.
+    pub fn drops_to(&self, remote: &str) -> &Value {
+        let drops = self.summary["drops"].as_array().expect("drops array");
+        drops
+            .iter()
+            .find(|d| d["remote_ip"] == remote)
+            .unwrap_or_else(|| panic!("{remote} missing from drops: {drops:?}"))
+    }
+
     /// Asserts that `remote` received exactly `n` RSTs, all of `cause` and
     /// all from namespace `ns`, in both the event stream and the summary,
     /// and returns its events.
