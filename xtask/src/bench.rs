@@ -192,6 +192,13 @@ fn pin_to_last_cpu() {
     }
 }
 
+/// The last CPU as nginx's `worker_cpu_affinity` mask: binary, CPU 0
+/// rightmost.
+fn last_cpu_mask() -> String {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    format!("1{}", "0".repeat(cpus - 1))
+}
+
 /// A load on its own threads until dropped: `done` counts operations,
 /// `lat` collects latencies (ns) when the load has them.
 struct Load {
@@ -247,8 +254,15 @@ impl Load {
     /// 1-byte ping-pong on one loopback connection.
     fn ping_pong() -> Self {
         let (tx, rx) = mpsc::channel();
+        // The server shares the client's CPU: across the two vCPUs each
+        // round trip waits for two cross-CPU wakeups, which cost this VM
+        // tens of microseconds and scatter the traced stretches over tens
+        // of percent, hiding a per-packet cost of tens of nanoseconds. On
+        // one CPU a round trip is the packets' own path (about 4 us here),
+        // the worst case for a per-packet hook, and resolves it.
         let server = thread::spawn(move || {
             enter();
+            pin_to_last_cpu();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
             let (mut s, _) = l.accept().unwrap();
@@ -422,12 +436,8 @@ impl Tracer {
         )
     }
 
-    /// The same, detached and attached again on `toggle`.
-    fn rsttrace_toggled(extra: &[&str]) -> Result<Self> {
-        Self::rsttrace_toggled_env(extra, &[])
-    }
-
-    /// `rsttrace_toggled` with more environment (`EMPTY_PROGRAMS`).
+    /// The same, detached and attached again on `toggle`, with more
+    /// environment (`EMPTY_PROGRAMS`).
     fn rsttrace_toggled_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut cmd = Self::rsttrace_cmd(extra, env);
         cmd.env("RSTTRACE_BENCH_TOGGLE", "1");
@@ -666,6 +676,15 @@ impl Paired {
         }
     }
 
+    /// A rate row shown without a target (the floor, the JSON mode).
+    fn info_row(&self, what: &str) -> Row {
+        Row {
+            target: "-".into(),
+            met: None,
+            ..self.row(what, 0.0)
+        }
+    }
+
     /// A latency row: the traced one may exceed the untraced one by `max`.
     fn latency_row(&self, what: &str, max: f64) -> Row {
         let r = self.ratio();
@@ -865,11 +884,7 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
         }
         rows.push(match target {
             Some(min) => rate.row(what, min),
-            None => Row {
-                target: "-".into(),
-                met: None,
-                ..rate.row(what, 0.0)
-            },
+            None => rate.info_row(what),
         });
     }
 
@@ -1022,17 +1037,25 @@ fn pinned_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
 
 /// RST-free traffic: 1-byte ping-pong, toggled.
 fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
-    let (rate, p99) = under_toggled_tracer(Load::ping_pong, rounds)?;
+    let (rate, p99) = under_toggled_tracer(Load::ping_pong, rounds, &[])?;
     say_toggled("ping-pong", &rate, &p99);
+    let (floor, floor_p99) = under_toggled_tracer(Load::ping_pong, rounds, EMPTY_PROGRAMS)?;
+    say_toggled("ping-pong, floor", &floor, &floor_p99);
     Ok(vec![
         rate.row("1-byte ping-pong, round trips/s", 0.99),
         p99.latency_row("1-byte ping-pong, p99 latency (us)", 0.02),
+        floor.info_row("  floor: the same hooks, every program returning at once"),
     ])
 }
 
-/// Starts one toggled tracer, then the load, and measures: (rate, p99).
-fn under_toggled_tracer(load: impl FnOnce() -> Load, rounds: usize) -> Result<(Paired, Paired)> {
-    let mut t = Tracer::rsttrace_toggled(&[])?;
+/// Starts one toggled tracer (with `env`, see `EMPTY_PROGRAMS`), then the
+/// load, and measures: (rate, p99).
+fn under_toggled_tracer(
+    load: impl FnOnce() -> Load,
+    rounds: usize,
+    env: &[(&str, &str)],
+) -> Result<(Paired, Paired)> {
+    let mut t = Tracer::rsttrace_toggled_env(&[], env)?;
     let load = load();
     let measured = toggled(&mut t, &load, pairs(rounds));
     drop(load);
@@ -1056,14 +1079,18 @@ fn http_rows(rounds: usize) -> Result<Vec<Row>> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("index.html"), "ok\n")?;
     let conf = dir.join("nginx.conf");
+    // nginx's worker on the load's CPU, for the reason the ping-pong
+    // server is there (see `Load::ping_pong`).
     std::fs::write(
         &conf,
         format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+            "daemon off; worker_processes 1; worker_cpu_affinity {mask};\n\
+             pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n\
              server {{ listen 127.0.0.1:8080; root {d}; }} }}\n",
-            d = dir.display()
+            d = dir.display(),
+            mask = last_cpu_mask(),
         ),
     )?;
     let mut nginx = Command::new("ip")
@@ -1072,29 +1099,33 @@ fn http_rows(rounds: usize) -> Result<Vec<Row>> {
         .stderr(Stdio::null())
         .spawn()?;
     thread::sleep(Duration::from_millis(500));
-    let measured = (|| {
+    let measure = |env| {
         let (mut rate, p99) = under_toggled_tracer(
             || Load::http("127.0.0.1:8080".parse().unwrap(), CONNS),
             rounds,
+            env,
         )?;
         // The load counts batches of one request per connection.
         for v in [&mut rate.untraced, &mut rate.traced] {
             v.iter_mut().for_each(|r| *r *= CONNS as f64);
         }
         anyhow::Ok((rate, p99))
-    })();
+    };
+    let measured = measure(&[]).and_then(|m| Ok((m, measure(EMPTY_PROGRAMS)?)));
     // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
     // SAFETY: signalling our own child (ip netns exec execs nginx in place).
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
-    let (rate, p99) = measured?;
+    let ((rate, p99), (floor, floor_p99)) = measured?;
     say_toggled("http", &rate, &p99);
+    say_toggled("http, floor", &floor, &floor_p99);
     Ok(vec![
         rate.row("HTTP keep-alive (nginx, 8 connections), requests/s", 0.99),
         p99.latency_row(
             "HTTP keep-alive, p99 latency of 8 requests in flight (us)",
             0.02,
         ),
+        floor.info_row("  floor: the same hooks, every program returning at once"),
     ])
 }
 
@@ -1280,8 +1311,8 @@ fn report(rows: &[Row], opts: &Options) -> Result<()> {
         "Kernel {kernel}, {cpus} CPUs, {date}. `cargo xtask bench --rounds {}`. Throughput and \
          latency rows: one rsttrace runs under a steady load while the bench detaches its \
          programs and attaches them again every {} ms ({} traced stretches, each compared with \
-         the mean of the untraced stretches around it; the load runs on the last CPU, the \
-         tracer anywhere). The ratio is the median of those per-stretch ratios, the untraced \
+         the mean of the untraced stretches around it; the load, with the ping-pong server \
+         and nginx's worker, runs on the last CPU, the tracer anywhere). The ratio is the median of those per-stretch ratios, the untraced \
          and traced columns medians of the stretches. This VM's speed moves by tens of \
          percent over seconds, so whole runs a second apart can't resolve a few percent. \
          bpftrace can't be detached and attached again: its row compares whole {} s runs \
