@@ -806,6 +806,9 @@ fn pairs(rounds: usize) -> usize {
     10 * rounds
 }
 
+/// The floor's row under each load.
+const FLOOR_ROW: &str = "  floor: the same hooks, every program returning at once";
+
 /// rsttrace's environment for the floor: the same hooks, every program
 /// returning at once.
 const EMPTY_PROGRAMS: &[(&str, &str)] = &[("RSTTRACE_BENCH_EMPTY", "1")];
@@ -853,7 +856,7 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
         // runs every attached program at each of its events, whatever the
         // program does. The rows above can't rise above this one.
         FloodMode {
-            what: "  floor: the same hooks, every program returning at once",
+            what: FLOOR_ROW,
             name: "floor",
             extra: &["--summary-only"],
             env: EMPTY_PROGRAMS,
@@ -1044,7 +1047,7 @@ fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
     Ok(vec![
         rate.row("1-byte ping-pong, round trips/s", 0.99),
         p99.latency_row("1-byte ping-pong, p99 latency (us)", 0.02),
-        floor.info_row("  floor: the same hooks, every program returning at once"),
+        floor.info_row(FLOOR_ROW),
     ])
 }
 
@@ -1125,7 +1128,7 @@ fn http_rows(rounds: usize) -> Result<Vec<Row>> {
             "HTTP keep-alive, p99 latency of 8 requests in flight (us)",
             0.02,
         ),
-        floor.info_row("  floor: the same hooks, every program returning at once"),
+        floor.info_row(FLOOR_ROW),
     ])
 }
 
@@ -1312,8 +1315,9 @@ fn report(rows: &[Row], opts: &Options) -> Result<()> {
          latency rows: one rsttrace runs under a steady load while the bench detaches its \
          programs and attaches them again every {} ms ({} traced stretches, each compared with \
          the mean of the untraced stretches around it; the load, with the ping-pong server \
-         and nginx's worker, runs on the last CPU, the tracer anywhere). The ratio is the median of those per-stretch ratios, the untraced \
-         and traced columns medians of the stretches. This VM's speed moves by tens of \
+         and nginx's worker, runs on the last CPU, the tracer anywhere). The ratio is the \
+         median of those per-stretch ratios, the untraced and traced columns medians of the \
+         stretches. This VM's speed moves by tens of \
          percent over seconds, so whole runs a second apart can't resolve a few percent. \
          bpftrace can't be detached and attached again: its row compares whole {} s runs \
          between untraced ones, as do the exactness runs. rsttrace runs with full \
