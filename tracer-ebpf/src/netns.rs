@@ -20,16 +20,16 @@ pub fn of<M: Mem>(skaddr: u64, skbaddr: u64) -> u32 {
     let net = if skaddr != 0 && o.sock_net != ABSENT {
         read_u64(skaddr + u64::from(o.sock_net))
     } else if skbaddr != 0 && o.skb_dev != ABSENT && o.dev_net != ABSENT {
-        let dev = read_u64(skbaddr + u64::from(o.skb_dev));
-        if dev != 0 {
-            read_u64(dev + u64::from(o.dev_net))
-        } else if !M::DIRECT {
-            route_net(skbaddr, o)
-        } else {
-            // Plain loads can't follow the route (see route_net); the
-            // programs that use them read segments that have a device.
-            0
+        let mut dev = read_u64(skbaddr + u64::from(o.skb_dev));
+        // Plain loads can't follow the route (see route_dev); the programs
+        // that use them read segments that have a device.
+        if dev == 0 && !M::DIRECT {
+            dev = route_dev(skbaddr, o);
         }
+        if dev == 0 {
+            return 0;
+        }
+        read_u64(dev + u64::from(o.dev_net))
     } else {
         0
     };
@@ -39,26 +39,21 @@ pub fn of<M: Mem>(skaddr: u64, skbaddr: u64) -> u32 {
     M::read::<u32>(net + u64::from(o.net_inum)).unwrap_or(0)
 }
 
-/// The namespace of a segment's route. A segment this host sends has no
+/// The device of a segment's route. A segment this host sends has no
 /// device until it leaves the OUTPUT hook, and a netfilter REJECT's answer
 /// no socket either (drop.rs sees such a one when an OUTPUT rule drops
 /// it); its route, set before OUTPUT, names the device. Probe-read: the
 /// route's pointer is a flagged integer, which the verifier does not type.
 #[inline(always)]
-fn route_net(skb: u64, o: &NetnsOffsets) -> u64 {
+fn route_dev(skb: u64, o: &NetnsOffsets) -> u64 {
     /// `SKB_DST_NOREF`: the route is borrowed, not held.
     const NOREF: u64 = 1;
     let read_u64 = |addr: u64| crate::packet::read::<u64>(addr).unwrap_or(0);
     if o.skb_refdst == ABSENT || o.dst_dev == ABSENT {
         return 0;
     }
-    let dst = read_u64(skb + u64::from(o.skb_refdst)) & !NOREF;
-    if dst == 0 {
-        return 0;
+    match read_u64(skb + u64::from(o.skb_refdst)) & !NOREF {
+        0 => 0,
+        dst => read_u64(dst + u64::from(o.dst_dev)),
     }
-    let dev = read_u64(dst + u64::from(o.dst_dev));
-    if dev == 0 {
-        return 0;
-    }
-    read_u64(dev + u64::from(o.dev_net))
 }

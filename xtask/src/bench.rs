@@ -183,20 +183,23 @@ fn flood_here(client: Ipv4Addr, secs: f64) -> (f64, u64) {
 /// the scheduler moves between them measures that, not the tracer. The
 /// tracer stays free to run anywhere.
 fn pin_to_last_cpu() {
-    let last = thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(last, &mut set);
+        libc::CPU_SET(last_cpu(), &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
-/// The last CPU as nginx's `worker_cpu_affinity` mask: binary, CPU 0
+/// The host's last CPU, where the loads run.
+fn last_cpu() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+/// `last_cpu` as nginx's `worker_cpu_affinity` mask: binary, CPU 0
 /// rightmost.
 fn last_cpu_mask() -> String {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    format!("1{}", "0".repeat(cpus - 1))
+    format!("1{}", "0".repeat(last_cpu()))
 }
 
 /// A load on its own threads until dropped: `done` counts operations,
@@ -1040,13 +1043,31 @@ fn pinned_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
 
 /// RST-free traffic: 1-byte ping-pong, toggled.
 fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
-    let (rate, p99) = under_toggled_tracer(Load::ping_pong, rounds, &[])?;
-    say_toggled("ping-pong", &rate, &p99);
-    let (floor, floor_p99) = under_toggled_tracer(Load::ping_pong, rounds, EMPTY_PROGRAMS)?;
-    say_toggled("ping-pong, floor", &floor, &floor_p99);
+    rst_free_rows(
+        "ping-pong",
+        (
+            "1-byte ping-pong, round trips/s",
+            "1-byte ping-pong, p99 latency (us)",
+        ),
+        |env| under_toggled_tracer(Load::ping_pong, rounds, env),
+    )
+}
+
+/// An RST-free load's rows: its rate and p99 under rsttrace, then its rate
+/// under the floor. `measure` runs the load under a toggled tracer with
+/// the given environment.
+fn rst_free_rows(
+    name: &str,
+    (rate_what, p99_what): (&str, &str),
+    mut measure: impl FnMut(&[(&str, &str)]) -> Result<(Paired, Paired)>,
+) -> Result<Vec<Row>> {
+    let (rate, p99) = measure(&[])?;
+    say_toggled(name, &rate, &p99);
+    let (floor, floor_p99) = measure(EMPTY_PROGRAMS)?;
+    say_toggled(&format!("{name}, floor"), &floor, &floor_p99);
     Ok(vec![
-        rate.row("1-byte ping-pong, round trips/s", 0.99),
-        p99.latency_row("1-byte ping-pong, p99 latency (us)", 0.02),
+        rate.row(rate_what, 0.99),
+        p99.latency_row(p99_what, 0.02),
         floor.info_row(FLOOR_ROW),
     ])
 }
@@ -1102,34 +1123,30 @@ fn http_rows(rounds: usize) -> Result<Vec<Row>> {
         .stderr(Stdio::null())
         .spawn()?;
     thread::sleep(Duration::from_millis(500));
-    let measure = |env| {
-        let (mut rate, p99) = under_toggled_tracer(
-            || Load::http("127.0.0.1:8080".parse().unwrap(), CONNS),
-            rounds,
-            env,
-        )?;
-        // The load counts batches of one request per connection.
-        for v in [&mut rate.untraced, &mut rate.traced] {
-            v.iter_mut().for_each(|r| *r *= CONNS as f64);
-        }
-        anyhow::Ok((rate, p99))
-    };
-    let measured = measure(&[]).and_then(|m| Ok((m, measure(EMPTY_PROGRAMS)?)));
+    let rows = rst_free_rows(
+        "http",
+        (
+            "HTTP keep-alive (nginx, 8 connections), requests/s",
+            "HTTP keep-alive, p99 latency of 8 requests in flight (us)",
+        ),
+        |env| {
+            let (mut rate, p99) = under_toggled_tracer(
+                || Load::http("127.0.0.1:8080".parse().unwrap(), CONNS),
+                rounds,
+                env,
+            )?;
+            // The load counts batches of one request per connection.
+            for v in [&mut rate.untraced, &mut rate.traced] {
+                v.iter_mut().for_each(|r| *r *= CONNS as f64);
+            }
+            Ok((rate, p99))
+        },
+    );
     // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
     // SAFETY: signalling our own child (ip netns exec execs nginx in place).
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
-    let ((rate, p99), (floor, floor_p99)) = measured?;
-    say_toggled("http", &rate, &p99);
-    say_toggled("http, floor", &floor, &floor_p99);
-    Ok(vec![
-        rate.row("HTTP keep-alive (nginx, 8 connections), requests/s", 0.99),
-        p99.latency_row(
-            "HTTP keep-alive, p99 latency of 8 requests in flight (us)",
-            0.02,
-        ),
-        floor.info_row(FLOOR_ROW),
-    ])
+    rows
 }
 
 fn startup_rows(ns: &Netns) -> Result<Vec<Row>> {
