@@ -191,7 +191,7 @@ impl SendResetLayout {
 
 /// Offsets (from BTF) of a socket's endpoints in `sock_common`, for the BTF
 /// build of the tcp_send_reset program, which reads the socket (or the
-/// segment it answers) instead of the tracepoint's record. `num == ABSENT`
+/// segment it answers) instead of the tracepoint's record. `sport == ABSENT`
 /// leaves that build off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,8 +199,11 @@ pub struct SockAddrOffsets {
     /// `skc_rcv_saddr`, `skc_daddr`: IPv4, network order.
     pub rcv_saddr: u32,
     pub daddr: u32,
-    /// `skc_num`: local port, host order; `skc_dport`: network order.
-    pub num: u32,
+    /// `inet_sock.inet_sport` and `skc_dport`: ports, network order. Not
+    /// `skc_num`: `inet_put_port()` zeroes it when the socket moves to
+    /// CLOSE, before the RSTs of close() and disconnect() are sent (the
+    /// kernel's own tracepoint reads `inet_sport` too).
+    pub sport: u32,
     pub dport: u32,
     /// `skc_v6_rcv_saddr`, `skc_v6_daddr`: 16 bytes each.
     pub v6_rcv_saddr: u32,
@@ -214,7 +217,7 @@ impl SockAddrOffsets {
     pub const UNSET: Self = Self {
         rcv_saddr: ABSENT,
         daddr: ABSENT,
-        num: ABSENT,
+        sport: ABSENT,
         dport: ABSENT,
         v6_rcv_saddr: ABSENT,
         v6_daddr: ABSENT,

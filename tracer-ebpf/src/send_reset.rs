@@ -150,7 +150,7 @@ const TCP_NEW_SYN_RECV: u32 = 12;
 fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let a = crate::global::get(&SOCK_ADDR_OFFSETS);
     let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
-    if a.num == ABSENT || o.sk_state == ABSENT {
+    if a.sport == ABSENT || o.sk_state == ABSENT {
         return Err(1);
     }
     let sk: u64 = ctx.arg(0);
@@ -211,7 +211,7 @@ fn sock_endpoints(sk: u64, a: &SockAddrOffsets, o: &EgressOffsets) -> Result<End
         local: [0; 16],
         remote: [0; 16],
         family: 0,
-        local_port: rd16(a.num)?,
+        local_port: u16::from_be(rd16(a.sport)?),
         remote_port: u16::from_be(rd16(a.dport)?),
     };
     if family == u16::from(AF_INET) {

@@ -724,7 +724,7 @@ fn sock_addr_offsets(
     Ok(tracer_common::SockAddrOffsets {
         rcv_saddr: m("skc_rcv_saddr", 4)?,
         daddr: m("skc_daddr", 4)?,
-        num: m("skc_num", 2)?,
+        sport: b.offset("inet_sock", &["inet_sport"], 2)?,
         dport: m("skc_dport", 2)?,
         v6_rcv_saddr: v6("skc_v6_rcv_saddr"),
         v6_daddr: v6("skc_v6_daddr"),
