@@ -166,6 +166,18 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     Ok(Origin::Socket)
 }
 
+/// A RST of the TCP stack seen leaving. Where tcp_send_reset counts the
+/// stack's RSTs for coverage (6.10+), only those without a socket get this
+/// far (IPv6 replies leave with none): they were counted at send already,
+/// and counting them here too made each IPv6 RST two.
+#[inline(always)]
+fn count_tcp_stack() {
+    if !stack_counted_at_send() {
+        count::bump(stat::EGRESS_RSTS);
+        count::bump(stat::EGRESS_TCP_STACK);
+    }
+}
+
 #[inline(always)]
 fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32, i32> {
     let o = crate::global::get(&EGRESS_OFFSETS);
@@ -202,17 +214,16 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
-    count::bump(stat::EGRESS_RSTS);
     let (cause, stack_id) = match origin {
         Origin::TcpStack => {
-            count::bump(stat::EGRESS_TCP_STACK);
+            count_tcp_stack();
             return Ok(0);
         }
         Origin::Socket => (cause::INJECTED, -1),
         Origin::NoSocket => {
             match stack::cause_from_stack(ctx, stack::Rules::Egress, 0) {
                 Some(c) if u32::from(c) == RULE_TCP_STACK => {
-                    count::bump(stat::EGRESS_TCP_STACK);
+                    count_tcp_stack();
                     return Ok(0);
                 }
                 // The stack names the netfilter hook and backend.
@@ -224,6 +235,7 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
             }
         }
     };
+    count::bump(stat::EGRESS_RSTS);
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
