@@ -248,6 +248,22 @@ pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
     ("tcp_v4_send_reset", EgressRule::TcpStack),
 ];
 
+// The kernel takes each table in a fixed array: a rule past its end would
+// be left out without a word and turn its cause off, so a table that does
+// not fit fails the build. The egress table also holds the module area.
+const _: () = {
+    use tracer_common::MAX_STACK_RULES;
+    assert!(STACK_RULES.len() <= MAX_STACK_RULES, "STACK_RULES overflow");
+    assert!(
+        REASONLESS_STACK_RULES.len() <= MAX_STACK_RULES,
+        "REASONLESS_STACK_RULES overflow"
+    );
+    assert!(
+        EGRESS_STACK_RULES.len() < MAX_STACK_RULES,
+        "EGRESS_STACK_RULES and the module area overflow"
+    );
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EgressRule {
     Cause(Cause),
@@ -341,9 +357,7 @@ pub fn resolve_egress_rules(
         .map(|(f, r)| (*f, None, 0, r.raw()))
         .collect();
     let (mut rules, missing) = resolve(ksyms, &table);
-    if let Some((start, end)) = ksyms.module_area()
-        && (rules.count as usize) < rules.rules.len()
-    {
+    if let Some((start, end)) = ksyms.module_area() {
         rules.rules[rules.count as usize] = tracer_common::StackRule {
             start,
             end,
@@ -377,17 +391,16 @@ fn resolve(
                 continue;
             }
         };
-        if (rules.count as usize) < rules.rules.len() {
-            rules.rules[rules.count as usize] = tracer_common::StackRule {
-                start,
-                end,
-                also_start,
-                also_end,
-                cause: *cause,
-                state_mask: *state_mask,
-            };
-            rules.count += 1;
-        }
+        // Room for every rule: the tables' sizes are checked when compiling.
+        rules.rules[rules.count as usize] = tracer_common::StackRule {
+            start,
+            end,
+            also_start,
+            also_end,
+            cause: *cause,
+            state_mask: *state_mask,
+        };
+        rules.count += 1;
     }
     missing.dedup();
     (rules, missing)
@@ -548,6 +561,57 @@ mod tests {
             Cause::Unknown,
         ] {
             assert!(!c.has_actor(), "{c}");
+        }
+    }
+
+    /// The README's example session is what users compare their own with:
+    /// it must come from a build that prints the facts right (the local
+    /// port of an abort was once printed as 0 there for weeks), and name
+    /// only causes that exist; its cause table names every cause.
+    #[test]
+    fn readme_example_and_cause_table_are_honest() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let names: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
+        let example = readme
+            .split("## What it shows")
+            .nth(1)
+            .and_then(|s| s.split("```").nth(1))
+            .expect("an example session in README's 'What it shows'");
+        let mut lines = 0;
+        for line in example.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            // Event lines: "12:28:33.503268 cause to A:P from A:P ...".
+            if words.len() < 6 || words[0].matches(':').count() != 2 || words[2] != "to" {
+                continue;
+            }
+            lines += 1;
+            assert!(names.contains(&words[1]), "unknown cause in: {line}");
+            assert_eq!(words[4], "from", "{line}");
+            for end in [words[3], words[5]] {
+                let port = end.rsplit(':').next().unwrap();
+                assert_ne!(port.parse::<u16>().unwrap_or(0), 0, "port of {end} in: {line}");
+            }
+        }
+        assert!(lines >= 5, "{lines} event lines in the README example");
+        let table = readme
+            .split("## Causes")
+            .nth(1)
+            .expect("a Causes section")
+            .split("\n\n")
+            .find(|b| b.starts_with("| cause"))
+            .expect("the cause table");
+        let listed: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        for name in &names {
+            if *name != Cause::Received.name() {
+                assert!(listed.contains(name), "README's cause table lacks {name}");
+            }
+        }
+        for name in &listed {
+            assert!(names.contains(name), "README names a cause that does not exist: {name}");
         }
     }
 }
