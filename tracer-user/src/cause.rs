@@ -590,7 +590,11 @@ mod tests {
             assert_eq!(words[4], "from", "{line}");
             for end in [words[3], words[5]] {
                 let port = end.rsplit(':').next().unwrap();
-                assert_ne!(port.parse::<u16>().unwrap_or(0), 0, "port of {end} in: {line}");
+                assert_ne!(
+                    port.parse::<u16>().unwrap_or(0),
+                    0,
+                    "port of {end} in: {line}"
+                );
             }
         }
         assert!(lines >= 5, "{lines} event lines in the README example");
@@ -611,7 +615,10 @@ mod tests {
             }
         }
         for name in &listed {
-            assert!(names.contains(name), "README names a cause that does not exist: {name}");
+            assert!(
+                names.contains(name),
+                "README names a cause that does not exist: {name}"
+            );
         }
     }
 }

@@ -25,7 +25,7 @@ fn closed_port(ns: &Netns, client: IpAddr, server: SocketAddr, n: u64) -> u64 {
 #[test]
 fn closed_port_ipv4() {
     let ns = Netns::new("closed4");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = closed_port(
         &ns,
         "127.3.0.1".parse().unwrap(),
@@ -53,7 +53,7 @@ fn closed_port_ipv4() {
 fn closed_port_ipv6() {
     let ns = Netns::new("closed6");
     ns.add_addr("fd72:7374::3/128");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = closed_port(
         &ns,
         "fd72:7374::3".parse().unwrap(),
@@ -70,6 +70,49 @@ fn closed_port_ipv6() {
     }
 }
 
+/// IPv6 and IPv4 closed-port RSTs leaving over a veth pair, then over
+/// loopback: each counted once, at send and on the wire alike (IPv6 RSTs
+/// leave without a socket, and were once counted a second time there).
+#[test]
+fn closed_port_over_veth_each_rst_counted_once() {
+    let client = Netns::new("veth-c");
+    let server = Netns::new("veth-s");
+    support::veth(
+        (&client, "rv-c", &["fd72:7374:d::1/64", "10.251.0.1/24"]),
+        (&server, "rv-s", &["fd72:7374:d::2/64", "10.251.0.2/24"]),
+    );
+    server.add_addr("fd72:7374:e::3/128");
+    let before = server.out_rsts();
+    let trace = Trace::watch(&server, &[]);
+    closed_port(
+        &client,
+        "fd72:7374:d::1".parse().unwrap(),
+        "[fd72:7374:d::2]:9".parse().unwrap(),
+        7,
+    );
+    closed_port(
+        &client,
+        "10.251.0.1".parse().unwrap(),
+        "10.251.0.2:9".parse().unwrap(),
+        5,
+    );
+    // And on the server's own loopback.
+    let sent = closed_port(
+        &server,
+        "fd72:7374:e::3".parse().unwrap(),
+        "[::1]:9".parse().unwrap(),
+        3,
+    );
+    let sent_by_server = server.out_rsts() - before;
+    let out = trace.stop();
+    assert!(sent >= 3, "{sent}");
+    assert!(sent_by_server >= 15, "{sent_by_server}");
+    assert_eq!(out.summary["total"], sent_by_server, "{}", out.summary);
+    out.assert_exactly(&server, "fd72:7374:d::1", 7, "closed-port");
+    out.assert_exactly(&server, "10.251.0.1", 5, "closed-port");
+    out.assert_exactly(&server, "fd72:7374:e::3", sent, "closed-port");
+}
+
 /// More remotes than the per-remote table holds: the RSTs beyond it are
 /// still counted, by cause, and said (`remote_ip_overflow`); nothing is
 /// lost from the totals. Scoped to its namespace, so that only its own
@@ -77,8 +120,7 @@ fn closed_port_ipv6() {
 #[test]
 fn remotes_beyond_the_table_are_counted_by_cause() {
     let ns = Netns::new("remotefull");
-    let path = format!("/run/netns/{}", ns.name);
-    let trace = Trace::start(&["--netns", &path, "--max-remote-ips", "16"]);
+    let trace = Trace::watch(&ns, &["--max-remote-ips", "16"]);
     let clients: Vec<IpAddr> = (1..=24)
         .map(|i| format!("127.58.0.{i}").parse().unwrap())
         .collect();
@@ -126,7 +168,7 @@ fn abort_on_close(ns: &Netns, client: &'static str, n: u64) -> u64 {
 #[test]
 fn abort_on_close_with_unread_data() {
     let ns = Netns::new("abort");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = abort_on_close(&ns, "127.4.0.1", 3);
     let out = trace.stop();
     assert_eq!(sent, 3, "OutRsts delta in the namespace");
@@ -137,6 +179,9 @@ fn abort_on_close_with_unread_data() {
             support::expected_reason("TCP_ABORT_ON_CLOSE")
         );
         assert_eq!(e["local_ip"], "127.0.0.1");
+        // The port is gone from the socket's own number by then (its
+        // bind is released on CLOSE), not from the RST.
+        assert_ne!(e["local_port"], 0, "{e}");
         // tcp_close() moves the socket to CLOSE before it sends the reset.
         assert_eq!(e["state"], "TCP_CLOSE");
         // close() runs in the test's own process: it is the actor.
@@ -205,7 +250,7 @@ fn keepalive_timeout_scenario(ns: &Netns, client: &'static str, n: u64) -> u64 {
 #[test]
 fn keepalive_timeout() {
     let ns = Netns::new("keepalive");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = keepalive_timeout_scenario(&ns, "127.5.0.1", 2);
     let out = trace.stop();
     assert_eq!(sent, 2, "OutRsts delta in the namespace");
@@ -222,7 +267,7 @@ fn keepalive_timeout() {
 #[test]
 fn summary_only_prints_exact_counts_and_no_events() {
     let ns = Netns::new("summaryonly");
-    let trace = Trace::start(&["--summary-only"]);
+    let trace = Trace::watch(&ns, &["--summary-only"]);
     let sent = closed_port(
         &ns,
         "127.6.0.1".parse().unwrap(),
@@ -283,7 +328,7 @@ fn socket_killed(ns: &Netns, client: &'static str, n: usize, killer: PathBuf) ->
 #[test]
 fn socket_killed_by_sock_diag_destroy() {
     let ns = Netns::new("killed");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = socket_killed(&ns, "127.7.0.1", 2, which_ss());
     let out = trace.stop();
     assert_eq!(sent, 2, "OutRsts delta in the namespace");
@@ -316,7 +361,7 @@ fn linger_abort(ns: &Netns, client: &'static str, n: usize) -> u64 {
 #[test]
 fn linger_abort_on_close() {
     let ns = Netns::new("linger");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = linger_abort(&ns, "127.8.0.1", 3);
     let out = trace.stop();
     assert_eq!(sent, 3, "OutRsts delta in the namespace");
@@ -360,7 +405,7 @@ fn app_disconnect(ns: &Netns, client: &'static str, n: usize) -> u64 {
 #[test]
 fn app_disconnect_with_connect_af_unspec() {
     let ns = Netns::new("disconnect");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = app_disconnect(&ns, "127.9.0.1", 2);
     let out = trace.stop();
     assert_eq!(sent, 2, "OutRsts delta in the namespace");
@@ -383,7 +428,7 @@ fn socket_killed_by_a_security_agent_is_labelled() {
     for name in ["crowdsec", "blocklistd"] {
         std::fs::copy(&ss, dir.join(name)).unwrap();
     }
-    let trace = Trace::start(&["--agent", "blocklist*"]);
+    let trace = Trace::watch(&ns, &["--agent", "blocklist*"]);
     let sent = socket_killed(&ns, "127.11.0.1", 2, dir.join("crowdsec"))
         + socket_killed(&ns, "127.12.0.1", 1, dir.join("blocklistd"));
     let out = trace.stop();
@@ -473,6 +518,10 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         "injected",
     ];
     let namespaces: Vec<Netns> = scenarios.iter().map(|s| Netns::new(s.0)).collect();
+    let wires: Vec<support::wire::Wire> = namespaces
+        .iter()
+        .map(support::wire::Wire::capture)
+        .collect();
     let trace = Trace::start(&[]);
     let sent: Vec<u64> = thread::scope(|scope| {
         let handles: Vec<_> = scenarios
@@ -483,6 +532,9 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let out = trace.stop();
+    for (ns, wire) in namespaces.iter().zip(wires) {
+        out.assert_events_match_wire(ns, &wire.stop(), 0);
+    }
     let coverage = &out.summary["coverage"];
     assert_eq!(
         coverage["unknown"], 0,
@@ -557,7 +609,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
     nft(
         "add rule inet rsttrace_t out ip6 saddr fd72:7374::17 tcp dport 7778 counter reject with tcp reset",
     );
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let tcp4 = closed_port(
         &ns,
         "127.16.0.1".parse().unwrap(),
@@ -662,7 +714,7 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
         "--reject-with",
         "tcp-reset",
     ]);
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let tcp4 = closed_port(
         &ns,
         "127.18.0.1".parse().unwrap(),
@@ -722,7 +774,7 @@ fn netfilter_reject_iptables_legacy() {
         "--reject-with",
         "tcp-reset",
     ]);
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let tcp = closed_port(
         &ns,
         "127.19.0.1".parse().unwrap(),
@@ -835,7 +887,7 @@ fn inject_rsts(ns: &Netns, remote: [u8; 4], n: u16) -> (u64, u64) {
 #[test]
 fn injected_from_raw_and_packet_sockets() {
     let ns = Netns::new("raw");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let (sent, tcp) = inject_rsts(&ns, [127, 17, 0, 1], 3);
     let sent_packet = inject_rsts_packet(&ns, [127, 17, 0, 2], 2);
     let out = trace.stop();
@@ -856,7 +908,7 @@ fn injected_from_raw_and_packet_sockets() {
 fn classic_and_raw_builds_attribute_alike() {
     let ns = Netns::new("fallback");
     ns.add_addr("fd72:7374::41/128");
-    let trace = Trace::start_with_env(&[], ("RSTTRACE_NO_TP_BTF", "1"));
+    let trace = Trace::watch_with_env(&ns, &[], ("RSTTRACE_NO_TP_BTF", "1"));
     let closed4 = closed_port(
         &ns,
         "127.41.0.1".parse().unwrap(),
@@ -939,8 +991,8 @@ fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
         "DROP",
     ]);
     let trace = match env {
-        Some(var) => Trace::start_with_env(&[], var),
-        None => Trace::start(&[]),
+        Some(var) => Trace::watch_with_env(&ns, &[], var),
+        None => Trace::watch(&ns, &[]),
     };
     let clients = [c1.clone(), c2.clone()];
     ns.run(move || {
@@ -998,6 +1050,7 @@ fn rst_dropped_on_output_is_counted_by_cause_and_as_a_drop() {
         "nft",
         &format!("add rule inet rsttrace_o out ip daddr {client} tcp flags rst counter drop"),
     ]);
+    let wire = support::wire::Wire::capture(&ns);
     let trace = Trace::start_in(Some(&ns), &["--netns", "self"]);
     let sent = ns.run(move || {
         let before = out_rsts_here();
@@ -1007,6 +1060,8 @@ fn rst_dropped_on_output_is_counted_by_cause_and_as_a_drop() {
         out_rsts_here() - before
     });
     let out = trace.stop();
+    // Reported, and none on the wire.
+    out.assert_events_match_wire(&ns, &wire.stop(), sent);
     let dropped = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_o", "out"]));
     assert!(sent >= 1, "OutRsts delta in the namespace: {sent}");
     assert_eq!(dropped, sent, "every RST the stack sent was dropped");
@@ -1043,12 +1098,14 @@ fn reject_answer_dropped_on_output_is_in_the_sidecars_namespace() {
     nft(&format!(
         "add rule inet rsttrace_rd out ip daddr {client} tcp flags rst counter drop"
     ));
+    let wire = support::wire::Wire::capture(&ns);
     let trace = Trace::start_in(Some(&ns), &["--netns", "self"]);
     ns.run(move || {
         let err = connect_briefly(client, "127.0.0.1:7").expect_err("the answer was dropped");
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
     });
     let out = trace.stop();
+    out.assert_events_match_wire(&ns, &wire.stop(), 0);
     let chain =
         |c: &str| rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_rd", c]));
     let (rejected, dropped) = (chain("in"), chain("out"));
@@ -1084,6 +1141,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
     // A namespace created while tracing: rsttrace follows its ruleset
     // within a second.
     let ns = Netns::new("nftagent");
+    let wire = support::wire::Wire::capture(&ns);
     thread::sleep(Duration::from_millis(2500));
     let agent_str = agent.to_str().unwrap().to_string();
     for cmd in [
@@ -1105,6 +1163,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
         let _ = connect_briefly("127.31.0.2", "127.0.0.1:443");
     });
     let out = trace.stop();
+    out.assert_events_match_wire(&ns, &wire.stop(), 0);
     let _ = std::fs::remove_dir_all(&dir);
     // Drops are counted from 5.17 on (see netfilter_drops_are_counted_per_remote).
     if support::kernel_names_netfilter_drops() {
@@ -1156,7 +1215,7 @@ fn netfilter_reject_nftables_netdev_ingress() {
         "nft",
         "add rule netdev rsttrace_t ing ip saddr 127.39.0.1 tcp dport 7777 counter reject with tcp reset",
     ]);
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     // On loopback the client does not act on this RST (seen on 6.18: the
     // connect times out), so each attempt gives up after 300 ms, before the
     // SYN is sent again: one RST per attempt.
@@ -1268,7 +1327,7 @@ fn netfilter_reject_in_the_forward_hook() {
         "nft",
         "add rule inet rsttrace_t forwarded ip6 saddr fd72:7374:c::1 tcp dport 7777 counter reject with tcp reset",
     ]);
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&router, &[]);
     let tcp = closed_port(
         &client,
         "fd72:7374:c::1".parse().unwrap(),
@@ -1349,7 +1408,7 @@ fn injected_by_a_kernel_module() {
     );
     let ns = Netns::new("kmod");
     let module = TestModule::load(&ko, "rst_inject_test", "port=7801");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let stack_rsts = support::refused_connects(
         &ns,
         "127.52.0.1".parse().unwrap(),
@@ -1459,7 +1518,7 @@ fn fin_acked(port: u16, peer_port: u16) -> Fin2 {
 #[test]
 fn data_after_close_on_a_time_wait_socket() {
     let ns = Netns::new("late");
-    let trace = Trace::start(&[]);
+    let trace = Trace::watch(&ns, &[]);
     let sent = data_after_close(&ns, "127.53.0.1", 3);
     let out = trace.stop();
     assert_eq!(sent, 3, "OutRsts delta in the namespace");

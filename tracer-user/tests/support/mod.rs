@@ -3,6 +3,8 @@
 //! TCP counters as ground truth.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -115,6 +117,20 @@ impl Netns {
     /// Tcp OutRsts of this namespace: exactly the RSTs its TCP stack sent.
     pub fn out_rsts(&self) -> u64 {
         self.run(out_rsts_here)
+    }
+}
+
+/// A veth pair between `a` and `b`, up, with these addresses on each end.
+pub fn veth(a: (&Netns, &str, &[&str]), b: (&Netns, &str, &[&str])) {
+    ip(&[
+        "link", "add", a.1, "netns", &a.0.name, "type", "veth", "peer", "name", b.1, "netns",
+        &b.0.name,
+    ]);
+    for (ns, dev, addrs) in [a, b] {
+        for addr in addrs {
+            ip(&["-n", &ns.name, "addr", "add", addr, "dev", dev, "nodad"]);
+        }
+        ip(&["-n", &ns.name, "link", "set", dev, "up"]);
     }
 }
 
@@ -285,6 +301,57 @@ impl Trace {
             "rsttrace exited with {status}; stderr:\n{stderr}"
         );
         parse_output(&out, stderr)
+    }
+}
+
+/// A trace scoped to one namespace with its wire captured beside it:
+/// stopping it checks every RST rsttrace reported against the packets that
+/// left (`wire.rs`), so no scenario can pass with a wrong port or count.
+pub struct Watched<'a> {
+    ns: &'a Netns,
+    wire: wire::Wire,
+    trace: Trace,
+}
+
+impl Trace {
+    /// `rsttrace --netns NS` and a capture of what leaves `ns`'s devices.
+    pub fn watch<'a>(ns: &'a Netns, extra: &[&str]) -> Watched<'a> {
+        let wire = wire::Wire::capture(ns);
+        let path = format!("/run/netns/{}", ns.name);
+        let mut args = vec!["--netns", path.as_str()];
+        args.extend_from_slice(extra);
+        let trace = Trace::start(&args);
+        Watched { ns, wire, trace }
+    }
+
+    /// The same, with `var` set in rsttrace's environment.
+    pub fn watch_with_env<'a>(ns: &'a Netns, extra: &[&str], var: (&str, &str)) -> Watched<'a> {
+        let wire = wire::Wire::capture(ns);
+        let path = format!("/run/netns/{}", ns.name);
+        let mut args = vec!["--netns", path.as_str()];
+        args.extend_from_slice(extra);
+        let trace = Trace::spawn(None, &args, Some(var));
+        Watched { ns, wire, trace }
+    }
+}
+
+impl Watched<'_> {
+    /// Stops both; every RST reported left a device.
+    pub fn stop(self) -> TraceOutput {
+        self.stop_with_off_wire(0)
+    }
+
+    /// Stops both; `off_wire` RSTs were sent but dropped before any device
+    /// (an OUTPUT rule), and are reported all the same.
+    pub fn stop_with_off_wire(self, off_wire: u64) -> TraceOutput {
+        let out = self.trace.stop();
+        let wire = self.wire.stop();
+        out.assert_matches_wire(self.ns, &wire, off_wire);
+        out
+    }
+
+    pub fn signal_and_wait(&mut self, sig: i32, said: &str) {
+        self.trace.signal_and_wait(sig, said);
     }
 }
 
