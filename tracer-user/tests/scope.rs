@@ -5,7 +5,7 @@ mod support;
 
 use std::{io::ErrorKind, net::SocketAddr};
 
-use support::{Netns, Trace, connect_from};
+use support::{Netns, Trace, connect_from, wire::Wire};
 
 fn closed_port(ns: &Netns, client: &'static str, port: u16, n: u64) -> u64 {
     let to = SocketAddr::from(([127, 0, 0, 1], port));
@@ -18,10 +18,12 @@ fn closed_port(ns: &Netns, client: &'static str, port: u16, n: u64) -> u64 {
 fn sidecar_with_netns_self_sees_only_its_own_namespace() {
     let pod = Netns::new("pod");
     let other = Netns::new("other");
+    let wire = Wire::capture(&pod);
     let trace = Trace::start_in(Some(&pod), &["--netns", "self"]);
     let mine = closed_port(&pod, "127.40.0.1", 9, 3);
     let theirs = closed_port(&other, "127.40.0.1", 9, 4);
     let out = trace.stop();
+    out.assert_matches_wire(&pod, &wire.stop(), 0);
     assert!(mine >= 3 && theirs >= 4, "OutRsts deltas: {mine} {theirs}");
     out.assert_exactly(&pod, "127.40.0.1", mine, "closed-port");
     assert_eq!(out.summary["total"], mine, "nothing from other namespaces");
@@ -34,10 +36,12 @@ fn netns_by_path_from_the_host() {
     let a = Netns::new("path-a");
     let b = Netns::new("path-b");
     let path = format!("/run/netns/{}", b.name);
+    let wire = Wire::capture(&b);
     let trace = Trace::start(&["--netns", &path]);
     let _ = closed_port(&a, "127.43.0.1", 9, 2);
     let sent = closed_port(&b, "127.43.0.1", 9, 5);
     let out = trace.stop();
+    out.assert_matches_wire(&b, &wire.stop(), 0);
     out.assert_exactly(&b, "127.43.0.1", sent, "closed-port");
     assert_eq!(out.summary["total"], sent);
 }
