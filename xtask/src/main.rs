@@ -89,7 +89,11 @@ enum Cmd {
         kernels: Vec<String>,
         /// tracer-user integration test targets to run, comma-separated
         /// (robustness and cli are left out by default).
-        #[arg(long, value_delimiter = ',', default_value = "trace,scope")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "stack_causes,netfilter,injected,drops,scope"
+        )]
         tests: Vec<String>,
         #[arg(long, default_value_t = 2)]
         test_threads: usize,

@@ -4,7 +4,7 @@
  * itself, as in-kernel intrusion-prevention modules do: the RST is neither
  * the TCP stack's nor netfilter's REJECT, so rsttrace must call it
  * `injected` and name this module. Loaded by the trace tests in
- * `cargo xtask vm-test` (see tests/trace.rs, injected_by_a_kernel_module).
+ * `cargo xtask vm-test` (see tests/injected.rs, injected_by_a_kernel_module).
  *
  * Parameters: port (the TCP destination port to answer, 0: none), and
  * sent (read-only: the RSTs sent, the test's ground truth).

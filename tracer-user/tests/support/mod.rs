@@ -3,6 +3,7 @@
 //! TCP counters as ground truth.
 #![allow(dead_code)]
 
+pub mod scenario;
 pub mod wire;
 
 use std::{

@@ -124,7 +124,7 @@ pub fn base(
     elves.push(rsttrace.to_path_buf());
     for (name, exe) in bins {
         a.host_file(exe, exe, 0o755);
-        // Short names for --exec: `test-trace closed_port`.
+        // Short names for --exec: `test-stack_causes closed_port`.
         a.symlink(format!("/usr/local/bin/test-{name}"), exe);
         elves.push(exe.clone());
     }
