@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::MetadataExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -10,38 +10,37 @@ use std::{
 use serde::Serialize;
 use tracer_common::RstEvent;
 
-use crate::agents::Agents;
+use crate::{agents::Agents, untrusted::Untrusted};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Untrusted,
     /// Executable, when the process still exists when the event is read.
-    pub exe: Option<String>,
+    pub exe: Option<Untrusted>,
     /// cgroup v2 path relative to the cgroup root, when it can be resolved.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Untrusted>,
     /// The container the cgroup names, if any (docker, containerd, CRI-O,
     /// podman: a 64-hex id in the cgroup path).
-    pub container_id: Option<String>,
+    pub container_id: Option<Untrusted>,
     /// The runtime-security agent this process is, if it is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<Untrusted>,
 }
 
 /// The process holding a socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Untrusted,
 }
 
 /// The 64-hex container id in a cgroup path (`.../docker-<id>.scope`,
 /// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`,
 /// `/docker/<id>`, `/kubepods/.../<id>`), innermost first.
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.rsplit('/').find_map(|part| {
-        let bytes = part.as_bytes();
+pub fn container_id(cgroup: &[u8]) -> Option<Untrusted> {
+    cgroup.rsplit(|b| *b == b'/').find_map(|bytes| {
         (0..bytes.len().saturating_sub(63)).find_map(|i| {
             let run = &bytes[i..i + 64];
             let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit())
@@ -50,7 +49,7 @@ pub fn container_id(cgroup: &str) -> Option<String> {
                 && run
                     .iter()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then(|| part[i..i + 64].to_string())
+            .then(|| Untrusted::from_bytes(run))
         })
     })
 }
@@ -68,7 +67,7 @@ pub struct ActorResolver {
     sockets_scanned: Option<Instant>,
     /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
     root: Option<PathBuf>,
-    cgroups: HashMap<u64, Option<String>>,
+    cgroups: HashMap<u64, Option<Untrusted>>,
 }
 
 /// The cgroup2 mount point: /sys/fs/cgroup on unified hosts, often
@@ -98,23 +97,23 @@ impl ActorResolver {
         let pid = (ev.pid_tgid >> 32) as u32;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        let comm = comm_str(&ev.comm);
-        let agent = self.agents.classify(&comm, exe.as_deref());
+            .map(|p| Untrusted::from(p.as_path()));
+        let comm = Untrusted::from_c(&ev.comm);
+        let agent = self.agents.classify(&comm, exe.as_ref());
         let cgroup = self.cgroup_path(ev.cgroup_id);
         Actor {
             pid,
             tid: ev.pid_tgid as u32,
             comm,
             exe,
-            container_id: cgroup.as_deref().and_then(container_id),
+            container_id: cgroup.as_ref().and_then(|c| container_id(c.as_bytes())),
             cgroup,
             agent,
         }
     }
 
     /// The security agent `comm` is, if it is one.
-    pub fn agent(&self, comm: &str) -> Option<String> {
+    pub fn agent(&self, comm: &Untrusted) -> Option<Untrusted> {
         self.agents.classify(comm, None)
     }
 
@@ -136,7 +135,7 @@ impl ActorResolver {
         self.sockets.get(&ino).cloned()
     }
 
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+    fn cgroup_path(&mut self, id: u64) -> Option<Untrusted> {
         if id == 0 {
             return None;
         }
@@ -181,9 +180,12 @@ fn scan_sockets() -> HashMap<u64, Owner> {
                 continue;
             };
             let comm = comm.get_or_insert_with(|| {
-                std::fs::read_to_string(p.path().join("comm"))
-                    .map(|c| c.trim_end().to_string())
-                    .unwrap_or_default()
+                let mut c = std::fs::read(p.path().join("comm")).unwrap_or_default();
+                // The kernel ends the name with a newline of its own.
+                if c.last() == Some(&b'\n') {
+                    c.pop();
+                }
+                Untrusted::from_bytes(c)
             });
             out.entry(ino).or_insert_with(|| Owner {
                 pid,
@@ -194,7 +196,7 @@ fn scan_sockets() -> HashMap<u64, Owner> {
     out
 }
 
-fn walk(root: &Path, dir: &Path, dev: u64, depth: usize, out: &mut HashMap<u64, String>) {
+fn walk(root: &Path, dir: &Path, dev: u64, depth: usize, out: &mut HashMap<u64, Untrusted>) {
     // Deep enough for systemd and Kubernetes hierarchies, bounded anyway.
     if depth > 12 {
         return;
@@ -206,7 +208,9 @@ fn walk(root: &Path, dir: &Path, dev: u64, depth: usize, out: &mut HashMap<u64, 
         return;
     }
     let rel = dir.strip_prefix(root).unwrap_or(dir);
-    out.insert(meta.ino(), format!("/{}", rel.display()));
+    let mut path = b"/".to_vec();
+    path.extend_from_slice(rel.as_os_str().as_bytes());
+    out.insert(meta.ino(), Untrusted::from_bytes(path));
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -252,18 +256,22 @@ mod tests {
             format!("/docker/{id}"),
             format!("/machine.slice/libpod-{id}.scope/container"),
         ] {
-            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
+            assert_eq!(
+                container_id(path.as_bytes()),
+                Some(Untrusted::from(id)),
+                "{path}"
+            );
         }
         assert_eq!(
-            container_id("/user.slice/user-0.slice/session-1.scope"),
+            container_id(b"/user.slice/user-0.slice/session-1.scope"),
             None
         );
         assert_eq!(
-            container_id(&format!("/x/{id}0")),
+            container_id(format!("/x/{id}0").as_bytes()),
             None,
             "65 hex digits is no id"
         );
-        assert_eq!(container_id("/"), None);
+        assert_eq!(container_id(b"/"), None);
     }
 
     #[test]

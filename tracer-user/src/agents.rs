@@ -44,6 +44,8 @@ pub fn module_agent(module: &str) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+use crate::untrusted::Untrusted;
+
 const COMM_LEN: usize = 15;
 
 /// Matches process names against the known list and user patterns.
@@ -59,21 +61,24 @@ impl Agents {
         Self { patterns }
     }
 
-    /// The agent's name when `comm` (or `exe`) is one.
-    pub fn classify(&self, comm: &str, exe: Option<&str>) -> Option<String> {
+    /// The agent's name when `comm` (or `exe`) is one: a known agent's
+    /// display name, or for a user pattern the process name itself (still
+    /// untrusted: the process chose it).
+    pub fn classify(&self, comm: &Untrusted, exe: Option<&Untrusted>) -> Option<Untrusted> {
         for (name, display) in KNOWN_AGENTS {
             let truncated = &name[..name.len().min(COMM_LEN)];
-            if comm == truncated {
-                return Some((*display).to_string());
+            if *comm == truncated {
+                return Some((*display).into());
             }
         }
-        let exe_base = exe.and_then(|e| e.rsplit('/').next());
+        let (comm_text, exe) = (comm.lossy(), exe.map(|e| e.lossy()));
+        let exe_base = exe.as_deref().and_then(|e| e.rsplit('/').next());
         for p in &self.patterns {
-            if glob(p, comm)
-                || exe.is_some_and(|e| glob(p, e))
+            if glob(p, &comm_text)
+                || exe.as_deref().is_some_and(|e| glob(p, e))
                 || exe_base.is_some_and(|b| glob(p, b))
             {
-                return Some(comm.to_string());
+                return Some(comm.clone());
             }
         }
         None
@@ -134,20 +139,24 @@ mod tests {
     #[test]
     fn known_agents_match_their_truncated_comm() {
         let a = Agents::default();
+        let classify = |comm: &str, exe: Option<&str>| {
+            a.classify(&comm.into(), exe.map(Untrusted::from).as_ref())
+                .map(|n| n.to_string())
+        };
         assert_eq!(
-            a.classify("crowdsec-firew", None),
+            classify("crowdsec-firew", None),
             None,
             "14 chars is not the comm"
         );
         assert_eq!(
-            a.classify("crowdsec-firewa", None).as_deref(),
+            classify("crowdsec-firewa", None).as_deref(),
             Some("CrowdSec firewall bouncer")
         );
         assert_eq!(
-            a.classify("fail2ban-server", None).as_deref(),
+            classify("fail2ban-server", None).as_deref(),
             Some("fail2ban")
         );
-        assert_eq!(a.classify("ss", Some("/usr/bin/ss")), None);
+        assert_eq!(classify("ss", Some("/usr/bin/ss")), None);
     }
 
     #[test]
@@ -162,15 +171,13 @@ mod tests {
     #[test]
     fn user_patterns_match_comm_or_executable() {
         let a = Agents::new(vec!["blocklist*".into(), "/opt/sec/*".into()]);
-        assert_eq!(
-            a.classify("blocklistd", None).as_deref(),
-            Some("blocklistd")
-        );
-        assert_eq!(
-            a.classify("x", Some("/opt/sec/bin/x")).as_deref(),
-            Some("x")
-        );
-        assert_eq!(a.classify("nginx", Some("/usr/sbin/nginx")), None);
+        let classify = |comm: &str, exe: Option<&str>| {
+            a.classify(&comm.into(), exe.map(Untrusted::from).as_ref())
+                .map(|n| n.to_string())
+        };
+        assert_eq!(classify("blocklistd", None).as_deref(), Some("blocklistd"));
+        assert_eq!(classify("x", Some("/opt/sec/bin/x")).as_deref(), Some("x"));
+        assert_eq!(classify("nginx", Some("/usr/sbin/nginx")), None);
         assert!(parse_pattern("").is_err());
         assert!(parse_pattern("[ab]").is_err());
     }

@@ -3,10 +3,10 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::{cause::Cause, event::Rst, summary::RemoteSummary};
+use crate::{cause::Cause, event::Rst, summary::RemoteSummary, untrusted::Untrusted};
 
 /// (cause, process name, security agent it is).
-type ActorKey = (Cause, String, Option<String>);
+type ActorKey = (Cause, Untrusted, Option<Untrusted>);
 
 /// Who sent the RSTs that have an actor, per remote IP, from the events
 /// that reached userspace.
@@ -36,13 +36,13 @@ impl ActorTally {
     }
 
     /// The process that sent most RSTs of `cause` to `ip`.
-    fn top(&self, ip: IpAddr, cause: Cause) -> Option<(&str, Option<&str>, u64)> {
+    fn top(&self, ip: IpAddr, cause: Cause) -> Option<(&Untrusted, Option<&Untrusted>, u64)> {
         self.by_remote
             .get(&ip)?
             .iter()
             .filter(|((c, _, _), _)| *c == cause)
             .max_by_key(|(k, n)| (**n, std::cmp::Reverse(k.1.clone())))
-            .map(|((_, comm, agent), n)| (comm.as_str(), agent.as_deref(), *n))
+            .map(|((_, comm, agent), n)| (comm, agent.as_ref(), *n))
     }
 }
 
@@ -221,5 +221,30 @@ mod tests {
             d.starts_with("closed-port (9 of 11): connections to ports nobody listens on"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn process_names_are_escaped() {
+        use crate::untrusted::hostile;
+        let mut rst = killed_by("x", None);
+        if let Some(a) = rst.actor.as_mut() {
+            a.comm = hostile::comm();
+            a.agent = Some(hostile::comm());
+        }
+        let mut t = ActorTally::default();
+        t.observe(&rst);
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::SocketKilled, 1)]), &t);
+        hostile::assert_clean(d.as_bytes(), &[]);
+        let comm = hostile::COMM_TEXT;
+        assert!(
+            d.contains(&format!(
+                "process {comm} (security agent: {comm}) destroyed 1 connections"
+            )),
+            "{d}"
+        );
+        rst.cause = Cause::AbortOnClose;
+        t.observe(&rst);
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::AbortOnClose, 1)]), &t);
+        assert!(d.contains(&format!(": {comm} closed connections")), "{d}");
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     kallsyms::Kallsyms,
     netfilter::{self, Netfilter},
     nftmon::Author,
+    untrusted::Untrusted,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +46,12 @@ pub struct Rst {
     pub actor: Option<Actor>,
     pub labels: Vec<String>,
     /// Kernel stack, symbolized (`function+0xoff [module]`), for RSTs no
-    /// rule explains and RSTs built by a module.
-    pub stack: Option<Vec<String>>,
+    /// rule explains and RSTs built by a module: whoever loaded the module
+    /// named its symbols.
+    pub stack: Option<Vec<Untrusted>>,
     pub netfilter: Option<Netfilter>,
     /// The kernel module that built an injected RST.
-    pub module: Option<String>,
+    pub module: Option<Untrusted>,
     /// For `socket-killed`: the process that held the destroyed socket.
     pub owner: Option<Owner>,
 }
@@ -93,26 +95,26 @@ pub struct Decoder {
 }
 
 /// `function+0xoff [module]`, or the bare address when unresolvable.
-pub fn symbolize(ksyms: Option<&Kallsyms>, ip: u64) -> String {
-    match ksyms.and_then(|k| k.symbolize(ip)) {
+pub fn symbolize(ksyms: Option<&Kallsyms>, ip: u64) -> Untrusted {
+    Untrusted::from(match ksyms.and_then(|k| k.symbolize(ip)) {
         Some((s, off)) => match &s.module {
             Some(m) => format!("{}+{off:#x} [{m}]", s.name),
             None => format!("{}+{off:#x}", s.name),
         },
         None => format!("{ip:#x}"),
-    }
+    })
 }
 
 /// `function [module]` without the offset: names a code location in a
 /// summary, where one row stands for many addresses in the function.
-pub fn symbolize_function(ksyms: Option<&Kallsyms>, ip: u64) -> String {
-    match ksyms.and_then(|k| k.symbolize(ip)) {
+pub fn symbolize_function(ksyms: Option<&Kallsyms>, ip: u64) -> Untrusted {
+    Untrusted::from(match ksyms.and_then(|k| k.symbolize(ip)) {
         Some((s, _)) => match &s.module {
             Some(m) => format!("{} [{m}]", s.name),
             None => s.name.clone(),
         },
         None => format!("{ip:#x}"),
-    }
+    })
 }
 
 /// Function and module of each frame, innermost first.
@@ -143,7 +145,7 @@ impl Decoder {
         &mut self,
         ev: &RstEvent,
         stack: impl FnOnce(i32) -> Option<Vec<u64>>,
-        nft_chain: impl FnOnce(u64) -> Option<(String, String)>,
+        nft_chain: impl FnOnce(u64) -> Option<(Untrusted, Untrusted)>,
     ) -> Option<Rst> {
         let family = match ev.family {
             AF_INET => Family::Ipv4,
@@ -194,19 +196,20 @@ impl Decoder {
         }
         // A module built it: the first module frame names it.
         let module = (cause == Cause::Injected)
-            .then(|| named.as_ref()?.iter().find_map(|(_, m)| m.clone()))
-            .flatten();
+            .then(|| named.as_ref()?.iter().find_map(|(_, m)| m.as_deref()))
+            .flatten()
+            .map(Untrusted::from);
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
         let actor = (cause.has_actor() && module.is_none()).then(|| self.actors.resolve(ev));
-        let agent = actor.as_ref().and_then(|a| a.agent.as_deref()).is_some()
+        let agent = actor.as_ref().and_then(|a| a.agent.as_ref()).is_some()
             || netfilter
                 .as_ref()
-                .and_then(|nf| nf.author.as_ref()?.agent.as_deref())
+                .and_then(|nf| nf.author.as_ref()?.agent.as_ref())
                 .is_some()
             || module
-                .as_deref()
-                .and_then(crate::agents::module_agent)
+                .as_ref()
+                .and_then(|m| crate::agents::module_agent(&m.lossy()))
                 .is_some();
         let labels = if agent {
             vec!["security-agent".to_string()]

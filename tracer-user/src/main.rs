@@ -22,6 +22,7 @@ mod preflight;
 mod scope;
 mod summary;
 mod tracer;
+mod untrusted;
 
 use std::{
     io::{self, Write},

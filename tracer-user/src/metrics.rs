@@ -29,6 +29,7 @@ use tokio::{
 use crate::{
     cause::Cause,
     summary::{RemoteSummary, Summary},
+    untrusted::Untrusted,
 };
 
 /// Port of `--metrics PORT` alone, bound to loopback: metrics name remote
@@ -109,6 +110,15 @@ fn family<M: EncodeMetric>(
 ) -> std::fmt::Result {
     let mut family = enc.encode_descriptor(name, help, None, kind)?;
     for (labels, m) in series {
+        // The encoder escapes only backslash, quote and newline: a CR or
+        // an ESC would go out raw, and a label value may come from outside
+        // rsttrace. Every value takes the text output's escaping here, the
+        // one place values are written, so each sample stays on its line
+        // and reads back as the text output shows it.
+        let labels: Labels = labels
+            .into_iter()
+            .map(|(k, v)| (k, Untrusted::from(v).to_string()))
+            .collect();
         m.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
@@ -407,6 +417,31 @@ mod tests {
         assert!(
             text.contains("rsttrace_unreadable_rsts_total 2\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn hostile_label_values_stay_on_their_line() {
+        // Only the encoder's own escapes (backslash, quote, newline) would
+        // leave the CR, ESC and BEL raw.
+        let name = "\x1b[2J\x1b]0;pwn\x07X\"} 1\nforged 2\r\\";
+        let s = Summary {
+            skipped_runs: [(name.to_string(), 3)].into_iter().collect(),
+            ..Default::default()
+        };
+        let shape = Shape {
+            sent: true,
+            received: false,
+            top: 2,
+        };
+        let text = encode(&s, shape);
+        crate::untrusted::hostile::assert_clean(text.as_bytes(), b"\n");
+        // The value is the text output's rendering, escaped once more for
+        // the exposition format: a parser reads back `\x1b[2J...`.
+        let sample = r#"rsttrace_skipped_program_runs_total{program="\\x1b[2J\\x1b]0;pwn\\x07X\"} 1\\x0aforged 2\\x0d\\\\"} 3"#;
+        assert!(
+            text.lines().any(|l| l == sample),
+            "no line {sample:?} in:\n{text}"
         );
     }
 }

@@ -12,8 +12,8 @@ pub struct Netfilter {
     /// Table and chain: from nftables netlink for rules added while
     /// tracing; for older rules, the base chain from kprobes (nftables
     /// backends) or from the hook (iptables-legacy); null otherwise.
-    pub table: Option<String>,
-    pub chain: Option<String>,
+    pub table: Option<crate::untrusted::Untrusted>,
+    pub chain: Option<crate::untrusted::Untrusted>,
     /// Who added the rule, when it was added while rsttrace ran (nftables
     /// backends only: followed over netlink).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,8 +160,8 @@ mod tests {
             (Some("output"), Some("iptables-legacy"))
         );
         assert_eq!(
-            (legacy.table.as_deref(), legacy.chain.as_deref()),
-            (Some("filter"), Some("OUTPUT"))
+            (legacy.table, legacy.chain),
+            (Some("filter".into()), Some("OUTPUT".into()))
         );
         // nftables backends name nothing from the stack alone.
         assert_eq!((compat.table, compat.chain), (None, None));

@@ -15,7 +15,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::actor::comm_str;
+use crate::{actor::comm_str, untrusted::Untrusted};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -47,8 +47,8 @@ pub struct Change {
     /// "add rule", "delete rule", "add table", ...
     pub what: String,
     pub family: &'static str,
-    pub table: Option<String>,
-    pub chain: Option<String>,
+    pub table: Option<Untrusted>,
+    pub chain: Option<Untrusted>,
     pub handle: Option<u64>,
     pub verdict: Option<Verdict>,
 }
@@ -59,7 +59,7 @@ pub struct Generation {
     pub netns: u64,
     pub generation: u32,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Untrusted,
     #[serde(skip)]
     pub at: Option<SystemTime>,
     pub changes: Vec<Change>,
@@ -71,16 +71,16 @@ pub struct Generation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Author {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Untrusted,
     pub generation: u32,
     /// The security agent the author is, if it is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<Untrusted>,
     /// Where the rule sits (reported in the netfilter object itself).
     #[serde(skip)]
-    pub table: Option<String>,
+    pub table: Option<Untrusted>,
     #[serde(skip)]
-    pub chain: Option<String>,
+    pub chain: Option<Untrusted>,
 }
 
 #[derive(Debug, Default)]
@@ -200,13 +200,14 @@ fn netns_inode(p: &Path) -> Option<u64> {
 }
 
 fn enter(path: &Path) -> Result<(), String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Namespace names are whatever their creator chose.
+    let name = Untrusted::from(path);
+    let f = File::open(path).map_err(|e| format!("{name}: {e}"))?;
     // SAFETY: a valid namespace fd; affects only this thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
         return Err(format!(
-            "entering {}: {}",
-            path.display(),
+            "entering {name}: {}",
             std::io::Error::last_os_error()
         ));
     }
@@ -432,8 +433,8 @@ impl Log {
         let change = |what: &str, table: u16, chain: Option<u16>, handle: Option<u16>| Change {
             what: what.to_string(),
             family,
-            table: attr(&a, table).map(comm_str),
-            chain: chain.and_then(|c| attr(&a, c)).map(comm_str),
+            table: attr(&a, table).map(Untrusted::from_c),
+            chain: chain.and_then(|c| attr(&a, c)).map(Untrusted::from_c),
             handle: handle.and_then(|h| attr(&a, h)).and_then(be64),
             verdict: None,
         };
@@ -454,7 +455,7 @@ impl Log {
                         netns,
                         generation: attr(&a, 1).and_then(be32).unwrap_or(0),
                         pid: attr(&a, 2).and_then(be32).unwrap_or(0),
-                        comm: attr(&a, 3).map(comm_str).unwrap_or_default(),
+                        comm: attr(&a, 3).map(Untrusted::from_c).unwrap_or_default(),
                         at: Some(SystemTime::now()),
                         changes,
                     });
@@ -532,17 +533,15 @@ mod tests {
         }
         assert_eq!(log.generations.len(), 1);
         let g = &log.generations[0];
-        assert_eq!(
-            (g.generation, g.pid, g.comm.as_str()),
-            (7, 4242, "crowdsec")
-        );
+        assert_eq!((g.generation, g.pid), (7, 4242));
+        assert_eq!(g.comm, "crowdsec");
         assert_eq!(g.changes[0].verdict, Some(Verdict::Reject));
         assert_eq!(g.changes[1].verdict, Some(Verdict::Drop));
         assert_eq!(g.changes[0].family, "inet");
         let a = log.author(99, Verdict::Reject).unwrap();
         assert_eq!(
-            (a.pid, a.table.as_deref(), a.chain.as_deref()),
-            (4242, Some("filter"), Some("input"))
+            (a.pid, a.table, a.chain),
+            (4242, Some("filter".into()), Some("input".into()))
         );
         assert!(log.author(98, Verdict::Reject).is_none(), "other namespace");
     }

@@ -31,7 +31,7 @@ pub struct DropSummary {
     pub total: u64,
     /// Dropping code (`nft_do_chain [nf_tables]`, `ipt_do_table
     /// [ip_tables]`, a module's hook) -> count.
-    pub by_location: BTreeMap<String, u64>,
+    pub by_location: BTreeMap<crate::untrusted::Untrusted, u64>,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     /// Namespaces the drops happened in (to name the rules' authors).
@@ -96,7 +96,7 @@ fn merge(per_cpu: &[RemoteStats]) -> Option<(u64, u64, u64)> {
 pub fn build_drops(
     drops: impl IntoIterator<Item = (DropKey, Vec<RemoteStats>)>,
     clock: &BootClock,
-    name: impl Fn(u64) -> String,
+    name: impl Fn(u64) -> crate::untrusted::Untrusted,
 ) -> Vec<DropSummary> {
     let mut per_ip: HashMap<IpAddr, DropSummary> = HashMap::new();
     for (key, per_cpu) in drops {
@@ -348,12 +348,12 @@ mod tests {
                 (k(0x20), vec![v(1, 7, 7)]),
             ],
             &clock,
-            |loc| format!("fn{loc:x}"),
+            |loc| format!("fn{loc:x}").into(),
         );
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].remote_ip, d[0].total), (a, 4));
-        assert_eq!(d[0].by_location["fn10"], 3);
-        assert_eq!(d[0].by_location["fn20"], 1);
+        assert_eq!(d[0].by_location[&"fn10".into()], 3);
+        assert_eq!(d[0].by_location[&"fn20".into()], 1);
         assert_eq!(d[0].first_seen, clock.to_system_time(3));
         assert_eq!(d[0].last_seen, clock.to_system_time(9));
         assert_eq!(d[0].netns, vec![7]);

@@ -25,7 +25,7 @@ use tracer_common::{
     NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, stat,
 };
 
-use crate::{actor::comm_str, cause::ReasonEntry};
+use crate::{cause::ReasonEntry, untrusted::Untrusted};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -469,11 +469,11 @@ impl Tracer {
 
     /// (table, chain) of the nftables base chain at kernel address `addr`,
     /// as read at its last reject.
-    pub fn nft_chain(&self, addr: u64) -> Option<(String, String)> {
+    pub fn nft_chain(&self, addr: u64) -> Option<(Untrusted, Untrusted)> {
         let map: HashMap<_, u64, NftChainNames> =
             HashMap::try_from(self.ebpf.map("NFT_CHAINS")?).ok()?;
         let n = map.get(&addr, 0).ok()?;
-        Some((comm_str(&n.table), comm_str(&n.chain)))
+        Some((Untrusted::from_c(&n.table), Untrusted::from_c(&n.chain)))
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.

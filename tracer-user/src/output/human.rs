@@ -95,12 +95,12 @@ pub fn details(rst: &Rst) -> String {
     let agent = rst
         .actor
         .as_ref()
-        .and_then(|a| a.agent.as_deref())
+        .and_then(|a| a.agent.as_ref())
         .or_else(|| {
             rst.netfilter
                 .as_ref()
                 .and_then(|n| n.author.as_ref())
-                .and_then(|a| a.agent.as_deref())
+                .and_then(|a| a.agent.as_ref())
         });
     for l in &rst.labels {
         match agent {
@@ -129,7 +129,7 @@ pub fn details(rst: &Rst) -> String {
     }
     if let Some(stack) = &rst.stack {
         // The innermost frames name the path that needs a rule.
-        let frames: Vec<&str> = stack.iter().take(6).map(String::as_str).collect();
+        let frames: Vec<String> = stack.iter().take(6).map(|f| f.to_string()).collect();
         line.push_str(&format!(" stack={}", frames.join("<-")));
     }
     line
@@ -448,5 +448,88 @@ mod tests {
             t.contains("skipped by the kernel: kfree_skb 1, tcp_send_reset 5 (runs of"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn strings_from_outside_are_escaped_in_the_line_and_the_summary() {
+        use crate::{
+            diagnosis::{ActorTally, diagnose},
+            nftmon::{Change, Generation, Verdict},
+            summary::DropSummary,
+            untrusted::{Untrusted, hostile},
+        };
+        let comm = hostile::COMM_TEXT;
+        let (table, chain) = (r"t\x1b[31m\x0d\x00", r"c\x7f\x9b\x0a");
+        let rst = hostile::rst();
+        let line = rst_text(&rst);
+        hostile::assert_clean(line.as_bytes(), &[]);
+        for part in [
+            format!(" actor=17884/{comm} "),
+            r" cgroup=/user.slice/\x1b]0;cg\x07 ".to_string(),
+            format!(" [security-agent: {comm}] "),
+            format!(" table={table} chain={chain} rule-by=7/{comm} owner=9/{comm} "),
+            r" module=mod\x1b[8m stack=evil\x1b[A+0x1 [mod\x07]".to_string(),
+        ] {
+            assert!(line.contains(&part), "{part:?} not in {line:?}");
+        }
+
+        let mut tally = ActorTally::default();
+        tally.observe(&rst);
+        let mut remote = RemoteSummary {
+            remote_ip: rst.remote.ip(),
+            total: 1,
+            by_cause: [(Cause::NetfilterReject, 1)].into_iter().collect(),
+            first_seen: UNIX_EPOCH,
+            last_seen: UNIX_EPOCH,
+            diagnosis: None,
+        };
+        remote.diagnosis = Some(diagnose(&remote, &tally));
+        let s = Summary {
+            total: 1,
+            by_cause: remote.by_cause.clone(),
+            by_remote_ip: vec![remote],
+            drops: vec![DropSummary {
+                remote_ip: "127.77.0.2".parse().unwrap(),
+                total: 2,
+                by_location: [(Untrusted::from("hook\x1b[2J [m\n]"), 2)]
+                    .into_iter()
+                    .collect(),
+                first_seen: UNIX_EPOCH,
+                last_seen: UNIX_EPOCH,
+                netns: vec![],
+                author: None,
+            }],
+            ruleset_changes: vec![Generation {
+                netns: 1,
+                generation: 5,
+                pid: 7,
+                comm: hostile::comm(),
+                at: None,
+                changes: vec![Change {
+                    what: "add rule".into(),
+                    family: "inet",
+                    table: Some(hostile::table()),
+                    chain: Some(hostile::chain()),
+                    handle: Some(4),
+                    verdict: Some(Verdict::Reject),
+                }],
+            }],
+            ..Default::default()
+        };
+        let t = summary_text(&s, 10);
+        hostile::assert_clean(t.as_bytes(), b"\n");
+        for part in [
+            format!(
+                "\n127.77.0.1: netfilter-reject (1 of 1): a REJECT rule added by {comm} \
+                 (security agent: {comm}) answered"
+            ),
+            format!(
+                "\nnetns 1 generation 5 by {comm} (pid 7): add rule inet {table} {chain} \
+                 handle 4 (reject)\n"
+            ),
+            r"  hook\x1b[2J [m\x0a]=2".to_string(),
+        ] {
+            assert!(t.contains(&part), "{part:?} not in {t:?}");
+        }
     }
 }

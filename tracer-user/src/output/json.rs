@@ -40,11 +40,11 @@ struct RstLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     netfilter: Option<&'a Netfilter>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    module: Option<&'a str>,
+    module: Option<&'a crate::untrusted::Untrusted>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<&'a Owner>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stack: Option<&'a [String]>,
+    stack: Option<&'a [crate::untrusted::Untrusted]>,
 }
 
 #[derive(Serialize)]
@@ -85,7 +85,7 @@ struct DropLine<'a> {
     total: u64,
     by_cause: BTreeMap<&'static str, u64>,
     #[serde(rename = "where")]
-    by_location: &'a BTreeMap<String, u64>,
+    by_location: &'a BTreeMap<crate::untrusted::Untrusted, u64>,
     first_seen: String,
     last_seen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,7 +147,7 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
         labels: &rst.labels,
         stack: rst.stack.as_deref(),
         netfilter: rst.netfilter.as_ref(),
-        module: rst.module.as_deref(),
+        module: rst.module.as_ref(),
         owner: rst.owner.as_ref(),
     }
 }
@@ -359,7 +359,7 @@ mod tests {
             drops: vec![DropSummary {
                 remote_ip: "127.20.0.1".parse().unwrap(),
                 total: 2,
-                by_location: [("nft_do_chain [nf_tables]".to_string(), 2)]
+                by_location: [("nft_do_chain [nf_tables]".into(), 2)]
                     .into_iter()
                     .collect(),
                 first_seen: t,
@@ -407,5 +407,23 @@ mod tests {
                 "coverage": {"egress_rsts": 5, "attributed": 4, "unknown": 1, "by_tcp_stack": 3},
             })
         );
+    }
+
+    #[test]
+    fn strings_from_outside_stay_json_strings() {
+        use crate::untrusted::hostile;
+        let rst = hostile::rst();
+        let line = serde_json::to_string(&rst_line(&rst)).unwrap();
+        // The JSON encoder escapes C0 controls; DEL and C1 are plain
+        // characters in JSON.
+        hostile::assert_clean(line.replace('\u{7f}', "").as_bytes(), &[]);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        // Controls come back as characters, bytes that are not UTF-8 as
+        // `\xNN`, never as U+FFFD.
+        assert_eq!(v["actor"]["comm"], "\x1b[2J\x1b]0;pwn\x07X\\xff");
+        assert_eq!(v["actor"]["exe"], "/tmp/a\n00:00:00.000000 forged/ss");
+        assert_eq!(v["netfilter"]["table"], "t\x1b[31m\r\0");
+        assert_eq!(v["netfilter"]["chain"], "c\u{7f}\\x9b\n");
+        assert_eq!(v["owner"]["comm"], v["actor"]["comm"]);
     }
 }

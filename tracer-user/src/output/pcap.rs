@@ -227,4 +227,31 @@ mod tests {
         assert_eq!(out.len() % 4, 0);
         assert_eq!(&out[4..8], &out[out.len() - 4..]);
     }
+
+    #[test]
+    fn comments_escape_strings_from_outside() {
+        use crate::untrusted::hostile;
+        let c = comment(&hostile::rst());
+        hostile::assert_clean(c.as_bytes(), &[]);
+        assert!(
+            c.starts_with(&format!(
+                "rsttrace: netfilter-reject reason=- state=- actor=17884/{} ",
+                hostile::COMM_TEXT
+            )),
+            "{c}"
+        );
+        assert!(
+            c.contains(r" table=t\x1b[31m\x0d\x00 chain=c\x7f\x9b\x0a "),
+            "{c}"
+        );
+        // The comment option in the file carries exactly that text.
+        let file =
+            std::env::temp_dir().join(format!("rsttrace-unit-{}.pcapng", std::process::id()));
+        let mut p = Pcap::new(Box::new(std::fs::File::create(&file).unwrap())).unwrap();
+        p.rst(&hostile::rst()).unwrap();
+        p.tick().unwrap();
+        let out = std::fs::read(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(out.windows(c.len()).any(|w| w == c.as_bytes()));
+    }
 }

@@ -219,7 +219,8 @@ pub fn rsttrace_command(ns: Option<&Netns>) -> Command {
     cmd
 }
 
-/// A running `rsttrace --output json`, stopped with SIGINT.
+/// A running `rsttrace --output json` (or text: `start_text_in`),
+/// stopped with SIGINT.
 pub struct Trace {
     child: Child,
     stderr: mpsc::Receiver<String>,
@@ -248,14 +249,28 @@ impl Trace {
         Self::spawn(ns, extra, None)
     }
 
+    /// rsttrace with its default text output; read it with `stop_raw`.
+    pub fn start_text_in(ns: Option<&Netns>, extra: &[&str]) -> Self {
+        Self::spawn_as(ns, "text", extra, None)
+    }
+
     fn spawn(ns: Option<&Netns>, extra: &[&str], var: Option<(&str, &str)>) -> Self {
+        Self::spawn_as(ns, "json", extra, var)
+    }
+
+    fn spawn_as(
+        ns: Option<&Netns>,
+        output: &str,
+        extra: &[&str],
+        var: Option<(&str, &str)>,
+    ) -> Self {
         require_root();
         let mut cmd = rsttrace_command(ns);
         if let Some((k, v)) = var {
             cmd.env(k, v);
         }
         let mut child = cmd
-            .args(["--output", "json"])
+            .args(["--output", output])
             .args(extra)
             .spawn()
             .expect("spawning rsttrace");
@@ -285,15 +300,22 @@ impl Trace {
         }
     }
 
-    pub fn stop(mut self) -> TraceOutput {
+    pub fn stop(self) -> TraceOutput {
+        let (out, stderr) = self.stop_raw();
+        let out = String::from_utf8(out).expect("rsttrace's output is UTF-8");
+        parse_output(&out, stderr)
+    }
+
+    /// Stops rsttrace: its standard output byte for byte, and its stderr.
+    pub fn stop_raw(mut self) -> (Vec<u8>, String) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
+        let mut out = Vec::new();
         self.child
             .stdout
             .take()
             .expect("stdout")
-            .read_to_string(&mut out)
+            .read_to_end(&mut out)
             .expect("reading rsttrace output");
         let status = self.child.wait().expect("waiting for rsttrace");
         let stderr: String = self.stderr.try_iter().collect::<Vec<_>>().join("\n");
@@ -301,7 +323,7 @@ impl Trace {
             status.success(),
             "rsttrace exited with {status}; stderr:\n{stderr}"
         );
-        parse_output(&out, stderr)
+        (out, stderr)
     }
 }
 
