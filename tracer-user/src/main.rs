@@ -163,53 +163,11 @@ async fn run(mut args: Args) -> Result<()> {
     let egress = from_btf().and_then(egress_offsets);
     let sock_addrs = from_btf().and_then(|b| sock_addr_offsets(b, &fmt.layout));
     let netns = from_btf().and_then(netns_offsets);
-    let egress_ok = egress.is_ok();
-    // Before 6.10 the tracepoint skips RSTs without a full socket: kprobes
-    // take those where the kernel has them.
-    let kprobe_resets = !reason && kprobes && egress_ok && args.direction.sent();
-    if args.direction.sent() {
-        if reason {
-            plan.seen(
-                "RSTs sent by the TCP stack, cause from the kernel's reason",
-                "tracepoint tcp:tcp_send_reset (reason field)",
-            );
-        } else if kprobe_resets {
-            plan.partly(
-                "RSTs sent by the TCP stack, cause from the kernel's reason",
-                "tracepoint tcp:tcp_send_reset (full sockets, no reason field)",
-                "this kernel gives no RST reason: causes come from the kernel stack and the \
-                 socket's state, kernel_reason is null, and RSTs for segments that were invalid \
-                 in the socket's state show as unknown. Kernel 6.10 or later names them",
-            );
-            plan.seen(
-                "RSTs for segments with no full socket: closed ports, time-wait, handshakes",
-                format!("kprobes on {}", tracer::SEND_RESET_FUNCTIONS.join("/")),
-            );
-        } else {
-            plan.partly(
-                "RSTs sent by the TCP stack, cause from the kernel's reason",
-                "tracepoint tcp:tcp_send_reset (no reason field)",
-                "this kernel gives no RST reason: causes come from the kernel stack and the \
-                 socket's state, kernel_reason is null",
-            );
-            plan.unseen(
-                "RSTs for segments with no full socket: closed ports, time-wait, handshakes",
-                format!(
-                    "this tracepoint skips them before 6.10 and {}: the egress hook counts \
-                     them only as coverage (by_tcp_stack), not by cause",
-                    if kprobes {
-                        "reading their segments needs kernel BTF"
-                    } else {
-                        "this kernel has no kprobes to take them"
-                    }
-                ),
-            );
-        }
-    }
     let egress_rules = match &ksyms {
         Ok(k) => cause::resolve_egress_rules(k).0,
         Err(_) => tracer_common::StackRules::EMPTY,
     };
+    let mut missing_functions = vec![];
     let stack_rules = match &ksyms {
         Ok(k) => {
             let (rules, missing) = if reason {
@@ -217,22 +175,13 @@ async fn run(mut args: Args) -> Result<()> {
             } else {
                 cause::resolve_reasonless_rules(k)
             };
-            if missing.is_empty() {
-                plan.seen(
-                    "socket-killed, linger-abort and app-disconnect told apart",
-                    "kernel stack at tcp:tcp_send_reset, against /proc/kallsyms",
-                );
-            } else {
+            if !missing.is_empty() {
                 eprintln!(
                     "rsttrace: warning: kernel functions not found: {}; their stack rules are off",
                     missing.join(", ")
                 );
-                plan.partly(
-                    "socket-killed, linger-abort and app-disconnect told apart",
-                    "kernel stack at tcp:tcp_send_reset, against /proc/kallsyms",
-                    format!("kernel functions not found: {}", missing.join(", ")),
-                );
             }
+            missing_functions = missing;
             rules
         }
         Err(e) => {
@@ -240,118 +189,35 @@ async fn run(mut args: Args) -> Result<()> {
                 "rsttrace: warning: {e:#}; socket-killed, linger-abort and app-disconnect \
                  can't be told apart and show as their fallback cause"
             );
-            plan.unseen(
-                "socket-killed, linger-abort and app-disconnect told apart",
-                format!("{e:#}: they show as their fallback cause"),
-            );
             tracer_common::StackRules::EMPTY
         }
     };
-    match (&egress, &ksyms) {
-        (Ok(_), Ok(_)) => {
-            plan.seen(
-                "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
-                "tracepoint net_dev_queue (every device of every namespace) and the stack",
-            );
-        }
-        (Ok(_), Err(e)) => plan.partly(
-            "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
-            "tracepoint net_dev_queue (every device of every namespace)",
-            format!("{e:#}: RSTs without a socket (netfilter, modules) show as unknown"),
-        ),
-        (Err(e), _) => {
-            eprintln!(
-                "rsttrace: warning: RSTs the TCP stack does not send (netfilter, raw sockets) \
-                 will not be seen: {e:#}"
-            );
-            plan.unseen(
-                "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules",
-                format!("{e:#}: needs kernel BTF"),
-            );
-        }
-    }
-    if egress.is_ok() {
-        let what = "netfilter hook, backend, table, chain and rule author of a REJECT";
-        let netlink = preflight::has_cap(preflight::CAP_NET_ADMIN);
-        let legacy = "iptables-legacy rules are named by table (filter) and base chain";
-        match (&nft, netlink) {
-            (Ok((_, functions)), true) => plan.partly(
-                what,
-                format!(
-                    "hook and backend from the kernel stack; table, chain, author from nftables \
-                     netlink; for rules older than the trace, the base chain from kprobes on \
-                     {}/{}",
-                    tracer::NFT_DO_CHAIN,
-                    functions.join("/")
-                ),
-                format!(
-                    "a rule older than the trace is named by its base chain (a jump target \
-                     chain is not), with no author; {legacy}"
-                ),
-            ),
-            (Err(e), true) => plan.partly(
-                what,
-                "hook and backend from the kernel stack; table, chain, author from nftables netlink",
-                format!(
-                    "named for nftables rules added while tracing, not for rules that predate \
-                     the trace ({e:#}); {legacy}"
-                ),
-            ),
-            (_, false) => plan.partly(
-                what,
-                "hook and backend from the kernel stack",
-                match &nft {
-                    Ok(_) => "following nftables changes needs CAP_NET_ADMIN: no author, and \
-                              only the base chain of each rule is named"
-                        .to_string(),
-                    Err(e) => format!(
-                        "table, chain and author are not named: following nftables changes needs \
-                         CAP_NET_ADMIN, and for rules older than the trace, {e:#}"
-                    ),
-                },
-            ),
-        }
+    if let Err(e) = &egress {
+        eprintln!(
+            "rsttrace: warning: RSTs the TCP stack does not send (netfilter, raw sockets) \
+             will not be seen: {e:#}"
+        );
     }
     let kfree_skb = kfree_skb_layout(&tracefs);
-    match &kfree_skb {
-        Ok(_) => plan.seen(
-            "silent netfilter drops (no RST sent)",
-            if tracer::bpf_runs_preemptible() {
-                "tracepoint skb:kfree_skb (reason NETFILTER_DROP)"
-            } else {
-                "raw tracepoint skb:kfree_skb (reason NETFILTER_DROP)"
-            },
-        ),
-        Err(e) => {
-            eprintln!("rsttrace: warning: netfilter drops will not be counted: {e}");
-            plan.unseen("silent netfilter drops (no RST sent)", e.clone());
-        }
+    if let Err(e) = &kfree_skb {
+        eprintln!("rsttrace: warning: netfilter drops will not be counted: {e}");
     }
-    match &netns {
-        Ok(_) => plan.seen(
-            "network namespace of each RST",
-            "BTF offsets of sock and sk_buff to their net",
-        ),
-        Err(e) => {
-            eprintln!("rsttrace: warning: network namespaces will not be shown: {e:#}");
-            plan.unseen(
-                "network namespace of each RST",
-                format!("{e:#}: netns is null, and --netns can't filter"),
-            );
-        }
+    if let Err(e) = &netns {
+        eprintln!("rsttrace: warning: network namespaces will not be shown: {e:#}");
     }
-    if preflight::has_cap(preflight::CAP_SYS_PTRACE) {
-        plan.seen(
-            "actors: process, cgroup, container; owners of killed sockets",
-            "the task at the hook; /proc for socket owners",
-        );
-    } else {
-        plan.partly(
-            "actors: process, cgroup, container; owners of killed sockets",
-            "the task at the hook; /proc for socket owners",
-            "owners of other users' sockets are not named (needs CAP_SYS_PTRACE)",
-        );
-    }
+    let probed = plan::Probed {
+        reason,
+        kprobes,
+        egress: why_not(&egress),
+        ksyms: why_not(&ksyms),
+        missing_functions,
+        nft: why_not(&nft),
+        netlink: preflight::has_cap(preflight::CAP_NET_ADMIN),
+        kfree_skb: kfree_skb.as_ref().map(drop).map_err(Clone::clone),
+        drops_in_scope: scope.drops,
+        netns: why_not(&netns),
+        ptrace: preflight::has_cap(preflight::CAP_SYS_PTRACE),
+    };
     preflight::raise_memlock_limit()?;
 
     let mut tracer = tracer::Tracer::load(&tracer::Options {
@@ -368,11 +234,10 @@ async fn run(mut args: Args) -> Result<()> {
         ring_size: args.ring_size,
         scope: &scope,
         sent: args.direction.sent(),
-        kprobe_resets,
+        kprobes,
         nft: nft.ok(),
         bench_empty: bench_empty(),
         receive_reset: if args.direction.received() {
-            plan.seen("RSTs received", "tracepoint tcp:tcp_receive_reset");
             let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;
             let f = Format::parse(&text)
                 .and_then(|f| SendResetFormat::from_format(&f))
@@ -420,8 +285,9 @@ async fn run(mut args: Args) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut bench_toggle = BenchToggle::from_env()?;
-    tracer.attach()?;
+    let attached = tracer.attach()?;
     let started = Instant::now();
+    plan.signals(&probed, &attached);
     let hooks = tracer.btf_hooks();
     if !hooks.used.is_empty() || !hooks.refused.is_empty() || !hooks.avoided.is_empty() {
         plan.fact(
@@ -596,6 +462,11 @@ async fn run(mut args: Args) -> Result<()> {
         stop_on_output_error(e)?;
     }
     Ok(())
+}
+
+/// A probe's outcome as the plan needs it: only why it failed.
+fn why_not<T>(probe: &Result<T>) -> Result<(), String> {
+    probe.as_ref().map(drop).map_err(|e| format!("{e:#}"))
 }
 
 /// Every count, from the kernel's maps: what the summary and the metrics

@@ -2,11 +2,14 @@
 //! sees it and what is lost where a hook or a permission is missing.
 //! `rsttrace doctor` prints it in full; the trace's start-up line in one line.
 //!
-//! The plan is recorded while rsttrace starts (the decisions are made where
-//! the kernel is probed: format files, BTF, kallsyms, netlink), so it says
+//! The facts are recorded while rsttrace probes the kernel (format files,
+//! BTF, kallsyms, netlink); the signals and the start-up line are told from
+//! the tracer's record of what it attached (`Plan::signals`), so they say
 //! what the programs really attached to, not what should work.
 
 use std::fmt::Write as _;
+
+use crate::tracer::{Attached, Hook};
 
 /// One thing rsttrace reports, and how it sees it on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,33 @@ pub struct Plan {
     pub kernel: String,
     pub facts: Vec<Fact>,
     pub signals: Vec<Signal>,
+    /// What the tracer attached.
+    pub attached: Vec<Attached>,
+}
+
+/// What probing found, for the signals: each `Err` says why that part is
+/// missing here.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    /// tcp_send_reset names the kernel's RST reason (6.10+).
+    pub reason: bool,
+    pub kprobes: bool,
+    /// The offsets for reading packets at the egress hook.
+    pub egress: Result<(), String>,
+    pub ksyms: Result<(), String>,
+    /// Kernel functions of the stack rules that were not found.
+    pub missing_functions: Vec<&'static str>,
+    /// What naming the chains of rules older than the trace takes.
+    pub nft: Result<(), String>,
+    /// Following nftables changes over netlink (CAP_NET_ADMIN).
+    pub netlink: bool,
+    /// skb:kfree_skb's NETFILTER_DROP reason.
+    pub kfree_skb: Result<(), String>,
+    /// `--cause` leaves silent drops in scope.
+    pub drops_in_scope: bool,
+    pub netns: Result<(), String>,
+    /// Owners of other users' sockets (CAP_SYS_PTRACE).
+    pub ptrace: bool,
 }
 
 impl Plan {
@@ -77,15 +107,183 @@ impl Plan {
         });
     }
 
+    /// Each signal, told from what the tracer attached (`attached`) and
+    /// what probing found; signals whose hooks the trace's scope leaves off
+    /// (direction, `--cause`) are not listed.
+    pub fn signals(&mut self, probed: &Probed, attached: &[Attached]) {
+        self.attached = attached.to_vec();
+        let find = |hook: Hook| attached.iter().find(|a| a.hook == hook);
+        let send_reset = find(Hook::SendReset);
+        let egress = find(Hook::NetDevQueue);
+        if let Some(send_reset) = send_reset {
+            let what = "RSTs sent by the TCP stack, cause from the kernel's reason";
+            let no_full_socket =
+                "RSTs for segments with no full socket: closed ports, time-wait, handshakes";
+            let tp = send_reset.describe();
+            if probed.reason {
+                self.seen(what, format!("{tp} (reason field)"));
+            } else if let Some(kprobes) = find(Hook::SendResetKprobes) {
+                self.partly(
+                    what,
+                    format!("{tp} (full sockets, no reason field)"),
+                    "this kernel gives no RST reason: causes come from the kernel stack and the \
+                     socket's state, kernel_reason is null, and RSTs for segments that were \
+                     invalid in the socket's state show as unknown. Kernel 6.10 or later names \
+                     them",
+                );
+                self.seen(no_full_socket, kprobes.describe());
+            } else {
+                self.partly(
+                    what,
+                    format!("{tp} (no reason field)"),
+                    "this kernel gives no RST reason: causes come from the kernel stack and the \
+                     socket's state, kernel_reason is null",
+                );
+                self.unseen(
+                    no_full_socket,
+                    format!(
+                        "this tracepoint skips them before 6.10 and {}: the egress hook counts \
+                         them only as coverage (by_tcp_stack), not by cause",
+                        if probed.kprobes {
+                            "reading their segments needs kernel BTF"
+                        } else {
+                            "this kernel has no kprobes to take them"
+                        }
+                    ),
+                );
+            }
+            let what = "socket-killed, linger-abort and app-disconnect told apart";
+            let how = "kernel stack at tcp:tcp_send_reset, against /proc/kallsyms";
+            match &probed.ksyms {
+                Ok(()) if probed.missing_functions.is_empty() => self.seen(what, how),
+                Ok(()) => self.partly(
+                    what,
+                    how,
+                    format!(
+                        "kernel functions not found: {}",
+                        probed.missing_functions.join(", ")
+                    ),
+                ),
+                Err(e) => self.unseen(what, format!("{e}: they show as their fallback cause")),
+            }
+            let what =
+                "RSTs outside the TCP stack: netfilter REJECT, raw and packet sockets, modules";
+            match (egress, &probed.ksyms) {
+                (Some(hook), Ok(())) => self.seen(
+                    what,
+                    format!(
+                        "{} (every device of every namespace) and the stack",
+                        hook.describe()
+                    ),
+                ),
+                (Some(hook), Err(e)) => self.partly(
+                    what,
+                    format!("{} (every device of every namespace)", hook.describe()),
+                    format!("{e}: RSTs without a socket (netfilter, modules) show as unknown"),
+                ),
+                (None, _) => self.unseen(
+                    what,
+                    format!("{}: needs kernel BTF", why_not(&probed.egress)),
+                ),
+            }
+        }
+        if egress.is_some() {
+            let what = "netfilter hook, backend, table, chain and rule author of a REJECT";
+            let legacy = "iptables-legacy rules are named by table (filter) and base chain";
+            let nft = find(Hook::NftKprobes);
+            match (nft, probed.netlink) {
+                (Some(kprobes), true) => self.partly(
+                    what,
+                    format!(
+                        "hook and backend from the kernel stack; table, chain, author from \
+                         nftables netlink; for rules older than the trace, the base chain from \
+                         {}",
+                        kprobes.describe()
+                    ),
+                    format!(
+                        "a rule older than the trace is named by its base chain (a jump target \
+                         chain is not), with no author; {legacy}"
+                    ),
+                ),
+                (None, true) => self.partly(
+                    what,
+                    "hook and backend from the kernel stack; table, chain, author from nftables \
+                     netlink",
+                    format!(
+                        "named for nftables rules added while tracing, not for rules that \
+                         predate the trace ({}); {legacy}",
+                        why_not(&probed.nft)
+                    ),
+                ),
+                (_, false) => self.partly(
+                    what,
+                    "hook and backend from the kernel stack",
+                    match nft {
+                        Some(_) => "following nftables changes needs CAP_NET_ADMIN: no author, \
+                                    and only the base chain of each rule is named"
+                            .to_string(),
+                        None => format!(
+                            "table, chain and author are not named: following nftables changes \
+                             needs CAP_NET_ADMIN, and for rules older than the trace, {}",
+                            why_not(&probed.nft)
+                        ),
+                    },
+                ),
+            }
+        }
+        let what = "silent netfilter drops (no RST sent)";
+        match find(Hook::KfreeSkb) {
+            Some(hook) => self.seen(what, format!("{} (reason NETFILTER_DROP)", hook.describe())),
+            None if send_reset.is_some() && probed.drops_in_scope => match &probed.kfree_skb {
+                Err(e) => self.unseen(what, e.clone()),
+                // The drop program reads the dropped packet with the egress
+                // offsets.
+                Ok(()) => self.unseen(
+                    what,
+                    format!(
+                        "reading the dropped packets needs the egress offsets: {}",
+                        why_not(&probed.egress)
+                    ),
+                ),
+            },
+            None => {}
+        }
+        match &probed.netns {
+            Ok(()) => self.seen(
+                "network namespace of each RST",
+                "BTF offsets of sock and sk_buff to their net",
+            ),
+            Err(e) => self.unseen(
+                "network namespace of each RST",
+                format!("{e}: netns is null, and --netns can't filter"),
+            ),
+        }
+        let what = "actors: process, cgroup, container; owners of killed sockets";
+        let how = "the task at the hook; /proc for socket owners";
+        if probed.ptrace {
+            self.seen(what, how);
+        } else {
+            self.partly(
+                what,
+                how,
+                "owners of other users' sockets are not named (needs CAP_SYS_PTRACE)",
+            );
+        }
+        if let Some(hook) = find(Hook::ReceiveReset) {
+            self.seen("RSTs received", hook.describe());
+        }
+    }
+
     /// The start-up line: hooks attached, and how many signals are not
     /// complete (doctor has the details).
     pub fn one_line(&self) -> String {
-        let mut hooks: Vec<&str> = vec![];
-        for s in &self.signals {
-            if let Some(h) = s.hook.as_deref().and_then(attached_hook)
-                && !hooks.contains(&h)
-            {
-                hooks.push(h);
+        let mut attached: Vec<&Attached> = self.attached.iter().collect();
+        attached.sort_by_key(|a| a.hook);
+        let mut hooks: Vec<String> = vec![];
+        for a in attached {
+            let point = a.point();
+            if !hooks.contains(&point) {
+                hooks.push(point);
             }
         }
         let gaps = self.signals.iter().filter(|s| s.lost.is_some()).count();
@@ -129,16 +327,13 @@ impl Plan {
     }
 }
 
-/// The attachment point named at the start of a hook description
-/// (`tracepoint tcp:tcp_send_reset (...)` -> `tcp:tcp_send_reset`).
-fn attached_hook(hook: &str) -> Option<&str> {
-    if hook.starts_with("kprobes on ") {
-        return hook.split(" (").next();
+/// Why a part is off: its probe's error. A probe that passed leaves only
+/// the tracer's own choice (`Programs::decide`) to say it.
+fn why_not(probed: &Result<(), String>) -> &str {
+    match probed {
+        Err(e) => e,
+        Ok(()) => "not attached",
     }
-    let rest = hook
-        .strip_prefix("tracepoint ")
-        .or_else(|| hook.strip_prefix("raw tracepoint "))?;
-    rest.split_whitespace().next()
 }
 
 /// Whether the kernel can attach kprobes (the kprobe PMU exists): used by
@@ -150,33 +345,197 @@ pub fn kprobes_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracer::Variant;
 
     #[test]
-    fn one_line_names_hooks_once_and_counts_gaps() {
+    fn one_line_names_what_was_attached_and_counts_gaps() {
         let mut p = Plan {
             kernel: "6.1.0-test".into(),
+            // In attach order: the line keeps its own.
+            attached: vec![
+                Attached::new(Hook::SendReset, Variant::Classic),
+                Attached::new(Hook::NetDevQueue, Variant::Btf),
+                Attached::new(Hook::ReceiveReset, Variant::Classic),
+                Attached {
+                    functions: vec!["tcp_v4_send_reset", "tcp_v6_send_reset"],
+                    ..Attached::new(Hook::SendResetKprobes, Variant::Kprobe)
+                },
+            ],
             ..Plan::default()
         };
         p.partly(
             "TCP stack RSTs",
-            "tracepoint tcp:tcp_send_reset (no reason field)",
+            "tracepoint tcp:tcp_send_reset",
             "no reason",
         );
-        p.seen(
-            "socket-killed vs app-disconnect",
-            "tracepoint tcp:tcp_send_reset + stack",
-        );
-        p.seen("RSTs outside the TCP stack", "raw tracepoint net_dev_queue");
-        p.unseen("netfilter drops", "no reason field in skb:kfree_skb");
+        // A hook named in a signal's prose is not thereby attached.
+        p.seen("netfilter drops", "raw tracepoint skb:kfree_skb");
+        p.unseen("netns", "no BTF");
         assert_eq!(
             p.one_line(),
-            "attached to tcp:tcp_send_reset, net_dev_queue on 6.1.0-test (2 of 4 signals \
-             incomplete here: `rsttrace doctor` says what and why)"
+            "attached to tcp:tcp_send_reset, kprobes on tcp_v4_send_reset/tcp_v6_send_reset, \
+             net_dev_queue, tcp:tcp_receive_reset on 6.1.0-test (2 of 3 signals incomplete \
+             here: `rsttrace doctor` says what and why)"
         );
         let r = p.report();
         assert!(r.contains("partial  TCP stack RSTs\n"), "{r}");
+        assert!(r.contains("missing  netns\n           lost: no BTF"), "{r}");
+    }
+
+    /// This host's probes: 6.10+, no kprobes, BTF, root.
+    fn probed() -> Probed {
+        Probed {
+            reason: true,
+            kprobes: false,
+            egress: Ok(()),
+            ksyms: Ok(()),
+            missing_functions: vec![],
+            nft: Err("naming them needs kprobes, absent here".into()),
+            netlink: true,
+            kfree_skb: Ok(()),
+            drops_in_scope: true,
+            netns: Ok(()),
+            ptrace: true,
+        }
+    }
+
+    fn told(probed: &Probed, attached: &[Attached]) -> Plan {
+        let mut p = Plan {
+            kernel: "6.18-test".into(),
+            ..Plan::default()
+        };
+        p.signals(probed, attached);
+        p
+    }
+
+    const DROPS: &str = "silent netfilter drops (no RST sent)";
+
+    #[test]
+    fn signals_follow_what_was_attached() {
+        let all = [
+            Attached::new(Hook::SendReset, Variant::Btf),
+            Attached::new(Hook::NetDevQueue, Variant::Btf),
+            Attached::new(Hook::KfreeSkb, Variant::Classic),
+            Attached::new(Hook::ReceiveReset, Variant::Classic),
+        ];
+        let p = told(&probed(), &all);
+        assert_eq!(
+            p.one_line(),
+            "attached to tcp:tcp_send_reset, net_dev_queue, skb:kfree_skb, \
+             tcp:tcp_receive_reset on 6.18-test (1 of 8 signals incomplete here: `rsttrace \
+             doctor` says what and why)"
+        );
+        let r = p.report();
+        // The kind each program was attached as, not the one expected.
         assert!(
-            r.contains("missing  netfilter drops\n           lost: no reason"),
+            r.contains("via tracepoint skb:kfree_skb (reason NETFILTER_DROP)"),
+            "{r}"
+        );
+        assert!(
+            r.contains("via BTF tracepoint tcp:tcp_send_reset (reason field)"),
+            "{r}"
+        );
+    }
+
+    /// `--cause` without netfilter-drop: the drop program stays off, and
+    /// neither the line nor doctor names it.
+    #[test]
+    fn drops_out_of_scope_are_not_announced() {
+        let probed = Probed {
+            drops_in_scope: false,
+            ..probed()
+        };
+        let p = told(
+            &probed,
+            &[
+                Attached::new(Hook::SendReset, Variant::Btf),
+                Attached::new(Hook::NetDevQueue, Variant::Btf),
+            ],
+        );
+        assert!(!p.one_line().contains("kfree_skb"), "{}", p.one_line());
+        assert!(!p.report().contains("kfree_skb"), "{}", p.report());
+        assert!(p.signals.iter().all(|s| s.what != DROPS), "{}", p.report());
+    }
+
+    /// No kernel BTF: no egress offsets, so no drop program either, though
+    /// kfree_skb has its NETFILTER_DROP reason.
+    #[test]
+    fn drops_without_egress_offsets_are_missing() {
+        let probed = Probed {
+            egress: Err("no /sys/kernel/btf/vmlinux".into()),
+            ..probed()
+        };
+        let p = told(&probed, &[Attached::new(Hook::SendReset, Variant::Classic)]);
+        assert!(
+            p.one_line()
+                .starts_with("attached to tcp:tcp_send_reset on 6.18-test ("),
+            "{}",
+            p.one_line()
+        );
+        let drops = p.signals.iter().find(|s| s.what == DROPS).unwrap();
+        assert_eq!(drops.hook, None);
+        assert!(
+            drops
+                .lost
+                .as_ref()
+                .unwrap()
+                .contains("no /sys/kernel/btf/vmlinux"),
+            "{drops:?}"
+        );
+        let outside = p
+            .signals
+            .iter()
+            .find(|s| s.what.starts_with("RSTs outside the TCP stack"))
+            .unwrap();
+        assert_eq!(outside.hook, None);
+        assert!(
+            p.signals
+                .iter()
+                .all(|s| !s.what.starts_with("netfilter hook")),
+            "{}",
+            p.report()
+        );
+    }
+
+    /// `--direction in`: only what is received is traced and announced.
+    #[test]
+    fn received_only_announces_no_hook_for_sent_rsts() {
+        let p = told(
+            &probed(),
+            &[Attached::new(Hook::ReceiveReset, Variant::Classic)],
+        );
+        assert_eq!(
+            p.one_line(),
+            "attached to tcp:tcp_receive_reset on 6.18-test"
+        );
+        let r = p.report();
+        for hook in ["tcp_send_reset", "net_dev_queue", "kfree_skb"] {
+            assert!(!r.contains(hook), "{hook}: {r}");
+        }
+    }
+
+    #[test]
+    fn before_6_10_kprobes_take_segments_without_a_socket() {
+        let probed = Probed {
+            reason: false,
+            kprobes: true,
+            ..probed()
+        };
+        let kprobes = Attached {
+            functions: vec!["tcp_v4_send_reset", "tcp_v6_send_reset"],
+            ..Attached::new(Hook::SendResetKprobes, Variant::Kprobe)
+        };
+        let send_reset = Attached::new(Hook::SendReset, Variant::Classic);
+        let r = told(&probed, &[send_reset.clone(), kprobes]).report();
+        assert!(
+            r.contains("ok       RSTs for segments with no full socket")
+                && r.contains("via kprobes on tcp_v4_send_reset/tcp_v6_send_reset"),
+            "{r}"
+        );
+        // Loaded without them (no BTF to read the segment): said missing.
+        let r = told(&probed, &[send_reset]).report();
+        assert!(
+            r.contains("missing  RSTs for segments with no full socket"),
             "{r}"
         );
     }

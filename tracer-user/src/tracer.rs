@@ -52,9 +52,9 @@ pub struct Options<'a> {
     pub sent: bool,
     /// Trace RSTs it receives, with tcp_receive_reset's layout.
     pub receive_reset: Option<SendResetLayout>,
-    /// Kernels before 6.10: kprobes on tcp_v4/v6_send_reset take the RSTs
-    /// the tracepoint skips (needs the egress offsets to read the segment).
-    pub kprobe_resets: bool,
+    /// The kernel attaches kprobes: before 6.10 they take, on
+    /// tcp_v4/v6_send_reset, the RSTs the tracepoint skips.
+    pub kprobes: bool,
     /// Kernels with kprobes and nf_tables' BTF: the offsets, and the reject
     /// functions present (nf_send_reset, nf_send_reset6), for naming the
     /// chain of REJECT rules that predate the trace.
@@ -77,6 +77,108 @@ enum Link {
     RawTracePoint(RawTracePointLinkId),
     BtfTracePoint(BtfTracePointLinkId),
     KProbe(KProbeLinkId),
+}
+
+/// What a program is attached for; in the order the start-up line names
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    SendReset,
+    /// Before 6.10: the RSTs tcp_send_reset skips (no full socket).
+    SendResetKprobes,
+    NetDevQueue,
+    /// The base chain of REJECT rules older than the trace.
+    NftKprobes,
+    KfreeSkb,
+    ReceiveReset,
+}
+
+/// How a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Btf,
+    Raw,
+    Classic,
+    Kprobe,
+}
+
+/// One hook `attach` attached: the record the plan and the start-up line
+/// are told from, so they can't name a hook that is not attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub hook: Hook,
+    pub variant: Variant,
+    /// Kprobes: the functions, all attached.
+    pub functions: Vec<&'static str>,
+}
+
+impl Attached {
+    pub fn new(hook: Hook, variant: Variant) -> Self {
+        Self {
+            hook,
+            variant,
+            functions: vec![],
+        }
+    }
+
+    /// The attachment point, as the start-up line names it.
+    pub fn point(&self) -> String {
+        match self.hook {
+            Hook::SendReset => "tcp:tcp_send_reset".into(),
+            Hook::NetDevQueue => "net_dev_queue".into(),
+            Hook::KfreeSkb => "skb:kfree_skb".into(),
+            Hook::ReceiveReset => "tcp:tcp_receive_reset".into(),
+            Hook::SendResetKprobes | Hook::NftKprobes => {
+                format!("kprobes on {}", self.functions.join("/"))
+            }
+        }
+    }
+
+    /// The point with its kind, as doctor names it.
+    pub fn describe(&self) -> String {
+        let kind = match self.variant {
+            Variant::Btf => "BTF tracepoint ",
+            Variant::Raw => "raw tracepoint ",
+            Variant::Classic => "tracepoint ",
+            Variant::Kprobe => "",
+        };
+        format!("{kind}{}", self.point())
+    }
+}
+
+/// Which programs `attach` attaches, decided from the options here only:
+/// everything else reads the `Attached` record instead of repeating these
+/// conditions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Programs {
+    pub send_reset: bool,
+    pub egress: bool,
+    pub drops: bool,
+    pub kprobe_resets: bool,
+    /// Reject functions to attach the nftables chain kprobes with; none:
+    /// those kprobes stay off.
+    pub nft_rejects: Vec<&'static str>,
+    pub receive_reset: bool,
+}
+
+impl Programs {
+    pub fn decide(opts: &Options<'_>) -> Self {
+        // Packets are read with the egress offsets: every hook that reads
+        // one needs them.
+        let egress = opts.sent && opts.egress.is_some();
+        Self {
+            send_reset: opts.sent,
+            egress,
+            drops: egress && opts.scope.drops && opts.kfree_skb.netfilter_drop != ABSENT,
+            // From 6.10 (the reason field) the tracepoint sees them all.
+            kprobe_resets: egress && opts.kprobes && opts.send_reset.reason == ABSENT,
+            nft_rejects: match &opts.nft {
+                Some((_, functions)) if egress => functions.clone(),
+                _ => vec![],
+            },
+            receive_reset: opts.receive_reset.is_some(),
+        }
+    }
 }
 
 /// Where a loaded program attaches again after `park`.
@@ -130,24 +232,20 @@ pub struct Tracer {
     links: Vec<(String, Target, Link)>,
     /// Programs `park` detached, to attach again.
     parked: Vec<(String, Target)>,
-    sent: bool,
-    received: bool,
-    egress: bool,
+    programs: Programs,
     /// Filled as the programs are attached.
     btf_hooks: BtfHooks,
+    /// Filled as the programs are attached; kept after `detach` (doctor
+    /// reports it).
+    attached: Vec<Attached>,
     sock_addrs: bool,
-    drops: bool,
-    kprobe_resets: bool,
-    /// Reject functions to attach the nftables chain kprobes with; none:
-    /// those kprobes stay off.
-    nft_rejects: Vec<&'static str>,
 }
 
 impl Tracer {
     pub fn load(opts: &Options<'_>) -> Result<Self> {
         let emit = u8::from(opts.emit_events);
-        // Drops out of scope: the drop program stays off.
-        let kfree_skb = if opts.scope.drops {
+        let programs = Programs::decide(opts);
+        let kfree_skb = if programs.drops {
             opts.kfree_skb
         } else {
             KfreeSkbLayout::UNSET
@@ -222,33 +320,35 @@ impl Tracer {
                 .insert(p, 1, 0)
                 .context("filling the --local-port table")?;
         }
-        let drops = opts.egress.is_some() && kfree_skb.netfilter_drop != ABSENT;
         Ok(Self {
             ebpf,
             links: Vec::new(),
             parked: Vec::new(),
-            sent: opts.sent,
-            received: opts.receive_reset.is_some(),
-            egress: opts.egress.is_some(),
+            programs,
             btf_hooks: BtfHooks::default(),
+            attached: Vec::new(),
             sock_addrs: opts.sock_addrs.is_some(),
-            drops,
-            kprobe_resets: opts.kprobe_resets && opts.egress.is_some(),
-            nft_rejects: match &opts.nft {
-                Some((_, functions)) if opts.egress.is_some() => functions.clone(),
-                _ => vec![],
-            },
         })
     }
 
-    fn attach_tp(&mut self, prog: &str, category: &'static str, name: &'static str) -> Result<()> {
+    fn attach_tp(
+        &mut self,
+        hook: Hook,
+        prog: &str,
+        category: &'static str,
+        name: &'static str,
+    ) -> Result<()> {
         load(&mut self.ebpf, prog, TracePoint::load)?;
-        self.attach_to(prog, Target::TracePoint(category, name))
+        self.attach_to(prog, Target::TracePoint(category, name))?;
+        self.attached.push(Attached::new(hook, Variant::Classic));
+        Ok(())
     }
 
-    fn attach_raw_tp(&mut self, prog: &str, name: &'static str) -> Result<()> {
+    fn attach_raw_tp(&mut self, hook: Hook, prog: &str, name: &'static str) -> Result<()> {
         load(&mut self.ebpf, prog, RawTracePoint::load)?;
-        self.attach_to(prog, Target::RawTracePoint(name))
+        self.attach_to(prog, Target::RawTracePoint(name))?;
+        self.attached.push(Attached::new(hook, Variant::Raw));
+        Ok(())
     }
 
     /// Attaches loaded program `prog` to `target`.
@@ -296,6 +396,7 @@ impl Tracer {
     /// outcome goes to `btf_hooks`.
     fn attach_btf_or(
         &mut self,
+        hook: Hook,
         btf: &Result<aya::Btf>,
         btf_prog: &'static str,
         tracepoint: &'static str,
@@ -319,6 +420,7 @@ impl Tracer {
                     Link::BtfTracePoint(link),
                 ));
                 self.btf_hooks.used.push(tracepoint);
+                self.attached.push(Attached::new(hook, Variant::Btf));
             }
             Err(e) => {
                 // The verifier's full log, for reports from other kernels.
@@ -345,58 +447,85 @@ impl Tracer {
         Ok(())
     }
 
-    pub fn attach(&mut self) -> Result<()> {
-        if self.sent {
+    /// Attaches the programs `Programs::decide` chose; returns what it
+    /// attached, and how.
+    pub fn attach(&mut self) -> Result<Vec<Attached>> {
+        let programs = self.programs.clone();
+        if programs.send_reset {
             // The builds other kernels run (no BTF tracepoints, or programs
             // that can be preempted), on demand: their tests; comparing costs.
             let fallbacks = std::env::var_os("RSTTRACE_NO_TP_BTF").is_some();
             // Parsed once for both BTF programs (it is megabytes).
             let btf = if fallbacks {
                 Err(anyhow::anyhow!("turned off by RSTTRACE_NO_TP_BTF"))
-            } else if self.egress {
+            } else if programs.egress {
                 aya::Btf::from_sys_fs().context("reading kernel BTF")
             } else {
                 Err(anyhow::anyhow!("not needed"))
             };
-            let classic = |t: &mut Self| t.attach_tp("tcp_send_reset", "tcp", "tcp_send_reset");
+            let classic = |t: &mut Self| {
+                t.attach_tp(Hook::SendReset, "tcp_send_reset", "tcp", "tcp_send_reset")
+            };
             let preemptible = bpf_runs_preemptible();
-            if preemptible && self.sock_addrs && self.egress {
+            if preemptible && self.sock_addrs && programs.egress {
                 classic(self)?;
                 self.btf_hooks
                     .avoided
                     .push(("tcp_send_reset", PREEMPTIBLE_RUNS));
-            } else if self.sock_addrs && self.egress {
-                self.attach_btf_or(&btf, "tcp_send_reset_btf", "tcp_send_reset", classic)?;
+            } else if self.sock_addrs && programs.egress {
+                self.attach_btf_or(
+                    Hook::SendReset,
+                    &btf,
+                    "tcp_send_reset_btf",
+                    "tcp_send_reset",
+                    classic,
+                )?;
             } else {
                 classic(self)?;
             }
-            if self.egress {
-                self.attach_btf_or(&btf, "net_dev_queue_btf", "net_dev_queue", |t| {
-                    t.attach_raw_tp("net_dev_queue", "net_dev_queue")
-                })?;
+            if programs.egress {
+                self.attach_btf_or(
+                    Hook::NetDevQueue,
+                    &btf,
+                    "net_dev_queue_btf",
+                    "net_dev_queue",
+                    |t| t.attach_raw_tp(Hook::NetDevQueue, "net_dev_queue", "net_dev_queue"),
+                )?;
             }
             drop(btf);
-            if self.drops && (preemptible || fallbacks) {
-                self.attach_tp("kfree_skb_tp", "skb", "kfree_skb")?;
+            if programs.drops && (preemptible || fallbacks) {
+                self.attach_tp(Hook::KfreeSkb, "kfree_skb_tp", "skb", "kfree_skb")?;
                 if preemptible {
                     self.btf_hooks.avoided.push(("kfree_skb", PREEMPTIBLE_RUNS));
                 }
-            } else if self.drops {
-                self.attach_raw_tp("kfree_skb", "kfree_skb")?;
+            } else if programs.drops {
+                self.attach_raw_tp(Hook::KfreeSkb, "kfree_skb", "kfree_skb")?;
             }
-            if self.kprobe_resets {
+            if programs.kprobe_resets {
                 self.attach_kprobe("send_reset_no_full_socket", &SEND_RESET_FUNCTIONS)?;
+                self.attached.push(Attached {
+                    functions: SEND_RESET_FUNCTIONS.to_vec(),
+                    ..Attached::new(Hook::SendResetKprobes, Variant::Kprobe)
+                });
             }
-            if !self.nft_rejects.is_empty() {
-                let functions = self.nft_rejects.clone();
+            if !programs.nft_rejects.is_empty() {
                 self.attach_kprobe("nft_do_chain_entry", &[NFT_DO_CHAIN])?;
-                self.attach_kprobe("nf_send_reset_entry", &functions)?;
+                self.attach_kprobe("nf_send_reset_entry", &programs.nft_rejects)?;
+                self.attached.push(Attached {
+                    functions: [&[NFT_DO_CHAIN][..], &programs.nft_rejects].concat(),
+                    ..Attached::new(Hook::NftKprobes, Variant::Kprobe)
+                });
             }
         }
-        if self.received {
-            self.attach_tp("tcp_receive_reset", "tcp", "tcp_receive_reset")?;
+        if programs.receive_reset {
+            self.attach_tp(
+                Hook::ReceiveReset,
+                "tcp_receive_reset",
+                "tcp",
+                "tcp_receive_reset",
+            )?;
         }
-        Ok(())
+        Ok(self.attached.clone())
     }
 
     /// Whether fentry programs load and attach here (doctor's fact): a
@@ -692,6 +821,104 @@ where
 mod tests {
     use super::*;
     use tracer_common::cause;
+
+    /// Options as on a 6.10+ kernel with BTF, `--cause` as given.
+    fn decide(causes: &[&str], change: impl FnOnce(&mut Options<'_>)) -> Programs {
+        let causes: Vec<String> = causes.iter().map(|c| c.to_string()).collect();
+        let scope = crate::scope::build("all", &[], &[], &causes).unwrap();
+        let mut opts = Options {
+            send_reset: SendResetLayout {
+                reason: 28,
+                ..SendResetLayout::UNSET
+            },
+            sock_addrs: None,
+            reason_causes: &[],
+            stack_rules: StackRules::EMPTY,
+            netns: NetnsOffsets::UNSET,
+            egress: Some((EgressOffsets::UNSET, StackRules::EMPTY)),
+            kfree_skb: KfreeSkbLayout {
+                netfilter_drop: 12,
+                ..KfreeSkbLayout::UNSET
+            },
+            emit_events: true,
+            events_per_sec: 0,
+            max_remote_ips: 16,
+            ring_size: 4096,
+            scope: &scope,
+            sent: true,
+            receive_reset: None,
+            kprobes: false,
+            nft: None,
+            bench_empty: false,
+        };
+        change(&mut opts);
+        Programs::decide(&opts)
+    }
+
+    #[test]
+    fn the_drop_program_needs_drops_in_scope_the_egress_offsets_and_sent_rsts() {
+        assert!(decide(&[], |_| {}).drops);
+        assert!(decide(&["netfilter-drop"], |_| {}).drops);
+        // The start-up line named skb:kfree_skb in each of these.
+        assert!(!decide(&["closed-port"], |_| {}).drops);
+        assert!(!decide(&[], |o| o.egress = None).drops);
+        let received = decide(&[], |o| {
+            o.sent = false;
+            o.receive_reset = Some(SendResetLayout::UNSET);
+        });
+        assert_eq!(
+            received,
+            Programs {
+                receive_reset: true,
+                ..Programs::default()
+            }
+        );
+        assert!(!decide(&[], |o| o.kfree_skb = KfreeSkbLayout::UNSET).drops);
+    }
+
+    #[test]
+    fn kprobes_take_what_the_tracepoint_skips_only_before_its_reason_field() {
+        let old = |o: &mut Options<'_>| {
+            o.kprobes = true;
+            o.send_reset.reason = ABSENT;
+        };
+        assert!(decide(&[], old).kprobe_resets);
+        assert!(!decide(&[], |o| o.kprobes = true).kprobe_resets);
+        assert!(
+            !decide(&[], |o| {
+                old(o);
+                o.egress = None;
+            })
+            .kprobe_resets
+        );
+        let nft = |o: &mut Options<'_>| o.nft = Some((NftOffsets::UNSET, vec!["nf_send_reset"]));
+        assert_eq!(decide(&[], nft).nft_rejects, ["nf_send_reset"]);
+        assert!(
+            decide(&[], |o| {
+                nft(o);
+                o.egress = None;
+            })
+            .nft_rejects
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn attached_names_its_point_and_kind() {
+        let kfree = Attached::new(Hook::KfreeSkb, Variant::Raw);
+        assert_eq!(kfree.point(), "skb:kfree_skb");
+        assert_eq!(kfree.describe(), "raw tracepoint skb:kfree_skb");
+        let tp = Attached::new(Hook::SendReset, Variant::Btf);
+        assert_eq!(tp.describe(), "BTF tracepoint tcp:tcp_send_reset");
+        let kprobes = Attached {
+            functions: SEND_RESET_FUNCTIONS.to_vec(),
+            ..Attached::new(Hook::SendResetKprobes, Variant::Kprobe)
+        };
+        assert_eq!(
+            kprobes.describe(),
+            "kprobes on tcp_v4_send_reset/tcp_v6_send_reset"
+        );
+    }
 
     #[test]
     fn counts_at_send_are_cause_totals_and_coverage() {

@@ -128,3 +128,115 @@ fn tracefs_missing_is_mounted_or_named() {
         "{e}"
     );
 }
+
+/// The tracepoints and kprobed functions a process holds links to, as
+/// the kernel lists them in its fdinfo (every kind of program rsttrace
+/// attaches, classic tracepoints included, holds a link).
+fn attached_by(pid: u32) -> Vec<String> {
+    let mut points = vec![];
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_id:").is_none() {
+            continue;
+        }
+        let kprobe = field("event_type:").is_some_and(|t| t.contains("kprobe"));
+        if let Some(point) = if kprobe {
+            field("name:")
+        } else {
+            field("tp_name:")
+        } {
+            points.push(point);
+        }
+    }
+    points.sort();
+    points
+}
+
+/// The points a start-up line names, as bpftool names them
+/// (`tcp:tcp_send_reset` -> `tcp_send_reset`, `kprobes on a/b` -> a, b).
+fn named_in(line: &str) -> Vec<String> {
+    let list = line
+        .split("attached to ")
+        .nth(1)
+        .and_then(|l| l.split(" on ").next())
+        .unwrap_or_else(|| panic!("no hooks in {line:?}"));
+    let mut points: Vec<String> = vec![];
+    for item in list.split(", ") {
+        match item.strip_prefix("kprobes on ") {
+            Some(funcs) => points.extend(funcs.split('/').map(String::from)),
+            None => points.push(item.rsplit(':').next().unwrap().to_string()),
+        }
+    }
+    points.sort();
+    points
+}
+
+/// The start-up line names what is attached while rsttrace runs, as the
+/// kernel lists it: with `--cause` leaving drops out, or only received RSTs
+/// traced, the drop program is not attached and not named (both once were).
+#[test]
+fn startup_line_names_what_the_kernel_has_attached() {
+    use std::io::BufRead as _;
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root"
+    );
+    for (args, left_off) in [
+        (&[][..], false),
+        (&["--cause", "closed-port"][..], true),
+        (&["--direction", "in"][..], true),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rsttrace"))
+            .args(args)
+            .args(["--summary-only", "--duration", "30"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running rsttrace");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map_while(Result::ok);
+        let line = lines
+            .find(|l| l.contains("attached"))
+            .unwrap_or_else(|| panic!("{args:?}: no start-up line"));
+        let attached = attached_by(child.id());
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        // Read to the end: a closed pipe would fail its last writes.
+        let rest: Vec<String> = lines.collect();
+        assert!(child.wait().unwrap().success(), "{args:?}: {rest:?}");
+        if left_off {
+            assert!(!line.contains("kfree_skb"), "{args:?}: {line}");
+        }
+        assert_eq!(named_in(&line), attached, "{args:?}: {line}");
+    }
+}
+
+/// Doctor tells its signals from what it attached: no drop signal, and no
+/// drop hook, where `--cause` leaves drops out.
+#[test]
+fn doctor_does_not_name_hooks_left_off() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root"
+    );
+    let some = rsttrace(&["--cause", "closed-port", "doctor"]);
+    let text = String::from_utf8_lossy(&some.stdout);
+    assert!(some.status.success(), "{}", stderr(&some));
+    assert!(!text.contains("kfree_skb"), "{text}");
+    assert!(!text.contains("silent netfilter drops"), "{text}");
+}
