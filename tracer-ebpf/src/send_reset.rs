@@ -211,7 +211,9 @@ fn sock_endpoints(sk: u64, a: &SockAddrOffsets, o: &EgressOffsets) -> Result<End
         local: [0; 16],
         remote: [0; 16],
         family: 0,
-        local_port: u16::from_be(rd16(a.sport)?),
+        // `inet_sport` lies past `struct sock`, the type the verifier gives
+        // `sk`: a plain load there is refused, so it takes the helper.
+        local_port: u16::from_be(Probe::read::<u16>(sk + u64::from(a.sport)).map_err(|_| 1u32)?),
         remote_port: u16::from_be(rd16(a.dport)?),
     };
     if family == u16::from(AF_INET) {

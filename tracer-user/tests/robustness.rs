@@ -390,6 +390,13 @@ fn doctor_prints_the_plan_for_this_kernel() {
             .unwrap_or_else(|| panic!("no {what:?} in:\n{text}"))
             .to_string()
     };
+    // A BTF build the verifier refuses falls back to a costlier one
+    // silently but for this line: a change that makes the kernel refuse
+    // one (a load past the type a pointer has) must not pass unseen.
+    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        let btf = line("BTF tracepoints (tp_btf)");
+        assert!(!btf.contains("refused"), "{btf}");
+    }
     // The reason field is what the plan's first signal depends on.
     let tcp = line("RSTs sent by the TCP stack");
     if support::send_reset_has_reason() {
