@@ -73,7 +73,7 @@ pub struct Args {
     /// Label RSTs whose actor matches PATTERN (process name or executable
     /// path; `*` and `?` wildcards) as `security-agent`, in addition to the
     /// built-in list of well-known agents. Repeatable.
-    #[arg(long, value_name = "PATTERN", value_parser = crate::agents::parse_pattern)]
+    #[arg(long, value_name = "PATTERN", value_parser = crate::attribution::agents::parse_pattern)]
     pub agent: Vec<String>,
 
     /// Also write each RST to FILE as pcapng (headers only), the cause and
@@ -83,7 +83,7 @@ pub struct Args {
 
     /// Serve Prometheus metrics at http://ADDR/metrics: a port alone binds
     /// loopback (`9477`); give an address to listen elsewhere (`0.0.0.0:9477`).
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Remote IPs given their own metrics series (the most RSTs first); the

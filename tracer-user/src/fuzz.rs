@@ -4,7 +4,9 @@
 
 use proptest::prelude::*;
 
-use crate::{btf::Btf, format::Format, kallsyms::Kallsyms, nftmon};
+use crate::{
+    attribution::nftmon, kernel::btf::Btf, kernel::format::Format, kernel::ksyms::Kallsyms,
+};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -27,8 +29,8 @@ fn mutate(data: &[u8], cut: usize, at: usize, byte: u8) -> Vec<u8> {
 fn parse_format(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     if let Ok(f) = Format::parse(&text) {
-        let _ = crate::format::SendResetFormat::from_format(&f);
-        let _ = crate::format::kfree_skb_layout(&f);
+        let _ = crate::kernel::format::SendResetFormat::from_format(&f);
+        let _ = crate::kernel::format::kfree_skb_layout(&f);
         for field in ["reason", "state", "x"] {
             let _ = f.symbols(field);
         }
@@ -61,7 +63,7 @@ proptest! {
 
     #[test]
     fn btf_never_panics(cut in 0usize..512, at in 0usize..512, byte in any::<u8>()) {
-        let good = crate::btf::tests::blob(
+        let good = crate::kernel::btf::tests::blob(
             &[
                 ("int", 1 << 24, 4, vec![32]),
                 ("s", (4 << 24) | 1, 4, vec![1, 1, 0]),

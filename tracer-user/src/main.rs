@@ -1,28 +1,24 @@
 //! rsttrace: attributes every TCP RST this host sends to the kernel path
 //! that produced it, and aggregates per remote IP.
 
-mod actor;
-mod agents;
-mod btf;
-mod cause;
+mod attribution;
 mod cli;
 mod clock;
-mod diagnosis;
-mod event;
-mod format;
 #[cfg(test)]
 mod fuzz;
-mod kallsyms;
-mod metrics;
-mod netfilter;
-mod nftmon;
+mod kernel;
+mod loader;
 mod output;
 mod plan;
-mod preflight;
+mod report;
 mod scope;
-mod summary;
-mod tracer;
 mod untrusted;
+
+use attribution::{agents, cause, decode as event, nftmon};
+use kernel::{btf, format as kfmt, ksyms, preflight};
+use loader as tracer;
+use output::metrics;
+use report::{diagnosis, summary};
 
 use std::{
     io::{self, Write},
@@ -40,8 +36,9 @@ use tokio::{
 use tracer_common::{RstEvent, stat};
 
 use crate::{
-    actor::ActorResolver, cli::Args, clock::BootClock, diagnosis::ActorTally, event::Decoder,
-    format::Format, format::SendResetFormat, output::Sink,
+    attribution::actor::ActorResolver, attribution::decode::Decoder, cli::Args, clock::BootClock,
+    kernel::format::Format, kernel::format::SendResetFormat, output::Sink,
+    report::diagnosis::ActorTally,
 };
 
 fn main() -> ExitCode {
@@ -116,7 +113,7 @@ async fn run(mut args: Args) -> Result<()> {
             "not available on this kernel: no hook relies on them"
         },
     );
-    let ksyms = kallsyms::Kallsyms::load();
+    let ksyms = ksyms::Kallsyms::load();
     plan.fact(
         "kernel symbols",
         ksyms.is_ok(),
@@ -501,7 +498,7 @@ async fn next_scrape(
 fn kfree_skb_layout(tracefs: &std::path::Path) -> Result<tracer_common::KfreeSkbLayout, String> {
     let layout = preflight::tracepoint_format(tracefs, "skb", "kfree_skb")
         .and_then(|t| Format::parse(&t))
-        .and_then(|f| format::kfree_skb_layout(&f));
+        .and_then(|f| kfmt::kfree_skb_layout(&f));
     match layout {
         Ok(l) if l.netfilter_drop != tracer_common::ABSENT => Ok(l),
         Ok(_) => Err(
@@ -609,7 +606,7 @@ fn sock_addr_offsets(
 /// to hook; returns the offsets and the reject functions present.
 fn nft_plan(
     kernel_btf: &mut Result<btf::Btf>,
-    ksyms: &Result<kallsyms::Kallsyms>,
+    ksyms: &Result<ksyms::Kallsyms>,
 ) -> Result<(tracer_common::NftOffsets, Vec<&'static str>)> {
     let ksyms = ksyms
         .as_ref()

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::tracer::{Attached, Hook};
+use crate::loader::{Attached, Hook};
 
 /// One thing rsttrace reports, and how it sees it on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,7 +345,7 @@ pub fn kprobes_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::Variant;
+    use crate::loader::Variant;
 
     #[test]
     fn one_line_names_what_was_attached_and_counts_gaps() {

@@ -5,7 +5,7 @@ use std::{net::IpAddr, os::unix::fs::MetadataExt as _, path::Path};
 use anyhow::{Context as _, Result, bail};
 use tracer_common::{AF_INET, AF_INET6, CidrKey, Filter};
 
-use crate::cause::Cause;
+use crate::attribution::cause::Cause;
 
 /// A remote network: address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

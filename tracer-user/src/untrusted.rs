@@ -170,9 +170,12 @@ pub mod hostile {
 
     /// A RST whose every string from outside is hostile: actor, agent,
     /// owner, rule author, table, chain, module and stack.
-    pub fn rst() -> crate::event::Rst {
-        use crate::{actor::Actor, cause::Cause, event::Family, nftmon::Author};
-        crate::event::Rst {
+    pub fn rst() -> crate::attribution::decode::Rst {
+        use crate::{
+            attribution::actor::Actor, attribution::cause::Cause, attribution::decode::Family,
+            attribution::nftmon::Author,
+        };
+        crate::attribution::decode::Rst {
             ts: std::time::UNIX_EPOCH,
             cause: Cause::NetfilterReject,
             kernel_reason: None,
@@ -195,7 +198,7 @@ pub mod hostile {
             stack: Some(vec![Untrusted::from_bytes(
                 &b"evil\x1b[A+0x1 [mod\x07]"[..],
             )]),
-            netfilter: Some(crate::netfilter::Netfilter {
+            netfilter: Some(crate::attribution::netfilter::Netfilter {
                 hook: Some("input"),
                 backend: Some("nftables"),
                 table: Some(table()),
@@ -210,7 +213,7 @@ pub mod hostile {
                 }),
             }),
             module: Some(Untrusted::from("mod\x1b[8m")),
-            owner: Some(crate::actor::Owner {
+            owner: Some(crate::attribution::actor::Owner {
                 pid: 9,
                 comm: comm(),
             }),

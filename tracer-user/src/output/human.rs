@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::Sink;
-use crate::{clock::time_of_day, event::Rst, summary::Summary};
+use crate::{attribution::decode::Rst, clock::time_of_day, report::summary::Summary};
 
 pub struct Human {
     out: Box<dyn Write>,
@@ -61,7 +61,7 @@ fn endpoint(a: &SocketAddr) -> String {
 
 pub fn rst_text(rst: &Rst) -> String {
     // Sent RSTs go to the remote; received ones come from it.
-    let (dir, here) = if rst.cause == crate::cause::Cause::Received {
+    let (dir, here) = if rst.cause == crate::attribution::cause::Cause::Received {
         ("from", "to")
     } else {
         ("to", "from")
@@ -239,10 +239,13 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
                 if let Some(h) = c.handle {
                     what.push_str(&format!(" handle {h}"));
                 }
-                if let Some(v) = c.verdict.filter(|v| *v != crate::nftmon::Verdict::Other) {
+                if let Some(v) = c
+                    .verdict
+                    .filter(|v| *v != crate::attribution::nftmon::Verdict::Other)
+                {
                     what.push_str(&format!(
                         " ({})",
-                        if v == crate::nftmon::Verdict::Reject {
+                        if v == crate::attribution::nftmon::Verdict::Reject {
                             "reject"
                         } else {
                             "drop"
@@ -333,7 +336,9 @@ impl Sink for Human {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cause::Cause, event::Family, summary::RemoteSummary};
+    use crate::{
+        attribution::cause::Cause, attribution::decode::Family, report::summary::RemoteSummary,
+    };
     use std::{
         sync::{Arc, Mutex},
         time::UNIX_EPOCH,
@@ -453,9 +458,9 @@ mod tests {
     #[test]
     fn strings_from_outside_are_escaped_in_the_line_and_the_summary() {
         use crate::{
-            diagnosis::{ActorTally, diagnose},
-            nftmon::{Change, Generation, Verdict},
-            summary::DropSummary,
+            attribution::nftmon::{Change, Generation, Verdict},
+            report::diagnosis::{ActorTally, diagnose},
+            report::summary::DropSummary,
             untrusted::{Untrusted, hostile},
         };
         let comm = hostile::COMM_TEXT;

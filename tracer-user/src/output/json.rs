@@ -10,13 +10,13 @@ use serde::Serialize;
 
 use super::Sink;
 use crate::{
-    actor::{Actor, Owner},
-    cause::Cause,
+    attribution::actor::{Actor, Owner},
+    attribution::cause::Cause,
+    attribution::decode::Rst,
+    attribution::netfilter::Netfilter,
+    attribution::nftmon::Generation,
     clock::rfc3339,
-    event::Rst,
-    netfilter::Netfilter,
-    nftmon::Generation,
-    summary::Summary,
+    report::summary::Summary,
 };
 
 #[derive(Serialize)]
@@ -89,7 +89,7 @@ struct DropLine<'a> {
     first_seen: String,
     last_seen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    author: Option<&'a crate::nftmon::Author>,
+    author: Option<&'a crate::attribution::nftmon::Author>,
 }
 
 /// RSTs seen leaving through a device, and how many a rule explains.
@@ -152,7 +152,7 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
     }
 }
 
-fn remote_line(r: &crate::summary::RemoteSummary) -> RemoteLine<'_> {
+fn remote_line(r: &crate::report::summary::RemoteSummary) -> RemoteLine<'_> {
     RemoteLine {
         remote_ip: r.remote_ip,
         total: r.total,
@@ -219,8 +219,8 @@ impl Sink for Json {
 mod tests {
     use super::*;
     use crate::{
-        event::Family,
-        summary::{Coverage, DropSummary, RemoteSummary},
+        attribution::decode::Family,
+        report::summary::{Coverage, DropSummary, RemoteSummary},
     };
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};

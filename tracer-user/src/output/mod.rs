@@ -2,6 +2,7 @@
 
 mod human;
 mod json;
+pub mod metrics;
 mod pcap;
 
 use std::io::{self, Write};
@@ -10,7 +11,7 @@ pub use human::Human;
 pub use json::Json;
 pub use pcap::Pcap;
 
-use crate::{event::Rst, summary::Summary};
+use crate::{attribution::decode::Rst, report::summary::Summary};
 
 pub trait Sink {
     fn rst(&mut self, rst: &Rst) -> io::Result<()>;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{Sink, human};
-use crate::{cause::Cause, event::Rst, summary::Summary};
+use crate::{attribution::cause::Cause, attribution::decode::Rst, report::summary::Summary};
 
 /// LINKTYPE_RAW: packets start with the IPv4 or IPv6 header.
 const LINKTYPE_RAW: u16 = 101;

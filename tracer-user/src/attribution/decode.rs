@@ -9,12 +9,12 @@ use std::{
 use tracer_common::{ABSENT, AF_INET, AF_INET6, RstEvent};
 
 use crate::{
-    actor::{Actor, ActorResolver, Owner},
-    cause::Cause,
+    attribution::actor::{Actor, ActorResolver, Owner},
+    attribution::cause::Cause,
+    attribution::netfilter::{self, Netfilter},
+    attribution::nftmon::Author,
     clock::BootClock,
-    kallsyms::Kallsyms,
-    netfilter::{self, Netfilter},
-    nftmon::Author,
+    kernel::ksyms::Kallsyms,
     untrusted::Untrusted,
 };
 
@@ -87,7 +87,7 @@ pub fn ip_from(family: u8, addr: &[u8; 16]) -> Option<IpAddr> {
 }
 
 pub struct Decoder {
-    pub ruleset: crate::nftmon::SharedLog,
+    pub ruleset: crate::attribution::nftmon::SharedLog,
     pub clock: BootClock,
     pub reasons: BTreeMap<u64, String>,
     pub actors: ActorResolver,
@@ -130,7 +130,11 @@ fn frames(ksyms: Option<&Kallsyms>, ips: &[u64]) -> Vec<(String, Option<String>)
 impl Decoder {
     /// Who added a rule with `verdict` in namespace `netns` while we ran,
     /// and the security agent that process is, if any.
-    pub fn rule_author(&self, netns: u64, verdict: crate::nftmon::Verdict) -> Option<Author> {
+    pub fn rule_author(
+        &self,
+        netns: u64,
+        verdict: crate::attribution::nftmon::Verdict,
+    ) -> Option<Author> {
         if netns == 0 {
             return None;
         }
@@ -182,7 +186,10 @@ impl Decoder {
         if let Some(nf) = netfilter.as_mut()
             && nf.backend != Some("iptables-legacy")
         {
-            nf.author = self.rule_author(u64::from(ev.netns), crate::nftmon::Verdict::Reject);
+            nf.author = self.rule_author(
+                u64::from(ev.netns),
+                crate::attribution::nftmon::Verdict::Reject,
+            );
             if let Some(a) = &nf.author {
                 nf.table = a.table.clone();
                 nf.chain = a.chain.clone();
@@ -209,7 +216,7 @@ impl Decoder {
                 .is_some()
             || module
                 .as_ref()
-                .and_then(|m| crate::agents::module_agent(&m.lossy()))
+                .and_then(|m| crate::attribution::agents::module_agent(&m.lossy()))
                 .is_some();
         let labels = if agent {
             vec!["security-agent".to_string()]

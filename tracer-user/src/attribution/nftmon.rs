@@ -15,7 +15,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{actor::comm_str, untrusted::Untrusted};
+use crate::{attribution::actor::comm_str, untrusted::Untrusted};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNLGRP_NFTABLES: u32 = 7;

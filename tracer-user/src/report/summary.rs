@@ -11,7 +11,9 @@ use std::{
 
 use tracer_common::{DropKey, RemoteKey, RemoteStats, cause as cause_id, stat};
 
-use crate::{cause::Cause, clock::BootClock, event::ip_from, tracer::StatSlots};
+use crate::{
+    attribution::cause::Cause, attribution::decode::ip_from, clock::BootClock, loader::StatSlots,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSummary {
@@ -37,7 +39,7 @@ pub struct DropSummary {
     /// Namespaces the drops happened in (to name the rules' authors).
     pub netns: Vec<u64>,
     /// Who added the drop rule, when it was added while tracing.
-    pub author: Option<crate::nftmon::Author>,
+    pub author: Option<crate::attribution::nftmon::Author>,
 }
 
 /// RSTs seen at the egress hook and how they were explained.
@@ -76,7 +78,7 @@ pub struct Summary {
     /// Drops counted in `drops_total` only: the drop map was full.
     pub drop_overflow: u64,
     /// nftables generations committed while tracing, with their authors.
-    pub ruleset_changes: Vec<crate::nftmon::Generation>,
+    pub ruleset_changes: Vec<crate::attribution::nftmon::Generation>,
 }
 
 /// Merges per-CPU values: (count, first, last), or None when all are zero.

@@ -322,7 +322,7 @@ pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> 
 /// The stack rules as the kernel program takes them; rules whose function
 /// this kernel lacks are left out and returned by name.
 pub fn resolve_stack_rules(
-    ksyms: &crate::kallsyms::Kallsyms,
+    ksyms: &crate::kernel::ksyms::Kallsyms,
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
     let rules: Vec<Spec> = STACK_RULES
         .iter()
@@ -334,7 +334,7 @@ pub fn resolve_stack_rules(
 /// The rules for kernels without an RST reason (see
 /// `REASONLESS_STACK_RULES`).
 pub fn resolve_reasonless_rules(
-    ksyms: &crate::kallsyms::Kallsyms,
+    ksyms: &crate::kernel::ksyms::Kallsyms,
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
     let rules: Vec<Spec> = REASONLESS_STACK_RULES
         .iter()
@@ -350,7 +350,7 @@ pub fn resolve_reasonless_rules(
 /// nf_send_reset lives in a module (nf_reject_ipv4) on most distribution
 /// kernels, so it is looked up in modules too and must come first.
 pub fn resolve_egress_rules(
-    ksyms: &crate::kallsyms::Kallsyms,
+    ksyms: &crate::kernel::ksyms::Kallsyms,
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
     let table: Vec<Spec> = EGRESS_STACK_RULES
         .iter()
@@ -373,7 +373,7 @@ pub fn resolve_egress_rules(
 type Spec = (&'static str, Option<&'static str>, u32, u32);
 
 fn resolve(
-    ksyms: &crate::kallsyms::Kallsyms,
+    ksyms: &crate::kernel::ksyms::Kallsyms,
     table: &[Spec],
 ) -> (tracer_common::StackRules, Vec<&'static str>) {
     let mut rules = tracer_common::StackRules::EMPTY;
@@ -457,7 +457,7 @@ mod tests {
             "/tests/fixtures/6.18/tcp_send_reset"
         ))
         .unwrap();
-        let f = crate::format::Format::parse(&text).unwrap();
+        let f = crate::kernel::format::Format::parse(&text).unwrap();
         let table: BTreeMap<u32, Cause> = reason_table(&f.symbols("reason"))
             .into_iter()
             .map(|(v, e)| (v, e.cause))
@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn stack_rules_resolve_in_priority_order() {
-        let k = crate::kallsyms::Kallsyms::parse(
+        let k = crate::kernel::ksyms::Kallsyms::parse(
             "ffffffff8206b520 T tcp_abort\nffffffff820711c0 T __tcp_close\n\
              ffffffff820715f0 T tcp_close\nffffffff820719a0 T tcp_disconnect\n\
              ffffffff820719f0 T after\n",
@@ -526,7 +526,7 @@ mod tests {
 
     #[test]
     fn reasonless_rules_need_both_functions_and_the_state() {
-        let k = crate::kallsyms::Kallsyms::parse(
+        let k = crate::kernel::ksyms::Kallsyms::parse(
             "ffffffff81000000 T tcp_abort\nffffffff81000100 T tcp_close\n\
              ffffffff81000200 T tcp_disconnect\nffffffff81000300 T tcp_keepalive_timer\n\
              ffffffff81000400 T tcp_out_of_resources\nffffffff81000500 T after\n",

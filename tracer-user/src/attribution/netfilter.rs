@@ -17,7 +17,7 @@ pub struct Netfilter {
     /// Who added the rule, when it was added while rsttrace ran (nftables
     /// backends only: followed over netlink).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub author: Option<crate::nftmon::Author>,
+    pub author: Option<crate::attribution::nftmon::Author>,
 }
 
 /// The function that calls into netfilter names the hook (NF_HOOK is

@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::{cause::Cause, event::Rst, summary::RemoteSummary, untrusted::Untrusted};
+use crate::{
+    attribution::cause::Cause, attribution::decode::Rst, report::summary::RemoteSummary,
+    untrusted::Untrusted,
+};
 
 /// (cause, process name, security agent it is).
 type ActorKey = (Cause, Untrusted, Option<Untrusted>);
@@ -118,7 +121,7 @@ fn actor_advice(r: &RemoteSummary, tally: &ActorTally, cause: Cause, what: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{actor::Actor, event::Family};
+    use crate::{attribution::actor::Actor, attribution::decode::Family};
     use std::time::UNIX_EPOCH;
 
     fn remote(ip: &str, causes: &[(Cause, u64)]) -> RemoteSummary {
@@ -183,12 +186,12 @@ mod tests {
         let mut rst = killed_by("x", None);
         rst.cause = Cause::NetfilterReject;
         rst.actor = None;
-        rst.netfilter = Some(crate::netfilter::Netfilter {
+        rst.netfilter = Some(crate::attribution::netfilter::Netfilter {
             hook: Some("input"),
             backend: Some("nftables"),
             table: Some("blocklist".into()),
             chain: Some("in".into()),
-            author: Some(crate::nftmon::Author {
+            author: Some(crate::attribution::nftmon::Author {
                 pid: 7,
                 comm: "crowdsec".into(),
                 generation: 3,

@@ -27,8 +27,8 @@ use tokio::{
 };
 
 use crate::{
-    cause::Cause,
-    summary::{RemoteSummary, Summary},
+    attribution::cause::Cause,
+    report::summary::{RemoteSummary, Summary},
     untrusted::Untrusted,
 };
 

@@ -25,7 +25,7 @@ use tracer_common::{
     NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, stat,
 };
 
-use crate::{cause::ReasonEntry, untrusted::Untrusted};
+use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -276,9 +276,17 @@ impl Tracer {
             )
             .override_global("EMIT_EVENTS", &emit, true)
             .override_global("BENCH_EMPTY", &u8::from(opts.bench_empty), true)
-            .override_global("ACTOR_CAUSES", &crate::cause::actor_mask(), true)
+            .override_global(
+                "ACTOR_CAUSES",
+                &crate::attribution::cause::actor_mask(),
+                true,
+            )
             .override_global("EVENTS_PER_SEC", &opts.events_per_sec, true)
-            .override_global("BUDGETED_CAUSES", &crate::cause::line_only_mask(), true)
+            .override_global(
+                "BUDGETED_CAUSES",
+                &crate::attribution::cause::line_only_mask(),
+                true,
+            )
             .override_global("WAKEUP_EVERY", &wakeup_every(opts.ring_size), true)
             .override_global("STACK_RULES", &opts.stack_rules, true)
             .override_global("NETNS_OFFSETS", &opts.netns, true)

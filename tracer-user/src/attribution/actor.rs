@@ -10,7 +10,7 @@ use std::{
 use serde::Serialize;
 use tracer_common::RstEvent;
 
-use crate::{agents::Agents, untrusted::Untrusted};
+use crate::{attribution::agents::Agents, untrusted::Untrusted};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
