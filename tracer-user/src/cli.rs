@@ -97,6 +97,37 @@ pub struct Args {
     #[arg(long, default_value_t = 65536, value_name = "N",
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_remote_ips: u32,
+
+    /// More on stderr: -v for the start-up decisions, -vv for every detail
+    /// (verifier logs). RUST_LOG, where set, decides instead.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Args {
+    pub fn doctor(&self) -> bool {
+        matches!(self.command, Some(Command::Doctor))
+    }
+
+    /// `rsttrace doctor` loads and attaches every program and prints the
+    /// plan, nothing per RST.
+    pub fn for_command(mut self) -> Self {
+        if self.doctor() {
+            self.direction = Direction::Both;
+            self.summary_only = true;
+            self.pcap = None;
+            self.metrics = None;
+        }
+        self
+    }
+
+    /// `RSTTRACE_BENCH_EMPTY=1`, for `cargo xtask bench` only: the programs
+    /// are attached as usual but return at once, so the bench can measure
+    /// what the hooks cost before any of rsttrace's work. Nothing is
+    /// counted, and the trace says so.
+    pub fn bench_empty(&self) -> bool {
+        std::env::var_os("RSTTRACE_BENCH_EMPTY").is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]

@@ -34,7 +34,7 @@ pub struct Options<'a> {
     /// For the BTF build of the tcp_send_reset program; `None`: the
     /// classic tracepoint reads the record.
     pub sock_addrs: Option<SockAddrOffsets>,
-    pub reason_causes: &'a [(u32, ReasonEntry)],
+    pub reason_causes: Vec<(u32, ReasonEntry)>,
     pub stack_rules: StackRules,
     pub netns: NetnsOffsets,
     /// `None` leaves the egress hook off (no BTF to read packets with).
@@ -304,7 +304,7 @@ impl Tracer {
             ebpf.map_mut("REASON_CAUSE")
                 .context("REASON_CAUSE map missing")?,
         )?;
-        for (reason, entry) in opts.reason_causes {
+        for (reason, entry) in &opts.reason_causes {
             table
                 .set(*reason, entry.raw(), 0)
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
@@ -840,7 +840,7 @@ mod tests {
                 ..SendResetLayout::UNSET
             },
             sock_addrs: None,
-            reason_causes: &[],
+            reason_causes: vec![],
             stack_rules: StackRules::EMPTY,
             netns: NetnsOffsets::UNSET,
             egress: Some((EgressOffsets::UNSET, StackRules::EMPTY)),

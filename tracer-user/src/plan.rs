@@ -9,7 +9,136 @@
 
 use std::fmt::Write as _;
 
-use crate::loader::{Attached, Hook};
+use anyhow::Result;
+use tracer_common::{KfreeSkbLayout, NetnsOffsets, StackRules};
+
+use crate::{
+    attribution::cause,
+    cli::{self, Args},
+    kernel::{Facts, Probe},
+    loader::{Attached, Hook, Options},
+    scope::Scope,
+};
+
+/// What to load, and everything said about it before it is attached:
+/// decided from the probed facts and the arguments alone (no I/O), so that
+/// every kernel's plan can be tested from its fixtures.
+pub struct Decided<'a> {
+    pub load: Options<'a>,
+    pub probed: Probed,
+    /// The kernel and permission facts doctor lists.
+    pub plan: Plan,
+    /// What is lost here, said on stderr before the trace starts.
+    pub warnings: Vec<String>,
+}
+
+pub fn decide<'a>(facts: &Facts, args: &Args, scope: &'a Scope) -> Result<Decided<'a>> {
+    let (stack_rules, missing_functions) = match &facts.ksyms {
+        Ok(k) if facts.reason() => cause::resolve_stack_rules(k),
+        Ok(k) => cause::resolve_reasonless_rules(k),
+        Err(_) => (StackRules::EMPTY, vec![]),
+    };
+    let egress_rules = facts
+        .ksyms
+        .as_ref()
+        .map_or(StackRules::EMPTY, |k| cause::resolve_egress_rules(k).0);
+    let sent = args.direction.sent();
+    let load = Options {
+        send_reset: facts.send_reset.layout,
+        sock_addrs: facts.sock_addrs.clone().ok(),
+        reason_causes: cause::reason_table(&facts.send_reset.reasons),
+        stack_rules,
+        netns: facts.netns.clone().unwrap_or(NetnsOffsets::UNSET),
+        egress: facts.egress.clone().ok().map(|o| (o, egress_rules)),
+        kfree_skb: facts.kfree_skb.clone().unwrap_or(KfreeSkbLayout::UNSET),
+        emit_events: !args.summary_only || args.pcap.is_some(),
+        events_per_sec: events_per_sec(args),
+        max_remote_ips: args.max_remote_ips,
+        ring_size: args.ring_size,
+        scope,
+        sent,
+        kprobes: facts.kprobes,
+        nft: if sent { facts.nft.clone().ok() } else { None },
+        bench_empty: args.bench_empty(),
+        receive_reset: if args.direction.received() {
+            Some(facts.receive_reset.clone().map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        },
+    };
+    let probed = Probed {
+        reason: facts.reason(),
+        kprobes: facts.kprobes,
+        egress: ok(&facts.egress),
+        ksyms: ok(&facts.ksyms),
+        missing_functions,
+        nft: if sent {
+            ok(&facts.nft)
+        } else {
+            Err("only RSTs sent are traced".into())
+        },
+        netlink: facts.caps.net_admin,
+        kfree_skb: ok(&facts.kfree_skb),
+        drops_in_scope: scope.drops,
+        netns: ok(&facts.netns),
+        ptrace: facts.caps.ptrace,
+    };
+    let mut warnings = warnings(&probed);
+    if load.bench_empty {
+        warnings.push(
+            "RSTTRACE_BENCH_EMPTY is set: every program returns at once, nothing is counted".into(),
+        );
+    }
+    Ok(Decided {
+        warnings,
+        plan: Plan::for_kernel(facts),
+        load,
+        probed,
+    })
+}
+
+fn ok<T>(p: &Probe<T>) -> Result<(), String> {
+    p.as_ref().map(drop).map_err(Clone::clone)
+}
+
+/// The text output prints `--rate` lines a second: that many events per
+/// CPU of the line-only causes are enough (each CPU's second may start
+/// anywhere in the output's). JSON and pcap write every event.
+fn events_per_sec(args: &Args) -> u64 {
+    match (args.output, &args.pcap) {
+        (cli::OutputFormat::Text, None) => u64::from(args.rate),
+        _ => 0,
+    }
+}
+
+/// What a trace loses on this kernel, said once at start: doctor has the
+/// whole plan.
+fn warnings(p: &Probed) -> Vec<String> {
+    let mut w = vec![];
+    match &p.ksyms {
+        Ok(()) if !p.missing_functions.is_empty() => w.push(format!(
+            "kernel functions not found: {}; their stack rules are off",
+            p.missing_functions.join(", ")
+        )),
+        Ok(()) => {}
+        Err(e) => w.push(format!(
+            "{e}; socket-killed, linger-abort and app-disconnect can't be told apart and show \
+             as their fallback cause"
+        )),
+    }
+    if let Err(e) = &p.egress {
+        w.push(format!(
+            "RSTs the TCP stack does not send (netfilter, raw sockets) will not be seen: {e}"
+        ));
+    }
+    if let Err(e) = &p.kfree_skb {
+        w.push(format!("netfilter drops will not be counted: {e}"));
+    }
+    if let Err(e) = &p.netns {
+        w.push(format!("network namespaces will not be shown: {e}"));
+    }
+    w
+}
 
 /// One thing rsttrace reports, and how it sees it on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +193,76 @@ pub struct Probed {
 }
 
 impl Plan {
-    pub fn new() -> Self {
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        Self {
-            kernel,
+    /// The kernel and permission facts, as doctor lists them.
+    pub fn for_kernel(f: &Facts) -> Self {
+        let mut plan = Self {
+            kernel: f.release.clone(),
             ..Self::default()
+        };
+        plan.fact("tracefs", true, f.tracefs.display().to_string());
+        plan.fact(
+            "kernel BTF",
+            f.btf_present,
+            if f.btf_present {
+                "/sys/kernel/btf/vmlinux: struct offsets for the egress hook and namespaces"
+            } else {
+                "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)"
+            },
+        );
+        plan.fact(
+            "RST reason in tcp_send_reset",
+            f.reason(),
+            if f.reason() {
+                format!(
+                    "{} reasons named by the format file",
+                    f.send_reset.reasons.len()
+                )
+            } else {
+                "no reason field (kernels before 6.10)".to_string()
+            },
+        );
+        plan.fact(
+            "kprobes",
+            f.kprobes,
+            if f.kprobes {
+                "available: used where tracepoints lack what rsttrace needs"
+            } else {
+                "not available on this kernel: no hook relies on them"
+            },
+        );
+        plan.fact(
+            "kernel symbols",
+            f.ksyms.is_ok(),
+            match &f.ksyms {
+                Ok(_) => "/proc/kallsyms with addresses: kernel stacks can be read".to_string(),
+                Err(e) => e.clone(),
+            },
+        );
+        for (present, name, why) in [
+            (
+                f.caps.syslog,
+                "CAP_SYSLOG",
+                "kernel addresses in /proc/kallsyms",
+            ),
+            (
+                f.caps.net_admin,
+                "CAP_NET_ADMIN",
+                "following nftables ruleset changes",
+            ),
+            (
+                f.caps.sys_admin,
+                "CAP_SYS_ADMIN",
+                "entering other namespaces; mounting tracefs",
+            ),
+            (
+                f.caps.ptrace,
+                "CAP_SYS_PTRACE",
+                "owners of other users' sockets",
+            ),
+        ] {
+            plan.fact(name, present, why);
         }
+        plan
     }
 
     pub fn fact(&mut self, name: &'static str, present: bool, detail: impl Into<String>) {
@@ -336,15 +527,135 @@ fn why_not(probed: &Result<(), String>) -> &str {
     }
 }
 
-/// Whether the kernel can attach kprobes (the kprobe PMU exists): used by
-/// doctor to say which gaps a kprobe plan could close on this kernel.
-pub fn kprobes_available() -> bool {
-    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The five kernels of the matrix, from their real format files:
+    /// (fixture, kprobes there) and what the plan must load on each.
+    mod kernels {
+        use clap::Parser as _;
+        use tracer_common::{EgressOffsets, NetnsOffsets, SockAddrOffsets};
+
+        use crate::{
+            cli::Args,
+            kernel::{Caps, Facts, format, offsets},
+            loader::Programs,
+            plan::decide,
+        };
+
+        fn fixture(kernel: &str, file: &str) -> String {
+            let path = format!(
+                "{}/tests/fixtures/{kernel}/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        }
+
+        fn tcp(kernel: &str, file: &str) -> format::SendResetFormat {
+            format::Format::parse(&fixture(kernel, file))
+                .and_then(|f| format::SendResetFormat::from_format(&f))
+                .unwrap()
+        }
+
+        /// A kernel's facts as probing would find them, with or without
+        /// BTF (its offsets are not in the fixtures: any value does).
+        fn facts(kernel: &str, kprobes: bool, btf: bool) -> Facts {
+            let from_btf = |o| {
+                if btf {
+                    Ok(o)
+                } else {
+                    Err("no BTF".to_string())
+                }
+            };
+            Facts {
+                release: kernel.into(),
+                tracefs: "/sys/kernel/tracing".into(),
+                send_reset: tcp(kernel, "tcp_send_reset"),
+                receive_reset: Ok(tcp(kernel, "tcp_receive_reset").layout),
+                kfree_skb: offsets::kfree_skb_from_format(&fixture(kernel, "kfree_skb")),
+                btf_present: btf,
+                egress: from_btf(EgressOffsets::UNSET),
+                sock_addrs: if btf {
+                    Ok(SockAddrOffsets::UNSET)
+                } else {
+                    Err("no BTF".into())
+                },
+                netns: if btf {
+                    Ok(NetnsOffsets::UNSET)
+                } else {
+                    Err("no BTF".into())
+                },
+                nft: Err("nf_tables was not loaded".into()),
+                ksyms: Err("no kernel symbols in a unit test".into()),
+                kprobes,
+                caps: Caps::default(),
+            }
+        }
+
+        fn programs(f: &Facts, argv: &[&str]) -> Programs {
+            let args = Args::parse_from(std::iter::once("rsttrace").chain(argv.iter().copied()));
+            let scope = crate::scope::build("all", &[], &[], &args.cause).unwrap();
+            Programs::decide(&decide(f, &args, &scope).unwrap().load)
+        }
+
+        #[test]
+        fn each_kernel_of_the_matrix_gets_its_programs() {
+            // (kernel, kprobes, kprobes for RSTs without a full socket,
+            // drops counted)
+            for (kernel, kprobes, kprobe_resets, drops) in [
+                ("5.10", true, true, false),
+                ("6.1", true, true, true),
+                ("6.12", true, false, true),
+                ("6.18", false, false, true),
+                ("7.2", true, false, true),
+            ] {
+                let p = programs(&facts(kernel, kprobes, true), &[]);
+                assert!(p.send_reset && p.egress, "{kernel}: {p:?}");
+                assert_eq!(p.kprobe_resets, kprobe_resets, "{kernel}: {p:?}");
+                assert_eq!(p.drops, drops, "{kernel}: {p:?}");
+                assert!(!p.receive_reset, "{kernel}: {p:?}");
+            }
+        }
+
+        #[test]
+        fn without_btf_only_the_tcp_stack_is_seen_and_said() {
+            for kernel in ["5.10", "6.1", "6.12", "6.18", "7.2"] {
+                let f = facts(kernel, true, false);
+                let p = programs(&f, &[]);
+                assert!(
+                    p.send_reset && !p.egress && !p.drops && !p.kprobe_resets,
+                    "{p:?}"
+                );
+                let args = Args::parse_from(["rsttrace"]);
+                let scope = crate::scope::build("all", &[], &[], &[]).unwrap();
+                let w = decide(&f, &args, &scope).unwrap().warnings;
+                assert!(
+                    w.iter()
+                        .any(|w| w.starts_with("RSTs the TCP stack does not send")),
+                    "{kernel}: {w:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn scope_and_direction_decide_the_rest() {
+            let f = facts("6.18", false, true);
+            let p = programs(&f, &["--cause", "closed-port"]);
+            assert!(p.send_reset && p.egress && !p.drops, "{p:?}");
+            let p = programs(&f, &["--direction", "in"]);
+            assert!(
+                !p.send_reset && !p.egress && !p.drops && p.receive_reset,
+                "{p:?}"
+            );
+            let p = programs(&f, &["--direction", "both"]);
+            assert!(
+                p.send_reset && p.egress && p.drops && p.receive_reset,
+                "{p:?}"
+            );
+        }
+    }
+
     use crate::loader::Variant;
 
     #[test]

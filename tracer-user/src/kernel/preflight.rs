@@ -129,7 +129,7 @@ pub fn tracefs() -> Result<PathBuf> {
             "mounted tracefs at {TRACEFS} but it has no events/ directory: is CONFIG_TRACING set?"
         );
     }
-    eprintln!("rsttrace: mounted tracefs at {TRACEFS}");
+    log::info!("mounted tracefs at {TRACEFS}");
     Ok(PathBuf::from(TRACEFS))
 }
 
