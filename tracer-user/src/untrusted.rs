@@ -194,6 +194,7 @@ pub mod hostile {
                 // A user pattern matched: the agent is named by its comm.
                 agent: Some(comm()),
             }),
+            agent: Some(comm()),
             labels: vec!["security-agent".into()],
             stack: Some(vec![Untrusted::from_bytes(
                 &b"evil\x1b[A+0x1 [mod\x07]"[..],

@@ -44,6 +44,9 @@ pub struct Rst {
     pub state: Option<&'static str>,
     pub netns: Option<u64>,
     pub actor: Option<Actor>,
+    /// The security agent behind it, decided here once: the actor, the
+    /// rule's author or the module that built it; `labels` says so too.
+    pub agent: Option<Untrusted>,
     pub labels: Vec<String>,
     /// Kernel stack, symbolized (`function+0xoff [module]`), for RSTs no
     /// rule explains and RSTs built by a module: whoever loaded the module
@@ -54,6 +57,31 @@ pub struct Rst {
     pub module: Option<Untrusted>,
     /// For `socket-killed`: the process that held the destroyed socket.
     pub owner: Option<Owner>,
+}
+
+#[cfg(test)]
+impl Rst {
+    /// A closed-port RST with nothing else known, for tests to change
+    /// what they test (`Rst { cause, ..Rst::example() }`).
+    pub fn example() -> Self {
+        Rst {
+            ts: std::time::UNIX_EPOCH,
+            cause: Cause::ClosedPort,
+            kernel_reason: None,
+            family: Family::Ipv4,
+            local: "127.0.0.1:9".parse().unwrap(),
+            remote: "127.0.0.2:40000".parse().unwrap(),
+            state: None,
+            netns: None,
+            actor: None,
+            agent: None,
+            labels: vec![],
+            stack: None,
+            netfilter: None,
+            module: None,
+            owner: None,
+        }
+    }
 }
 
 /// TCP states are stable ABI (include/net/tcp_states.h); the format file
@@ -209,16 +237,17 @@ impl Decoder {
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
         let actor = (cause.has_actor() && module.is_none()).then(|| self.actors.resolve(ev));
-        let agent = actor.as_ref().and_then(|a| a.agent.as_ref()).is_some()
-            || netfilter
-                .as_ref()
-                .and_then(|nf| nf.author.as_ref()?.agent.as_ref())
-                .is_some()
-            || module
-                .as_ref()
-                .and_then(|m| crate::attribution::agents::module_agent(&m.lossy()))
-                .is_some();
-        let labels = if agent {
+        // The security agent behind the RST: the actor, else the author of
+        // the rule that fired, else the module that built it.
+        let agent = actor
+            .as_ref()
+            .and_then(|a| a.agent.clone())
+            .or_else(|| netfilter.as_ref()?.author.as_ref()?.agent.clone())
+            .or_else(|| {
+                crate::attribution::agents::module_agent(&module.as_ref()?.lossy())
+                    .map(Untrusted::from)
+            });
+        let labels = if agent.is_some() {
             vec!["security-agent".to_string()]
         } else {
             Vec::new()
@@ -233,6 +262,7 @@ impl Decoder {
             state: tcp_state_name(ev.state),
             netns: (ev.netns != 0).then_some(u64::from(ev.netns)),
             actor,
+            agent,
             labels,
             stack: ips
                 .filter(|_| matches!(cause, Cause::Unknown | Cause::Injected))

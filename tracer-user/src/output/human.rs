@@ -91,19 +91,8 @@ pub fn details(rst: &Rst) -> String {
             line.push_str(&format!(" cgroup={cg}"));
         }
     }
-    // The agent is the actor, or else the author of the rule that fired.
-    let agent = rst
-        .actor
-        .as_ref()
-        .and_then(|a| a.agent.as_ref())
-        .or_else(|| {
-            rst.netfilter
-                .as_ref()
-                .and_then(|n| n.author.as_ref())
-                .and_then(|a| a.agent.as_ref())
-        });
     for l in &rst.labels {
-        match agent {
+        match &rst.agent {
             Some(name) if l == "security-agent" => line.push_str(&format!(" [{l}: {name}]")),
             _ => line.push_str(&format!(" [{l}]")),
         }
@@ -263,7 +252,7 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
     t.push_str(&format!(
         "\ncoverage: {} RSTs left through a device: {} attributed ({} by the TCP stack), {} unknown\n",
         c.egress_rsts,
-        c.egress_rsts - c.unexplained,
+        c.attributed(),
         c.tcp_stack,
         c.unexplained
     ));
@@ -364,15 +353,47 @@ mod tests {
             family: Family::Ipv6,
             local: "[::1]:9".parse().unwrap(),
             remote: "[::1]:50976".parse().unwrap(),
-            state: None,
-            netns: None,
-            actor: None,
-            labels: vec![],
-            stack: None,
-            netfilter: None,
-            module: None,
-            owner: None,
+            ..Rst::example()
         }
+    }
+
+    /// A RST a kernel module built, the module a known agent's: the line
+    /// names the agent (it once printed a bare "[security-agent]", the
+    /// agent being looked for in the actor and rule author only).
+    #[test]
+    fn a_module_built_rst_names_the_agent_of_its_module() {
+        use crate::attribution::{actor::ActorResolver, agents::Agents, decode::Decoder};
+        let ksyms = crate::kernel::ksyms::Kallsyms::parse(
+            "ffffffff81000000 T __dev_queue_xmit\n\
+             ffffffff81001000 T ip_output\n\
+             ffffffffc0001000 t falcon_send_rst\t[falcon_lsm_serviceable]\n\
+             ffffffffc0002000 t falcon_other\t[falcon_lsm_serviceable]\n",
+        )
+        .unwrap();
+        let mut decoder = Decoder {
+            ruleset: Default::default(),
+            clock: crate::clock::BootClock::new(),
+            reasons: Default::default(),
+            actors: ActorResolver::new(Agents::new(vec![])),
+            ksyms: Some(ksyms),
+        };
+        // SAFETY: plain data, every bit pattern valid.
+        let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };
+        ev.family = tracer_common::AF_INET;
+        ev.cause = Cause::Injected as u8;
+        ev.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.remote_addr[..4].copy_from_slice(&[127, 9, 0, 1]);
+        (ev.local_port, ev.remote_port) = (80, 5000);
+        let stack = vec![0xffff_ffff_8100_0010, 0xffff_ffff_c000_1010];
+        let rst = decoder
+            .decode(&ev, |_| Some(stack), |_| None)
+            .expect("decoded");
+        assert_eq!(rst.labels, ["security-agent"]);
+        let line = rst_text(&rst);
+        assert!(
+            line.contains("[security-agent: CrowdStrike Falcon]"),
+            "{line}"
+        );
     }
 
     #[test]

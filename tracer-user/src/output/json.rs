@@ -193,7 +193,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
         ruleset_changes: &s.ruleset_changes,
         coverage: CoverageLine {
             egress_rsts: s.coverage.egress_rsts,
-            attributed: s.coverage.egress_rsts - s.coverage.unexplained,
+            attributed: s.coverage.attributed(),
             unknown: s.coverage.unexplained,
             by_tcp_stack: s.coverage.tcp_stack,
         },
@@ -235,7 +235,6 @@ mod tests {
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.4.0.1:40000".parse().unwrap(),
             state: Some("TCP_ESTABLISHED"),
-            netns: None,
             actor: Some(Actor {
                 pid: 42,
                 tid: 43,
@@ -245,11 +244,7 @@ mod tests {
                 container_id: None,
                 agent: None,
             }),
-            labels: vec![],
-            stack: None,
-            netfilter: None,
-            module: None,
-            owner: None,
+            ..Rst::example()
         };
         assert_eq!(
             serde_json::to_value(rst_line(&rst)).unwrap(),
@@ -281,17 +276,12 @@ mod tests {
             family: Family::Ipv4,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.2:2".parse().unwrap(),
-            state: None,
             netns: Some(4026531840),
-            actor: None,
-            labels: vec![],
             stack: Some(vec![
                 "tcp_v4_send_reset+0x1a".into(),
                 "nft_do_chain+0x10 [nf_tables]".into(),
             ]),
-            netfilter: None,
-            module: None,
-            owner: None,
+            ..Rst::example()
         };
         let v = serde_json::to_value(rst_line(&rst)).unwrap();
         assert_eq!(v["cause"], "unknown");
@@ -307,15 +297,9 @@ mod tests {
         let rst = Rst {
             ts: UNIX_EPOCH,
             cause: Cause::NetfilterReject,
-            kernel_reason: None,
             family: Family::Ipv6,
             local: "[::1]:7777".parse().unwrap(),
             remote: "[fd72::1]:4000".parse().unwrap(),
-            state: None,
-            netns: None,
-            actor: None,
-            labels: vec![],
-            stack: None,
             netfilter: Some(Netfilter {
                 hook: Some("input"),
                 backend: Some("nftables"),
@@ -323,8 +307,7 @@ mod tests {
                 chain: None,
                 author: None,
             }),
-            module: None,
-            owner: None,
+            ..Rst::example()
         };
         let v = serde_json::to_value(rst_line(&rst)).unwrap();
         assert_eq!(v["kernel_reason"], serde_json::Value::Null);

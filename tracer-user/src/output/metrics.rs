@@ -91,16 +91,6 @@ fn counter(
     family(enc, name, help, MetricType::Counter, series)
 }
 
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Labels, i64)>,
-) -> std::fmt::Result {
-    let series = series.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
-    family(enc, name, help, MetricType::Gauge, series)
-}
-
 fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -194,12 +184,13 @@ impl Collector for Snapshot {
              (--metrics-remote-ips); the rest are in rsttrace_other_remotes_rsts.",
             per_remote,
         )?;
-        gauge(
+        family(
             &mut enc,
             "rsttrace_other_remotes_rsts",
             "TCP RSTs of remote IPs not listed in rsttrace_remote_rsts_total; it shrinks \
              when a remote IP enters the list.",
-            others,
+            MetricType::Gauge,
+            others.into_iter().map(|(l, v)| (l, ConstGauge::new(v))),
         )?;
         counter(
             &mut enc,
@@ -208,7 +199,6 @@ impl Collector for Snapshot {
             [(vec![], s.drops_total)],
         )?;
         let c = s.coverage;
-        let by_rule = c.egress_rsts.saturating_sub(c.tcp_stack + c.unexplained);
         counter(
             &mut enc,
             "rsttrace_egress_rsts",
@@ -216,7 +206,10 @@ impl Collector for Snapshot {
              stack, an egress rule (netfilter, raw socket, module), or nothing (cause unknown).",
             [
                 (vec![("explained_by", "tcp_stack".to_string())], c.tcp_stack),
-                (vec![("explained_by", "egress_rule".to_string())], by_rule),
+                (
+                    vec![("explained_by", "egress_rule".to_string())],
+                    c.by_egress_rule(),
+                ),
                 (vec![("explained_by", "none".to_string())], c.unexplained),
             ],
         )?;
@@ -248,11 +241,15 @@ impl Collector for Snapshot {
              full (--max-remote-ips).",
             [(vec![], s.remote_ip_overflow)],
         )?;
-        gauge(
+        family(
             &mut enc,
             "rsttrace_build_info",
             "rsttrace version; always 1.",
-            [(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1)],
+            MetricType::Gauge,
+            [(
+                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                ConstGauge::new(1i64),
+            )],
         )?;
         Ok(())
     }
@@ -339,6 +336,13 @@ mod tests {
 
     use super::*;
 
+    /// Sent RSTs only, two remotes with series of their own.
+    const SENT_TOP_2: Shape = Shape {
+        sent: true,
+        received: false,
+        top: 2,
+    };
+
     fn remote(ip: &str, causes: &[(Cause, u64)]) -> RemoteSummary {
         RemoteSummary {
             remote_ip: ip.parse::<IpAddr>().unwrap(),
@@ -404,11 +408,7 @@ mod tests {
             unreadable: 2,
             ..Default::default()
         };
-        let shape = Shape {
-            sent: true,
-            received: false,
-            top: 2,
-        };
+        let shape = SENT_TOP_2;
         let text = encode(&s, shape);
         assert!(
             text.contains("rsttrace_skipped_program_runs_total{program=\"tcp_send_reset\"} 3\n"),
@@ -429,11 +429,7 @@ mod tests {
             skipped_runs: [(name.to_string(), 3)].into_iter().collect(),
             ..Default::default()
         };
-        let shape = Shape {
-            sent: true,
-            received: false,
-            top: 2,
-        };
+        let shape = SENT_TOP_2;
         let text = encode(&s, shape);
         crate::untrusted::hostile::assert_clean(text.as_bytes(), b"\n");
         // The value is the text output's rendering, escaped once more for

@@ -144,7 +144,6 @@ mod tests {
             local: "127.0.0.1:80".parse().unwrap(),
             remote: "127.7.0.1:5000".parse().unwrap(),
             state: Some("TCP_ESTABLISHED"),
-            netns: None,
             actor: Some(Actor {
                 pid: 1,
                 tid: 1,
@@ -154,11 +153,7 @@ mod tests {
                 container_id: None,
                 agent: agent.map(Into::into),
             }),
-            labels: vec![],
-            stack: None,
-            netfilter: None,
-            module: None,
-            owner: None,
+            ..Rst::example()
         }
     }
 

@@ -52,6 +52,19 @@ pub struct Coverage {
     pub unexplained: u64,
 }
 
+impl Coverage {
+    /// RSTs that left a device and were explained.
+    pub fn attributed(&self) -> u64 {
+        self.egress_rsts.saturating_sub(self.unexplained)
+    }
+
+    /// ... by an egress rule (netfilter, raw socket, module), not the TCP
+    /// stack.
+    pub fn by_egress_rule(&self) -> u64 {
+        self.attributed().saturating_sub(self.tcp_stack)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub duration: Duration,
