@@ -27,24 +27,9 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         "add rule inet rsttrace_t out ip6 saddr fd72:7374::17 tcp dport 7778 counter reject with tcp reset",
     );
     let trace = Trace::watch(&ns, &[]);
-    let tcp4 = closed_port(
-        &ns,
-        "127.16.0.1".parse().unwrap(),
-        "127.0.0.1:7777".parse().unwrap(),
-        3,
-    );
-    let tcp6 = closed_port(
-        &ns,
-        "fd72:7374::17".parse().unwrap(),
-        "[::1]:7778".parse().unwrap(),
-        2,
-    );
-    let tcp_pre = closed_port(
-        &ns,
-        "127.16.0.2".parse().unwrap(),
-        "127.0.0.1:7779".parse().unwrap(),
-        2,
-    );
+    let tcp4 = closed_port(&ns, "127.16.0.1", "127.0.0.1:7777", 3);
+    let tcp6 = closed_port(&ns, "fd72:7374::17", "[::1]:7778", 2);
+    let tcp_pre = closed_port(&ns, "127.16.0.2", "127.0.0.1:7779", 2);
     let out = trace.stop();
     assert_eq!(
         (tcp4, tcp6, tcp_pre),
@@ -132,18 +117,8 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
         "tcp-reset",
     ]);
     let trace = Trace::watch(&ns, &[]);
-    let tcp4 = closed_port(
-        &ns,
-        "127.18.0.1".parse().unwrap(),
-        "127.0.0.1:7777".parse().unwrap(),
-        2,
-    );
-    let tcp6 = closed_port(
-        &ns,
-        "fd72:7374::18".parse().unwrap(),
-        "[::1]:7777".parse().unwrap(),
-        3,
-    );
+    let tcp4 = closed_port(&ns, "127.18.0.1", "127.0.0.1:7777", 2);
+    let tcp6 = closed_port(&ns, "fd72:7374::18", "[::1]:7777", 3);
     let out = trace.stop();
     assert_eq!(
         (tcp4, tcp6),
@@ -192,12 +167,7 @@ fn netfilter_reject_iptables_legacy() {
         "tcp-reset",
     ]);
     let trace = Trace::watch(&ns, &[]);
-    let tcp = closed_port(
-        &ns,
-        "127.19.0.1".parse().unwrap(),
-        "127.0.0.1:7777".parse().unwrap(),
-        2,
-    );
+    let tcp = closed_port(&ns, "127.19.0.1", "127.0.0.1:7777", 2);
     let out = trace.stop();
     assert_eq!(tcp, 0, "the TCP stack sent none of these RSTs");
     let n = rule_packets(&ns.output(&["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"]));
@@ -243,12 +213,7 @@ fn reject_rule_added_by_a_security_agent_is_attributed_to_it() {
     ] {
         ns.exec(&[&agent_str, cmd]);
     }
-    let tcp = closed_port(
-        &ns,
-        "127.31.0.1".parse().unwrap(),
-        "127.0.0.1:443".parse().unwrap(),
-        2,
-    );
+    let tcp = closed_port(&ns, "127.31.0.1", "127.0.0.1:443", 2);
     // A silent drop by the agent's rule: its author shows on the drop too.
     ns.run(|| {
         let _ = connect_briefly("127.31.0.2", "127.0.0.1:443");
@@ -419,12 +384,7 @@ fn netfilter_reject_in_the_forward_hook() {
         "add rule inet rsttrace_t forwarded ip6 saddr fd72:7374:c::1 tcp dport 7777 counter reject with tcp reset",
     ]);
     let trace = Trace::watch(&router, &[]);
-    let tcp = closed_port(
-        &client,
-        "fd72:7374:c::1".parse().unwrap(),
-        "[fd72:7374:5::1]:7777".parse().unwrap(),
-        2,
-    );
+    let tcp = closed_port(&client, "fd72:7374:c::1", "[fd72:7374:5::1]:7777", 2);
     let out = trace.stop();
     assert_eq!(tcp, 0, "the client's TCP stack sent no RST");
     let n =

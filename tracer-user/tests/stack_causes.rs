@@ -13,12 +13,7 @@ use support::{Netns, Trace, rule_packets, scenario::*};
 fn closed_port_ipv4() {
     let ns = Netns::new("closed4");
     let trace = Trace::watch(&ns, &[]);
-    let sent = closed_port(
-        &ns,
-        "127.3.0.1".parse().unwrap(),
-        "127.0.0.1:9".parse().unwrap(),
-        5,
-    );
+    let sent = closed_port(&ns, "127.3.0.1", "127.0.0.1:9", 5);
     let out = trace.stop();
     assert!(sent >= 5, "OutRsts delta in the namespace: {sent}");
     let evs = out.assert_exactly(&ns, "127.3.0.1", sent, "closed-port");
@@ -41,12 +36,7 @@ fn closed_port_ipv6() {
     let ns = Netns::new("closed6");
     ns.add_addr("fd72:7374::3/128");
     let trace = Trace::watch(&ns, &[]);
-    let sent = closed_port(
-        &ns,
-        "fd72:7374::3".parse().unwrap(),
-        "[::1]:9".parse().unwrap(),
-        4,
-    );
+    let sent = closed_port(&ns, "fd72:7374::3", "[::1]:9", 4);
     let out = trace.stop();
     assert!(sent >= 4, "OutRsts delta in the namespace: {sent}");
     let evs = out.assert_exactly(&ns, "fd72:7374::3", sent, "closed-port");
@@ -71,25 +61,10 @@ fn closed_port_over_veth_each_rst_counted_once() {
     server.add_addr("fd72:7374:e::3/128");
     let before = server.out_rsts();
     let trace = Trace::watch(&server, &[]);
-    closed_port(
-        &client,
-        "fd72:7374:d::1".parse().unwrap(),
-        "[fd72:7374:d::2]:9".parse().unwrap(),
-        7,
-    );
-    closed_port(
-        &client,
-        "10.251.0.1".parse().unwrap(),
-        "10.251.0.2:9".parse().unwrap(),
-        5,
-    );
+    closed_port(&client, "fd72:7374:d::1", "[fd72:7374:d::2]:9", 7);
+    closed_port(&client, "10.251.0.1", "10.251.0.2:9", 5);
     // And on the server's own loopback.
-    let sent = closed_port(
-        &server,
-        "fd72:7374:e::3".parse().unwrap(),
-        "[::1]:9".parse().unwrap(),
-        3,
-    );
+    let sent = closed_port(&server, "fd72:7374:e::3", "[::1]:9", 3);
     let sent_by_server = server.out_rsts() - before;
     let out = trace.stop();
     assert!(sent >= 3, "{sent}");
@@ -176,12 +151,7 @@ fn keepalive_timeout() {
 fn summary_only_prints_exact_counts_and_no_events() {
     let ns = Netns::new("summaryonly");
     let trace = Trace::watch(&ns, &["--summary-only"]);
-    let sent = closed_port(
-        &ns,
-        "127.6.0.1".parse().unwrap(),
-        "127.0.0.1:9".parse().unwrap(),
-        7,
-    );
+    let sent = closed_port(&ns, "127.6.0.1", "127.0.0.1:9", 7);
     let out = trace.stop();
     assert!(sent >= 7, "OutRsts delta: {sent}");
     assert!(out.rsts.is_empty(), "--summary-only printed events");
@@ -299,7 +269,7 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
     );
     let scenarios: [Scenario; 9] = [
         ("mix-closed", "127.21.0.1", 4, |ns, c| {
-            closed_port(ns, c.parse().unwrap(), "127.0.0.1:9".parse().unwrap(), 4)
+            closed_port(ns, c, "127.0.0.1:9", 4)
         }),
         ("mix-abort", "127.22.0.1", 2, |ns, c| {
             abort_on_close(ns, c, 2)
@@ -318,7 +288,7 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         }),
         ("mix-closed6", "fd72:7374::26", 2, |ns, c| {
             ns.add_addr(&format!("{c}/128"));
-            closed_port(ns, c.parse().unwrap(), "[::1]:9".parse().unwrap(), 2)
+            closed_port(ns, c, "[::1]:9", 2)
         }),
         ("mix-nft", "127.28.0.1", 3, |ns, c| {
             ns.exec(&["nft", "add table inet t"]);
@@ -330,7 +300,7 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
                 "add rule inet t in ip saddr {c} tcp dport 7 counter reject with tcp reset"
             );
             ns.exec(&["nft", &rule]);
-            let tcp = closed_port(ns, c.parse().unwrap(), "127.0.0.1:7".parse().unwrap(), 3);
+            let tcp = closed_port(ns, c, "127.0.0.1:7", 3);
             assert_eq!(tcp, 0, "netfilter's RSTs are not the TCP stack's");
             rule_packets(&ns.output(&["nft", "list", "chain", "inet", "t", "in"]))
         }),

@@ -16,7 +16,9 @@ use super::{Netns, connect_from, out_rsts_here};
 
 /// Connects `n` times from `client` to a port nobody listens on; returns
 /// the namespace's OutRsts delta.
-pub fn closed_port(ns: &Netns, client: IpAddr, server: SocketAddr, n: u64) -> u64 {
+pub fn closed_port(ns: &Netns, client: &str, server: &str, n: u64) -> u64 {
+    let client: IpAddr = client.parse().expect("client address");
+    let server: SocketAddr = server.parse().expect("server address");
     super::refused_connects(ns, client, server, n)
 }
 
