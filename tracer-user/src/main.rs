@@ -8,6 +8,7 @@ mod clock;
 mod fuzz;
 mod kernel;
 mod loader;
+mod logging;
 mod output;
 mod plan;
 mod report;
@@ -44,6 +45,7 @@ use crate::{
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits with 2.
     let args = Args::parse();
+    logging::init(0);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -147,8 +149,9 @@ async fn run(mut args: Args) -> Result<()> {
         plan.fact(name, preflight::has_cap(cap), why);
     }
 
-    // Parsed once: every offset set comes from it.
-    let mut kernel_btf = btf::Btf::from_sys_fs();
+    // Read and parsed once: every offset set, the loader and the BTF
+    // tracepoints use it.
+    let (mut kernel_btf, aya_btf) = btf::load_vmlinux();
     let nft = if !kprobes {
         Err(anyhow::anyhow!("naming them needs kprobes, absent here"))
     } else if !args.direction.sent() {
@@ -233,7 +236,9 @@ async fn run(mut args: Args) -> Result<()> {
         sent: args.direction.sent(),
         kprobes,
         nft: nft.ok(),
-        bench_empty: bench_empty(),
+        bench_empty: bench_empty(args.debug_empty_programs),
+        btf: aya_btf.as_ref(),
+        no_tp_btf: args.debug_no_tp_btf,
         receive_reset: if args.direction.received() {
             let text = preflight::tracepoint_format(&tracefs, "tcp", "tcp_receive_reset")?;
             let f = Format::parse(&text)
@@ -281,8 +286,8 @@ async fn run(mut args: Args) -> Result<()> {
     // must stop the trace cleanly, not kill it.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut bench_toggle = BenchToggle::from_env()?;
-    let attached = tracer.attach()?;
+    let mut bench_toggle = BenchToggle::new(args.debug_toggle_signals)?;
+    let attached = tracer.attach(aya_btf.as_ref())?;
     let started = Instant::now();
     plan.signals(&probed, &attached);
     let hooks = tracer.btf_hooks();
@@ -298,7 +303,7 @@ async fn run(mut args: Args) -> Result<()> {
         tracer.detach()?;
         // No hook needs fentry/fexit; the fact says whether a future one
         // could use them here.
-        let fentry = tracer.probe_fentry();
+        let fentry = tracer.probe_fentry(aya_btf.as_ref());
         plan.fact(
             "fentry/fexit",
             fentry.is_ok(),
@@ -657,29 +662,28 @@ fn netns_offsets(b: &btf::Btf) -> Result<tracer_common::NetnsOffsets> {
     })
 }
 
-/// `RSTTRACE_BENCH_EMPTY=1`, for `cargo xtask bench` only: the programs
+/// `--debug-empty-programs`, for `cargo xtask bench` only: the programs
 /// are attached as usual but return at once, so the bench can measure what
 /// the hooks cost before any of rsttrace's work. Nothing is counted, and
 /// the trace says so.
-fn bench_empty() -> bool {
-    let on = std::env::var_os("RSTTRACE_BENCH_EMPTY").is_some();
+fn bench_empty(on: bool) -> bool {
     if on {
         eprintln!(
-            "rsttrace: RSTTRACE_BENCH_EMPTY is set: every program returns at once, nothing is counted"
+            "rsttrace: --debug-empty-programs: every program returns at once, nothing is counted"
         );
     }
     on
 }
 
-/// `RSTTRACE_BENCH_TOGGLE=1`, for `cargo xtask bench` only: SIGUSR1
+/// `--debug-toggle-signals`, for `cargo xtask bench` only: SIGUSR1
 /// detaches every program and SIGUSR2 attaches them again, so that the
 /// bench can compare traced and untraced stretches a few hundred
 /// milliseconds apart. Counts miss what happens while detached.
 struct BenchToggle(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 
 impl BenchToggle {
-    fn from_env() -> Result<Self> {
-        if std::env::var_os("RSTTRACE_BENCH_TOGGLE").is_none() {
+    fn new(on: bool) -> Result<Self> {
+        if !on {
             return Ok(Self(None));
         }
         Ok(Self(Some((
