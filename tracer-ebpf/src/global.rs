@@ -13,7 +13,7 @@ pub fn get<T>(g: &'static T) -> &'static T {
     unsafe { &*core::ptr::read_volatile(&p) }
 }
 
-/// Set by userspace for `cargo xtask bench` only (`RSTTRACE_BENCH_EMPTY`):
+/// Set by userspace for `cargo xtask bench` only (`--debug-empty-programs`):
 /// every program returns at once, so the bench can measure what the hooks
 /// themselves cost, the floor under rsttrace's own work.
 #[unsafe(no_mangle)]

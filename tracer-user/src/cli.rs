@@ -102,6 +102,21 @@ pub struct Args {
     /// (verifier logs). RUST_LOG, where set, decides instead.
     #[arg(long, short, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Debug (the bench's floor): every program is attached as usual but
+    /// returns at once; nothing is counted, and the trace says so.
+    #[arg(long, hide = true)]
+    pub debug_empty_programs: bool,
+
+    /// Debug (the bench's instrument): SIGUSR1 detaches every program and
+    /// SIGUSR2 attaches them again; counts miss what happens in between.
+    #[arg(long, hide = true)]
+    pub debug_toggle_signals: bool,
+
+    /// Debug (tests, cost comparisons): run the classic and raw builds of
+    /// the hot programs, the ones kernels without BTF tracepoints run.
+    #[arg(long, hide = true)]
+    pub debug_no_tp_btf: bool,
 }
 
 impl Args {
@@ -119,14 +134,6 @@ impl Args {
             self.metrics = None;
         }
         self
-    }
-
-    /// `RSTTRACE_BENCH_EMPTY=1`, for `cargo xtask bench` only: the programs
-    /// are attached as usual but return at once, so the bench can measure
-    /// what the hooks cost before any of rsttrace's work. Nothing is
-    /// counted, and the trace says so.
-    pub fn bench_empty(&self) -> bool {
-        std::env::var_os("RSTTRACE_BENCH_EMPTY").is_some()
     }
 }
 
@@ -229,6 +236,22 @@ mod tests {
         assert!(Args::try_parse_from(["rsttrace", "--duration", "soon"]).is_err());
         assert!(Args::try_parse_from(["rsttrace", "--top", "0"]).is_err());
         assert!(Args::try_parse_from(["rsttrace", "--max-remote-ips", "1"]).is_err());
+    }
+
+    #[test]
+    fn debug_flags_parse_and_stay_out_of_help() {
+        let a = Args::try_parse_from([
+            "rsttrace",
+            "--debug-empty-programs",
+            "--debug-toggle-signals",
+            "--debug-no-tp-btf",
+        ])
+        .unwrap();
+        assert!(a.debug_empty_programs && a.debug_toggle_signals && a.debug_no_tp_btf);
+        let help = <Args as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("--debug"), "{help}");
     }
 }
 

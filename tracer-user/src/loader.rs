@@ -59,9 +59,14 @@ pub struct Options<'a> {
     /// functions present (nf_send_reset, nf_send_reset6), for naming the
     /// chain of REJECT rules that predate the trace.
     pub nft: Option<(NftOffsets, Vec<&'static str>)>,
-    /// `RSTTRACE_BENCH_EMPTY`, for `cargo xtask bench` only: every program
-    /// returns at once (the hooks' own cost, nothing counted).
+    /// `--debug-empty-programs`, for `cargo xtask bench` only: every
+    /// program returns at once (the hooks' own cost, nothing counted).
     pub bench_empty: bool,
+    /// The kernel's BTF as aya parsed it (once, at start-up): for the
+    /// loader's relocations and the BTF tracepoints; `None`: no BTF.
+    pub btf: Option<&'a aya::Btf>,
+    /// `--debug-no-tp-btf`: the classic and raw builds of the hot programs.
+    pub no_tp_btf: bool,
 }
 
 /// Where nftables evaluates a base chain, and where netfilter's REJECT
@@ -239,6 +244,9 @@ pub struct Tracer {
     /// reports it).
     attached: Vec<Attached>,
     sock_addrs: bool,
+    no_tp_btf: bool,
+    /// BTF builds verified ahead of `attach_btf_or`, in parallel.
+    preloaded: BTreeMap<&'static str, Result<()>>,
 }
 
 impl Tracer {
@@ -254,6 +262,7 @@ impl Tracer {
             .egress
             .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
         let mut ebpf = EbpfLoader::new()
+            .btf(opts.btf)
             .override_global("EGRESS_OFFSETS", &egress_offsets, true)
             .override_global(
                 "STACK_COUNTED_AT_SEND",
@@ -336,6 +345,8 @@ impl Tracer {
             btf_hooks: BtfHooks::default(),
             attached: Vec::new(),
             sock_addrs: opts.sock_addrs.is_some(),
+            no_tp_btf: opts.no_tp_btf,
+            preloaded: BTreeMap::new(),
         })
     }
 
@@ -405,21 +416,28 @@ impl Tracer {
     fn attach_btf_or(
         &mut self,
         hook: Hook,
-        btf: &Result<aya::Btf>,
+        btf: &Result<&aya::Btf>,
         btf_prog: &'static str,
         tracepoint: &'static str,
         fallback: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<()> {
-        let attached = match btf {
-            Ok(btf) => load(&mut self.ebpf, btf_prog, |p: &mut BtfTracePoint| {
-                p.load(tracepoint, btf)
-            })
-            .and_then(|p| {
-                p.attach()
-                    .with_context(|| format!("attaching to BTF tracepoint {tracepoint}"))
+        let loaded = match (btf, self.preloaded.remove(btf_prog)) {
+            (_, Some(verified)) => verified.and_then(|()| {
+                let p = self
+                    .ebpf
+                    .program_mut(btf_prog)
+                    .with_context(|| format!("program {btf_prog} missing"))?;
+                Ok(<&mut BtfTracePoint>::try_from(p)?)
             }),
-            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            (Ok(btf), None) => load(&mut self.ebpf, btf_prog, |p: &mut BtfTracePoint| {
+                p.load(tracepoint, btf)
+            }),
+            (Err(e), None) => Err(anyhow::anyhow!("{e:#}")),
         };
+        let attached = loaded.and_then(|p| {
+            p.attach()
+                .with_context(|| format!("attaching to BTF tracepoint {tracepoint}"))
+        });
         match attached {
             Ok(link) => {
                 self.links.push((
@@ -431,15 +449,55 @@ impl Tracer {
                 self.attached.push(Attached::new(hook, Variant::Btf));
             }
             Err(e) => {
-                // The verifier's full log, for reports from other kernels.
-                if std::env::var_os("RSTTRACE_VERIFIER_LOG").is_some() {
-                    eprintln!("rsttrace: {btf_prog}: {e:#}");
-                }
+                // The verifier's full log, for reports from other kernels
+                // (RUST_LOG=debug).
+                log::debug!("{btf_prog}: {e:#}");
                 fallback(self)?;
                 self.btf_hooks.refused.push((tracepoint, first_line(&e)));
             }
         }
         Ok(())
+    }
+
+    /// Verifies the BTF builds `attach` is about to try, each on its own
+    /// thread: the verifier is most of start-up (on 6.18, 0.4 s and 0.7 s
+    /// for these two, one after the other), and it runs on the CPU of the
+    /// thread that asks. `attach_btf_or` takes the outcomes.
+    fn preload_btf(&mut self, btf: &aya::Btf, builds: &[(&'static str, &'static str)]) {
+        let mut wanted = vec![];
+        for (name, p) in self.ebpf.programs_mut() {
+            if let Some(&(prog, tracepoint)) = builds.iter().find(|(prog, _)| *prog == name) {
+                match <&mut BtfTracePoint>::try_from(p) {
+                    Ok(p) => wanted.push((prog, tracepoint, p)),
+                    Err(e) => {
+                        self.preloaded.insert(prog, Err(e.into()));
+                    }
+                }
+            }
+        }
+        let verified: Vec<(&'static str, Result<()>)> = std::thread::scope(|s| {
+            let threads: Vec<_> = wanted
+                .into_iter()
+                .map(|(prog, tracepoint, p)| {
+                    let t = s.spawn(move || {
+                        p.load(tracepoint, btf).with_context(|| {
+                            format!("the kernel verifier rejected the {prog} program")
+                        })
+                    });
+                    (prog, t)
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|(prog, t)| {
+                    let r = t
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("loading {prog} panicked")));
+                    (prog, r)
+                })
+                .collect()
+        });
+        self.preloaded.extend(verified);
     }
 
     /// Which programs run as BTF tracepoints, once attached.
@@ -457,17 +515,17 @@ impl Tracer {
 
     /// Attaches the programs `Programs::decide` chose; returns what it
     /// attached, and how.
-    pub fn attach(&mut self) -> Result<Vec<Attached>> {
+    /// `btf`: the kernel's BTF as aya parsed it at start-up.
+    pub fn attach(&mut self, btf: Option<&aya::Btf>) -> Result<Vec<Attached>> {
         let programs = self.programs.clone();
         if programs.send_reset {
             // The builds other kernels run (no BTF tracepoints, or programs
             // that can be preempted), on demand: their tests; comparing costs.
-            let fallbacks = std::env::var_os("RSTTRACE_NO_TP_BTF").is_some();
-            // Parsed once for both BTF programs (it is megabytes).
+            let fallbacks = self.no_tp_btf;
             let btf = if fallbacks {
-                Err(anyhow::anyhow!("turned off by RSTTRACE_NO_TP_BTF"))
+                Err(anyhow::anyhow!("turned off by --debug-no-tp-btf"))
             } else if programs.egress {
-                aya::Btf::from_sys_fs().context("reading kernel BTF")
+                btf.context("reading kernel BTF: /sys/kernel/btf/vmlinux could not be parsed")
             } else {
                 Err(anyhow::anyhow!("not needed"))
             };
@@ -475,6 +533,16 @@ impl Tracer {
                 t.attach_tp(Hook::SendReset, "tcp_send_reset", "tcp", "tcp_send_reset")
             };
             let preemptible = bpf_runs_preemptible();
+            if let Ok(btf) = &btf {
+                let mut builds = vec![];
+                if !preemptible && self.sock_addrs && programs.egress {
+                    builds.push(("tcp_send_reset_btf", "tcp_send_reset"));
+                }
+                if programs.egress {
+                    builds.push(("net_dev_queue_btf", "net_dev_queue"));
+                }
+                self.preload_btf(btf, &builds);
+            }
             if preemptible && self.sock_addrs && programs.egress {
                 classic(self)?;
                 self.btf_hooks
@@ -538,10 +606,10 @@ impl Tracer {
 
     /// Whether fentry programs load and attach here (doctor's fact): a
     /// program on `bpf_fentry_test1`, detached at once.
-    pub fn probe_fentry(&mut self) -> Result<()> {
-        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    pub fn probe_fentry(&mut self, btf: Option<&aya::Btf>) -> Result<()> {
+        let btf = btf.context("reading kernel BTF: /sys/kernel/btf/vmlinux could not be parsed")?;
         let p = load(&mut self.ebpf, "fentry_probe", |p: &mut FEntry| {
-            p.load("bpf_fentry_test1", &btf)
+            p.load("bpf_fentry_test1", btf)
         })?;
         let link = p.attach().context("attaching an fentry program")?;
         p.detach(link)?;
@@ -858,6 +926,8 @@ mod tests {
             kprobes: false,
             nft: None,
             bench_empty: false,
+            btf: None,
+            no_tp_btf: false,
         };
         change(&mut opts);
         Programs::decide(&opts)

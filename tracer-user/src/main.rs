@@ -64,8 +64,8 @@ async fn run(args: Args) -> Result<()> {
     preflight::raise_memlock_limit()?;
     let tracer = loader::Tracer::load(&decided.load)?;
     if args.doctor() {
-        session::doctor(decided, tracer)
+        session::doctor(decided, &facts, tracer)
     } else {
-        session::trace(&args, decided, facts, tracer).await
+        session::trace(&args, decided, &facts, tracer).await
     }
 }

@@ -32,7 +32,7 @@ pub struct Decided<'a> {
     pub warnings: Vec<String>,
 }
 
-pub fn decide<'a>(facts: &Facts, args: &Args, scope: &'a Scope) -> Result<Decided<'a>> {
+pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Decided<'a>> {
     let (stack_rules, missing_functions) = match &facts.ksyms {
         Ok(k) if facts.reason() => cause::resolve_stack_rules(k),
         Ok(k) => cause::resolve_reasonless_rules(k),
@@ -59,7 +59,9 @@ pub fn decide<'a>(facts: &Facts, args: &Args, scope: &'a Scope) -> Result<Decide
         sent,
         kprobes: facts.kprobes,
         nft: if sent { facts.nft.clone().ok() } else { None },
-        bench_empty: args.bench_empty(),
+        bench_empty: args.debug_empty_programs,
+        btf: facts.aya_btf.as_ref(),
+        no_tp_btf: args.debug_no_tp_btf,
         receive_reset: if args.direction.received() {
             Some(facts.receive_reset.clone().map_err(anyhow::Error::msg)?)
         } else {
@@ -86,7 +88,7 @@ pub fn decide<'a>(facts: &Facts, args: &Args, scope: &'a Scope) -> Result<Decide
     let mut warnings = warnings(&probed);
     if load.bench_empty {
         warnings.push(
-            "RSTTRACE_BENCH_EMPTY is set: every program returns at once, nothing is counted".into(),
+            "--debug-empty-programs: every program returns at once, nothing is counted".into(),
         );
     }
     Ok(Decided {
@@ -589,6 +591,7 @@ mod tests {
                 nft: Err("nf_tables was not loaded".into()),
                 ksyms: Err("no kernel symbols in a unit test".into()),
                 kprobes,
+                aya_btf: None,
                 caps: Caps::default(),
             }
         }

@@ -34,17 +34,17 @@ use crate::{
 
 /// `rsttrace doctor`: attach every program, say what this kernel and
 /// these permissions allow, detach.
-pub fn doctor(decided: Decided<'_>, mut tracer: Tracer) -> Result<()> {
+pub fn doctor(decided: Decided<'_>, facts: &Facts, mut tracer: Tracer) -> Result<()> {
     let Decided {
         mut plan, probed, ..
     } = decided;
-    let attached = tracer.attach()?;
+    let attached = tracer.attach(facts.aya_btf.as_ref())?;
     plan.signals(&probed, &attached);
     btf_fact_into(&mut plan, &tracer);
     tracer.detach()?;
     // No hook needs fentry/fexit; the fact says whether a future one
     // could use them here.
-    let fentry = tracer.probe_fentry();
+    let fentry = tracer.probe_fentry(facts.aya_btf.as_ref());
     plan.fact(
         "fentry/fexit",
         fentry.is_ok(),
@@ -81,7 +81,7 @@ fn btf_fact_into(plan: &mut crate::plan::Plan, tracer: &Tracer) {
 pub async fn trace(
     args: &Args,
     decided: Decided<'_>,
-    facts: Facts,
+    facts: &Facts,
     mut tracer: Tracer,
 ) -> Result<()> {
     let Decided {
@@ -114,8 +114,8 @@ pub async fn trace(
     // must stop the trace cleanly, not kill it.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut bench_toggle = BenchToggle::from_env()?;
-    let attached = tracer.attach()?;
+    let mut bench_toggle = BenchToggle::new(args.debug_toggle_signals)?;
+    let attached = tracer.attach(facts.aya_btf.as_ref())?;
     let started = Instant::now();
     plan.signals(&probed, &attached);
     btf_fact_into(&mut plan, &tracer);
@@ -131,9 +131,9 @@ pub async fn trace(
     let mut decoder = Decoder {
         ruleset: ruleset.clone(),
         clock: BootClock::new(),
-        reasons: facts.send_reset.reasons,
+        reasons: facts.send_reset.reasons.clone(),
         actors: ActorResolver::new(agents::Agents::new(args.agent.clone())),
-        ksyms: facts.ksyms.ok(),
+        ksyms: facts.ksyms.as_ref().ok().cloned(),
     };
 
     let deadline = async {
@@ -291,15 +291,15 @@ fn btf_fact(hooks: &loader::BtfHooks) -> String {
     parts.join("; ")
 }
 
-/// `RSTTRACE_BENCH_TOGGLE=1`, for `cargo xtask bench` only: SIGUSR1
+/// `--debug-toggle-signals`, for `cargo xtask bench` only: SIGUSR1
 /// detaches every program and SIGUSR2 attaches them again, so that the
 /// bench can compare traced and untraced stretches a few hundred
 /// milliseconds apart. Counts miss what happens while detached.
 struct BenchToggle(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 
 impl BenchToggle {
-    fn from_env() -> Result<Self> {
-        if std::env::var_os("RSTTRACE_BENCH_TOGGLE").is_none() {
+    fn new(on: bool) -> Result<Self> {
+        if !on {
             return Ok(Self(None));
         }
         Ok(Self(Some((

@@ -11,19 +11,19 @@ use support::{Netns, Trace, out_rsts_here, rule_packets, scenario::*};
 /// remote IP in the summary's `drops`, with where they were dropped.
 #[test]
 fn netfilter_drops_are_counted_per_remote() {
-    netfilter_drops("drop", 27, None);
+    netfilter_drops("drop", 27, &[]);
 }
 
 /// The classic build of the kfree_skb program (kernels where a raw
 /// tracepoint's program can be preempted) counts the same drops.
 #[test]
 fn netfilter_drops_are_counted_by_the_classic_build() {
-    netfilter_drops("dropc", 49, Some(("RSTTRACE_NO_TP_BTF", "1")));
+    netfilter_drops("dropc", 49, &["--debug-no-tp-btf"]);
 }
 
 /// Two clients, 127.`octet`.0.1 and .2, whose SYNs an nft rule and an
 /// iptables-legacy rule drop.
-fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
+fn netfilter_drops(tag: &str, octet: u8, extra: &[&str]) {
     let ns = Netns::new(tag);
     let (c1, c2) = (format!("127.{octet}.0.1"), format!("127.{octet}.0.2"));
     ns.exec(&["nft", "add table inet rsttrace_t"]);
@@ -48,10 +48,7 @@ fn netfilter_drops(tag: &str, octet: u8, env: Option<(&str, &str)>) {
         "-j",
         "DROP",
     ]);
-    let trace = match env {
-        Some(var) => Trace::watch_with_env(&ns, &[], var),
-        None => Trace::watch(&ns, &[]),
-    };
+    let trace = Trace::watch(&ns, extra);
     let clients = [c1.clone(), c2.clone()];
     ns.run(move || {
         for client in clients {

@@ -29,7 +29,7 @@ fn injected_from_raw_and_packet_sockets() {
 fn classic_and_raw_builds_attribute_alike() {
     let ns = Netns::new("fallback");
     ns.add_addr("fd72:7374::41/128");
-    let trace = Trace::watch_with_env(&ns, &[], ("RSTTRACE_NO_TP_BTF", "1"));
+    let trace = Trace::watch(&ns, &["--debug-no-tp-btf"]);
     let closed4 = closed_port(&ns, "127.41.0.1", "127.0.0.1:9", 3);
     let closed6 = closed_port(&ns, "fd72:7374::41", "[::1]:9", 3);
     let aborted = abort_on_close(&ns, "127.41.0.2", 2);

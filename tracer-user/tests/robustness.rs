@@ -279,13 +279,13 @@ fn two_tracers_at_once_both_count_exactly() {
     assert_eq!(b.remote("127.35.0.1").unwrap()["total"], sent);
 }
 
-/// The bench's instrument (`RSTTRACE_BENCH_TOGGLE`): SIGUSR1 detaches
+/// The bench's instrument (`--debug-toggle-signals`): SIGUSR1 detaches
 /// every program, SIGUSR2 attaches them again; RSTs are counted exactly
 /// while attached and not at all in between.
 #[test]
 fn bench_toggle_detaches_and_attaches_again() {
     let ns = Netns::new("toggle");
-    let mut t = Trace::start_with_env(&[], ("RSTTRACE_BENCH_TOGGLE", "1"));
+    let mut t = Trace::start(&["--debug-toggle-signals"]);
     let before = flood(&ns, "127.37.0.1", 1, 20);
     t.signal_and_wait(libc::SIGUSR1, "bench: detached");
     let detached = flood(&ns, "127.37.0.2", 1, 20);

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{net::IpAddr, thread};
+use std::thread;
 
 use support::{Netns, Trace, rule_packets, scenario::*};
 
@@ -83,12 +83,8 @@ fn closed_port_over_veth_each_rst_counted_once() {
 fn remotes_beyond_the_table_are_counted_by_cause() {
     let ns = Netns::new("remotefull");
     let trace = Trace::watch(&ns, &["--max-remote-ips", "16"]);
-    let clients: Vec<IpAddr> = (1..=24)
-        .map(|i| format!("127.58.0.{i}").parse().unwrap())
-        .collect();
-    let sent: u64 = clients
-        .iter()
-        .map(|c| closed_port(&ns, *c, "127.0.0.1:9".parse().unwrap(), 2))
+    let sent: u64 = (1..=24)
+        .map(|i| closed_port(&ns, &format!("127.58.0.{i}"), "127.0.0.1:9", 2))
         .sum();
     let out = trace.stop();
     let s = &out.summary;

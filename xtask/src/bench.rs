@@ -3,7 +3,7 @@
 //! memory at scale and its start-up time.
 //!
 //! Throughput and latency: one rsttrace (started with
-//! `RSTTRACE_BENCH_TOGGLE=1`) runs under a steady load while the bench
+//! `--debug-toggle-signals`) runs under a steady load while the bench
 //! detaches its programs and attaches them again a few hundred
 //! milliseconds apart; each traced stretch is compared with the untraced
 //! ones around it. Whole runs a second apart, each with a tracer started
@@ -18,7 +18,6 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -31,6 +30,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+
+// The test-kit shared with the integration tests (namespaces, the
+// kernel's TCP counters).
+#[path = "../../tracer-user/tests/support/kit.rs"]
+mod kit;
 
 const NS: &str = "rsttrace-bench";
 
@@ -67,55 +71,31 @@ struct Netns;
 
 impl Netns {
     fn new() -> Result<Self> {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", NS])
-            .stderr(Stdio::null())
-            .status();
-        crate::check(Command::new("ip").args(["netns", "add", NS]))?;
-        crate::check(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]))?;
+        kit::netns_add(NS);
         Ok(Netns)
     }
 
     /// Runs `f` on a thread inside the namespace.
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        thread::spawn(move || {
-            enter();
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        kit::run_in_netns(NS, f)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", NS]).status();
+        kit::netns_delete(NS);
     }
 }
 
 /// Moves the calling thread into the bench namespace.
 fn enter() {
-    let f = File::open(format!("/run/netns/{NS}")).expect("bench netns");
-    // SAFETY: a valid namespace fd; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    kit::enter_netns(NS);
 }
 
+/// Tcp OutRsts of the calling thread's namespace; panics when unreadable
+/// (a 0 would read as "rsttrace counted more than the kernel sent").
 fn out_rsts() -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        return 0;
-    };
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "OutRsts")
-        .unwrap_or(0);
-    values
-        .split_whitespace()
-        .nth(i)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    kit::out_rsts_here()
 }
 
 fn connect_from(local: Ipv4Addr, to: SocketAddr) -> std::io::Result<()> {
@@ -426,13 +406,13 @@ fn rsttrace_bin() -> PathBuf {
 impl Tracer {
     /// rsttrace with full attribution, JSON lines to a file.
     fn rsttrace(extra: &[&str]) -> Result<Self> {
-        Self::rsttrace_env(extra, &[])
+        Self::rsttrace_with(extra, &[])
     }
 
-    /// `rsttrace` with more environment (`EMPTY_PROGRAMS`).
-    fn rsttrace_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+    /// `rsttrace` with debug flags (`EMPTY_PROGRAMS`).
+    fn rsttrace_with(extra: &[&str], flags: &[&str]) -> Result<Self> {
         Self::spawn(
-            Self::rsttrace_cmd(extra, env),
+            Self::rsttrace_cmd(extra, flags),
             Self::rsttrace_out(),
             "attached",
             true,
@@ -440,17 +420,17 @@ impl Tracer {
     }
 
     /// The same, detached and attached again on `toggle`, with more
-    /// environment (`EMPTY_PROGRAMS`).
-    fn rsttrace_toggled_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut cmd = Self::rsttrace_cmd(extra, env);
-        cmd.env("RSTTRACE_BENCH_TOGGLE", "1");
+    /// debug flags (`EMPTY_PROGRAMS`).
+    fn rsttrace_toggled(extra: &[&str], flags: &[&str]) -> Result<Self> {
+        let mut cmd = Self::rsttrace_cmd(extra, flags);
+        cmd.arg("--debug-toggle-signals");
         Self::spawn(cmd, Self::rsttrace_out(), "attached", true)
     }
 
     /// JSON output unless `extra` names one.
-    fn rsttrace_cmd(extra: &[&str], env: &[(&str, &str)]) -> Command {
+    fn rsttrace_cmd(extra: &[&str], flags: &[&str]) -> Command {
         let mut cmd = Command::new(rsttrace_bin());
-        cmd.envs(env.iter().copied());
+        cmd.args(flags);
         if !extra.contains(&"--output") {
             cmd.args(["--output", "json"]);
         }
@@ -812,17 +792,17 @@ fn pairs(rounds: usize) -> usize {
 /// The floor's row under each load.
 const FLOOR_ROW: &str = "  floor: the same hooks, every program returning at once";
 
-/// rsttrace's environment for the floor: the same hooks, every program
+/// rsttrace's flag for the floor: the same hooks, every program
 /// returning at once.
-const EMPTY_PROGRAMS: &[(&str, &str)] = &[("RSTTRACE_BENCH_EMPTY", "1")];
+const EMPTY_PROGRAMS: &[&str] = &["--debug-empty-programs"];
 
-/// One row of the flood: rsttrace's arguments and environment.
+/// One row of the flood: rsttrace's arguments and debug flags.
 struct FloodMode {
     what: &'static str,
     /// For the log.
     name: &'static str,
     extra: &'static [&'static str],
-    env: &'static [(&'static str, &'static str)],
+    flags: &'static [&'static str],
     target: Option<f64>,
 }
 
@@ -836,7 +816,7 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what: "RST flood (connect to a closed port), RSTs/s: default text output",
             name: "text",
             extra: &["--output", "text"],
-            env: &[],
+            flags: &[],
             target: Some(0.97),
         },
         // Not a target: the cost of carrying every event to a reader is
@@ -845,14 +825,14 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what: "  the same, --output json (every event to userspace)",
             name: "json",
             extra: &[],
-            env: &[],
+            flags: &[],
             target: None,
         },
         FloodMode {
             what: "  the same, --summary-only (counts, no events)",
             name: "--summary-only",
             extra: &["--summary-only"],
-            env: &[],
+            flags: &[],
             target: Some(0.97),
         },
         // What the hooks cost before any of rsttrace's work: the kernel
@@ -862,7 +842,7 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what: FLOOR_ROW,
             name: "floor",
             extra: &["--summary-only"],
-            env: EMPTY_PROGRAMS,
+            flags: EMPTY_PROGRAMS,
             target: None,
         },
     ];
@@ -872,10 +852,10 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             what,
             name,
             extra,
-            env,
+            flags,
             target,
         } = m;
-        let mut t = Tracer::rsttrace_toggled_env(extra, env)?;
+        let mut t = Tracer::rsttrace_toggled(extra, flags)?;
         let load = Load::flood(Ipv4Addr::new(127, 199, i as u8, 1));
         let (rate, _) = toggled(&mut t, &load, pairs(rounds))?;
         drop(load);
@@ -956,7 +936,7 @@ fn program_time_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
     let _stats = RunTimeStats::enable()?;
     let client = Ipv4Addr::new(127, 197, 0, 1);
     let mut rows = vec![];
-    for (what, extra, env) in [
+    for (what, extra, flags) in [
         ("text output", &["--output", "text"][..], &[][..]),
         ("--summary-only", &["--summary-only"][..], &[][..]),
         // The stats' own clock reads and the programs' entry and exit:
@@ -970,7 +950,7 @@ fn program_time_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
         let (mut untraced_ns, mut prog_ns, mut shares) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
             let rate = pinned_flood(ns, client, secs).0;
-            let t = Tracer::rsttrace_env(extra, env)?;
+            let t = Tracer::rsttrace_with(extra, flags)?;
             let before = t.program_run_time();
             let (_, rsts) = pinned_flood(ns, client, secs);
             let after = t.program_run_time();
@@ -1049,17 +1029,17 @@ fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
             "1-byte ping-pong, round trips/s",
             "1-byte ping-pong, p99 latency (us)",
         ),
-        |env| under_toggled_tracer(Load::ping_pong, rounds, env),
+        |flags| under_toggled_tracer(Load::ping_pong, rounds, flags),
     )
 }
 
 /// An RST-free load's rows: its rate and p99 under rsttrace, then its rate
 /// under the floor. `measure` runs the load under a toggled tracer with
-/// the given environment.
+/// the given debug flags.
 fn rst_free_rows(
     name: &str,
     (rate_what, p99_what): (&str, &str),
-    mut measure: impl FnMut(&[(&str, &str)]) -> Result<(Paired, Paired)>,
+    mut measure: impl FnMut(&[&str]) -> Result<(Paired, Paired)>,
 ) -> Result<Vec<Row>> {
     let (rate, p99) = measure(&[])?;
     say_toggled(name, &rate, &p99);
@@ -1072,14 +1052,14 @@ fn rst_free_rows(
     ])
 }
 
-/// Starts one toggled tracer (with `env`, see `EMPTY_PROGRAMS`), then the
+/// Starts one toggled tracer (with `flags`, see `EMPTY_PROGRAMS`), then the
 /// load, and measures: (rate, p99).
 fn under_toggled_tracer(
     load: impl FnOnce() -> Load,
     rounds: usize,
-    env: &[(&str, &str)],
+    flags: &[&str],
 ) -> Result<(Paired, Paired)> {
-    let mut t = Tracer::rsttrace_toggled_env(&[], env)?;
+    let mut t = Tracer::rsttrace_toggled(&[], flags)?;
     let load = load();
     let measured = toggled(&mut t, &load, pairs(rounds));
     drop(load);
@@ -1129,11 +1109,11 @@ fn http_rows(rounds: usize) -> Result<Vec<Row>> {
             "HTTP keep-alive (nginx, 8 connections), requests/s",
             "HTTP keep-alive, p99 latency of 8 requests in flight (us)",
         ),
-        |env| {
+        |flags| {
             let (mut rate, p99) = under_toggled_tracer(
                 || Load::http("127.0.0.1:8080".parse().unwrap(), CONNS),
                 rounds,
-                env,
+                flags,
             )?;
             // The load counts batches of one request per connection.
             for v in [&mut rate.untraced, &mut rate.traced] {
@@ -1149,10 +1129,21 @@ fn http_rows(rounds: usize) -> Result<Vec<Row>> {
     rows
 }
 
+/// Start-ups measured for the start-up row.
+const STARTUP_RUNS: usize = 9;
+
+/// Exec to the "attached" line, `STARTUP_RUNS` times (median and range:
+/// the verifier's time varies from run to run), and from a RST to its
+/// event in the last run.
 fn startup_rows(ns: &Netns) -> Result<Vec<Row>> {
-    let mut rows = vec![];
+    let mut attach = vec![];
+    for _ in 1..STARTUP_RUNS {
+        let t = Tracer::rsttrace(&[])?;
+        attach.push(t.attached_after.as_secs_f64() * 1000.0);
+        t.stop()?;
+    }
     let t = Tracer::rsttrace(&[])?;
-    let attach = t.attached_after;
+    attach.push(t.attached_after.as_secs_f64() * 1000.0);
     let first = {
         let started = Instant::now();
         ns.run(|| {
@@ -1177,20 +1168,25 @@ fn startup_rows(ns: &Netns) -> Result<Vec<Row>> {
         }
     };
     t.stop()?;
-    rows.push(Row::traced(
-        "start-up: exec to attached (ms)",
-        attach.as_millis().to_string(),
-        "report",
-        None,
-    ));
-    rows.push(Row::traced(
-        "first event: RST to event written (ms)",
-        format!("{:.1}", first.as_secs_f64() * 1000.0),
-        "report",
-        None,
-    ));
-
-    Ok(rows)
+    let (lo, hi) = attach
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let mid = median(&mut attach);
+    eprintln!("bench: start-up: median {mid:.0} ms, {lo:.0}-{hi:.0} ms over {STARTUP_RUNS} runs");
+    Ok(vec![
+        Row::traced(
+            &format!("start-up: exec to attached (ms), median (range) of {STARTUP_RUNS} runs"),
+            format!("{mid:.0} ({lo:.0}-{hi:.0})"),
+            "report",
+            None,
+        ),
+        Row::traced(
+            "first event: RST to event written (ms)",
+            format!("{:.1}", first.as_secs_f64() * 1000.0),
+            "report",
+            None,
+        ),
+    ])
 }
 
 fn scale_rows(ns: &Netns) -> Result<Vec<Row>> {
@@ -1312,6 +1308,49 @@ fn soak_rows(ns: &Netns, secs: u64) -> Result<Vec<Row>> {
     ])
 }
 
+/// A row as a line of the results table.
+fn table_line(r: &Row) -> String {
+    let met = match r.met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "-",
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {met} |",
+        r.what, r.untraced, r.traced, r.ratio, r.target
+    )
+}
+
+/// The results file with `rows` (as `lines`) in place of the rows of the
+/// same measurement, found by the measurement's first words (up to its
+/// first parenthesis, so a reworded unit or run count still matches);
+/// rows not there yet go after the table's last row.
+fn merge_rows(old: &str, rows: &[Row], lines: &[String]) -> String {
+    let key = |what: &str| what.split('(').next().unwrap_or(what).trim().to_string();
+    let mut out: Vec<String> = old.lines().map(str::to_string).collect();
+    for (r, line) in rows.iter().zip(lines) {
+        let k = key(&r.what);
+        let found = out.iter().position(|l| {
+            l.strip_prefix("| ")
+                .and_then(|rest| rest.split(" | ").next())
+                .is_some_and(|what| key(what) == k)
+        });
+        match found {
+            Some(i) => out[i] = line.clone(),
+            None => {
+                let at = out
+                    .iter()
+                    .rposition(|l| l.starts_with('|'))
+                    .map_or(out.len(), |i| i + 1);
+                out.insert(at, line.clone());
+            }
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
 fn report(rows: &[Row], opts: &Options) -> Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -1350,26 +1389,63 @@ fn report(rows: &[Row], opts: &Options) -> Result<()> {
     )?;
     writeln!(md, "|---|---|---|---|---|---|")?;
     for r in rows {
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "-",
-        };
-        writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {met} |",
-            r.what, r.untraced, r.traced, r.ratio, r.target
-        )?;
+        writeln!(md, "{}", table_line(r))?;
     }
     print!("{md}");
+    let path = crate::workspace_root().join("bench/RESULTS.md");
     if opts.only.is_empty() {
-        let path = crate::workspace_root().join("bench/RESULTS.md");
         std::fs::create_dir_all(path.parent().unwrap())?;
         std::fs::write(&path, &md)?;
         eprintln!("bench: written to {}", path.display());
+    } else if opts.rsttrace.is_none() {
+        // A part alone: its rows replace theirs in the results, the other
+        // rows (and the header of the run that measured them) stay.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<String> = rows.iter().map(table_line).collect();
+        std::fs::write(&path, merge_rows(&old, rows, &lines))?;
+        eprintln!("bench: these rows updated in {}", path.display());
     }
     if rows.iter().any(|r| r.met == Some(false)) {
         bail!("some targets were not met (see the table)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_alone_replaces_its_rows_and_keeps_the_others() {
+        let old = "# results\n\ntext\n\n| measurement | untraced | traced | ratio | target | met |\n\
+                   |---|---|---|---|---|---|\n\
+                   | flood | 1 | 2 | 3 | - | - |\n\
+                   | start-up: exec to attached (ms) | - | 1168 | - | report | - |\n";
+        let rows = [
+            Row::traced(
+                "start-up: exec to attached (ms), median (range) of 9 runs",
+                "400 (390-420)".into(),
+                "report",
+                None,
+            ),
+            Row::traced(
+                "first event: RST to event written (ms)",
+                "1.5".into(),
+                "report",
+                None,
+            ),
+        ];
+        let lines: Vec<String> = rows.iter().map(table_line).collect();
+        let new = merge_rows(old, &rows, &lines);
+        assert!(new.contains("| flood | 1 | 2 | 3 | - | - |\n"), "{new}");
+        assert!(!new.contains("1168"), "{new}");
+        assert!(new.contains("of 9 runs | - | 400 (390-420) |"), "{new}");
+        assert!(
+            new.ends_with(
+                "| first event: RST to event written (ms) | - | 1.5 | - | report | - |\n"
+            ),
+            "{new}"
+        );
+        assert!(new.starts_with("# results\n\ntext\n"), "{new}");
+    }
 }

@@ -119,7 +119,7 @@ pub struct Decoder {
     pub clock: BootClock,
     pub reasons: BTreeMap<u64, String>,
     pub actors: ActorResolver,
-    pub ksyms: Option<Kallsyms>,
+    pub ksyms: Option<std::rc::Rc<Kallsyms>>,
 }
 
 /// `function+0xoff [module]`, or the bare address when unresolvable.
@@ -193,7 +193,7 @@ impl Decoder {
                 .cloned()
                 .unwrap_or_else(|| format!("REASON_{}", ev.reason))
         });
-        let ksyms = self.ksyms.as_ref();
+        let ksyms = self.ksyms.as_deref();
         let ips = if ev.stack_id >= 0 {
             stack(ev.stack_id).map(|ips| match ksyms {
                 Some(k) => k.without_own_frames(ips),

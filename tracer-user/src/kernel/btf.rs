@@ -76,13 +76,34 @@ fn u32_at(d: &[u8], o: usize) -> Result<u32> {
         .context("truncated BTF")
 }
 
+/// The kernel's BTF, read once at start-up and parsed twice from the same
+/// bytes: by this reader (struct offsets: aya keeps BTF members private)
+/// and by aya (for the loader and the BTF tracepoints, which want aya's
+/// type). aya's `EbpfLoader::new` still parses the file once more by
+/// itself (aya 0.14 has no constructor without it); every other parse is
+/// gone. About 15 ms each here, against the verifier's hundreds.
+pub fn load_vmlinux() -> (Result<Btf>, Option<aya::Btf>) {
+    let path = "/sys/kernel/btf/vmlinux";
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                Err(anyhow::anyhow!(
+                    "can't read {path} (kernel built without CONFIG_DEBUG_INFO_BTF?): {e}"
+                )),
+                None,
+            );
+        }
+    };
+    let own = Btf::parse(&data).with_context(|| format!("parsing {path}"));
+    let aya = aya::Btf::parse(&data, aya::Endianness::default()).ok();
+    (own, aya)
+}
+
 impl Btf {
+    #[cfg(test)]
     pub fn from_sys_fs() -> Result<Self> {
-        let path = "/sys/kernel/btf/vmlinux";
-        let data = std::fs::read(path).with_context(|| {
-            format!("can't read {path} (kernel built without CONFIG_DEBUG_INFO_BTF?)")
-        })?;
-        Self::parse(&data).with_context(|| format!("parsing {path}"))
+        load_vmlinux().0
     }
 
     pub fn parse(d: &[u8]) -> Result<Self> {

@@ -9,7 +9,7 @@ pub mod ksyms;
 pub mod offsets;
 pub mod preflight;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, rc::Rc};
 
 use anyhow::{Context as _, Result};
 use tracer_common::{
@@ -52,8 +52,12 @@ pub struct Facts {
     pub netns: Probe<NetnsOffsets>,
     /// Naming the base chain of REJECT rules older than the trace.
     pub nft: Probe<(NftOffsets, Vec<&'static str>)>,
-    pub ksyms: Probe<Kallsyms>,
+    /// Shared with the decoder, which symbolizes stacks with it.
+    pub ksyms: Probe<Rc<Kallsyms>>,
     pub kprobes: bool,
+    /// The kernel's BTF as aya parsed it, for the loader's relocations and
+    /// the BTF tracepoints; `None` without BTF.
+    pub aya_btf: Option<aya::Btf>,
     pub caps: Caps,
 }
 
@@ -69,8 +73,9 @@ impl Facts {
         let receive_reset = probe(tracepoint(&tracefs, "tcp_receive_reset").map(|f| f.layout));
         let kprobes = kprobes_available();
         let ksyms = Kallsyms::load();
-        // Parsed once: every offset set comes from it.
-        let mut btf = btf::Btf::from_sys_fs();
+        // Read once: every offset set, the loader and the BTF tracepoints
+        // take it from here.
+        let (mut btf, aya_btf) = btf::load_vmlinux();
         let nft = if kprobes {
             offsets::nft_offsets(&mut btf, &ksyms)
         } else {
@@ -90,8 +95,9 @@ impl Facts {
             ),
             netns: probe(from_btf().and_then(offsets::netns_offsets)),
             nft: probe(nft),
-            ksyms: probe(ksyms),
+            ksyms: probe(ksyms).map(Rc::new),
             kprobes,
+            aya_btf,
             caps: Caps {
                 syslog: preflight::has_cap(preflight::CAP_SYSLOG),
                 net_admin: preflight::has_cap(preflight::CAP_NET_ADMIN),

@@ -375,7 +375,7 @@ mod tests {
             clock: crate::clock::BootClock::new(),
             reasons: Default::default(),
             actors: ActorResolver::new(Agents::new(vec![])),
-            ksyms: Some(ksyms),
+            ksyms: Some(ksyms.into()),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };

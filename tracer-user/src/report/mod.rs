@@ -32,7 +32,7 @@ pub fn report(
     (s.received, s.received_total) =
         summary::build_received(&stats, tracer.received()?, &decoder.clock);
     s.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
-        decode::symbolize_function(decoder.ksyms.as_ref(), loc)
+        decode::symbolize_function(decoder.ksyms.as_deref(), loc)
     });
     s.skipped_runs = tracer.skipped_runs();
     for d in &mut s.drops {

@@ -3,15 +3,14 @@
 //! TCP counters as ground truth.
 #![allow(dead_code)]
 
+pub mod kit;
 pub mod scenario;
 pub mod wire;
 
 use std::{
     collections::BTreeMap,
-    fs::File,
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -31,17 +30,8 @@ pub fn require_root() {
     );
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running `ip` (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use kit::ip;
+pub use kit::{out_rsts_here, tcp_mib_here};
 
 /// A network namespace that exists for one test and is deleted on drop,
 /// also when the test panics.
@@ -53,15 +43,8 @@ impl Netns {
     pub fn new(tag: &str) -> Self {
         require_root();
         let name = format!("rsttrace-t-{tag}");
-        // Left over from a run that was killed: start clean.
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &name])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+        kit::netns_add(&name);
+        Netns { name }
     }
 
     /// Adds an address to the namespace's loopback (no duplicate detection,
@@ -95,16 +78,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// creates belong to the namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: a valid namespace fd; affects only this thread.
-            let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        kit::run_in_netns(&self.name, f)
     }
 
     /// The namespace's inode number, as rsttrace reports it in `netns`.
@@ -137,26 +111,8 @@ pub fn veth(a: (&Netns, &str, &[&str]), b: (&Netns, &str, &[&str])) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
+        kit::netns_delete(&self.name);
     }
-}
-
-/// Tcp OutRsts of the calling thread's namespace.
-pub fn out_rsts_here() -> u64 {
-    tcp_mib_here("OutRsts")
-}
-
-/// A counter of the Tcp line of /proc/net/snmp, in the calling thread's
-/// namespace.
-pub fn tcp_mib_here(name: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let names: Vec<&str> = tcp.next().expect("Tcp header").split_whitespace().collect();
-    let values: Vec<&str> = tcp.next().expect("Tcp values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == name).expect(name);
-    values[i].parse().expect("number")
 }
 
 /// `n` connects from `client` refused by an RST from `server` (a closed
@@ -238,37 +194,24 @@ impl Trace {
         Self::start_in(None, extra)
     }
 
-    /// rsttrace with `var` set in its environment.
-    pub fn start_with_env(extra: &[&str], var: (&str, &str)) -> Self {
-        Self::spawn(None, extra, Some(var))
-    }
-
     /// Runs rsttrace inside namespace `ns` (the sidecar shape), or in the
     /// test's own.
     pub fn start_in(ns: Option<&Netns>, extra: &[&str]) -> Self {
-        Self::spawn(ns, extra, None)
+        Self::spawn(ns, extra)
     }
 
     /// rsttrace with its default text output; read it with `stop_raw`.
     pub fn start_text_in(ns: Option<&Netns>, extra: &[&str]) -> Self {
-        Self::spawn_as(ns, "text", extra, None)
+        Self::spawn_as(ns, "text", extra)
     }
 
-    fn spawn(ns: Option<&Netns>, extra: &[&str], var: Option<(&str, &str)>) -> Self {
-        Self::spawn_as(ns, "json", extra, var)
+    fn spawn(ns: Option<&Netns>, extra: &[&str]) -> Self {
+        Self::spawn_as(ns, "json", extra)
     }
 
-    fn spawn_as(
-        ns: Option<&Netns>,
-        output: &str,
-        extra: &[&str],
-        var: Option<(&str, &str)>,
-    ) -> Self {
+    fn spawn_as(ns: Option<&Netns>, output: &str, extra: &[&str]) -> Self {
         require_root();
         let mut cmd = rsttrace_command(ns);
-        if let Some((k, v)) = var {
-            cmd.env(k, v);
-        }
         let mut child = cmd
             .args(["--output", output])
             .args(extra)
@@ -344,16 +287,6 @@ impl Trace {
         let mut args = vec!["--netns", path.as_str()];
         args.extend_from_slice(extra);
         let trace = Trace::start(&args);
-        Watched { ns, wire, trace }
-    }
-
-    /// The same, with `var` set in rsttrace's environment.
-    pub fn watch_with_env<'a>(ns: &'a Netns, extra: &[&str], var: (&str, &str)) -> Watched<'a> {
-        let wire = wire::Wire::capture(ns);
-        let path = format!("/run/netns/{}", ns.name);
-        let mut args = vec!["--netns", path.as_str()];
-        args.extend_from_slice(extra);
-        let trace = Trace::spawn(None, &args, Some(var));
         Watched { ns, wire, trace }
     }
 }
