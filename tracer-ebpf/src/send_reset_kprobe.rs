@@ -9,7 +9,7 @@
 //! remote peer.
 
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
-use tracer_common::{ABSENT, RstEvent, TASK_COMM_LEN, cause, source};
+use tracer_common::{ABSENT, Cause, RstEvent, TASK_COMM_LEN, source, tcp_state};
 
 use crate::{
     count,
@@ -19,8 +19,6 @@ use crate::{
 };
 
 const TCP_RST: u8 = 0x04;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[kprobe]
 pub fn send_reset_no_full_socket(ctx: ProbeContext) -> u32 {
@@ -46,9 +44,9 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         read(sk + u64::from(o.sk_state))?
     };
     let cause = match (sk, state) {
-        (0, _) => cause::CLOSED_PORT,
-        (_, TCP_TIME_WAIT) => cause::DATA_AFTER_CLOSE,
-        (_, TCP_NEW_SYN_RECV) => cause::INVALID_SEGMENT,
+        (0, _) => Cause::ClosedPort as u8,
+        (_, tcp_state::TIME_WAIT) => Cause::DataAfterClose as u8,
+        (_, tcp_state::NEW_SYN_RECV) => Cause::InvalidSegment as u8,
         // A full socket: the tracepoint reports it.
         _ => return Ok(0),
     };

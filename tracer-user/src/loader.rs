@@ -43,7 +43,7 @@ pub struct Options<'a> {
     pub kfree_skb: KfreeSkbLayout,
     pub emit_events: bool,
     /// Events per second and CPU of the causes whose event is only a line
-    /// (`Cause::line_only`); 0 = every event.
+    /// (`cause::line_only`); 0 = every event.
     pub events_per_sec: u64,
     pub max_remote_ips: u32,
     pub ring_size: u32,
@@ -726,7 +726,7 @@ impl StatSlots {
 /// slots at send (`stat::AT_SEND`, 6.10+) added to their cause and to the
 /// coverage count they also are.
 fn fold_at_send(mut slots: Vec<u64>) -> Vec<u64> {
-    for c in 0..tracer_common::cause::COUNT {
+    for c in 0..tracer_common::Cause::COUNT as u32 {
         let at_send = slots
             .get((stat::AT_SEND + c) as usize)
             .copied()
@@ -828,7 +828,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::cause;
+    use tracer_common::Cause;
 
     /// Options as on a 6.10+ kernel with BTF, `--cause` as given.
     fn decide(causes: &[&str], change: impl FnOnce(&mut Options<'_>)) -> Programs {
@@ -934,14 +934,14 @@ mod tests {
         // By cause only (the per-remote map was full): 2 rejects from
         // egress, 5 closed-port and 1 keepalive from tcp_send_reset at send;
         // and 3 RSTs at send that --cause left out.
-        raw[usize::from(cause::NETFILTER_REJECT)] = 2;
-        raw[(stat::AT_SEND + u32::from(cause::CLOSED_PORT)) as usize] = 5;
-        raw[(stat::AT_SEND + u32::from(cause::KEEPALIVE_TIMEOUT)) as usize] = 1;
+        raw[Cause::NetfilterReject as usize] = 2;
+        raw[(stat::AT_SEND + Cause::ClosedPort as u32) as usize] = 5;
+        raw[(stat::AT_SEND + Cause::KeepaliveTimeout as u32) as usize] = 1;
         raw[stat::STACK_RSTS_AT_SEND as usize] = 3;
         let s = StatSlots(fold_at_send(raw));
-        assert_eq!(s.get(u32::from(cause::NETFILTER_REJECT)), 2);
-        assert_eq!(s.get(u32::from(cause::CLOSED_PORT)), 5);
-        assert_eq!(s.get(u32::from(cause::KEEPALIVE_TIMEOUT)), 1);
+        assert_eq!(s.get(Cause::NetfilterReject as u32), 2);
+        assert_eq!(s.get(Cause::ClosedPort as u32), 5);
+        assert_eq!(s.get(Cause::KeepaliveTimeout as u32), 1);
         assert_eq!(s.get(stat::STACK_RSTS_AT_SEND), 3 + 5 + 1);
     }
 }

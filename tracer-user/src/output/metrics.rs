@@ -26,6 +26,8 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use tracer_common::Direction;
+
 use crate::{
     attribution::cause::Cause,
     report::summary::{RemoteSummary, Summary},
@@ -134,10 +136,10 @@ impl Snapshot {
         let s = &self.summary;
         let mut v = vec![];
         if self.shape.sent {
-            v.push(("out", &s.by_remote_ip[..], s.total));
+            v.push((Direction::Out.name(), &s.by_remote_ip[..], s.total));
         }
         if self.shape.received {
-            v.push(("in", &s.received[..], s.received_total));
+            v.push((Direction::In.name(), &s.received[..], s.received_total));
         }
         v
     }
@@ -150,13 +152,22 @@ impl Collector for Snapshot {
         if self.shape.sent {
             // Every cause from the start, so dashboards and alerts see zeros
             // rather than absent series.
-            for c in Cause::ALL.iter().filter(|c| **c != Cause::Received) {
+            for c in Cause::ALL
+                .iter()
+                .filter(|c| c.direction() == Direction::Out)
+            {
                 let n = s.by_cause.get(c).copied().unwrap_or(0);
-                by_cause.push((vec![direction("out"), ("cause", c.to_string())], n));
+                by_cause.push((
+                    vec![direction(Direction::Out.name()), ("cause", c.to_string())],
+                    n,
+                ));
             }
         }
         if self.shape.received {
-            let labels = vec![direction("in"), ("cause", Cause::Received.to_string())];
+            let labels = vec![
+                direction(Direction::In.name()),
+                ("cause", Cause::Received.to_string()),
+            ];
             by_cause.push((labels, s.received_total));
         }
         counter(
