@@ -172,6 +172,10 @@ pub mod tcp_state {
         CLOSING = 11;
         NEW_SYN_RECV = 12;
     }
+
+    /// Slots of a table indexed by state: slot 0 (no state) stands for
+    /// no socket at all.
+    pub const SLOTS: usize = 16;
 }
 
 /// Slots of the per-CPU `STATS` array. Slots `0..Cause::COUNT` count, per
@@ -258,6 +262,10 @@ impl StackRule {
         state_mask: 0,
     };
 }
+
+/// Entry of the kprobes' table of causes by state (`NO_FULL_SOCKET_CAUSES`)
+/// for the states of a full socket: tcp_send_reset reports those RSTs.
+pub const FULL_SOCKET: u8 = 0xff;
 
 /// Cause value of an egress stack rule that means "the TCP stack sent it"
 /// (IPv6 replies leave without a socket): counted for coverage only.
@@ -672,6 +680,7 @@ mod tests {
         );
         assert_eq!(tcp_state::name(0), None);
         assert_eq!(tcp_state::name(13), None);
+        assert!(usize::from(tcp_state::NEW_SYN_RECV) < tcp_state::SLOTS);
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub fn stack_counted_at_send() -> bool {
     unsafe { core::ptr::read_volatile(&STACK_COUNTED_AT_SEND) != 0 }
 }
 
+/// The cause of a RST sent through a user's raw or packet socket, set by
+/// userspace from its cause rules.
+#[unsafe(no_mangle)]
+static USER_SOCKET_CAUSE: u8 = Cause::Unknown as u8;
+
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
 #[repr(C)]
@@ -217,7 +222,8 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
             count_tcp_stack();
             return Ok(0);
         }
-        Origin::Socket => (Cause::Injected as u8, -1),
+        // SAFETY: a read-only global that userspace sets before load.
+        Origin::Socket => (unsafe { core::ptr::read_volatile(&USER_SOCKET_CAUSE) }, -1),
         Origin::NoSocket => {
             match stack::cause_from_stack(ctx, stack::Rules::Egress, 0) {
                 Some(c) if u32::from(c) == RULE_TCP_STACK => {

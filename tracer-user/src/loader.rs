@@ -281,6 +281,16 @@ impl Tracer {
                 &crate::attribution::cause::actor_mask(),
                 true,
             )
+            .override_global(
+                "NO_FULL_SOCKET_CAUSES",
+                &crate::attribution::cause::no_full_socket_table(),
+                true,
+            )
+            .override_global(
+                "USER_SOCKET_CAUSE",
+                &(crate::attribution::cause::USER_SOCKET as u8),
+                true,
+            )
             .override_global("EVENTS_PER_SEC", &opts.events_per_sec, true)
             .override_global(
                 "BUDGETED_CAUSES",

@@ -1,5 +1,6 @@
-//! Where a cause is decided. The kernel program only looks a cause up in the
-//! reason table built here; every rule that maps kernel evidence to a cause
+//! Where a cause is decided. The kernel programs only look causes up in the
+//! tables built here (by reason, by stack, by socket state, and the cause of
+//! a user's raw socket); every rule that maps kernel evidence to a cause
 //! lives in this file.
 
 use std::collections::BTreeMap;
@@ -146,6 +147,33 @@ const fn rule(
         cause,
     }
 }
+
+/// The cause of a RST the TCP stack sends without a full socket, as the
+/// kprobes on tcp_v4/v6_send_reset see it (kernels before 6.10, whose
+/// tracepoint skips these), by the state of the socket it is sent on
+/// (`None`: no socket). `None` for a full socket: tcp_send_reset reports it.
+pub fn no_full_socket_cause(state: Option<u8>) -> Option<Cause> {
+    match state {
+        None => Some(Cause::ClosedPort),
+        // A segment for a connection this host has closed.
+        Some(tcp_state::TIME_WAIT) => Some(Cause::DataAfterClose),
+        // A handshake's segment the request socket could not accept.
+        Some(tcp_state::NEW_SYN_RECV) => Some(Cause::InvalidSegment),
+        Some(_) => None,
+    }
+}
+
+/// `no_full_socket_cause` as the kprobe program takes it, indexed by state.
+pub fn no_full_socket_table() -> [u8; tcp_state::SLOTS] {
+    std::array::from_fn(|slot| {
+        let state = (slot != 0).then_some(slot as u8);
+        no_full_socket_cause(state).map_or(tracer_common::FULL_SOCKET, |c| c as u8)
+    })
+}
+
+/// An egress RST sent through a user's raw or AF_PACKET socket (tcpkill, an
+/// IPS): built outside the TCP stack.
+pub const USER_SOCKET: Cause = Cause::Injected;
 
 /// Kernel functions that decide an egress RST that has no socket, in
 /// priority order. Modules come last: a RST built by a module that is not
@@ -353,6 +381,23 @@ mod tests {
             assert!(!has(c), "{c}");
         }
         assert_eq!(m & actor_mask(), 0);
+    }
+
+    #[test]
+    fn the_kprobes_decide_only_rsts_without_a_full_socket() {
+        let t = no_full_socket_table();
+        assert_eq!(t[0], Cause::ClosedPort as u8);
+        assert_eq!(
+            t[usize::from(tcp_state::TIME_WAIT)],
+            Cause::DataAfterClose as u8
+        );
+        assert_eq!(
+            t[usize::from(tcp_state::NEW_SYN_RECV)],
+            Cause::InvalidSegment as u8
+        );
+        for s in [tcp_state::ESTABLISHED, tcp_state::CLOSE, tcp_state::LISTEN] {
+            assert_eq!(t[usize::from(s)], tracer_common::FULL_SOCKET, "state {s}");
+        }
     }
 
     #[test]
