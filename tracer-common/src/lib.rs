@@ -178,6 +178,65 @@ pub mod tcp_state {
     pub const SLOTS: usize = 16;
 }
 
+/// Names of the eBPF object's maps and globals, as userspace asks for them.
+/// The eBPF side's items take their names from their identifiers (aya
+/// names a map or global after its item), so there they are spelt again;
+/// tracer-user's tests hold the object to this list both ways.
+pub mod names {
+    macro_rules! names {
+        ($($(#[$doc:meta])* $name:ident,)*) => {
+            $($(#[$doc])* pub const $name: &str = stringify!($name);)*
+            /// Every name above.
+            pub const ALL: &[&str] = &[$($name),*];
+        };
+    }
+
+    names! {
+        // Read-only globals userspace sets before load.
+        ACTOR_CAUSES,
+        BENCH_EMPTY,
+        BUDGETED_CAUSES,
+        EGRESS_OFFSETS,
+        EGRESS_STACK_RULES,
+        EMIT_EVENTS,
+        EVENTS_PER_SEC,
+        FILTER,
+        KFREE_SKB_LAYOUT,
+        NETNS_OFFSETS,
+        NFT_OFFSETS,
+        NO_FULL_SOCKET_CAUSES,
+        RECEIVE_RESET_LAYOUT,
+        SEND_RESET_LAYOUT,
+        SOCK_ADDR_OFFSETS,
+        STACK_COUNTED_AT_SEND,
+        STACK_RULES,
+        USER_SOCKET_CAUSE,
+        WAKEUP_EVERY,
+        // Maps userspace sizes, fills or reads.
+        BUDGET,
+        DROPS,
+        EVENTS,
+        LOCAL_PORTS,
+        NFT_CHAINS,
+        REASON_CAUSE,
+        RECEIVED,
+        REMOTE_CIDRS,
+        REMOTES,
+        STACK_TRACES,
+        STATS,
+        // Maps of the kernel programs' own: per-CPU scratch and state.
+        CLOCK,
+        LAST_CHAIN,
+        LAST_REJECT,
+        MATCHED,
+        NAMES_BUF,
+        RECORD,
+        REJECT,
+        SINCE_WAKEUP,
+        STACK_BUF,
+    }
+}
+
 /// Slots of the per-CPU `STATS` array. Slots `0..Cause::COUNT` count, per
 /// cause, the RSTs that found the per-remote map full (`REMOTE_MAP_FULL`):
 /// a cause's total is its slot plus its entries in that map, so a RST

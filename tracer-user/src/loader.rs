@@ -22,7 +22,7 @@ use aya::{
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, stat,
+    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, names, stat,
 };
 
 use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};
@@ -254,65 +254,65 @@ impl Tracer {
             .egress
             .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
         let mut ebpf = EbpfLoader::new()
-            .override_global("EGRESS_OFFSETS", &egress_offsets, true)
+            .override_global(names::EGRESS_OFFSETS, &egress_offsets, true)
             .override_global(
-                "STACK_COUNTED_AT_SEND",
+                names::STACK_COUNTED_AT_SEND,
                 &u8::from(stack_counted_at_send(opts)),
                 true,
             )
-            .override_global("EGRESS_STACK_RULES", &egress_rules, true)
-            .override_global("KFREE_SKB_LAYOUT", &kfree_skb, true)
-            .override_global("FILTER", &opts.scope.filter, true)
+            .override_global(names::EGRESS_STACK_RULES, &egress_rules, true)
+            .override_global(names::KFREE_SKB_LAYOUT, &kfree_skb, true)
+            .override_global(names::FILTER, &opts.scope.filter, true)
             .override_global(
-                "RECEIVE_RESET_LAYOUT",
+                names::RECEIVE_RESET_LAYOUT,
                 &opts.receive_reset.unwrap_or(SendResetLayout::UNSET),
                 true,
             )
-            .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
+            .override_global(names::SEND_RESET_LAYOUT, &opts.send_reset, true)
             .override_global(
-                "SOCK_ADDR_OFFSETS",
+                names::SOCK_ADDR_OFFSETS,
                 &opts.sock_addrs.unwrap_or(SockAddrOffsets::UNSET),
                 true,
             )
-            .override_global("EMIT_EVENTS", &emit, true)
-            .override_global("BENCH_EMPTY", &u8::from(opts.bench_empty), true)
+            .override_global(names::EMIT_EVENTS, &emit, true)
+            .override_global(names::BENCH_EMPTY, &u8::from(opts.bench_empty), true)
             .override_global(
-                "ACTOR_CAUSES",
+                names::ACTOR_CAUSES,
                 &crate::attribution::cause::actor_mask(),
                 true,
             )
             .override_global(
-                "NO_FULL_SOCKET_CAUSES",
+                names::NO_FULL_SOCKET_CAUSES,
                 &crate::attribution::cause::no_full_socket_table(),
                 true,
             )
             .override_global(
-                "USER_SOCKET_CAUSE",
+                names::USER_SOCKET_CAUSE,
                 &(crate::attribution::cause::USER_SOCKET as u8),
                 true,
             )
-            .override_global("EVENTS_PER_SEC", &opts.events_per_sec, true)
+            .override_global(names::EVENTS_PER_SEC, &opts.events_per_sec, true)
             .override_global(
-                "BUDGETED_CAUSES",
+                names::BUDGETED_CAUSES,
                 &crate::attribution::cause::line_only_mask(),
                 true,
             )
-            .override_global("WAKEUP_EVERY", &wakeup_every(opts.ring_size), true)
-            .override_global("STACK_RULES", &opts.stack_rules, true)
-            .override_global("NETNS_OFFSETS", &opts.netns, true)
+            .override_global(names::WAKEUP_EVERY, &wakeup_every(opts.ring_size), true)
+            .override_global(names::STACK_RULES, &opts.stack_rules, true)
+            .override_global(names::NETNS_OFFSETS, &opts.netns, true)
             .override_global(
-                "NFT_OFFSETS",
+                names::NFT_OFFSETS,
                 &opts.nft.as_ref().map_or(NftOffsets::UNSET, |(o, _)| *o),
                 true,
             )
-            .map_max_entries("REMOTES", opts.max_remote_ips)
-            .map_max_entries("EVENTS", opts.ring_size)
+            .map_max_entries(names::REMOTES, opts.max_remote_ips)
+            .map_max_entries(names::EVENTS, opts.ring_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
 
         let mut table: Array<_, u8> = Array::try_from(
-            ebpf.map_mut("REASON_CAUSE")
-                .context("REASON_CAUSE map missing")?,
+            ebpf.map_mut(names::REASON_CAUSE)
+                .with_context(|| format!("{} map missing", names::REASON_CAUSE))?,
         )?;
         for (reason, entry) in opts.reason_causes {
             table
@@ -320,8 +320,8 @@ impl Tracer {
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
         }
         let mut cidrs: LpmTrie<_, CidrKey, u8> = LpmTrie::try_from(
-            ebpf.map_mut("REMOTE_CIDRS")
-                .context("REMOTE_CIDRS map missing")?,
+            ebpf.map_mut(names::REMOTE_CIDRS)
+                .with_context(|| format!("{} map missing", names::REMOTE_CIDRS))?,
         )?;
         for c in &opts.scope.cidrs {
             let (len, data) = c.key();
@@ -330,8 +330,8 @@ impl Tracer {
                 .context("filling the --remote table")?;
         }
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
-            ebpf.map_mut("LOCAL_PORTS")
-                .context("LOCAL_PORTS map missing")?,
+            ebpf.map_mut(names::LOCAL_PORTS)
+                .with_context(|| format!("{} map missing", names::LOCAL_PORTS))?,
         )?;
         for p in &opts.scope.ports {
             ports
@@ -618,21 +618,24 @@ impl Tracer {
     /// as read at its last reject.
     pub fn nft_chain(&self, addr: u64) -> Option<(Untrusted, Untrusted)> {
         let map: HashMap<_, u64, NftChainNames> =
-            HashMap::try_from(self.ebpf.map("NFT_CHAINS")?).ok()?;
+            HashMap::try_from(self.ebpf.map(names::NFT_CHAINS)?).ok()?;
         let n = map.get(&addr, 0).ok()?;
         Some((Untrusted::from_c(&n.table), Untrusted::from_c(&n.chain)))
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.
     pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
-        let map = self.ebpf.map("STACK_TRACES")?;
+        let map = self.ebpf.map(names::STACK_TRACES)?;
         let stacks = StackTraceMap::try_from(map).ok()?;
         let st = stacks.get(&u32::try_from(id).ok()?, 0).ok()?;
         Some(st.frames().iter().map(|f| f.ip).collect())
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .with_context(|| format!("{} map missing", names::EVENTS))?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -662,7 +665,7 @@ impl Tracer {
     /// Events the text output's budget held back, summed over CPUs (0 when
     /// the map can't be read: only the live notes use it).
     pub fn unsent(&self) -> u64 {
-        let Some(map) = self.ebpf.map("BUDGET") else {
+        let Some(map) = self.ebpf.map(names::BUDGET) else {
             return 0;
         };
         let Ok(budget) = PerCpuArray::<_, tracer_common::Budget>::try_from(map) else {
@@ -680,8 +683,11 @@ impl Tracer {
 
     /// The `STATS` slots, summed over CPUs.
     pub fn stats(&self) -> Result<StatSlots> {
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("STATS").context("STATS map missing")?)?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::STATS)
+                .with_context(|| format!("{} map missing", names::STATS))?,
+        )?;
         let mut out = Vec::new();
         for per_cpu in stats.iter() {
             out.push(per_cpu?.iter().sum());
@@ -707,17 +713,17 @@ impl Tracer {
 
     /// Netfilter drops per (remote IP, location).
     pub fn drops(&self) -> Result<Vec<(DropKey, Vec<RemoteStats>)>> {
-        self.per_cpu_entries("DROPS")
+        self.per_cpu_entries(names::DROPS)
     }
 
     /// RSTs received per remote IP.
     pub fn received(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
-        self.per_cpu_entries("RECEIVED")
+        self.per_cpu_entries(names::RECEIVED)
     }
 
     /// RSTs sent per (remote IP, cause).
     pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
-        self.per_cpu_entries("REMOTES")
+        self.per_cpu_entries(names::REMOTES)
     }
 }
 
@@ -936,6 +942,33 @@ mod tests {
             kprobes.describe(),
             "kprobes on tcp_v4_send_reset/tcp_v6_send_reset"
         );
+    }
+
+    /// aya finds a map or global by the name of its eBPF item, which
+    /// tracer-common can't give it: a rename on either side would only
+    /// fail at load, or leave a global at its built-in value.
+    #[test]
+    fn every_map_and_global_of_the_object_has_its_name() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let obj = object::File::parse(EBPF_OBJECT).unwrap();
+        let mut in_object: Vec<&str> = obj
+            .symbols()
+            .filter(|s| s.is_global() && s.kind() == object::SymbolKind::Data)
+            .filter(|s| {
+                let section = s.section_index().and_then(|i| obj.section_by_index(i).ok());
+                section.and_then(|s| s.name().ok()).is_some_and(|n| {
+                    n == "maps"
+                        || [".rodata", ".data", ".bss"]
+                            .iter()
+                            .any(|p| n.starts_with(p))
+                })
+            })
+            .map(|s| s.name().unwrap())
+            .collect();
+        in_object.sort_unstable();
+        let mut named = names::ALL.to_vec();
+        named.sort_unstable();
+        assert_eq!(in_object, named);
     }
 
     #[test]
