@@ -730,6 +730,29 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn cause_ids_round_trip() {
+        for c in Cause::ALL {
+            assert_eq!(Cause::from_id(c as u8), c);
+        }
+        assert_eq!(Cause::from_id(200), Cause::Unknown);
+    }
+
+    #[test]
+    fn cause_names_are_unique_kebab_case() {
+        for c in Cause::ALL {
+            let n = c.name();
+            assert!(
+                n.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == '-' || ch == '2'),
+                "{n}"
+            );
+            for d in Cause::ALL {
+                assert!(c == d || n != d.name(), "{n} twice");
+            }
+        }
+    }
+
+    #[test]
     fn tcp_states_have_the_kernels_names() {
         assert_eq!(tcp_state::name(1), Some("TCP_ESTABLISHED"));
         assert_eq!(tcp_state::name(7), Some("TCP_CLOSE"));
