@@ -127,7 +127,7 @@ pub fn has_actor(cause: u8) -> bool {
 }
 
 /// Whether bit `cause` is set in one of the cause masks userspace sets
-/// (`cause::COUNT` fits in 32 bits).
+/// (`Cause::COUNT` fits in 32 bits).
 #[inline(always)]
 fn in_mask(mask: u32, cause: u8) -> bool {
     cause < 32 && mask & (1 << cause) != 0

@@ -28,7 +28,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
-    ABSENT, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, cause, source, stat,
+    ABSENT, Cause, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, source, stat, tcp_state,
 };
 
 use crate::{
@@ -53,6 +53,11 @@ pub fn stack_counted_at_send() -> bool {
     unsafe { core::ptr::read_volatile(&STACK_COUNTED_AT_SEND) != 0 }
 }
 
+/// The cause of a RST sent through a user's raw or packet socket, set by
+/// userspace from its cause rules.
+#[unsafe(no_mangle)]
+static USER_SOCKET_CAUSE: u8 = Cause::Unknown as u8;
+
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
 #[repr(C)]
@@ -72,8 +77,6 @@ const TCP_RST: u8 = 0x04;
 const AF_PACKET: u16 = 17;
 const SOCK_STREAM: u16 = 1;
 const SOCK_RAW: u16 = 3;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[btf_tracepoint(function = "net_dev_queue")]
 pub fn net_dev_queue_btf(ctx: BtfTracePointContext) -> i32 {
@@ -120,7 +123,7 @@ fn full_socket<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<bool, i32> {
         return Ok(false);
     }
     let state: u8 = M::read(sk + u64::from(o.sk_state))?;
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
         return Ok(false);
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
@@ -139,7 +142,7 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     // Time-wait and request sockets are only a `sock_common`: check the
     // state before reading fields of a full socket.
     let state: u8 = M::read(sk + u64::from(o.sk_state))?;
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
         return Ok(Origin::TcpStack);
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
@@ -219,7 +222,8 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
             count_tcp_stack();
             return Ok(0);
         }
-        Origin::Socket => (cause::INJECTED, -1),
+        // SAFETY: a read-only global that userspace sets before load.
+        Origin::Socket => (unsafe { core::ptr::read_volatile(&USER_SOCKET_CAUSE) }, -1),
         Origin::NoSocket => {
             match stack::cause_from_stack(ctx, stack::Rules::Egress, 0) {
                 Some(c) if u32::from(c) == RULE_TCP_STACK => {
@@ -230,7 +234,10 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
                 Some(c) => (c, stack::stack_id(ctx, stack::Rules::Egress)),
                 None => {
                     count::bump(stat::EGRESS_UNEXPLAINED);
-                    (cause::UNKNOWN, stack::stack_id(ctx, stack::Rules::Egress))
+                    (
+                        Cause::Unknown as u8,
+                        stack::stack_id(ctx, stack::Rules::Egress),
+                    )
                 }
             }
         }
@@ -239,7 +246,7 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if !filter::cause_ok(f, cause) {
         return Ok(0);
     }
-    let nft_chain = if cause == cause::NETFILTER_REJECT {
+    let nft_chain = if cause == Cause::NetfilterReject as u8 {
         if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
             // SAFETY: this CPU's slot.
             unsafe {

@@ -1,3 +1,6 @@
+//! The kernel programs. Userspace finds each map and global by its item's
+//! name: renaming one means renaming it in `tracer_common::names` too
+//! (tracer-user's tests compare the two lists).
 #![no_std]
 #![no_main]
 // An atomic add for per-CPU counters: core has no atomic types for BPF.

@@ -4,7 +4,7 @@
 //! same reader serves, with offsets from this tracepoint's format file.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{ABSENT, RstEvent, SendResetLayout, TASK_COMM_LEN, cause, source};
+use tracer_common::{ABSENT, Cause, RstEvent, SendResetLayout, TASK_COMM_LEN, source};
 
 use crate::{
     count, filter, netns,
@@ -36,7 +36,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
     let ends = read_split(&rec, layout)?;
     let skaddr = u64::from_ne_bytes(rec.bytes(layout.skaddr)?);
     let f = filter::get();
-    if !filter::cause_ok(f, cause::RECEIVED)
+    if !filter::cause_ok(f, Cause::Received as u8)
         || !filter::port_ok(f, ends.local_port)
         || !filter::remote_ok(f, ends.family, &ends.remote)
     {
@@ -50,7 +50,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         ts_ns: count::coarse_now(),
         remote: ends.remote,
         family: ends.family,
-        cause: cause::RECEIVED,
+        cause: Cause::Received as u8,
     };
     count::record_received(&rst, count::emitting(), || RstEvent {
         ts_ns: 0,
@@ -68,7 +68,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         local_port: ends.local_port,
         remote_port: ends.remote_port,
         family: ends.family,
-        cause: cause::RECEIVED,
+        cause: Cause::Received as u8,
         source: source::RECEIVED,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, EgressOffsets, MAX_REASONS, NEEDS_STACK, RstEvent, SendResetLayout,
-    SockAddrOffsets, TASK_COMM_LEN, addr_layout, cause, source, stat,
+    ABSENT, AF_INET, AF_INET6, Cause, EgressOffsets, MAX_REASONS, NEEDS_STACK, RstEvent,
+    SendResetLayout, SockAddrOffsets, TASK_COMM_LEN, addr_layout, source, stat, tcp_state,
 };
 
 use crate::{
@@ -144,9 +144,6 @@ pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> u32 {
 #[unsafe(no_mangle)]
 static SOCK_ADDR_OFFSETS: SockAddrOffsets = SockAddrOffsets::UNSET;
 
-const TCP_TIME_WAIT: u32 = 6;
-const TCP_NEW_SYN_RECV: u32 = 12;
-
 fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let a = crate::global::get(&SOCK_ADDR_OFFSETS);
     let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
@@ -166,7 +163,10 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     } else {
         u32::from(Direct::read::<u8>(sk + u64::from(o.sk_state)).map_err(|_| 1u32)?)
     };
-    let ends = if sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
+    let ends = if sk != 0
+        && state != u32::from(tcp_state::TIME_WAIT)
+        && state != u32::from(tcp_state::NEW_SYN_RECV)
+    {
         sock_endpoints(sk, a, o)?
     } else if a.reason_arg == 0 {
         // Before 6.10 (no reason argument) the tracepoint fires only with a
@@ -273,12 +273,15 @@ fn attribute<M: Mem, C: StackIdContext>(
     let cause = if !has_reason {
         // No reason on this kernel: the stack and the state decide, with
         // the rules userspace chose for such kernels.
-        stack::cause_from_stack(ctx, rules, state).unwrap_or(cause::UNKNOWN)
+        stack::cause_from_stack(ctx, rules, state).unwrap_or(Cause::Unknown as u8)
     } else {
         let entry = if reason < MAX_REASONS {
-            REASON_CAUSE.get(reason).copied().unwrap_or(cause::UNKNOWN)
+            REASON_CAUSE
+                .get(reason)
+                .copied()
+                .unwrap_or(Cause::Unknown as u8)
         } else {
-            cause::UNKNOWN
+            Cause::Unknown as u8
         };
         if entry & NEEDS_STACK != 0 {
             stack::cause_from_stack(ctx, rules, state).unwrap_or(entry & !NEEDS_STACK)
@@ -326,12 +329,12 @@ fn attribute<M: Mem, C: StackIdContext>(
         reason,
         state,
         netns: filter::netns_or_read(scoped_ns, read_ns),
-        stack_id: if cause == cause::UNKNOWN {
+        stack_id: if cause == Cause::Unknown as u8 {
             stack::stack_id(ctx, rules)
         } else {
             -1
         },
-        sk_ino: if cause == cause::SOCKET_KILLED {
+        sk_ino: if cause == Cause::SocketKilled as u8 {
             socket_ino(skaddr)
         } else {
             0

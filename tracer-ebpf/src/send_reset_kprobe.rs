@@ -9,7 +9,7 @@
 //! remote peer.
 
 use aya_ebpf::{macros::kprobe, programs::ProbeContext};
-use tracer_common::{ABSENT, RstEvent, TASK_COMM_LEN, cause, source};
+use tracer_common::{ABSENT, FULL_SOCKET, RstEvent, TASK_COMM_LEN, source, tcp_state};
 
 use crate::{
     count,
@@ -19,8 +19,12 @@ use crate::{
 };
 
 const TCP_RST: u8 = 0x04;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// The cause of a RST by the state of the socket it is sent on (slot 0:
+/// no socket), `FULL_SOCKET` for the RSTs the tracepoint reports; filled
+/// by userspace from its cause rules.
+#[unsafe(no_mangle)]
+static NO_FULL_SOCKET_CAUSES: [u8; tcp_state::SLOTS] = [FULL_SOCKET; tcp_state::SLOTS];
 
 #[kprobe]
 pub fn send_reset_no_full_socket(ctx: ProbeContext) -> u32 {
@@ -45,13 +49,14 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
     } else {
         read(sk + u64::from(o.sk_state))?
     };
-    let cause = match (sk, state) {
-        (0, _) => cause::CLOSED_PORT,
-        (_, TCP_TIME_WAIT) => cause::DATA_AFTER_CLOSE,
-        (_, TCP_NEW_SYN_RECV) => cause::INVALID_SEGMENT,
-        // A full socket: the tracepoint reports it.
-        _ => return Ok(0),
-    };
+    let slot = if sk == 0 { 0 } else { usize::from(state) };
+    let cause = crate::global::get(&NO_FULL_SOCKET_CAUSES)
+        .get(slot)
+        .copied()
+        .unwrap_or(FULL_SOCKET);
+    if cause == FULL_SOCKET {
+        return Ok(0);
+    }
     let Some(seg) = packet::tcp::<Probe>(skb, o, 0)? else {
         return Ok(0);
     };

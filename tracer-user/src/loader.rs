@@ -22,7 +22,7 @@ use aya::{
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, stat,
+    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, names, stat,
 };
 
 use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};
@@ -43,7 +43,7 @@ pub struct Options<'a> {
     pub kfree_skb: KfreeSkbLayout,
     pub emit_events: bool,
     /// Events per second and CPU of the causes whose event is only a line
-    /// (`Cause::line_only`); 0 = every event.
+    /// (`cause::line_only`); 0 = every event.
     pub events_per_sec: u64,
     pub max_remote_ips: u32,
     pub ring_size: u32,
@@ -263,55 +263,65 @@ impl Tracer {
             .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
         let mut ebpf = EbpfLoader::new()
             .btf(opts.btf)
-            .override_global("EGRESS_OFFSETS", &egress_offsets, true)
+            .override_global(names::EGRESS_OFFSETS, &egress_offsets, true)
             .override_global(
-                "STACK_COUNTED_AT_SEND",
+                names::STACK_COUNTED_AT_SEND,
                 &u8::from(stack_counted_at_send(opts)),
                 true,
             )
-            .override_global("EGRESS_STACK_RULES", &egress_rules, true)
-            .override_global("KFREE_SKB_LAYOUT", &kfree_skb, true)
-            .override_global("FILTER", &opts.scope.filter, true)
+            .override_global(names::EGRESS_STACK_RULES, &egress_rules, true)
+            .override_global(names::KFREE_SKB_LAYOUT, &kfree_skb, true)
+            .override_global(names::FILTER, &opts.scope.filter, true)
             .override_global(
-                "RECEIVE_RESET_LAYOUT",
+                names::RECEIVE_RESET_LAYOUT,
                 &opts.receive_reset.unwrap_or(SendResetLayout::UNSET),
                 true,
             )
-            .override_global("SEND_RESET_LAYOUT", &opts.send_reset, true)
+            .override_global(names::SEND_RESET_LAYOUT, &opts.send_reset, true)
             .override_global(
-                "SOCK_ADDR_OFFSETS",
+                names::SOCK_ADDR_OFFSETS,
                 &opts.sock_addrs.unwrap_or(SockAddrOffsets::UNSET),
                 true,
             )
-            .override_global("EMIT_EVENTS", &emit, true)
-            .override_global("BENCH_EMPTY", &u8::from(opts.bench_empty), true)
+            .override_global(names::EMIT_EVENTS, &emit, true)
+            .override_global(names::BENCH_EMPTY, &u8::from(opts.bench_empty), true)
             .override_global(
-                "ACTOR_CAUSES",
+                names::ACTOR_CAUSES,
                 &crate::attribution::cause::actor_mask(),
                 true,
             )
-            .override_global("EVENTS_PER_SEC", &opts.events_per_sec, true)
             .override_global(
-                "BUDGETED_CAUSES",
+                names::NO_FULL_SOCKET_CAUSES,
+                &crate::attribution::cause::no_full_socket_table(),
+                true,
+            )
+            .override_global(
+                names::USER_SOCKET_CAUSE,
+                &(crate::attribution::cause::USER_SOCKET as u8),
+                true,
+            )
+            .override_global(names::EVENTS_PER_SEC, &opts.events_per_sec, true)
+            .override_global(
+                names::BUDGETED_CAUSES,
                 &crate::attribution::cause::line_only_mask(),
                 true,
             )
-            .override_global("WAKEUP_EVERY", &wakeup_every(opts.ring_size), true)
-            .override_global("STACK_RULES", &opts.stack_rules, true)
-            .override_global("NETNS_OFFSETS", &opts.netns, true)
+            .override_global(names::WAKEUP_EVERY, &wakeup_every(opts.ring_size), true)
+            .override_global(names::STACK_RULES, &opts.stack_rules, true)
+            .override_global(names::NETNS_OFFSETS, &opts.netns, true)
             .override_global(
-                "NFT_OFFSETS",
+                names::NFT_OFFSETS,
                 &opts.nft.as_ref().map_or(NftOffsets::UNSET, |(o, _)| *o),
                 true,
             )
-            .map_max_entries("REMOTES", opts.max_remote_ips)
-            .map_max_entries("EVENTS", opts.ring_size)
+            .map_max_entries(names::REMOTES, opts.max_remote_ips)
+            .map_max_entries(names::EVENTS, opts.ring_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
 
         let mut table: Array<_, u8> = Array::try_from(
-            ebpf.map_mut("REASON_CAUSE")
-                .context("REASON_CAUSE map missing")?,
+            ebpf.map_mut(names::REASON_CAUSE)
+                .with_context(|| format!("{} map missing", names::REASON_CAUSE))?,
         )?;
         for (reason, entry) in &opts.reason_causes {
             table
@@ -319,8 +329,8 @@ impl Tracer {
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
         }
         let mut cidrs: LpmTrie<_, CidrKey, u8> = LpmTrie::try_from(
-            ebpf.map_mut("REMOTE_CIDRS")
-                .context("REMOTE_CIDRS map missing")?,
+            ebpf.map_mut(names::REMOTE_CIDRS)
+                .with_context(|| format!("{} map missing", names::REMOTE_CIDRS))?,
         )?;
         for c in &opts.scope.cidrs {
             let (len, data) = c.key();
@@ -329,8 +339,8 @@ impl Tracer {
                 .context("filling the --remote table")?;
         }
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
-            ebpf.map_mut("LOCAL_PORTS")
-                .context("LOCAL_PORTS map missing")?,
+            ebpf.map_mut(names::LOCAL_PORTS)
+                .with_context(|| format!("{} map missing", names::LOCAL_PORTS))?,
         )?;
         for p in &opts.scope.ports {
             ports
@@ -676,21 +686,24 @@ impl Tracer {
     /// as read at its last reject.
     pub fn nft_chain(&self, addr: u64) -> Option<(Untrusted, Untrusted)> {
         let map: HashMap<_, u64, NftChainNames> =
-            HashMap::try_from(self.ebpf.map("NFT_CHAINS")?).ok()?;
+            HashMap::try_from(self.ebpf.map(names::NFT_CHAINS)?).ok()?;
         let n = map.get(&addr, 0).ok()?;
         Some((Untrusted::from_c(&n.table), Untrusted::from_c(&n.chain)))
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.
     pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
-        let map = self.ebpf.map("STACK_TRACES")?;
+        let map = self.ebpf.map(names::STACK_TRACES)?;
         let stacks = StackTraceMap::try_from(map).ok()?;
         let st = stacks.get(&u32::try_from(id).ok()?, 0).ok()?;
         Some(st.frames().iter().map(|f| f.ip).collect())
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .with_context(|| format!("{} map missing", names::EVENTS))?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -720,7 +733,7 @@ impl Tracer {
     /// Events the text output's budget held back, summed over CPUs (0 when
     /// the map can't be read: only the live notes use it).
     pub fn unsent(&self) -> u64 {
-        let Some(map) = self.ebpf.map("BUDGET") else {
+        let Some(map) = self.ebpf.map(names::BUDGET) else {
             return 0;
         };
         let Ok(budget) = PerCpuArray::<_, tracer_common::Budget>::try_from(map) else {
@@ -738,8 +751,11 @@ impl Tracer {
 
     /// The `STATS` slots, summed over CPUs.
     pub fn stats(&self) -> Result<StatSlots> {
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("STATS").context("STATS map missing")?)?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(names::STATS)
+                .with_context(|| format!("{} map missing", names::STATS))?,
+        )?;
         let mut out = Vec::new();
         for per_cpu in stats.iter() {
             out.push(per_cpu?.iter().sum());
@@ -765,17 +781,17 @@ impl Tracer {
 
     /// Netfilter drops per (remote IP, location).
     pub fn drops(&self) -> Result<Vec<(DropKey, Vec<RemoteStats>)>> {
-        self.per_cpu_entries("DROPS")
+        self.per_cpu_entries(names::DROPS)
     }
 
     /// RSTs received per remote IP.
     pub fn received(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
-        self.per_cpu_entries("RECEIVED")
+        self.per_cpu_entries(names::RECEIVED)
     }
 
     /// RSTs sent per (remote IP, cause).
     pub fn remotes(&self) -> Result<Vec<(RemoteKey, Vec<RemoteStats>)>> {
-        self.per_cpu_entries("REMOTES")
+        self.per_cpu_entries(names::REMOTES)
     }
 }
 
@@ -794,7 +810,7 @@ impl StatSlots {
 /// slots at send (`stat::AT_SEND`, 6.10+) added to their cause and to the
 /// coverage count they also are.
 fn fold_at_send(mut slots: Vec<u64>) -> Vec<u64> {
-    for c in 0..tracer_common::cause::COUNT {
+    for c in 0..tracer_common::Cause::COUNT as u32 {
         let at_send = slots
             .get((stat::AT_SEND + c) as usize)
             .copied()
@@ -896,7 +912,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::cause;
+    use tracer_common::Cause;
 
     /// Options as on a 6.10+ kernel with BTF, `--cause` as given.
     fn decide(causes: &[&str], change: impl FnOnce(&mut Options<'_>)) -> Programs {
@@ -998,20 +1014,47 @@ mod tests {
         );
     }
 
+    /// aya finds a map or global by the name of its eBPF item, which
+    /// tracer-common can't give it: a rename on either side would only
+    /// fail at load, or leave a global at its built-in value.
+    #[test]
+    fn every_map_and_global_of_the_object_has_its_name() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let obj = object::File::parse(EBPF_OBJECT).unwrap();
+        let mut in_object: Vec<&str> = obj
+            .symbols()
+            .filter(|s| s.is_global() && s.kind() == object::SymbolKind::Data)
+            .filter(|s| {
+                let section = s.section_index().and_then(|i| obj.section_by_index(i).ok());
+                section.and_then(|s| s.name().ok()).is_some_and(|n| {
+                    n == "maps"
+                        || [".rodata", ".data", ".bss"]
+                            .iter()
+                            .any(|p| n.starts_with(p))
+                })
+            })
+            .map(|s| s.name().unwrap())
+            .collect();
+        in_object.sort_unstable();
+        let mut named = names::ALL.to_vec();
+        named.sort_unstable();
+        assert_eq!(in_object, named);
+    }
+
     #[test]
     fn counts_at_send_are_cause_totals_and_coverage() {
         let mut raw = vec![0; stat::COUNT as usize];
         // By cause only (the per-remote map was full): 2 rejects from
         // egress, 5 closed-port and 1 keepalive from tcp_send_reset at send;
         // and 3 RSTs at send that --cause left out.
-        raw[usize::from(cause::NETFILTER_REJECT)] = 2;
-        raw[(stat::AT_SEND + u32::from(cause::CLOSED_PORT)) as usize] = 5;
-        raw[(stat::AT_SEND + u32::from(cause::KEEPALIVE_TIMEOUT)) as usize] = 1;
+        raw[Cause::NetfilterReject as usize] = 2;
+        raw[(stat::AT_SEND + Cause::ClosedPort as u32) as usize] = 5;
+        raw[(stat::AT_SEND + Cause::KeepaliveTimeout as u32) as usize] = 1;
         raw[stat::STACK_RSTS_AT_SEND as usize] = 3;
         let s = StatSlots(fold_at_send(raw));
-        assert_eq!(s.get(u32::from(cause::NETFILTER_REJECT)), 2);
-        assert_eq!(s.get(u32::from(cause::CLOSED_PORT)), 5);
-        assert_eq!(s.get(u32::from(cause::KEEPALIVE_TIMEOUT)), 1);
+        assert_eq!(s.get(Cause::NetfilterReject as u32), 2);
+        assert_eq!(s.get(Cause::ClosedPort as u32), 5);
+        assert_eq!(s.get(Cause::KeepaliveTimeout as u32), 1);
         assert_eq!(s.get(stat::STACK_RSTS_AT_SEND), 3 + 5 + 1);
     }
 }

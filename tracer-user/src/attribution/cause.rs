@@ -1,109 +1,44 @@
-//! Where a cause is decided. The kernel program only looks a cause up in the
-//! reason table built here; every rule that maps kernel evidence to a cause
+//! Where a cause is decided. The kernel programs only look causes up in the
+//! tables built here (by reason, by stack, by socket state, and the cause of
+//! a user's raw socket); every rule that maps kernel evidence to a cause
 //! lives in this file.
 
-use std::{collections::BTreeMap, fmt};
+use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
-use tracer_common::cause as id;
+pub use tracer_common::Cause;
+use tracer_common::tcp_state;
 
-/// The stable cause identifiers of DESIGN.md, used in text, JSON and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Cause {
-    Unknown = id::UNKNOWN,
-    ClosedPort = id::CLOSED_PORT,
-    AbortOnClose = id::ABORT_ON_CLOSE,
-    LingerAbort = id::LINGER_ABORT,
-    AppDisconnect = id::APP_DISCONNECT,
-    SocketKilled = id::SOCKET_KILLED,
-    KeepaliveTimeout = id::KEEPALIVE_TIMEOUT,
-    DataAfterClose = id::DATA_AFTER_CLOSE,
-    Linger2Timeout = id::LINGER2_TIMEOUT,
-    MemoryPressure = id::MEMORY_PRESSURE,
-    InvalidSegment = id::INVALID_SEGMENT,
-    Mptcp = id::MPTCP,
-    NetfilterReject = id::NETFILTER_REJECT,
-    Injected = id::INJECTED,
-    /// A RST this host received (`--direction in|both`), not one it sent.
-    Received = id::RECEIVED,
+/// Whether the RST is sent in process context on behalf of a syscall,
+/// so that the current task is the one that asked for it. Receive-path
+/// and timer RSTs run in softirq context, where on loopback `current` is
+/// the *peer* process: reporting it would lie.
+pub fn has_actor(cause: Cause) -> bool {
+    matches!(
+        cause,
+        Cause::AbortOnClose
+            | Cause::LingerAbort
+            | Cause::AppDisconnect
+            | Cause::SocketKilled
+            | Cause::Injected
+    )
 }
 
-impl Cause {
-    pub const ALL: [Cause; id::COUNT as usize] = [
-        Cause::Unknown,
-        Cause::ClosedPort,
-        Cause::AbortOnClose,
-        Cause::LingerAbort,
-        Cause::AppDisconnect,
-        Cause::SocketKilled,
-        Cause::KeepaliveTimeout,
-        Cause::DataAfterClose,
-        Cause::Linger2Timeout,
-        Cause::MemoryPressure,
-        Cause::InvalidSegment,
-        Cause::Mptcp,
-        Cause::NetfilterReject,
-        Cause::Injected,
-        Cause::Received,
-    ];
-
-    pub fn from_id(v: u8) -> Cause {
-        Self::ALL.get(v as usize).copied().unwrap_or(Cause::Unknown)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cause::Unknown => "unknown",
-            Cause::ClosedPort => "closed-port",
-            Cause::AbortOnClose => "abort-on-close",
-            Cause::LingerAbort => "linger-abort",
-            Cause::AppDisconnect => "app-disconnect",
-            Cause::SocketKilled => "socket-killed",
-            Cause::KeepaliveTimeout => "keepalive-timeout",
-            Cause::DataAfterClose => "data-after-close",
-            Cause::Linger2Timeout => "linger2-timeout",
-            Cause::MemoryPressure => "memory-pressure",
-            Cause::InvalidSegment => "invalid-segment",
-            Cause::Mptcp => "mptcp",
-            Cause::NetfilterReject => "netfilter-reject",
-            Cause::Injected => "injected",
-            Cause::Received => "received",
-        }
-    }
-
-    /// Whether the RST is sent in process context on behalf of a syscall,
-    /// so that the current task is the one that asked for it. Receive-path
-    /// and timer RSTs run in softirq context, where on loopback `current` is
-    /// the *peer* process: reporting it would lie.
-    pub fn has_actor(self) -> bool {
-        matches!(
-            self,
-            Cause::AbortOnClose
-                | Cause::LingerAbort
-                | Cause::AppDisconnect
-                | Cause::SocketKilled
-                | Cause::Injected
-        )
-    }
-
-    /// Whether an event of this cause is only a line of output: the
-    /// summary takes nothing from it (no actor to tally, no owner, no
-    /// rule author, no stack to show), so the text output may leave it in
-    /// the kernel past its lines per second.
-    pub fn line_only(self) -> bool {
-        !self.has_actor() && !matches!(self, Cause::Unknown | Cause::NetfilterReject)
-    }
+/// Whether an event of this cause is only a line of output: the
+/// summary takes nothing from it (no actor to tally, no owner, no
+/// rule author, no stack to show), so the text output may leave it in
+/// the kernel past its lines per second.
+pub fn line_only(cause: Cause) -> bool {
+    !has_actor(cause) && !matches!(cause, Cause::Unknown | Cause::NetfilterReject)
 }
 
 /// `has_actor` as a bit mask by cause id, for the kernel programs.
 pub fn actor_mask() -> u32 {
-    mask(Cause::has_actor)
+    mask(has_actor)
 }
 
 /// `line_only` as a bit mask by cause id, for the kernel programs.
 pub fn line_only_mask() -> u32 {
-    mask(Cause::line_only)
+    mask(line_only)
 }
 
 fn mask(pred: fn(Cause) -> bool) -> u32 {
@@ -111,18 +46,6 @@ fn mask(pred: fn(Cause) -> bool) -> u32 {
         .into_iter()
         .filter(|c| pred(*c))
         .fold(0, |m, c| m | 1 << (c as u32))
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Serialize for Cause {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
 }
 
 /// The cause a kernel `sk_rst_reason` name decides on its own. Reasons the
@@ -179,11 +102,9 @@ pub const STACK_RULES: &[(&str, Cause)] = &[
 pub struct ReasonlessRule {
     pub func: &'static str,
     pub also: Option<&'static str>,
-    pub states: &'static [u32],
+    pub states: &'static [u8],
     pub cause: Cause,
 }
-
-const FIN_WAIT2: u32 = 5;
 
 /// Without a reason every RST of a full socket is decided by the stack:
 /// tcp_send_active_reset's callers tell the paths apart (the first rule that
@@ -196,12 +117,17 @@ pub const REASONLESS_STACK_RULES: &[ReasonlessRule] = &[
     rule("tcp_disconnect", Some("tcp_close"), &[], Cause::LingerAbort),
     rule("tcp_disconnect", None, &[], Cause::AppDisconnect),
     // An orphan in FIN_WAIT2 with tcp_fin_timeout/TCP_LINGER2 < 0.
-    rule("tcp_close", None, &[FIN_WAIT2], Cause::Linger2Timeout),
+    rule(
+        "tcp_close",
+        None,
+        &[tcp_state::FIN_WAIT2],
+        Cause::Linger2Timeout,
+    ),
     rule("tcp_close", None, &[], Cause::AbortOnClose),
     rule(
         "tcp_keepalive_timer",
         None,
-        &[FIN_WAIT2],
+        &[tcp_state::FIN_WAIT2],
         Cause::Linger2Timeout,
     ),
     rule("tcp_keepalive_timer", None, &[], Cause::KeepaliveTimeout),
@@ -211,7 +137,7 @@ pub const REASONLESS_STACK_RULES: &[ReasonlessRule] = &[
 const fn rule(
     func: &'static str,
     also: Option<&'static str>,
-    states: &'static [u32],
+    states: &'static [u8],
     cause: Cause,
 ) -> ReasonlessRule {
     ReasonlessRule {
@@ -221,6 +147,33 @@ const fn rule(
         cause,
     }
 }
+
+/// The cause of a RST the TCP stack sends without a full socket, as the
+/// kprobes on tcp_v4/v6_send_reset see it (kernels before 6.10, whose
+/// tracepoint skips these), by the state of the socket it is sent on
+/// (`None`: no socket). `None` for a full socket: tcp_send_reset reports it.
+pub fn no_full_socket_cause(state: Option<u8>) -> Option<Cause> {
+    match state {
+        None => Some(Cause::ClosedPort),
+        // A segment for a connection this host has closed.
+        Some(tcp_state::TIME_WAIT) => Some(Cause::DataAfterClose),
+        // A handshake's segment the request socket could not accept.
+        Some(tcp_state::NEW_SYN_RECV) => Some(Cause::InvalidSegment),
+        Some(_) => None,
+    }
+}
+
+/// `no_full_socket_cause` as the kprobe program takes it, indexed by state.
+pub fn no_full_socket_table() -> [u8; tcp_state::SLOTS] {
+    std::array::from_fn(|slot| {
+        let state = (slot != 0).then_some(slot as u8);
+        no_full_socket_cause(state).map_or(tracer_common::FULL_SOCKET, |c| c as u8)
+    })
+}
+
+/// An egress RST sent through a user's raw or AF_PACKET socket (tcpkill, an
+/// IPS): built outside the TCP stack.
+pub const USER_SOCKET: Cause = Cause::Injected;
 
 /// Kernel functions that decide an egress RST that has no socket, in
 /// priority order. Modules come last: a RST built by a module that is not
@@ -431,23 +384,20 @@ mod tests {
     }
 
     #[test]
-    fn ids_round_trip() {
-        for c in Cause::ALL {
-            assert_eq!(Cause::from_id(c as u8), c);
+    fn the_kprobes_decide_only_rsts_without_a_full_socket() {
+        let t = no_full_socket_table();
+        assert_eq!(t[0], Cause::ClosedPort as u8);
+        assert_eq!(
+            t[usize::from(tcp_state::TIME_WAIT)],
+            Cause::DataAfterClose as u8
+        );
+        assert_eq!(
+            t[usize::from(tcp_state::NEW_SYN_RECV)],
+            Cause::InvalidSegment as u8
+        );
+        for s in [tcp_state::ESTABLISHED, tcp_state::CLOSE, tcp_state::LISTEN] {
+            assert_eq!(t[usize::from(s)], tracer_common::FULL_SOCKET, "state {s}");
         }
-        assert_eq!(Cause::from_id(200), Cause::Unknown);
-    }
-
-    #[test]
-    fn names_are_unique_kebab_case() {
-        let mut names: Vec<_> = Cause::ALL.iter().map(|c| c.name()).collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), Cause::ALL.len());
-        assert!(names.iter().all(|n| {
-            n.chars()
-                .all(|c| c.is_ascii_lowercase() || c == '-' || c == '2')
-        }));
     }
 
     #[test]
@@ -545,14 +495,14 @@ mod tests {
             rules.rules[2].also_start, 0,
             "app-disconnect: tcp_disconnect alone"
         );
-        assert_eq!(rules.rules[3].state_mask, 1 << 5, "FIN_WAIT2");
+        assert_eq!(rules.rules[3].state_mask, 1 << tcp_state::FIN_WAIT2);
         assert_eq!(rules.rules[4].state_mask, 0);
         assert!(rules.rules.len() >= REASONLESS_STACK_RULES.len());
     }
 
     #[test]
     fn only_syscall_paths_have_an_actor() {
-        assert!(Cause::AbortOnClose.has_actor());
+        assert!(has_actor(Cause::AbortOnClose));
         for c in [
             Cause::ClosedPort,
             Cause::KeepaliveTimeout,
@@ -560,7 +510,7 @@ mod tests {
             Cause::InvalidSegment,
             Cause::Unknown,
         ] {
-            assert!(!c.has_actor(), "{c}");
+            assert!(!has_actor(c), "{c}");
         }
     }
 
@@ -605,16 +555,24 @@ mod tests {
             .split("\n\n")
             .find(|b| b.starts_with("| cause"))
             .expect("the cause table");
-        let listed: Vec<&str> = table
+        // Rows: "| `name` | what happened | decided by |".
+        let listed: Vec<(&str, &str)> = table
             .lines()
-            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix("| `")?.split(" | ");
+                Some((cells.next()?.strip_suffix('`')?, cells.next()?))
+            })
             .collect();
-        for name in &names {
-            if *name != Cause::Received.name() {
-                assert!(listed.contains(name), "README's cause table lacks {name}");
+        for c in Cause::ALL {
+            if c == Cause::Received {
+                continue;
+            }
+            match listed.iter().find(|(name, _)| *name == c.name()) {
+                Some((_, what)) => assert_eq!(*what, c.description(), "README's row of {c}"),
+                None => panic!("README's cause table lacks {c}"),
             }
         }
-        for name in &listed {
+        for (name, _) in &listed {
             assert!(
                 names.contains(name),
                 "README names a cause that does not exist: {name}"

@@ -6,11 +6,11 @@ use std::{
     time::SystemTime,
 };
 
-use tracer_common::{ABSENT, AF_INET, AF_INET6, RstEvent};
+use tracer_common::{ABSENT, AF_INET, AF_INET6, RstEvent, tcp_state};
 
 use crate::{
     attribution::actor::{Actor, ActorResolver, Owner},
-    attribution::cause::Cause,
+    attribution::cause::{self, Cause},
     attribution::netfilter::{self, Netfilter},
     attribution::nftmon::Author,
     clock::BootClock,
@@ -82,26 +82,6 @@ impl Rst {
             owner: None,
         }
     }
-}
-
-/// TCP states are stable ABI (include/net/tcp_states.h); the format file
-/// prints them by name only, so the numbers are spelled out here.
-pub fn tcp_state_name(state: u32) -> Option<&'static str> {
-    Some(match state {
-        1 => "TCP_ESTABLISHED",
-        2 => "TCP_SYN_SENT",
-        3 => "TCP_SYN_RECV",
-        4 => "TCP_FIN_WAIT1",
-        5 => "TCP_FIN_WAIT2",
-        6 => "TCP_TIME_WAIT",
-        7 => "TCP_CLOSE",
-        8 => "TCP_CLOSE_WAIT",
-        9 => "TCP_LAST_ACK",
-        10 => "TCP_LISTEN",
-        11 => "TCP_CLOSING",
-        12 => "TCP_NEW_SYN_RECV",
-        _ => return None,
-    })
 }
 
 pub fn ip_from(family: u8, addr: &[u8; 16]) -> Option<IpAddr> {
@@ -236,7 +216,7 @@ impl Decoder {
             .map(Untrusted::from);
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
-        let actor = (cause.has_actor() && module.is_none()).then(|| self.actors.resolve(ev));
+        let actor = (cause::has_actor(cause) && module.is_none()).then(|| self.actors.resolve(ev));
         // The security agent behind the RST: the actor, else the author of
         // the rule that fired, else the module that built it.
         let agent = actor
@@ -259,7 +239,7 @@ impl Decoder {
             family,
             local: SocketAddr::new(local, ev.local_port),
             remote: SocketAddr::new(remote, ev.remote_port),
-            state: tcp_state_name(ev.state),
+            state: tcp_state::name(ev.state),
             netns: (ev.netns != 0).then_some(u64::from(ev.netns)),
             actor,
             agent,

@@ -61,7 +61,7 @@ fn endpoint(a: &SocketAddr) -> String {
 
 pub fn rst_text(rst: &Rst) -> String {
     // Sent RSTs go to the remote; received ones come from it.
-    let (dir, here) = if rst.cause == crate::attribution::cause::Cause::Received {
+    let (dir, here) = if rst.cause.direction() == tracer_common::Direction::In {
         ("from", "to")
     } else {
         ("to", "from")

@@ -129,11 +129,7 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
     RstLine {
         kind: "rst",
         ts: rfc3339(rst.ts),
-        direction: if rst.cause == Cause::Received {
-            "in"
-        } else {
-            "out"
-        },
+        direction: rst.cause.direction().name(),
         cause: rst.cause,
         kernel_reason: rst.kernel_reason.as_deref(),
         family: rst.family.name(),

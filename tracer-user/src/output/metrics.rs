@@ -26,6 +26,8 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use tracer_common::Direction;
+
 use crate::{
     attribution::cause::Cause,
     report::summary::{RemoteSummary, Summary},
@@ -114,20 +116,20 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
-fn direction(d: &'static str) -> (&'static str, String) {
-    ("direction", d.to_string())
+fn direction(d: Direction) -> (&'static str, String) {
+    ("direction", d.name().to_string())
 }
 
 impl Snapshot {
     /// (direction, per-remote summaries, RSTs in that direction).
-    fn directions(&self) -> Vec<(&'static str, &[RemoteSummary], u64)> {
+    fn directions(&self) -> Vec<(Direction, &[RemoteSummary], u64)> {
         let s = &self.summary;
         let mut v = vec![];
         if self.shape.sent {
-            v.push(("out", &s.by_remote_ip[..], s.total));
+            v.push((Direction::Out, &s.by_remote_ip[..], s.total));
         }
         if self.shape.received {
-            v.push(("in", &s.received[..], s.received_total));
+            v.push((Direction::In, &s.received[..], s.received_total));
         }
         v
     }
@@ -140,13 +142,19 @@ impl Collector for Snapshot {
         if self.shape.sent {
             // Every cause from the start, so dashboards and alerts see zeros
             // rather than absent series.
-            for c in Cause::ALL.iter().filter(|c| **c != Cause::Received) {
+            for c in Cause::ALL
+                .iter()
+                .filter(|c| c.direction() == Direction::Out)
+            {
                 let n = s.by_cause.get(c).copied().unwrap_or(0);
-                by_cause.push((vec![direction("out"), ("cause", c.to_string())], n));
+                by_cause.push((vec![direction(Direction::Out), ("cause", c.to_string())], n));
             }
         }
         if self.shape.received {
-            let labels = vec![direction("in"), ("cause", Cause::Received.to_string())];
+            let labels = vec![
+                direction(Direction::In),
+                ("cause", Cause::Received.to_string()),
+            ];
             by_cause.push((labels, s.received_total));
         }
         counter(

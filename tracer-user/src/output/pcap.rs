@@ -13,7 +13,9 @@ use std::{
 };
 
 use super::{Sink, human};
-use crate::{attribution::cause::Cause, attribution::decode::Rst, report::summary::Summary};
+use tracer_common::Direction;
+
+use crate::{attribution::decode::Rst, report::summary::Summary};
 
 /// LINKTYPE_RAW: packets start with the IPv4 or IPv6 header.
 const LINKTYPE_RAW: u16 = 101;
@@ -104,7 +106,7 @@ pub fn comment(rst: &Rst) -> String {
 /// Sent RSTs go from the local address to the remote; received ones the
 /// other way.
 fn packet(rst: &Rst) -> Vec<u8> {
-    let (src, dst) = if rst.cause == Cause::Received {
+    let (src, dst) = if rst.cause.direction() == Direction::In {
         (rst.remote, rst.local)
     } else {
         (rst.local, rst.remote)

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tracer_common::{DropKey, RemoteKey, RemoteStats, cause as cause_id, stat};
+use tracer_common::{DropKey, RemoteKey, RemoteStats, stat};
 
 use crate::{
     attribution::cause::Cause, attribution::decode::ip_from, clock::BootClock, loader::StatSlots,
@@ -152,7 +152,7 @@ pub fn build(
     clock: &BootClock,
     duration: Duration,
 ) -> Summary {
-    let mut by_cause: BTreeMap<Cause, u64> = (0..cause_id::COUNT)
+    let mut by_cause: BTreeMap<Cause, u64> = (0..Cause::COUNT as u32)
         .filter(|i| stats.get(*i) > 0)
         .map(|i| (Cause::from_id(i as u8), stats.get(i)))
         .collect();
