@@ -20,7 +20,7 @@ use crate::{
     attribution::{
         actor::ActorResolver,
         agents,
-        decode::Decoder,
+        enrich::Enricher,
         nftmon::{Monitors, SharedLog},
     },
     cli::Args,
@@ -128,7 +128,7 @@ pub async fn trace(
             None => "stop with Ctrl-C".to_string(),
         }
     );
-    let mut decoder = Decoder {
+    let mut enricher = Enricher {
         ruleset: ruleset.clone(),
         clock: BootClock::new(),
         reasons: facts.send_reset.reasons.clone(),
@@ -197,18 +197,18 @@ pub async fn trace(
                 if let Err(e) = sink.tick() { output_ok = stop_on_output_error(e)?; break; }
             }
             Some(reply) = next_scrape(&mut scrapes) => {
-                let summary = report::report(&tracer, &decoder, &tally, started.elapsed())?;
+                let summary = report::report(&tracer, &enricher, &tally, started.elapsed())?;
                 let _ = reply.send(metrics::encode(&summary, shape));
             }
             _ = poll.tick() => {
-                if let Err(e) = drain(events.get_mut(), &tracer, &mut decoder, &mut tally, sink.as_mut()) {
+                if let Err(e) = drain(events.get_mut(), &tracer, &mut enricher, &mut tally, sink.as_mut()) {
                     output_ok = stop_on_output_error(e)?;
                     break;
                 }
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                if let Err(e) = drain(guard.get_inner_mut(), &tracer, &mut decoder, &mut tally, sink.as_mut()) {
+                if let Err(e) = drain(guard.get_inner_mut(), &tracer, &mut enricher, &mut tally, sink.as_mut()) {
                     output_ok = stop_on_output_error(e)?;
                     break;
                 }
@@ -224,7 +224,7 @@ pub async fn trace(
         && let Err(e) = drain(
             events.get_mut(),
             &tracer,
-            &mut decoder,
+            &mut enricher,
             &mut tally,
             sink.as_mut(),
         )
@@ -232,7 +232,7 @@ pub async fn trace(
         output_ok = stop_on_output_error(e)?;
     }
     unsent.report(tracer.unsent(), sink.as_mut());
-    let summary = report::report(&tracer, &decoder, &tally, started.elapsed())?;
+    let summary = report::report(&tracer, &enricher, &tally, started.elapsed())?;
     if output_ok && let Err(e) = sink.summary(&summary) {
         stop_on_output_error(e)?;
     }
@@ -337,7 +337,7 @@ impl Unsent {
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracer: &Tracer,
-    decoder: &mut Decoder,
+    enricher: &mut Enricher,
     tally: &mut ActorTally,
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
@@ -350,7 +350,7 @@ fn drain(
         // with the ring's 8-byte alignment.
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
-        if let Some(rst) = decoder.decode(&ev, |id| tracer.stack(id), |c| tracer.nft_chain(c)) {
+        if let Some(rst) = enricher.rst(&ev, |id| tracer.stack(id), |c| tracer.nft_chain(c)) {
             tally.observe(&rst);
             sink.rst(&rst)?;
             shown = true;

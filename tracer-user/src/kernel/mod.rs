@@ -52,7 +52,7 @@ pub struct Facts {
     pub netns: Probe<NetnsOffsets>,
     /// Naming the base chain of REJECT rules older than the trace.
     pub nft: Probe<(NftOffsets, Vec<&'static str>)>,
-    /// Shared with the decoder, which symbolizes stacks with it.
+    /// Shared with the enricher, which symbolizes stacks with it.
     pub ksyms: Probe<Rc<Kallsyms>>,
     pub kprobes: bool,
     /// The kernel's BTF as aya parsed it, for the loader's relocations and

@@ -362,7 +362,7 @@ mod tests {
     /// agent being looked for in the actor and rule author only).
     #[test]
     fn a_module_built_rst_names_the_agent_of_its_module() {
-        use crate::attribution::{actor::ActorResolver, agents::Agents, decode::Decoder};
+        use crate::attribution::{actor::ActorResolver, agents::Agents, enrich::Enricher};
         let ksyms = crate::kernel::ksyms::Kallsyms::parse(
             "ffffffff81000000 T __dev_queue_xmit\n\
              ffffffff81001000 T ip_output\n\
@@ -370,7 +370,7 @@ mod tests {
              ffffffffc0002000 t falcon_other\t[falcon_lsm_serviceable]\n",
         )
         .unwrap();
-        let mut decoder = Decoder {
+        let mut enricher = Enricher {
             ruleset: Default::default(),
             clock: crate::clock::BootClock::new(),
             reasons: Default::default(),
@@ -385,8 +385,8 @@ mod tests {
         ev.remote_addr[..4].copy_from_slice(&[127, 9, 0, 1]);
         (ev.local_port, ev.remote_port) = (80, 5000);
         let stack = vec![0xffff_ffff_8100_0010, 0xffff_ffff_c000_1010];
-        let rst = decoder
-            .decode(&ev, |_| Some(stack), |_| None)
+        let rst = enricher
+            .rst(&ev, |_| Some(stack), |_| None)
             .expect("decoded");
         assert_eq!(rst.labels, ["security-agent"]);
         let line = rst_text(&rst);

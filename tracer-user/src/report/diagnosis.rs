@@ -190,7 +190,7 @@ mod tests {
                 pid: 7,
                 comm: "crowdsec".into(),
                 generation: 3,
-                // Resolved by the decoder when the author is an agent.
+                // Resolved by the enricher when the author is an agent.
                 agent: Some("CrowdSec".into()),
                 table: None,
                 chain: None,

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use crate::{
     attribution::{
-        decode::{self, Decoder},
+        enrich::{self, Enricher},
         nftmon::Verdict,
     },
     loader::Tracer,
@@ -23,25 +23,25 @@ use crate::{
 /// actors behind each remote's RSTs).
 pub fn report(
     tracer: &Tracer,
-    decoder: &Decoder,
+    enricher: &Enricher,
     tally: &diagnosis::ActorTally,
     duration: Duration,
 ) -> Result<summary::Summary> {
     let stats = tracer.stats()?;
-    let mut s = summary::build(&stats, tracer.remotes()?, &decoder.clock, duration);
+    let mut s = summary::build(&stats, tracer.remotes()?, &enricher.clock, duration);
     (s.received, s.received_total) =
-        summary::build_received(&stats, tracer.received()?, &decoder.clock);
-    s.drops = summary::build_drops(tracer.drops()?, &decoder.clock, |loc| {
-        decode::symbolize_function(decoder.ksyms.as_deref(), loc)
+        summary::build_received(&stats, tracer.received()?, &enricher.clock);
+    s.drops = summary::build_drops(tracer.drops()?, &enricher.clock, |loc| {
+        enrich::symbolize_function(enricher.ksyms.as_deref(), loc)
     });
     s.skipped_runs = tracer.skipped_runs();
     for d in &mut s.drops {
         d.author = d
             .netns
             .iter()
-            .find_map(|ns| decoder.rule_author(*ns, Verdict::Drop));
+            .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
     }
-    if let Ok(log) = decoder.ruleset.lock() {
+    if let Ok(log) = enricher.ruleset.lock() {
         s.ruleset_changes = log.generations.clone();
     }
     for r in &mut s.by_remote_ip {
