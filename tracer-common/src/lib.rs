@@ -72,6 +72,8 @@ causes! {
     /// Not a cause of this host's: a RST it received (`--direction in|both`).
     Received = 14, "received",
         "a RST this host received";
+    ListenerClosed = 15, "listener-closed",
+        "a listening socket closed (its process exited, was killed, or closed it) with connections still in its accept queue";
 }
 
 const _: () = {
@@ -293,7 +295,9 @@ pub const NEEDS_STACK: u8 = 0x80;
 
 /// Frames of the kernel stack examined for a stack rule.
 pub const STACK_DEPTH: usize = 24;
-pub const MAX_STACK_RULES: usize = 8;
+// The verifier walks only the rules a table holds (its count is a
+// constant to it): room costs nothing.
+pub const MAX_STACK_RULES: usize = 12;
 
 /// "A return address inside [start, end) means `cause`": a kernel function
 /// on the stack of an ambiguous RST, resolved by userspace from kallsyms.

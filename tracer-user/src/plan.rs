@@ -124,7 +124,7 @@ fn warnings(p: &Probed) -> Vec<String> {
         )),
         Ok(()) => {}
         Err(e) => w.push(format!(
-            "{e}; socket-killed, linger-abort and app-disconnect can't be told apart and show \
+            "{e}; socket-killed, listener-closed, linger-abort and app-disconnect can't be told apart and show \
              as their fallback cause"
         )),
     }
@@ -345,7 +345,7 @@ impl Plan {
                     ),
                 );
             }
-            let what = "socket-killed, linger-abort and app-disconnect told apart";
+            let what = "socket-killed, listener-closed, linger-abort and app-disconnect told apart";
             let how = "kernel stack at tcp:tcp_send_reset, against /proc/kallsyms";
             match &probed.ksyms {
                 Ok(()) if probed.missing_functions.is_empty() => self.seen(what, how),

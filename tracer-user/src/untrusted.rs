@@ -218,6 +218,12 @@ pub mod hostile {
                 pid: 9,
                 comm: comm(),
             }),
+            listener: Some(crate::attribution::decode::Listener {
+                port: 80,
+                pid: Some(17884),
+                comm: Some(comm()),
+                gone_at: std::time::UNIX_EPOCH,
+            }),
         }
     }
 

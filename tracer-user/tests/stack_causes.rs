@@ -5,9 +5,9 @@
 
 mod support;
 
-use std::thread;
+use std::{net::TcpListener, thread};
 
-use support::{Netns, Trace, rule_packets, scenario::*};
+use support::{Netns, Trace, connect_from, out_rsts_here, rule_packets, scenario::*};
 
 #[test]
 fn closed_port_ipv4() {
@@ -350,5 +350,98 @@ fn mixed_causes_each_remote_gets_exactly_its_own() {
         // At least: a refused connect whose SYN was lost is retried.
         assert!(sent >= s.2, "{sent} RSTs in {}, {} expected", s.0, s.2);
         out.assert_exactly(ns, s.1, sent, cause);
+    }
+}
+
+/// `n` connections from `client` wait in a listener's accept queue, never
+/// accepted; `close` closes the listener. Returns the listening port and
+/// the OutRsts delta; every client must have been reset.
+fn listener_closed(
+    ns: &Netns,
+    client: &'static str,
+    n: usize,
+    close: impl FnOnce(TcpListener) + Send + 'static,
+) -> (u16, u64) {
+    ns.run(move || {
+        let before = out_rsts_here();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let clients: Vec<std::net::TcpStream> = (0..n)
+            .map(|_| {
+                connect_from(client.parse().unwrap(), server)
+                    .unwrap()
+                    .into()
+            })
+            .collect();
+        close(listener);
+        for c in clients {
+            assert_reset(c);
+        }
+        (server.port(), out_rsts_here() - before)
+    })
+}
+
+/// A server closes its listening socket with connections still queued:
+/// each is reset, and the RSTs name the listener, not an abortive close
+/// (they were once `linger-abort`, sending the operator the wrong way).
+#[test]
+fn listener_closed_with_connections_in_its_accept_queue() {
+    let ns = Netns::new("lclosed");
+    let trace = Trace::watch(&ns, &[]);
+    let (port, sent) = listener_closed(&ns, "127.60.0.1", 4, drop);
+    let out = trace.stop();
+    assert_eq!(sent, 4, "OutRsts delta in the namespace");
+    for e in out.assert_exactly(&ns, "127.60.0.1", sent, "listener-closed") {
+        assert_eq!(e["local_port"], port, "{e}");
+        assert_eq!(e["actor"]["pid"], std::process::id(), "{e}");
+        let l = &e["listener"];
+        assert_eq!(l["port"], port, "{e}");
+        assert_eq!(l["pid"], std::process::id(), "{e}");
+        assert_eq!(l["comm"], e["actor"]["comm"], "{e}");
+    }
+}
+
+/// The process holding the listener exits with connections queued: the
+/// RSTs come from its exit path, and name it.
+#[test]
+fn listener_closed_when_its_process_exits() {
+    let ns = Netns::new("lexit");
+    let trace = Trace::watch(&ns, &[]);
+    let (port, sent, child) = ns.run(|| {
+        let before = out_rsts_here();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let clients: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| {
+                connect_from("127.61.0.1".parse().unwrap(), server)
+                    .unwrap()
+                    .into()
+            })
+            .collect();
+        // A child that holds the listener alone: the parent's copy is
+        // closed, and the child exits at once (only async-signal-safe
+        // calls after fork).
+        // SAFETY: the child calls _exit only.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            unsafe { libc::_exit(0) };
+        }
+        drop(listener);
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        for c in clients {
+            assert_reset(c);
+        }
+        (server.port(), out_rsts_here() - before, child as u32)
+    });
+    let out = trace.stop();
+    assert_eq!(sent, 3, "OutRsts delta in the namespace");
+    for e in out.assert_exactly(&ns, "127.61.0.1", sent, "listener-closed") {
+        assert_eq!(e["local_port"], port, "{e}");
+        assert_eq!(e["actor"]["pid"], child, "the exiting process: {e}");
+        assert_eq!(e["listener"]["pid"], child, "{e}");
+        assert_eq!(e["listener"]["port"], port, "{e}");
     }
 }

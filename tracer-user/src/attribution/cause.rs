@@ -17,6 +17,7 @@ pub fn has_actor(cause: Cause) -> bool {
         cause,
         Cause::AbortOnClose
             | Cause::LingerAbort
+            | Cause::ListenerClosed
             | Cause::AppDisconnect
             | Cause::SocketKilled
             | Cause::Injected
@@ -88,6 +89,10 @@ pub const STACK_RULES: &[(&str, Cause)] = &[
     // sock_diag SOCK_DESTROY (`ss -K`, runtime-security agents) and
     // bpf_sock_destroy both end in tcp_abort.
     ("tcp_abort", Cause::SocketKilled),
+    // A listener closing resets the connections in its accept queue:
+    // __tcp_close -> inet_csk_listen_stop -> inet_child_forget ->
+    // tcp_disconnect. Before the close rules: __tcp_close is on its stack.
+    ("inet_csk_listen_stop", Cause::ListenerClosed),
     // close() with SO_LINGER {on, 0}: tcp_close -> tcp_disconnect.
     ("__tcp_close", Cause::LingerAbort),
     ("tcp_close", Cause::LingerAbort),
@@ -113,6 +118,9 @@ pub struct ReasonlessRule {
 /// socket's state) stay `unknown`.
 pub const REASONLESS_STACK_RULES: &[ReasonlessRule] = &[
     rule("tcp_abort", None, &[], Cause::SocketKilled),
+    // A listener closing disconnects its queued children from inside
+    // tcp_close too (see STACK_RULES).
+    rule("inet_csk_listen_stop", None, &[], Cause::ListenerClosed),
     // close() with SO_LINGER {on, 0} disconnects from inside tcp_close.
     rule("tcp_disconnect", Some("tcp_close"), &[], Cause::LingerAbort),
     rule("tcp_disconnect", None, &[], Cause::AppDisconnect),
@@ -454,16 +462,20 @@ mod tests {
         let k = crate::kernel::ksyms::Kallsyms::parse(
             "ffffffff8206b520 T tcp_abort\nffffffff820711c0 T __tcp_close\n\
              ffffffff820715f0 T tcp_close\nffffffff820719a0 T tcp_disconnect\n\
-             ffffffff820719f0 T after\n",
+             ffffffff820719f0 T after\nffffffff82080000 T inet_csk_listen_stop\n\
+             ffffffff82080400 T inet_csk_listen_start\n",
         )
         .unwrap();
         let (rules, missing) = resolve_stack_rules(&k);
         assert!(missing.is_empty());
-        assert_eq!(rules.count, 4);
+        assert_eq!(rules.count, 5);
         assert_eq!(rules.rules[0].cause, Cause::SocketKilled as u32);
         assert_eq!(rules.rules[0].start, 0xffffffff8206b520);
         assert_eq!(rules.rules[0].end, 0xffffffff820711c0);
-        assert_eq!(rules.rules[3].cause, Cause::AppDisconnect as u32);
+        // A closing listener's stack holds __tcp_close too: it comes first.
+        assert_eq!(rules.rules[1].cause, Cause::ListenerClosed as u32);
+        assert_eq!(rules.rules[2].cause, Cause::LingerAbort as u32);
+        assert_eq!(rules.rules[4].cause, Cause::AppDisconnect as u32);
         let entry = ReasonEntry {
             cause: Cause::InvalidSegment,
             by_stack: true,
@@ -479,24 +491,26 @@ mod tests {
         let k = crate::kernel::ksyms::Kallsyms::parse(
             "ffffffff81000000 T tcp_abort\nffffffff81000100 T tcp_close\n\
              ffffffff81000200 T tcp_disconnect\nffffffff81000300 T tcp_keepalive_timer\n\
-             ffffffff81000400 T tcp_out_of_resources\nffffffff81000500 T after\n",
+             ffffffff81000400 T tcp_out_of_resources\nffffffff81000500 T after\n\
+             ffffffff81000600 T inet_csk_listen_stop\nffffffff81000700 T after2\n",
         )
         .unwrap();
         let (rules, missing) = resolve_reasonless_rules(&k);
         assert!(missing.is_empty(), "{missing:?}");
         assert_eq!(rules.count as usize, REASONLESS_STACK_RULES.len());
-        let linger = rules.rules[1];
+        assert_eq!(rules.rules[1].cause, Cause::ListenerClosed as u32);
+        let linger = rules.rules[2];
         assert_eq!(linger.cause, Cause::LingerAbort as u32);
         assert_eq!(
             (linger.start, linger.also_start),
             (0xffffffff81000200, 0xffffffff81000100)
         );
         assert_eq!(
-            rules.rules[2].also_start, 0,
+            rules.rules[3].also_start, 0,
             "app-disconnect: tcp_disconnect alone"
         );
-        assert_eq!(rules.rules[3].state_mask, 1 << tcp_state::FIN_WAIT2);
-        assert_eq!(rules.rules[4].state_mask, 0);
+        assert_eq!(rules.rules[4].state_mask, 1 << tcp_state::FIN_WAIT2);
+        assert_eq!(rules.rules[5].state_mask, 0);
         assert!(rules.rules.len() >= REASONLESS_STACK_RULES.len());
     }
 

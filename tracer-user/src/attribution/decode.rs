@@ -55,6 +55,19 @@ pub struct Rst {
     pub module: Option<Untrusted>,
     /// For `socket-killed`: the process that held the destroyed socket.
     pub owner: Option<Owner>,
+    /// For `listener-closed`: the listening socket whose accept queue held
+    /// the connection.
+    pub listener: Option<Listener>,
+}
+
+/// A listening socket behind a RST: its port, the process that held it,
+/// and when it was seen gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<Untrusted>,
+    pub gone_at: SystemTime,
 }
 
 #[cfg(test)]
@@ -78,6 +91,7 @@ impl Rst {
             netfilter: None,
             module: None,
             owner: None,
+            listener: None,
         }
     }
 }
@@ -125,5 +139,6 @@ pub fn decode(ev: &RstEvent, reasons: &BTreeMap<u64, String>, clock: &BootClock)
         netfilter: None,
         module: None,
         owner: None,
+        listener: None,
     })
 }

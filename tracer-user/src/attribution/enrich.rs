@@ -13,7 +13,7 @@ use crate::{
         actor::ActorResolver,
         agents,
         cause::{self, Cause},
-        decode::{self, Rst},
+        decode::{self, Listener, Rst},
         netfilter,
         nftmon::{Author, SharedLog, Verdict},
     },
@@ -119,7 +119,16 @@ impl Enricher {
         } else {
             Vec::new()
         };
+        // The listener's holder closed it, exiting or not: the task at the
+        // hook held it.
+        let listener = (cause == Cause::ListenerClosed).then(|| Listener {
+            port: rst.local.port(),
+            pid: actor.as_ref().map(|a| a.pid),
+            comm: actor.as_ref().map(|a| a.comm.clone()),
+            gone_at: rst.ts,
+        });
         Rst {
+            listener,
             actor,
             agent,
             labels,

@@ -44,7 +44,17 @@ struct RstLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<&'a Owner>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    listener: Option<ListenerLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [crate::untrusted::Untrusted]>,
+}
+
+#[derive(Serialize)]
+struct ListenerLine<'a> {
+    port: u16,
+    pid: Option<u32>,
+    comm: Option<&'a crate::untrusted::Untrusted>,
+    gone_at: String,
 }
 
 #[derive(Serialize)]
@@ -145,6 +155,12 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
         netfilter: rst.netfilter.as_ref(),
         module: rst.module.as_ref(),
         owner: rst.owner.as_ref(),
+        listener: rst.listener.as_ref().map(|l| ListenerLine {
+            port: l.port,
+            pid: l.pid,
+            comm: l.comm.as_ref(),
+            gone_at: rfc3339(l.gone_at),
+        }),
     }
 }
 

@@ -8,8 +8,9 @@ use crate::{
     untrusted::Untrusted,
 };
 
-/// (cause, process name, security agent it is).
-type ActorKey = (Cause, Untrusted, Option<Untrusted>);
+/// (cause, process name, security agent it is, listening port for
+/// `listener-closed`, else 0).
+type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16);
 
 /// Who sent the RSTs that have an actor, per remote IP, from the events
 /// that reached userspace.
@@ -34,18 +35,28 @@ impl ActorTally {
             .by_remote
             .entry(rst.remote.ip())
             .or_default()
-            .entry((rst.cause, who.0, who.1))
+            .entry((
+                rst.cause,
+                who.0,
+                who.1,
+                rst.listener.as_ref().map_or(0, |l| l.port),
+            ))
             .or_default() += 1;
     }
 
     /// The process that sent most RSTs of `cause` to `ip`.
     fn top(&self, ip: IpAddr, cause: Cause) -> Option<(&Untrusted, Option<&Untrusted>, u64)> {
+        self.top_key(ip, cause)
+            .map(|((_, comm, agent, _), n)| (comm, agent.as_ref(), n))
+    }
+
+    fn top_key(&self, ip: IpAddr, cause: Cause) -> Option<(&ActorKey, u64)> {
         self.by_remote
             .get(&ip)?
             .iter()
-            .filter(|((c, _, _), _)| *c == cause)
+            .filter(|(k, _)| k.0 == cause)
             .max_by_key(|(k, n)| (**n, std::cmp::Reverse(k.1.clone())))
-            .map(|((_, comm, agent), n)| (comm, agent.as_ref(), *n))
+            .map(|(k, n)| (k, *n))
     }
 }
 
@@ -107,6 +118,15 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, or a kernel module)".to_string(),
         Cause::Unknown => "no rule explains these: the events carry the kernel stack; please report it".to_string(),
         Cause::Received => "this host received these RSTs: trace the peer with rsttrace".to_string(),
+        Cause::ListenerClosed => match tally.top_key(r.remote_ip, cause) {
+            Some(((_, comm, _, port), k)) => format!(
+                "{k} connections were waiting in {comm}'s accept queue on port {port} when its \
+                 listener closed: the server exited, was killed or restarted, or closed it"
+            ),
+            None => "connections were waiting in an accept queue when its listener closed: the \
+                     server exited, was killed or restarted, or closed it"
+                .to_string(),
+        },
     };
     format!("{lead}: {advice}")
 }
@@ -244,5 +264,29 @@ mod tests {
         t.observe(&rst);
         let d = diagnose(&remote("127.7.0.1", &[(Cause::AbortOnClose, 1)]), &t);
         assert!(d.contains(&format!(": {comm} closed connections")), "{d}");
+    }
+
+    #[test]
+    fn a_closed_listener_is_named_with_its_port_and_queue() {
+        let mut t = ActorTally::default();
+        let mut rst = killed_by("orders-api", None);
+        rst.cause = Cause::ListenerClosed;
+        rst.local = "127.0.0.1:8083".parse().unwrap();
+        rst.listener = Some(crate::attribution::decode::Listener {
+            port: 8083,
+            pid: Some(812),
+            comm: Some("orders-api".into()),
+            gone_at: UNIX_EPOCH,
+        });
+        for _ in 0..4 {
+            t.observe(&rst);
+        }
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::ListenerClosed, 4)]), &t);
+        assert_eq!(
+            d,
+            "listener-closed (4 of 4): 4 connections were waiting in orders-api's accept queue \
+             on port 8083 when its listener closed: the server exited, was killed or restarted, \
+             or closed it"
+        );
     }
 }
