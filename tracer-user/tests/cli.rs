@@ -129,9 +129,11 @@ fn tracefs_missing_is_mounted_or_named() {
     );
 }
 
-/// The tracepoints and kprobed functions a process holds links to, as
-/// the kernel lists them in its fdinfo (every kind of program rsttrace
-/// attaches, classic tracepoints included, holds a link).
+/// The tracepoints and kprobed functions a process has attached, as the
+/// kernel lists them: links in their fdinfo (tracepoints of every kind,
+/// and kprobes where the kernel makes links of them), and kprobes and
+/// tracepoints that are perf events with a program (kernels before 5.15)
+/// through BPF_TASK_FD_QUERY, as `bpftool perf` asks.
 fn attached_by(pid: u32) -> Vec<String> {
     let mut points = vec![];
     for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
@@ -147,6 +149,8 @@ fn attached_by(pid: u32) -> Vec<String> {
                 .map(|v| v.trim().to_string())
         };
         if field("link_id:").is_none() {
+            let num: u32 = fd.file_name().to_string_lossy().parse().unwrap();
+            points.extend(perf_event_of(pid, num));
             continue;
         }
         let kprobe = field("event_type:").is_some_and(|t| t.contains("kprobe"));
@@ -162,13 +166,57 @@ fn attached_by(pid: u32) -> Vec<String> {
     points
 }
 
+/// The tracepoint or kprobed function of a perf-event fd of `pid` with a
+/// BPF program on it.
+fn perf_event_of(pid: u32, fd: u32) -> Option<String> {
+    const BPF_TASK_FD_QUERY: libc::c_long = 20;
+    // BPF_FD_TYPE_RAW_TRACEPOINT, _TRACEPOINT, _KPROBE.
+    const POINTS: [u32; 3] = [0, 1, 2];
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        pid: u32,
+        fd: u32,
+        flags: u32,
+        buf_len: u32,
+        buf: u64,
+        prog_id: u32,
+        fd_type: u32,
+        probe_offset: u64,
+        probe_addr: u64,
+    }
+    let mut name = [0u8; 128];
+    let mut q = Query {
+        pid,
+        fd,
+        buf_len: name.len() as u32,
+        buf: name.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: a valid attr of the size given; the kernel writes `name`
+    // within buf_len.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_TASK_FD_QUERY,
+            &mut q as *mut Query,
+            size_of::<Query>() as u32,
+        )
+    };
+    (rc == 0 && POINTS.contains(&q.fd_type)).then(|| {
+        let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        String::from_utf8_lossy(&name[..len]).into_owned()
+    })
+}
+
 /// The points a start-up line names, as bpftool names them
 /// (`tcp:tcp_send_reset` -> `tcp_send_reset`, `kprobes on a/b` -> a, b).
 fn named_in(line: &str) -> Vec<String> {
     let list = line
         .split("attached to ")
         .nth(1)
-        .and_then(|l| l.split(" on ").next())
+        // The kernel's release follows the last " on " ("kprobes on" has one).
+        .and_then(|l| l.rsplit_once(" on ").map(|(list, _)| list))
         .unwrap_or_else(|| panic!("no hooks in {line:?}"));
     let mut points: Vec<String> = vec![];
     for item in list.split(", ") {
