@@ -35,25 +35,20 @@ pub fn build_static() -> Result<PathBuf> {
 
 /// A static executable has no program interpreter (PT_INTERP).
 fn ensure_static(bin: &std::path::Path) -> Result<()> {
-    let elf = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-    ensure!(
-        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2,
-        "{} is not a 64-bit ELF file",
-        bin.display()
-    );
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        ensure!(ph + 4 <= elf.len(), "truncated program headers");
-        const PT_INTERP: u32 = 3;
-        if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == PT_INTERP {
-            bail!(
-                "{} is dynamically linked (it has a program interpreter)",
-                bin.display()
-            );
-        }
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let data = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+    let elf = ElfFile64::<object::Endianness>::parse(&*data)
+        .with_context(|| format!("{} is not a 64-bit ELF file", bin.display()))?;
+    let endian = elf.endian();
+    if elf
+        .elf_program_headers()
+        .iter()
+        .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+    {
+        bail!(
+            "{} is dynamically linked (it has a program interpreter)",
+            bin.display()
+        );
     }
     Ok(())
 }

@@ -244,48 +244,20 @@ fn decompress(src: &Path, dst: &Path) -> Result<PathBuf> {
 
 /// A `key=value` of an ELF64 module's .modinfo section ("" when absent).
 fn modinfo(elf: &[u8], key: &str) -> Result<String> {
-    let u16_at = |o: usize| {
-        elf.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
-    if elf.get(..5) != Some(b"\x7fELF\x02") {
-        bail!("not an ELF64 file");
-    }
-    let bad = || anyhow::anyhow!("truncated ELF");
-    let shoff = u64_at(0x28).ok_or_else(bad)?;
-    let shentsize = u16_at(0x3a).ok_or_else(bad)?;
-    let shnum = u16_at(0x3c).ok_or_else(bad)?;
-    let shstrndx = u16_at(0x3e).ok_or_else(bad)?;
-    let section = |i: usize| -> Option<(usize, usize, usize)> {
-        let h = shoff + i * shentsize;
-        Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
-    };
-    let (_, stroff, _) = section(shstrndx).ok_or_else(bad)?;
-    for i in 0..shnum {
-        let (name, off, size) = section(i).ok_or_else(bad)?;
-        let name_bytes = elf.get(stroff + name..).ok_or_else(bad)?;
-        let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(0);
-        if &name_bytes[..end] != b".modinfo" {
-            continue;
-        }
-        let body = elf.get(off..off + size).ok_or_else(bad)?;
-        let prefix = format!("{key}=");
-        return Ok(body
-            .split(|&b| b == 0)
-            .filter_map(|f| std::str::from_utf8(f).ok())
-            .find_map(|f| f.strip_prefix(&prefix))
-            .unwrap_or("")
-            .to_string());
-    }
-    bail!("no .modinfo section")
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(elf).context("not an ELF file")?;
+    let body = file
+        .section_by_name(".modinfo")
+        .context("no .modinfo section")?
+        .data()
+        .context("truncated ELF")?;
+    let prefix = format!("{key}=");
+    Ok(body
+        .split(|&b| b == 0)
+        .filter_map(|f| std::str::from_utf8(f).ok())
+        .find_map(|f| f.strip_prefix(&prefix))
+        .unwrap_or("")
+        .to_string())
 }
 
 #[cfg(test)]
