@@ -451,7 +451,7 @@ fn doctor_prints_the_plan_for_this_kernel() {
     assert!(out.status.success(), "{text}");
     let killed = text
         .lines()
-        .find(|l| l.contains("socket-killed, linger-abort and app-disconnect"))
+        .find(|l| l.contains("linger-abort and app-disconnect told apart"))
         .unwrap_or_else(|| panic!("{text}"));
     // Addresses are hidden without CAP_SYSLOG unless kptr_restrict is 0 and
     // perf_event_paranoid at most 1.
