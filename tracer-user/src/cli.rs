@@ -98,6 +98,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_remote_ips: u32,
 
+    /// How long a listening socket that went is remembered: closed-port
+    /// RSTs to its port within that time name it (`listener`), apart from
+    /// ports nobody listened on (`30s`, `10m`, `1h`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub listener_memory: Duration,
+
     /// More on stderr: -v for the start-up decisions, -vv for every detail
     /// (verifier logs). RUST_LOG, where set, decides instead.
     #[arg(long, short, action = clap::ArgAction::Count)]

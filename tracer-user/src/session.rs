@@ -21,6 +21,7 @@ use crate::{
         actor::ActorResolver,
         agents,
         enrich::Enricher,
+        listeners::Listeners,
         nftmon::{Monitors, SharedLog},
     },
     cli::Args,
@@ -134,6 +135,7 @@ pub async fn trace(
         reasons: facts.send_reset.reasons.clone(),
         actors: ActorResolver::new(agents::Agents::new(args.agent.clone())),
         ksyms: facts.ksyms.as_ref().ok().cloned(),
+        listeners: Listeners::new(args.listener_memory),
     };
 
     let deadline = async {
@@ -172,6 +174,9 @@ pub async fn trace(
                 // Namespaces created while tracing get a ruleset monitor.
                 for w in monitors.rescan(&ruleset) {
                     log::warn!("nftables ruleset changes: {w}");
+                }
+                if args.direction.sent() {
+                    enricher.listeners.refresh(&mut enricher.actors);
                 }
                 let stats = tracer.stat_slots();
                 // Said once, not per event: the summary has the number.

@@ -445,3 +445,30 @@ fn listener_closed_when_its_process_exits() {
         assert_eq!(e["listener"]["port"], port, "{e}");
     }
 }
+
+/// A server stops listening; connections to its port after that are
+/// refused with RSTs that name it and when it went, apart from a port
+/// nobody listened on during the trace.
+#[test]
+fn closed_port_that_had_a_listener_names_it() {
+    let ns = Netns::new("lgone");
+    let trace = Trace::watch(&ns, &[]);
+    // Listening for longer than rsttrace's one-second look at listeners.
+    let port = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        thread::sleep(std::time::Duration::from_millis(2500));
+        l.local_addr().unwrap().port()
+    });
+    let refused = closed_port(&ns, "127.62.0.1", &format!("127.0.0.1:{port}"), 3);
+    let never = closed_port(&ns, "127.62.0.2", "127.0.0.1:9", 2);
+    let out = trace.stop();
+    for e in out.assert_exactly(&ns, "127.62.0.1", refused, "closed-port") {
+        let l = &e["listener"];
+        assert_eq!(l["port"], port, "{e}");
+        assert_eq!(l["pid"], std::process::id(), "the test held it: {e}");
+        assert!(l["comm"].is_string() && l["gone_at"].is_string(), "{e}");
+    }
+    for e in out.assert_exactly(&ns, "127.62.0.2", never, "closed-port") {
+        assert!(e.get("listener").is_none(), "nobody listened on 9: {e}");
+    }
+}

@@ -14,6 +14,7 @@ use crate::{
         agents,
         cause::{self, Cause},
         decode::{self, Listener, Rst},
+        listeners::Listeners,
         netfilter,
         nftmon::{Author, SharedLog, Verdict},
     },
@@ -31,6 +32,8 @@ pub struct Enricher {
     pub reasons: BTreeMap<u64, String>,
     pub actors: ActorResolver,
     pub ksyms: Option<Rc<Kallsyms>>,
+    /// Listening sockets seen while tracing, for closed-port RSTs.
+    pub listeners: Listeners,
 }
 
 impl Enricher {
@@ -119,14 +122,25 @@ impl Enricher {
         } else {
             Vec::new()
         };
-        // The listener's holder closed it, exiting or not: the task at the
-        // hook held it.
-        let listener = (cause == Cause::ListenerClosed).then(|| Listener {
-            port: rst.local.port(),
-            pid: actor.as_ref().map(|a| a.pid),
-            comm: actor.as_ref().map(|a| a.comm.clone()),
-            gone_at: rst.ts,
-        });
+        let port = rst.local.port();
+        let listener = match (cause, rst.netns) {
+            // The listener's holder closed it, exiting or not: the task at
+            // the hook held it.
+            (Cause::ListenerClosed, _) => {
+                if let Some(ns) = rst.netns {
+                    self.listeners.closed(ns, port, rst.ts);
+                }
+                Some(Listener {
+                    port,
+                    pid: actor.as_ref().map(|a| a.pid),
+                    comm: actor.as_ref().map(|a| a.comm.clone()),
+                    gone_at: rst.ts,
+                })
+            }
+            // A port nobody listens on now: did someone, recently?
+            (Cause::ClosedPort, Some(ns)) => self.listeners.had(ns, port, rst.ts),
+            _ => None,
+        };
         Rst {
             listener,
             actor,

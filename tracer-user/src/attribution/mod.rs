@@ -9,5 +9,6 @@ pub mod agents;
 pub mod cause;
 pub mod decode;
 pub mod enrich;
+pub mod listeners;
 pub mod netfilter;
 pub mod nftmon;

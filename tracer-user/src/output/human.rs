@@ -113,6 +113,19 @@ pub fn details(rst: &Rst) -> String {
     if let Some(o) = &rst.owner {
         line.push_str(&format!(" owner={}/{}", o.pid, o.comm));
     }
+    // A closed port's listener went before the RST: say since when.
+    if let Some(l) = rst
+        .listener
+        .as_ref()
+        .filter(|_| rst.cause == crate::attribution::cause::Cause::ClosedPort)
+    {
+        line.push_str(&format!(
+            " listener-gone={}/{} at {}",
+            l.pid.map_or("?".to_string(), |p| p.to_string()),
+            l.comm.as_ref().map_or("?".to_string(), |c| c.to_string()),
+            time_of_day(l.gone_at)
+        ));
+    }
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));
     }
@@ -376,6 +389,7 @@ mod tests {
             reasons: Default::default(),
             actors: ActorResolver::new(Agents::new(vec![])),
             ksyms: Some(ksyms.into()),
+            listeners: crate::attribution::listeners::Listeners::new(Duration::from_secs(600)),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };

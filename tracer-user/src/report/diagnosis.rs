@@ -1,7 +1,7 @@
 //! The last lines of the human summary: per remote IP, the dominant cause
 //! and what to look at next.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, time::SystemTime};
 
 use crate::{
     attribution::cause::Cause, attribution::decode::Rst, report::summary::RemoteSummary,
@@ -17,12 +17,24 @@ type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16);
 #[derive(Debug, Default)]
 pub struct ActorTally {
     by_remote: HashMap<IpAddr, HashMap<ActorKey, u64>>,
+    /// Closed-port RSTs to a port whose listener went, per remote IP:
+    /// (holder, port) -> (when it went, RSTs after).
+    gone: HashMap<IpAddr, HashMap<(Option<Untrusted>, u16), (SystemTime, u64)>>,
 }
 
 impl ActorTally {
     /// Counts the process behind `rst`: its actor, or for a netfilter
     /// reject the author of the rule, with the agent either one is.
     pub fn observe(&mut self, rst: &Rst) {
+        if let (Cause::ClosedPort, Some(l)) = (rst.cause, &rst.listener) {
+            let e = self
+                .gone
+                .entry(rst.remote.ip())
+                .or_default()
+                .entry((l.comm.clone(), l.port))
+                .or_insert((l.gone_at, 0));
+            e.1 += 1;
+        }
         let who = match (
             &rst.actor,
             rst.netfilter.as_ref().and_then(|n| n.author.as_ref()),
@@ -79,9 +91,16 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
             ),
             None => "another process destroyed these connections (sock_diag destroy)".to_string(),
         },
-        Cause::ClosedPort => {
-            "connections to ports nobody listens on: a scan, or a service that is down".to_string()
-        }
+        Cause::ClosedPort => match tally.gone.get(&r.remote_ip).and_then(|g| g.iter().max_by_key(|(_, v)| v.1)) {
+            Some(((comm, port), (at, k))) => format!(
+                "{} stopped listening on {port} at {}; {k} connections were refused after",
+                comm.as_ref().map_or("a server".to_string(), |c| c.to_string()),
+                crate::clock::time_of_day(*at)
+            ),
+            None => "connections to ports nobody listened on during the trace: a scan, a wrong \
+                     port, or a service down since before it"
+                .to_string(),
+        },
         Cause::AbortOnClose => actor_advice(
             r,
             tally,
@@ -236,7 +255,7 @@ mod tests {
             &t,
         );
         assert!(
-            d.starts_with("closed-port (9 of 11): connections to ports nobody listens on"),
+            d.starts_with("closed-port (9 of 11): connections to ports nobody listened on"),
             "{d}"
         );
     }
@@ -287,6 +306,28 @@ mod tests {
             "listener-closed (4 of 4): 4 connections were waiting in orders-api's accept queue \
              on port 8083 when its listener closed: the server exited, was killed or restarted, \
              or closed it"
+        );
+    }
+
+    #[test]
+    fn a_closed_port_that_had_a_listener_says_who_stopped_when() {
+        let mut t = ActorTally::default();
+        let mut rst = Rst::example();
+        rst.remote = "127.7.0.1:5000".parse().unwrap();
+        rst.listener = Some(crate::attribution::decode::Listener {
+            port: 8082,
+            pid: Some(812),
+            comm: Some("orders-api".into()),
+            gone_at: UNIX_EPOCH + std::time::Duration::from_secs(12 * 3600 + 1),
+        });
+        for _ in 0..5 {
+            t.observe(&rst);
+        }
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::ClosedPort, 5)]), &t);
+        assert_eq!(
+            d,
+            "closed-port (5 of 5): orders-api stopped listening on 8082 at 12:00:01.000000; 5 \
+             connections were refused after"
         );
     }
 }
