@@ -8,6 +8,9 @@ use crate::{
     untrusted::Untrusted,
 };
 
+/// A listener that went, by (holder, port): when, and RSTs after.
+type Gone = HashMap<(Option<Untrusted>, u16), (SystemTime, u64)>;
+
 /// (cause, process name, security agent it is, listening port for
 /// `listener-closed`, else 0).
 type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16);
@@ -17,9 +20,8 @@ type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16);
 #[derive(Debug, Default)]
 pub struct ActorTally {
     by_remote: HashMap<IpAddr, HashMap<ActorKey, u64>>,
-    /// Closed-port RSTs to a port whose listener went, per remote IP:
-    /// (holder, port) -> (when it went, RSTs after).
-    gone: HashMap<IpAddr, HashMap<(Option<Untrusted>, u16), (SystemTime, u64)>>,
+    /// Closed-port RSTs to a port whose listener went, per remote IP.
+    gone: HashMap<IpAddr, Gone>,
 }
 
 impl ActorTally {
