@@ -418,16 +418,30 @@ fn listener_closed_when_its_process_exits() {
                     .into()
             })
             .collect();
-        // A child that holds the listener alone: the parent's copy is
-        // closed, and the child exits at once (only async-signal-safe
-        // calls after fork).
-        // SAFETY: the child calls _exit only.
+        // A child that holds the listener alone: it exits once the
+        // parent has closed its own copy (only async-signal-safe calls
+        // after fork), so the last close is the child's exit.
+        let mut pipe = [0i32; 2];
+        // SAFETY: a valid array of two fds.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child calls read and _exit only.
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
         if child == 0 {
-            unsafe { libc::_exit(0) };
+            let mut b = 0u8;
+            // SAFETY: a valid one-byte buffer.
+            unsafe {
+                libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0)
+            };
         }
         drop(listener);
+        // SAFETY: a valid one-byte buffer; the pipe is ours.
+        unsafe {
+            libc::write(pipe[1], b"x".as_ptr().cast(), 1);
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+        }
         let mut status = 0;
         // SAFETY: our own child.
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
