@@ -14,6 +14,11 @@ pub const MAX_REASONS: u32 = 64;
 /// to use when no rule matches.
 pub const NEEDS_STACK: u8 = 0x80;
 
+/// Flag in a `REASON_CAUSE` entry: sent on a listening socket whose accept
+/// queue is full, this reason is `Cause::ListenOverflow` (the rule is
+/// `full_listener_reason` in userspace).
+pub const BY_LISTENER: u8 = 0x40;
+
 /// Frames of the kernel stack examined for a stack rule.
 pub const STACK_DEPTH: usize = 24;
 // Every slot costs verification, used or not: 5.10's verifier under
@@ -224,6 +229,10 @@ pub struct EgressOffsets {
     /// From a `struct socket` to its inode number (`socket_alloc.vfs_inode`
     /// + `inode.i_ino`): names the process that owns a socket.
     pub socket_ino: u32,
+    /// `sock.sk_ack_backlog` and `sock.sk_max_ack_backlog` (u32 each, 5.5+):
+    /// a listener's accept queue is full when the first exceeds the second.
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
 }
 
 /// Offsets into nf_tables' structures (its module BTF), for naming the
@@ -267,6 +276,8 @@ impl EgressOffsets {
         socket_file: ABSENT,
         skb_iif: ABSENT,
         socket_ino: ABSENT,
+        sk_ack_backlog: ABSENT,
+        sk_max_ack_backlog: ABSENT,
     };
 }
 

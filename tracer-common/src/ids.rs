@@ -73,6 +73,8 @@ causes! {
         "a RST this host received";
     ListenerClosed = 15, "listener-closed",
         "a listening socket closed (its process exited, was killed, or closed it) with connections still in its accept queue";
+    ListenOverflow = 16, "listen-overflow",
+        "a listener whose accept queue was full answered a completed handshake with a reset (`net.ipv4.tcp_abort_on_overflow=1`)";
 }
 
 const _: () = {
@@ -202,6 +204,7 @@ pub mod names {
         EMIT_EVENTS,
         EVENTS_PER_SEC,
         FILTER,
+        FULL_LISTENER_CAUSES,
         KFREE_SKB_LAYOUT,
         NETNS_OFFSETS,
         NFT_OFFSETS,

@@ -129,7 +129,7 @@ pub fn has_actor(cause: u8) -> bool {
 /// Whether bit `cause` is set in one of the cause masks userspace sets
 /// (`Cause::COUNT` fits in 32 bits).
 #[inline(always)]
-fn in_mask(mask: u32, cause: u8) -> bool {
+pub fn in_mask(mask: u32, cause: u8) -> bool {
     cause < 32 && mask & (1 << cause) != 0
 }
 

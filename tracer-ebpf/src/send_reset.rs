@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, Cause, EgressOffsets, MAX_REASONS, NEEDS_STACK, RstEvent,
+    ABSENT, AF_INET, AF_INET6, BY_LISTENER, Cause, EgressOffsets, MAX_REASONS, NEEDS_STACK,
+    RstEvent,
     SendResetLayout, SockAddrOffsets, TASK_COMM_LEN, addr_layout, source, stat, tcp_state,
 };
 
@@ -115,13 +116,29 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         ABSENT => ABSENT,
         o => u32::from_ne_bytes(rec.bytes(o)?),
     };
+    let skbaddr = field(layout.skbaddr)?;
+    // A listener's RST: the record holds the listener's own ends (its
+    // bound address, no peer); the segment it answers holds the
+    // connection's.
+    let ends = if state == u32::from(tcp_state::LISTEN) && skbaddr != 0 {
+        let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
+        match o.skb_head {
+            ABSENT => ends,
+            _ => match packet::tcp::<Probe>(skbaddr, o, 0).map_err(|_| 1u32)? {
+                Some(seg) => answered(&seg),
+                None => ends,
+            },
+        }
+    } else {
+        ends
+    };
     let rst = Rst {
         ends,
         state,
         reason,
         has_reason: layout.reason != ABSENT,
         skaddr: field(layout.skaddr)?,
-        skbaddr: field(layout.skbaddr)?,
+        skbaddr,
     };
     attribute::<Probe, _>(ctx, &rst, stack::Rules::SendReset)
 }
@@ -163,16 +180,20 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     } else {
         u32::from(Direct::read::<u8>(sk + u64::from(o.sk_state)).map_err(|_| 1u32)?)
     };
+    // A listener holds no peer: its RSTs take the segment's ends.
+    let listener = state == u32::from(tcp_state::LISTEN);
     let ends = if sk != 0
         && state != u32::from(tcp_state::TIME_WAIT)
         && state != u32::from(tcp_state::NEW_SYN_RECV)
+        && !listener
     {
         sock_endpoints(sk, a, o)?
-    } else if a.reason_arg == 0 {
+    } else if a.reason_arg == 0 && !listener {
         // Before 6.10 (no reason argument) the tracepoint fires only with a
         // full socket: this path is left out of the program the verifier
-        // walks there (a second walk of everything below, which 5.10 under
-        // emulation takes most of a minute over).
+        // walks there but for a listener's RSTs (a second walk of
+        // everything below, which 5.10 under emulation takes most of a
+        // minute over).
         return Ok(0);
     } else if skb == 0 {
         // The verifier types `skb` may-be-null: checked before any
@@ -183,13 +204,7 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         let Some(seg) = packet::tcp::<Direct>(skb, o, 0).map_err(|_| 1u32)? else {
             return Err(1);
         };
-        Endpoints {
-            local: seg.daddr,
-            remote: seg.saddr,
-            family: seg.family,
-            local_port: seg.dport,
-            remote_port: seg.sport,
-        }
+        answered(&seg)
     };
     let rst = Rst {
         ends,
@@ -200,6 +215,18 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         skbaddr: skb,
     };
     attribute::<Direct, _>(ctx, &rst, stack::Rules::SendResetBtf)
+}
+
+/// The ends of the RST that answers segment `seg`: its own, reversed.
+#[inline(always)]
+fn answered(seg: &packet::Tcp) -> Endpoints {
+    Endpoints {
+        local: seg.daddr,
+        remote: seg.saddr,
+        family: seg.family,
+        local_port: seg.dport,
+        remote_port: seg.sport,
+    }
 }
 
 /// A full socket's endpoints, as its own fields hold them.
@@ -270,10 +297,13 @@ fn attribute<M: Mem, C: StackIdContext>(
     // the verifier: it walks one of the two ways to a cause, not both (the
     // value of `reason` would leave both open, each with the stack rules).
     let has_reason = rst.has_reason;
-    let cause = if !has_reason {
+    let (cause, by_listener) = if !has_reason {
         // No reason on this kernel: the stack and the state decide, with
         // the rules userspace chose for such kernels.
-        stack::cause_from_stack(ctx, rules, state).unwrap_or(Cause::Unknown as u8)
+        let c = stack::cause_from_stack(ctx, rules, state).unwrap_or(Cause::Unknown as u8);
+        // SAFETY: a read-only global that userspace sets before load.
+        let turns = unsafe { core::ptr::read_volatile(&FULL_LISTENER_CAUSES) };
+        (c, count::in_mask(turns, c))
     } else {
         let entry = if reason < MAX_REASONS {
             REASON_CAUSE
@@ -283,11 +313,18 @@ fn attribute<M: Mem, C: StackIdContext>(
         } else {
             Cause::Unknown as u8
         };
-        if entry & NEEDS_STACK != 0 {
-            stack::cause_from_stack(ctx, rules, state).unwrap_or(entry & !NEEDS_STACK)
+        let c = entry & !(NEEDS_STACK | BY_LISTENER);
+        let c = if entry & NEEDS_STACK != 0 {
+            stack::cause_from_stack(ctx, rules, state).unwrap_or(c)
         } else {
-            entry
-        }
+            c
+        };
+        (c, entry & BY_LISTENER != 0)
+    };
+    let cause = if by_listener && state == u32::from(tcp_state::LISTEN) && queue_full(skaddr) {
+        Cause::ListenOverflow as u8
+    } else {
+        cause
     };
     let f = filter::get();
     if !filter::port_ok(f, ends.local_port) || !filter::remote_ok(f, ends.family, &ends.remote) {
@@ -351,6 +388,27 @@ fn attribute<M: Mem, C: StackIdContext>(
         comm: [0; TASK_COMM_LEN],
     });
     Ok(0)
+}
+
+/// Causes that a RST on a full listener turns into `listen-overflow` on
+/// kernels without reasons (the rule is `full_listener_turns` in
+/// userspace; with reasons, the `BY_LISTENER` flag of the reason's entry).
+#[unsafe(no_mangle)]
+static FULL_LISTENER_CAUSES: u32 = 0;
+
+/// Whether listening socket `sk`'s accept queue is full, as the kernel's
+/// `sk_acceptq_is_full` tells it: a child past the backlog was refused.
+/// Read with the helper in both builds (rare: only RSTs sent on a
+/// listener come here).
+#[inline(always)]
+fn queue_full(sk: u64) -> bool {
+    let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
+    if sk == 0 || o.sk_ack_backlog == ABSENT || o.sk_max_ack_backlog == ABSENT {
+        return false;
+    }
+    let queued: u32 = crate::packet::read(sk + u64::from(o.sk_ack_backlog)).unwrap_or(0);
+    let backlog: u32 = crate::packet::read(sk + u64::from(o.sk_max_ack_backlog)).unwrap_or(u32::MAX);
+    queued > backlog
 }
 
 /// Inode number of the file behind socket `sk`, 0 when unknown.

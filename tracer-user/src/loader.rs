@@ -291,6 +291,11 @@ impl Tracer {
                 true,
             )
             .override_global(
+                names::FULL_LISTENER_CAUSES,
+                &crate::attribution::cause::full_listener_mask(),
+                true,
+            )
+            .override_global(
                 names::NO_FULL_SOCKET_CAUSES,
                 &crate::attribution::cause::no_full_socket_table(),
                 true,

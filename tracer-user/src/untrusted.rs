@@ -222,7 +222,8 @@ pub mod hostile {
                 port: 80,
                 pid: Some(17884),
                 comm: Some(comm()),
-                gone_at: std::time::UNIX_EPOCH,
+                gone_at: Some(std::time::UNIX_EPOCH),
+                backlog: None,
             }),
         }
     }

@@ -486,3 +486,103 @@ fn closed_port_that_had_a_listener_names_it() {
         assert!(e.get("listener").is_none(), "nobody listened on 9: {e}");
     }
 }
+
+/// A listener whose accept queue is full, with `tcp_abort_on_overflow=1`
+/// in its namespace, answers each further completed handshake with a RST:
+/// `listen-overflow`, naming the listener, its holder and its backlog, not
+/// `invalid-segment`. The handshakes are held as requests with
+/// TCP_DEFER_ACCEPT (on loopback the client's ACK would otherwise arrive
+/// inside connect(), one at a time, never meeting a full queue), while
+/// the backlog is large enough for the SYN queue; then the backlog drops
+/// to 1 (listen() again) and each client's first data completes its
+/// handshake: two children fill the queue (full is more than the
+/// backlog), every later one is reset.
+#[test]
+fn listen_overflow_with_tcp_abort_on_overflow() {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    const FILL: &str = "127.63.0.2";
+    const OVER: &str = "127.63.0.1";
+    const N: usize = 4;
+    let ns = Netns::new("loverflow");
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_abort_on_overflow", "1").unwrap());
+    let trace = Trace::watch(&ns, &[]);
+    let path = format!("/run/netns/{}", ns.name);
+    let text = Trace::start_text_in(None, &["--netns", &path]);
+    let (port, sent, listener, fill) = ns.run(|| {
+        let before = out_rsts_here();
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let secs: libc::c_int = 30;
+        // SAFETY: a valid int option on our own socket.
+        let r = unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "TCP_DEFER_ACCEPT: {}", std::io::Error::last_os_error());
+        l.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+            .unwrap();
+        l.listen(16).unwrap();
+        let server = l.local_addr().unwrap().as_socket().unwrap();
+        let connect = |from: &str| -> Vec<std::net::TcpStream> {
+            (0..if from == FILL { 2 } else { N })
+                .map(|_| connect_from(from.parse().unwrap(), server).unwrap().into())
+                .collect()
+        };
+        let (mut fill, mut over) = (connect(FILL), connect(OVER));
+        l.listen(1).unwrap();
+        // Listening for longer than rsttrace's one-second look at listeners.
+        thread::sleep(std::time::Duration::from_millis(2500));
+        for c in fill.iter_mut().chain(over.iter_mut()) {
+            c.write_all(b"x").unwrap();
+        }
+        for c in over {
+            assert_reset(c);
+        }
+        (server.port(), out_rsts_here() - before, l, fill)
+    });
+    // Queued children and the listener stay open until both traces stop.
+    let (raw, _) = text.stop_raw();
+    let out = trace.stop();
+    drop((listener, fill));
+    assert_eq!(sent, N as u64, "OutRsts delta in the namespace");
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let comm = comm.trim_end();
+    for e in out.assert_exactly(&ns, OVER, sent, "listen-overflow") {
+        assert_eq!(e["local_port"], port, "{e}");
+        assert_eq!(e["local_ip"], "127.0.0.1", "{e}");
+        assert_eq!(e["state"], "TCP_LISTEN", "{e}");
+        assert_eq!(e["kernel_reason"], support::expected_reason("INVALID_SYN"), "{e}");
+        assert!(e["actor"].is_null(), "sent in softirq: no actor: {e}");
+        let l = &e["listener"];
+        assert_eq!(l["port"], port, "{e}");
+        assert_eq!(l["pid"], std::process::id(), "the test holds it: {e}");
+        assert_eq!(l["comm"], comm, "{e}");
+        assert_eq!(l["backlog"], 1, "{e}");
+        assert!(l["gone_at"].is_null(), "still listening: {e}");
+    }
+    assert!(out.rsts_to(FILL).is_empty(), "the queued ones were not reset");
+    let text = String::from_utf8_lossy(&raw);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!(" listen-overflow   to {OVER}:")))
+        .collect();
+    assert_eq!(lines.len(), N, "{text}");
+    let pid = std::process::id();
+    for l in &lines {
+        assert!(
+            l.contains(&format!("127.0.0.1:{port}"))
+                && l.contains(&format!("listener={pid}/{comm} accept-queue-full backlog=1")),
+            "{l}"
+        );
+    }
+    let diagnosis = format!(
+        "listen-overflow ({N} of {N}): {comm}'s accept queue on port {port} was full (backlog 1): \
+         {N} connections were reset (tcp_abort_on_overflow=1)"
+    );
+    assert!(text.contains(&diagnosis), "{diagnosis:?} in:\n{text}");
+}

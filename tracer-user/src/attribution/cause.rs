@@ -29,7 +29,40 @@ pub fn has_actor(cause: Cause) -> bool {
 /// rule author, no stack to show), so the text output may leave it in
 /// the kernel past its lines per second.
 pub fn line_only(cause: Cause) -> bool {
-    !has_actor(cause) && !matches!(cause, Cause::Unknown | Cause::NetfilterReject)
+    // A full listener's RSTs name it, for the summary's diagnosis.
+    !has_actor(cause)
+        && !matches!(
+            cause,
+            Cause::Unknown | Cause::NetfilterReject | Cause::ListenOverflow
+        )
+}
+
+/// A RST sent on a listening socket whose accept queue is full
+/// (`sk_ack_backlog > sk_max_ack_backlog`, the kernel's own
+/// `sk_acceptq_is_full`) is the listener refusing a completed handshake:
+/// tcp_check_req's `listen_overflow` -> `embryonic_reset` with
+/// `tcp_abort_on_overflow=1`, sent on the listener itself. From 6.10 its
+/// reason is INVALID_SYN (`full_listener_reason`); before, it has none and
+/// no stack rule matches it (`full_listener_turns`, the cause the
+/// reasonless path leaves it). The listener's other RSTs (an ACK to a
+/// LISTEN socket, a bad SYN cookie: TCP_FLAGS) are never turned: a full
+/// queue while one is sent is not their cause. Such a RST is
+/// `listen-overflow`.
+
+/// Kernels with reasons: the reason of the overflow path.
+pub fn full_listener_reason(name: &str) -> bool {
+    name == "INVALID_SYN"
+}
+
+/// Kernels without reasons: the cause the stack rules leave the overflow
+/// path's RST.
+pub fn full_listener_turns(cause: Cause) -> bool {
+    cause == Cause::Unknown
+}
+
+/// `full_listener_turns` as a bit mask by cause id, for the kernel programs.
+pub fn full_listener_mask() -> u32 {
+    mask(full_listener_turns)
 }
 
 /// `has_actor` as a bit mask by cause id, for the kernel programs.
@@ -247,16 +280,16 @@ pub struct ReasonEntry {
     pub cause: Cause,
     /// Stack rules decide; `cause` applies when none matches.
     pub by_stack: bool,
+    /// Sent on a full listener, it is `listen-overflow`.
+    pub by_listener: bool,
 }
 
 impl ReasonEntry {
     pub fn raw(self) -> u8 {
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
         self.cause as u8
-            | if self.by_stack {
-                tracer_common::NEEDS_STACK
-            } else {
-                0
-            }
+            | flag(self.by_stack, tracer_common::NEEDS_STACK)
+            | flag(self.by_listener, tracer_common::BY_LISTENER)
     }
 }
 
@@ -269,10 +302,12 @@ pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> 
                 Some(fallback) => ReasonEntry {
                     cause: fallback,
                     by_stack: true,
+                    by_listener: full_listener_reason(n),
                 },
                 None => ReasonEntry {
                     cause: cause_for_reason(n),
                     by_stack: false,
+                    by_listener: full_listener_reason(n),
                 },
             };
             (*v as u32, entry)
@@ -479,6 +514,7 @@ mod tests {
         let entry = ReasonEntry {
             cause: Cause::InvalidSegment,
             by_stack: true,
+            by_listener: false,
         };
         assert_eq!(
             entry.raw(),

@@ -55,19 +55,23 @@ pub struct Rst {
     pub module: Option<Untrusted>,
     /// For `socket-killed`: the process that held the destroyed socket.
     pub owner: Option<Owner>,
-    /// For `listener-closed`: the listening socket whose accept queue held
-    /// the connection.
+    /// The listening socket behind the RST: for `listener-closed` the one
+    /// whose accept queue held the connection, for `closed-port` the one
+    /// the port had, for RSTs sent on a listener (`listen-overflow`, and
+    /// `invalid-segment` ones) that listener.
     pub listener: Option<Listener>,
 }
 
 /// A listening socket behind a RST: its port, the process that held it,
-/// and when it was seen gone.
+/// when it was seen gone (None: still listening), and its backlog (the
+/// accept queue's length) where known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub port: u16,
     pub pid: Option<u32>,
     pub comm: Option<Untrusted>,
-    pub gone_at: SystemTime,
+    pub gone_at: Option<SystemTime>,
+    pub backlog: Option<u32>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, rc::Rc};
 
-use tracer_common::RstEvent;
+use tracer_common::{RstEvent, tcp_state};
 
 use crate::{
     attribution::{
@@ -134,11 +134,17 @@ impl Enricher {
                     port,
                     pid: actor.as_ref().map(|a| a.pid),
                     comm: actor.as_ref().map(|a| a.comm.clone()),
-                    gone_at: rst.ts,
+                    gone_at: Some(rst.ts),
+                    backlog: None,
                 })
             }
             // A port nobody listens on now: did someone, recently?
             (Cause::ClosedPort, Some(ns)) => self.listeners.had(ns, port, rst.ts),
+            // Sent on a listening socket (a full accept queue, or a segment
+            // a listener refuses): the listener and who holds it.
+            (_, Some(ns)) if rst.state == tcp_state::name(u32::from(tcp_state::LISTEN)) => {
+                self.listeners.live(ns, port, &mut self.actors)
+            }
             _ => None,
         };
         Rst {

@@ -6,6 +6,9 @@
 //! /run/netns/*): no kernel hook, so nothing runs per packet or per state
 //! change. A listener that lived less than a second between two dumps is
 //! not seen; one whose accept queue held connections is (listener-closed).
+//! A RST sent on a listener that no dump has seen yet (a listener younger
+//! than a second whose queue overflowed) dumps again at once, at most
+//! every `AGAIN_AFTER`.
 
 use std::{
     collections::HashMap,
@@ -22,12 +25,17 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u32 = 10;
-/// `struct inet_diag_msg`: idiag_sport at 4 (network order), idiag_inode at 68.
+/// `struct inet_diag_msg`: idiag_sport at 4 (network order), idiag_inode at
+/// 68; for a listener, idiag_wqueue (60) is its backlog.
 const MSG_SPORT: usize = 4;
+const MSG_WQUEUE: usize = 60;
 const MSG_INODE: usize = 68;
+/// The shortest time between two dumps for RSTs on unseen listeners.
+const AGAIN_AFTER: Duration = Duration::from_millis(100);
 
 struct Seen {
     inode: u64,
+    backlog: u32,
     holder: Option<(u32, crate::untrusted::Untrusted)>,
     gone_at: Option<SystemTime>,
 }
@@ -38,6 +46,8 @@ pub struct Listeners {
     seen: HashMap<(u64, u16), Seen>,
     /// How long a listener that went is remembered (`--listener-memory`).
     memory: Duration,
+    /// When the last dump was made.
+    dumped: Option<std::time::Instant>,
 }
 
 impl Listeners {
@@ -46,12 +56,14 @@ impl Listeners {
             sockets: HashMap::new(),
             seen: HashMap::new(),
             memory,
+            dumped: None,
         }
     }
 
     /// One dump per namespace: listeners new since the last are recorded
     /// with the process holding them, those gone are marked gone now.
     pub fn refresh(&mut self, actors: &mut ActorResolver) {
+        self.dumped = Some(std::time::Instant::now());
         let mut targets: Vec<Option<PathBuf>> = vec![None];
         if let Ok(dir) = std::fs::read_dir("/run/netns") {
             targets.extend(dir.flatten().map(|e| Some(e.path())));
@@ -77,13 +89,15 @@ impl Listeners {
             let Ok(now_listening) = dump(fd) else {
                 continue;
             };
-            for (port, inode) in &now_listening {
+            for (port, (inode, backlog)) in &now_listening {
                 let entry = self.seen.entry((netns, *port));
                 let e = entry.or_insert_with(|| Seen {
                     inode: 0,
+                    backlog: 0,
                     holder: None,
                     gone_at: None,
                 });
+                e.backlog = *backlog;
                 if e.inode != *inode || e.gone_at.is_some() || e.holder.is_none() {
                     e.inode = *inode;
                     e.gone_at = None;
@@ -123,8 +137,39 @@ impl Listeners {
             port,
             pid: e.holder.as_ref().map(|h| h.0),
             comm: e.holder.as_ref().map(|h| h.1.clone()),
-            gone_at,
+            gone_at: Some(gone_at),
+            backlog: Some(e.backlog),
         })
+    }
+
+    /// The listener on port `port` of `netns` now, for a RST sent on it;
+    /// one not seen yet is looked for again (see `AGAIN_AFTER`).
+    pub fn live(&mut self, netns: u64, port: u16, actors: &mut ActorResolver) -> Option<Listener> {
+        let found = |s: &Self| {
+            s.seen
+                .get(&(netns, port))
+                .filter(|e| e.gone_at.is_none())
+                .map(|e| Listener {
+                    port,
+                    pid: e.holder.as_ref().map(|h| h.0),
+                    comm: e.holder.as_ref().map(|h| h.1.clone()),
+                    gone_at: None,
+                    backlog: Some(e.backlog),
+                })
+        };
+        if let Some(l) = found(self).filter(|l| l.pid.is_some()) {
+            return Some(l);
+        }
+        if self.dumped.is_none_or(|d| d.elapsed() >= AGAIN_AFTER) {
+            self.refresh(actors);
+        }
+        found(self).or(Some(Listener {
+            port,
+            pid: None,
+            comm: None,
+            gone_at: None,
+            backlog: None,
+        }))
     }
 }
 
@@ -170,8 +215,8 @@ fn open(path: Option<&Path>) -> Result<(u64, OwnedFd), String> {
 }
 
 /// Listening TCP sockets (IPv4 and IPv6) of the socket's namespace: port
-/// -> socket inode.
-fn dump(fd: &OwnedFd) -> Result<HashMap<u16, u64>, String> {
+/// -> (socket inode, backlog).
+fn dump(fd: &OwnedFd) -> Result<HashMap<u16, (u64, u32)>, String> {
     let mut out = HashMap::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let mut req = [0u8; 16 + 56];
@@ -211,7 +256,10 @@ fn dump(fd: &OwnedFd) -> Result<HashMap<u16, u64>, String> {
                             let port = u16::from_be_bytes([m[MSG_SPORT], m[MSG_SPORT + 1]]);
                             let inode =
                                 u32::from_ne_bytes(m[MSG_INODE..MSG_INODE + 4].try_into().unwrap());
-                            out.insert(port, u64::from(inode));
+                            let backlog = u32::from_ne_bytes(
+                                m[MSG_WQUEUE..MSG_WQUEUE + 4].try_into().unwrap(),
+                            );
+                            out.insert(port, (u64::from(inode), backlog));
                         }
                     }
                     _ => {}

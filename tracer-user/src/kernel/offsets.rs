@@ -64,6 +64,8 @@ pub fn egress_offsets(b: &Btf) -> Result<tracer_common::EgressOffsets> {
             anyhow::ensure!(inode > sock, "socket_alloc has its inode first");
             inode - sock + ino
         },
+        sk_ack_backlog: m("sock", &["sk_ack_backlog"], 4)?,
+        sk_max_ack_backlog: m("sock", &["sk_max_ack_backlog"], 4)?,
     })
 }
 

@@ -113,18 +113,29 @@ pub fn details(rst: &Rst) -> String {
     if let Some(o) = &rst.owner {
         line.push_str(&format!(" owner={}/{}", o.pid, o.comm));
     }
-    // A closed port's listener went before the RST: say since when.
-    if let Some(l) = rst
-        .listener
-        .as_ref()
-        .filter(|_| rst.cause == crate::attribution::cause::Cause::ClosedPort)
-    {
-        line.push_str(&format!(
-            " listener-gone={}/{} at {}",
+    if let Some(l) = &rst.listener {
+        let who = format!(
+            "{}/{}",
             l.pid.map_or("?".to_string(), |p| p.to_string()),
             l.comm.as_ref().map_or("?".to_string(), |c| c.to_string()),
-            time_of_day(l.gone_at)
-        ));
+        );
+        match (rst.cause, l.gone_at) {
+            // A closed port's listener went before the RST: say since when.
+            (crate::attribution::cause::Cause::ClosedPort, Some(at)) => {
+                line.push_str(&format!(" listener-gone={who} at {}", time_of_day(at)));
+            }
+            // Sent on a listener: which one, and when its queue was full.
+            (crate::attribution::cause::Cause::ListenOverflow, _) => {
+                line.push_str(&format!(" listener={who} accept-queue-full"));
+                if let Some(b) = l.backlog {
+                    line.push_str(&format!(" backlog={b}"));
+                }
+            }
+            (crate::attribution::cause::Cause::InvalidSegment, None) => {
+                line.push_str(&format!(" listener={who}"));
+            }
+            _ => {}
+        }
     }
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));

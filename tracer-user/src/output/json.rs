@@ -54,7 +54,9 @@ struct ListenerLine<'a> {
     port: u16,
     pid: Option<u32>,
     comm: Option<&'a crate::untrusted::Untrusted>,
-    gone_at: String,
+    gone_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -159,7 +161,8 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
             port: l.port,
             pid: l.pid,
             comm: l.comm.as_ref(),
-            gone_at: rfc3339(l.gone_at),
+            gone_at: l.gone_at.map(rfc3339),
+            backlog: l.backlog,
         }),
     }
 }

@@ -11,6 +11,10 @@ use crate::{
 /// A listener that went, by (holder, port): when, and RSTs after.
 type Gone = HashMap<(Option<Untrusted>, u16), (SystemTime, u64)>;
 
+/// A listener whose full accept queue reset connections: (holder, port,
+/// backlog) -> RSTs.
+type Full = HashMap<(Option<Untrusted>, u16, Option<u32>), u64>;
+
 /// (cause, process name, security agent it is, listening port for
 /// `listener-closed`, else 0).
 type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16);
@@ -22,20 +26,32 @@ pub struct ActorTally {
     by_remote: HashMap<IpAddr, HashMap<ActorKey, u64>>,
     /// Closed-port RSTs to a port whose listener went, per remote IP.
     gone: HashMap<IpAddr, Gone>,
+    /// listen-overflow RSTs, per remote IP.
+    full: HashMap<IpAddr, Full>,
 }
 
 impl ActorTally {
     /// Counts the process behind `rst`: its actor, or for a netfilter
     /// reject the author of the rule, with the agent either one is.
     pub fn observe(&mut self, rst: &Rst) {
-        if let (Cause::ClosedPort, Some(l)) = (rst.cause, &rst.listener) {
+        if let (Cause::ClosedPort, Some(l)) = (rst.cause, &rst.listener)
+            && let Some(gone_at) = l.gone_at
+        {
             let e = self
                 .gone
                 .entry(rst.remote.ip())
                 .or_default()
                 .entry((l.comm.clone(), l.port))
-                .or_insert((l.gone_at, 0));
+                .or_insert((gone_at, 0));
             e.1 += 1;
+        }
+        if let (Cause::ListenOverflow, Some(l)) = (rst.cause, &rst.listener) {
+            *self
+                .full
+                .entry(rst.remote.ip())
+                .or_default()
+                .entry((l.comm.clone(), l.port, l.backlog))
+                .or_default() += 1;
         }
         let who = match (
             &rst.actor,
@@ -139,6 +155,21 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, or a kernel module)".to_string(),
         Cause::Unknown => "no rule explains these: the events carry the kernel stack; please report it".to_string(),
         Cause::Received => "this host received these RSTs: trace the peer with rsttrace".to_string(),
+        Cause::ListenOverflow => match tally
+            .full
+            .get(&r.remote_ip)
+            .and_then(|f| f.iter().max_by_key(|(k, v)| (**v, std::cmp::Reverse(k.1))))
+        {
+            Some(((comm, port, backlog), k)) => format!(
+                "{}'s accept queue on port {port} was full{}: {k} connections were reset \
+                 (tcp_abort_on_overflow=1): it does not accept fast enough",
+                comm.as_ref().map_or("a server".to_string(), |c| c.to_string()),
+                backlog.map_or(String::new(), |b| format!(" (backlog {b})")),
+            ),
+            None => "a listener's accept queue was full: connections were reset \
+                     (tcp_abort_on_overflow=1): it does not accept fast enough"
+                .to_string(),
+        },
         Cause::ListenerClosed => match tally.top_key(r.remote_ip, cause) {
             Some(((_, comm, _, port), k)) => format!(
                 "{k} connections were waiting in {comm}'s accept queue on port {port} when its \
@@ -297,7 +328,8 @@ mod tests {
             port: 8083,
             pid: Some(812),
             comm: Some("orders-api".into()),
-            gone_at: UNIX_EPOCH,
+            gone_at: Some(UNIX_EPOCH),
+            backlog: None,
         });
         for _ in 0..4 {
             t.observe(&rst);
@@ -320,7 +352,8 @@ mod tests {
             port: 8082,
             pid: Some(812),
             comm: Some("orders-api".into()),
-            gone_at: UNIX_EPOCH + std::time::Duration::from_secs(12 * 3600 + 1),
+            gone_at: Some(UNIX_EPOCH + std::time::Duration::from_secs(12 * 3600 + 1)),
+            backlog: Some(128),
         });
         for _ in 0..5 {
             t.observe(&rst);
@@ -330,6 +363,31 @@ mod tests {
             d,
             "closed-port (5 of 5): orders-api stopped listening on 8082 at 12:00:01.000000; 5 \
              connections were refused after"
+        );
+    }
+
+    #[test]
+    fn a_full_accept_queue_names_the_listener_and_its_backlog() {
+        let mut t = ActorTally::default();
+        let mut rst = Rst::example();
+        rst.cause = Cause::ListenOverflow;
+        rst.remote = "127.7.0.1:5000".parse().unwrap();
+        rst.listener = Some(crate::attribution::decode::Listener {
+            port: 8083,
+            pid: Some(812),
+            comm: Some("orders-api".into()),
+            gone_at: None,
+            backlog: Some(1),
+        });
+        for _ in 0..3 {
+            t.observe(&rst);
+        }
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::ListenOverflow, 3)]), &t);
+        assert_eq!(
+            d,
+            "listen-overflow (3 of 3): orders-api's accept queue on port 8083 was full \
+             (backlog 1): 3 connections were reset (tcp_abort_on_overflow=1): it does not \
+             accept fast enough"
         );
     }
 }
