@@ -76,6 +76,14 @@ pub struct Args {
     #[arg(long, value_name = "PATTERN", value_parser = crate::attribution::agents::parse_pattern)]
     pub agent: Vec<String>,
 
+    /// Label RSTs whose actor has a library or Java agent loaded whose file
+    /// name (or path) matches PATTERN (`*` and `?` wildcards) as
+    /// `security-agent`, named by that file, in addition to the built-in
+    /// list of in-process security modules (ModSecurity, NAXSI, RASP
+    /// agents, ...). Repeatable.
+    #[arg(long, value_name = "PATTERN", value_parser = crate::attribution::agents::parse_pattern)]
+    pub agent_library: Vec<String>,
+
     /// Also write each RST to FILE as pcapng (headers only), the cause and
     /// attribution in each packet's comment: open it in Wireshark or tcpdump.
     #[arg(long, value_name = "FILE")]

@@ -133,7 +133,9 @@ pub async fn trace(
         ruleset: ruleset.clone(),
         clock: BootClock::new(),
         reasons: facts.send_reset.reasons.clone(),
-        actors: ActorResolver::new(agents::Agents::new(args.agent.clone())),
+        actors: ActorResolver::new(
+            agents::Agents::new(args.agent.clone()).with_libraries(args.agent_library.clone()),
+        ),
         ksyms: facts.ksyms.as_ref().ok().cloned(),
         listeners: Listeners::new(args.listener_memory),
     };

@@ -193,6 +193,7 @@ pub mod hostile {
                 container_id: None,
                 // A user pattern matched: the agent is named by its comm.
                 agent: Some(comm()),
+                agent_via: None,
             }),
             agent: Some(comm()),
             labels: vec!["security-agent".into()],

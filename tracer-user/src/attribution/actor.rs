@@ -10,7 +10,14 @@ use std::{
 use serde::Serialize;
 use tracer_common::RstEvent;
 
-use crate::{attribution::agents::Agents, untrusted::Untrusted};
+use crate::{
+    attribution::agents::{Agents, Loaded},
+    untrusted::Untrusted,
+};
+
+/// How long a process found with no agent loaded is believed: it may load
+/// one later (a module loaded on configuration reload).
+const LOADED_RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
@@ -24,9 +31,14 @@ pub struct Actor {
     /// The container the cgroup names, if any (docker, containerd, CRI-O,
     /// podman: a 64-hex id in the cgroup path).
     pub container_id: Option<Untrusted>,
-    /// The runtime-security agent this process is, if it is one.
+    /// The runtime-security agent this process is, or has loaded (a
+    /// web-application firewall module, a RASP agent), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<Untrusted>,
+    /// For an agent loaded in the process: the library's path or the
+    /// `-javaagent:` argument it was seen by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_via: Option<Untrusted>,
 }
 
 /// The process holding a socket.
@@ -68,6 +80,20 @@ pub struct ActorResolver {
     /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
     root: Option<PathBuf>,
     cgroups: HashMap<u64, Option<Untrusted>>,
+    /// The agent loaded in each process, by pid: its start time (a pid
+    /// reused is another process), when its maps were read, and what
+    /// they held. Maps are read once per process, not per RST.
+    loaded: HashMap<u32, (u64, Instant, Option<Loaded>)>,
+}
+
+/// Process `pid`'s start time (clock ticks after boot, `/proc/PID/stat`'s
+/// 22nd field): with the pid, names one process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The name (field 2) may hold anything: fields count from its last ')'.
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 /// The cgroup2 mount point: /sys/fs/cgroup on unified hosts, often
@@ -90,6 +116,7 @@ impl ActorResolver {
             sockets_scanned: None,
             root: cgroup2_mount(&mounts),
             cgroups: HashMap::new(),
+            loaded: HashMap::new(),
         }
     }
 
@@ -99,7 +126,13 @@ impl ActorResolver {
             .ok()
             .map(|p| Untrusted::from(p.as_path()));
         let comm = Untrusted::from_c(&ev.comm);
-        let agent = self.agents.classify(&comm, exe.as_ref());
+        let (agent, agent_via) = match self.agents.classify(&comm, exe.as_ref()) {
+            Some(a) => (Some(a), None),
+            None => match self.loaded_agent(pid) {
+                Some(l) => (Some(l.name), Some(l.via)),
+                None => (None, None),
+            },
+        };
         let cgroup = self.cgroup_path(ev.cgroup_id);
         Actor {
             pid,
@@ -109,7 +142,31 @@ impl ActorResolver {
             container_id: cgroup.as_ref().and_then(|c| container_id(c.as_bytes())),
             cgroup,
             agent,
+            agent_via,
         }
+    }
+
+    /// The security module or agent process `pid` has loaded, read from
+    /// /proc once per process (again after `LOADED_RECHECK` while none).
+    fn loaded_agent(&mut self, pid: u32) -> Option<Loaded> {
+        let start = start_time(pid)?;
+        if let Some((s, at, found)) = self.loaded.get(&pid)
+            && *s == start
+            && (found.is_some() || at.elapsed() < LOADED_RECHECK)
+        {
+            return found.clone();
+        }
+        let maps = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let found = self.agents.loaded(&maps, &cmdline);
+        // Bounded: processes that went are forgotten when the table grows.
+        if self.loaded.len() >= 4096 {
+            self.loaded
+                .retain(|p, _| Path::new(&format!("/proc/{p}")).exists());
+        }
+        self.loaded
+            .insert(pid, (start, Instant::now(), found.clone()));
+        found
     }
 
     /// The security agent `comm` is, if it is one.

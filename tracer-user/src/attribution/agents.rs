@@ -36,6 +36,33 @@ pub const KNOWN_AGENT_MODULES: &[(&str, &str)] = &[
     ("tmhook", "Trend Micro Deep Security"),
 ];
 
+/// Security modules and agents that run inside the server process itself
+/// (web-application firewalls, RASP agents): they abort connections with
+/// the server's own close(). By the file name of a library the process
+/// maps, or of a Java agent on its command line (`-javaagent:PATH[=...]`),
+/// `*` and `?` wildcards; and the name users know them by.
+pub const KNOWN_LOADED_AGENTS: &[(&str, &str)] = &[
+    // ModSecurity v3 (libmodsecurity, behind its nginx/Apache connectors)
+    // and its v2 Apache module.
+    ("libmodsecurity.so*", "ModSecurity"),
+    ("ngx_http_modsecurity_module.so", "ModSecurity"),
+    ("mod_security2.so", "ModSecurity"),
+    ("ngx_http_naxsi_module.so", "NAXSI"),
+    ("ngx_http_wallarm_module.so", "Wallarm"),
+    ("mod_sigsci.so", "Fastly Next-Gen WAF (Signal Sciences)"),
+    ("ngx_http_sigsci_module.so", "Fastly Next-Gen WAF (Signal Sciences)"),
+    // Datadog's PHP AppSec extension, and the WAF library its tracers
+    // load when App and API Protection is on.
+    ("ddappsec.so", "Datadog AppSec"),
+    ("libddwaf.so*", "Datadog AppSec"),
+    ("openrasp.so", "OpenRASP"),
+    ("sqreen.so", "Sqreen"),
+    // Java agents.
+    ("rasp.jar", "OpenRASP"),
+    ("contrast*.jar", "Contrast Security"),
+    ("sqreen*.jar", "Sqreen"),
+];
+
 /// The security product a kernel module belongs to, if known.
 pub fn module_agent(module: &str) -> Option<&'static str> {
     KNOWN_AGENT_MODULES
@@ -52,13 +79,75 @@ const COMM_LEN: usize = 15;
 #[derive(Debug, Default, Clone)]
 pub struct Agents {
     patterns: Vec<String>,
+    /// `--agent-library` values.
+    libraries: Vec<String>,
+}
+
+/// A security module or agent loaded in a process: its name and how it was
+/// seen (the library's path, or the `-javaagent:` argument).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub name: Untrusted,
+    pub via: Untrusted,
 }
 
 impl Agents {
     /// `patterns`: `--agent` values; `*` matches any run of characters, `?`
     /// one character. Matched against the process name and its executable.
     pub fn new(patterns: Vec<String>) -> Self {
-        Self { patterns }
+        Self {
+            patterns,
+            libraries: vec![],
+        }
+    }
+
+    /// `libraries`: `--agent-library` values, matched against the file
+    /// names (or paths) of the libraries a process maps and of its Java
+    /// agents, beside `KNOWN_LOADED_AGENTS`.
+    pub fn with_libraries(mut self, libraries: Vec<String>) -> Self {
+        self.libraries = libraries;
+        self
+    }
+
+    /// The security module loaded in a process, from its memory maps
+    /// (`/proc/PID/maps`) and command line (`/proc/PID/cmdline`): the first
+    /// known one, else the first `--agent-library` match (named by its file
+    /// name: the process chose it).
+    pub fn loaded(&self, maps: &[u8], cmdline: &[u8]) -> Option<Loaded> {
+        let mut candidates: Vec<&[u8]> = maps
+            .split(|b| *b == b'\n')
+            .filter_map(map_path)
+            .collect();
+        candidates.extend(cmdline.split(|b| *b == 0).filter_map(|arg| {
+            let jar = arg.strip_prefix(b"-javaagent:")?;
+            Some(jar.split(|b| *b == b'=').next().unwrap_or(jar))
+        }));
+        let base = |p: &[u8]| -> String {
+            String::from_utf8_lossy(p.rsplit(|b| *b == b'/').next().unwrap_or(p)).into_owned()
+        };
+        for path in &candidates {
+            let file = base(path);
+            if let Some((_, name)) = KNOWN_LOADED_AGENTS.iter().find(|(p, _)| glob(p, &file)) {
+                return Some(Loaded {
+                    name: (*name).into(),
+                    via: Untrusted::from_bytes(*path),
+                });
+            }
+        }
+        for path in &candidates {
+            let (file, full) = (base(path), String::from_utf8_lossy(path));
+            if self
+                .libraries
+                .iter()
+                .any(|p| glob(p, &file) || glob(p, &full))
+            {
+                return Some(Loaded {
+                    name: Untrusted::from(file),
+                    via: Untrusted::from_bytes(*path),
+                });
+            }
+        }
+        None
     }
 
     /// The agent's name when `comm` (or `exe`) is one: a known agent's
@@ -83,6 +172,15 @@ impl Agents {
         }
         None
     }
+}
+
+/// The file a line of `/proc/PID/maps` maps, if a file: the path from the
+/// sixth field on (paths may hold spaces), without " (deleted)".
+fn map_path(line: &[u8]) -> Option<&[u8]> {
+    let slash = line.iter().position(|b| *b == b'/')?;
+    // The fifth field (the inode) ends before the path: no '/' earlier.
+    let path = &line[slash..];
+    Some(path.strip_suffix(b" (deleted)").unwrap_or(path))
 }
 
 /// Shell-style match with `*` and `?` (no character classes).
@@ -180,5 +278,30 @@ mod tests {
         assert_eq!(classify("nginx", Some("/usr/sbin/nginx")), None);
         assert!(parse_pattern("").is_err());
         assert!(parse_pattern("[ab]").is_err());
+    }
+
+    #[test]
+    fn loaded_modules_from_maps_and_java_agents() {
+        let a = Agents::default();
+        let maps = b"7f0000000000-7f0000001000 r-xp 00000000 08:01 1234 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+            7f0000002000-7f0000003000 r-xp 00000000 08:01 1235 /opt/my lib/libmodsecurity.so.3.0.12 (deleted)\n\
+            7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n";
+        let l = a.loaded(maps, b"nginx\0").unwrap();
+        assert_eq!(l.name.to_string(), "ModSecurity");
+        assert_eq!(l.via.to_string(), "/opt/my lib/libmodsecurity.so.3.0.12");
+        let java = a
+            .loaded(b"", b"java\0-javaagent:/opt/contrast/contrast-agent.jar=x\0-jar\0app.jar\0")
+            .unwrap();
+        assert_eq!(java.name.to_string(), "Contrast Security");
+        assert_eq!(java.via.to_string(), "/opt/contrast/contrast-agent.jar");
+        assert_eq!(a.loaded(b"0-1 r-xp 0 0:0 1 /usr/lib/libssl.so.3\n", b""), None);
+        let own = Agents::default().with_libraries(vec!["libwaf*.so".into()]);
+        let l = own
+            .loaded(b"0-1 r-xp 0 0:0 1 /srv/libwaf-acme.so\n", b"")
+            .unwrap();
+        assert_eq!(
+            (l.name.to_string(), l.via.to_string()),
+            ("libwaf-acme.so".into(), "/srv/libwaf-acme.so".into())
+        );
     }
 }

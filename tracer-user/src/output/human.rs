@@ -97,6 +97,10 @@ pub fn details(rst: &Rst) -> String {
             _ => line.push_str(&format!(" [{l}]")),
         }
     }
+    // An agent loaded in the actor: what it was seen by.
+    if let Some(via) = rst.actor.as_ref().and_then(|a| a.agent_via.as_ref()) {
+        line.push_str(&format!(" agent-via={via}"));
+    }
     if let Some(nf) = &rst.netfilter {
         line.push_str(&format!(
             " hook={} backend={}",

@@ -258,6 +258,7 @@ mod tests {
                 cgroup: Some("/user.slice".into()),
                 container_id: None,
                 agent: None,
+                agent_via: None,
             }),
             ..Rst::example()
         };

@@ -15,9 +15,9 @@ type Gone = HashMap<(Option<Untrusted>, u16), (SystemTime, u64)>;
 /// backlog) -> RSTs.
 type Full = HashMap<(Option<Untrusted>, u16, Option<u32>), u64>;
 
-/// (cause, process name, security agent it is, listening port for
-/// `listener-closed`, else 0).
-type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16);
+/// (cause, process name, security agent it is or has loaded, listening
+/// port for `listener-closed`, else 0, whether the agent is loaded in it).
+type ActorKey = (Cause, Untrusted, Option<Untrusted>, u16, bool);
 
 /// Who sent the RSTs that have an actor, per remote IP, from the events
 /// that reached userspace.
@@ -57,8 +57,8 @@ impl ActorTally {
             &rst.actor,
             rst.netfilter.as_ref().and_then(|n| n.author.as_ref()),
         ) {
-            (Some(a), _) => (a.comm.clone(), a.agent.clone()),
-            (None, Some(author)) => (author.comm.clone(), author.agent.clone()),
+            (Some(a), _) => (a.comm.clone(), a.agent.clone(), a.agent_via.is_some()),
+            (None, Some(author)) => (author.comm.clone(), author.agent.clone(), false),
             (None, None) => return,
         };
         *self
@@ -70,6 +70,7 @@ impl ActorTally {
                 who.0,
                 who.1,
                 rst.listener.as_ref().map_or(0, |l| l.port),
+                who.2,
             ))
             .or_default() += 1;
     }
@@ -77,7 +78,7 @@ impl ActorTally {
     /// The process that sent most RSTs of `cause` to `ip`.
     fn top(&self, ip: IpAddr, cause: Cause) -> Option<(&Untrusted, Option<&Untrusted>, u64)> {
         self.top_key(ip, cause)
-            .map(|((_, comm, agent, _), n)| (comm, agent.as_ref(), n))
+            .map(|((_, comm, agent, _, _), n)| (comm, agent.as_ref(), n))
     }
 
     fn top_key(&self, ip: IpAddr, cause: Cause) -> Option<(&ActorKey, u64)> {
@@ -124,18 +125,21 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
             tally,
             cause,
             "closed connections without reading what the peer sent: check its errors and timeouts",
+            "closed {k} connections without reading what the peer sent: check the module's block decisions",
         ),
         Cause::LingerAbort => actor_advice(
             r,
             tally,
             cause,
             "closes with SO_LINGER 0 (abortive close): often deliberate in proxies and load balancers",
+            "aborted {k} connections with SO_LINGER 0 after reading their requests: check the module's block decisions",
         ),
         Cause::AppDisconnect => actor_advice(
             r,
             tally,
             cause,
             "dropped live connections with connect(AF_UNSPEC)",
+            "dropped {k} live connections with connect(AF_UNSPEC): check the module's block decisions",
         ),
         Cause::KeepaliveTimeout => "keepalive probes went unanswered: the peer, or a NAT/firewall idle timeout on the way, dropped the connection".to_string(),
         Cause::DataAfterClose => "the peer sent data after this host closed: a keep-alive race; make this server's idle timeout longer than the client's".to_string(),
@@ -171,7 +175,7 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
                 .to_string(),
         },
         Cause::ListenerClosed => match tally.top_key(r.remote_ip, cause) {
-            Some(((_, comm, _, port), k)) => format!(
+            Some(((_, comm, _, port, _), k)) => format!(
                 "{k} connections were waiting in {comm}'s accept queue on port {port} when its \
                  listener closed: the server exited, was killed or restarted, or closed it"
             ),
@@ -183,9 +187,21 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
     format!("{lead}: {advice}")
 }
 
-fn actor_advice(r: &RemoteSummary, tally: &ActorTally, cause: Cause, what: &str) -> String {
-    match tally.top(r.remote_ip, cause) {
-        Some((comm, _, _)) => format!("{comm} {what}"),
+/// `what` the top actor of `cause` did; `what_loaded` (with `{k}`, its
+/// count) when a security module loaded in it did it.
+fn actor_advice(
+    r: &RemoteSummary,
+    tally: &ActorTally,
+    cause: Cause,
+    what: &str,
+    what_loaded: &str,
+) -> String {
+    match tally.top_key(r.remote_ip, cause) {
+        Some(((_, comm, Some(agent), _, true), k)) => format!(
+            "{comm} ({agent} loaded) {}",
+            what_loaded.replace("{k}", &k.to_string())
+        ),
+        Some(((_, comm, ..), _)) => format!("{comm} {what}"),
         None => format!("the application {what}"),
     }
 }
@@ -224,6 +240,7 @@ mod tests {
                 cgroup: None,
                 container_id: None,
                 agent: agent.map(Into::into),
+                agent_via: None,
             }),
             ..Rst::example()
         }
@@ -388,6 +405,25 @@ mod tests {
             "listen-overflow (3 of 3): orders-api's accept queue on port 8083 was full \
              (backlog 1): 3 connections were reset (tcp_abort_on_overflow=1): it does not \
              accept fast enough"
+        );
+    }
+
+    #[test]
+    fn a_module_loaded_in_the_actor_is_named() {
+        let mut t = ActorTally::default();
+        let mut rst = killed_by("httpd", Some("ModSecurity"));
+        rst.cause = Cause::LingerAbort;
+        if let Some(a) = rst.actor.as_mut() {
+            a.agent_via = Some("/usr/lib/libmodsecurity.so.3".into());
+        }
+        for _ in 0..5 {
+            t.observe(&rst);
+        }
+        let d = diagnose(&remote("127.7.0.1", &[(Cause::LingerAbort, 5)]), &t);
+        assert_eq!(
+            d,
+            "linger-abort (5 of 5): httpd (ModSecurity loaded) aborted 5 connections with \
+             SO_LINGER 0 after reading their requests: check the module's block decisions"
         );
     }
 }
