@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, BY_LISTENER, Cause, EgressOffsets, MAX_REASONS, NEEDS_STACK,
-    RstEvent,
-    SendResetLayout, SockAddrOffsets, TASK_COMM_LEN, addr_layout, source, stat, tcp_state,
+    RstEvent, SendResetLayout, SockAddrOffsets, TASK_COMM_LEN, addr_layout, source, stat,
+    tcp_state,
 };
 
 use crate::{
@@ -407,7 +407,8 @@ fn queue_full(sk: u64) -> bool {
         return false;
     }
     let queued: u32 = crate::packet::read(sk + u64::from(o.sk_ack_backlog)).unwrap_or(0);
-    let backlog: u32 = crate::packet::read(sk + u64::from(o.sk_max_ack_backlog)).unwrap_or(u32::MAX);
+    let backlog: u32 =
+        crate::packet::read(sk + u64::from(o.sk_max_ack_backlog)).unwrap_or(u32::MAX);
     queued > backlog
 }
 

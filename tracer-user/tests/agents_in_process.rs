@@ -35,7 +35,12 @@ fn standin_library() -> PathBuf {
     let out = dir.join("libmodsecurity.so.3");
     let cc = ["cc", "gcc", "gcc-12"]
         .into_iter()
-        .find(|cc| Command::new(cc).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|cc| {
+            Command::new(cc)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .expect("a C compiler (cc, gcc or gcc-12) builds the stand-in library");
     let status = Command::new(cc)
         .args(["-shared", "-fPIC", "-O2", "-o"])
@@ -124,7 +129,8 @@ fn modsecurity_loaded_in_the_server_is_named() {
         let before = out_rsts_here();
         let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         for i in 0..N {
-            let mut c: std::net::TcpStream = connect_from(CLIENT.parse().unwrap(), to).unwrap().into();
+            let mut c: std::net::TcpStream =
+                connect_from(CLIENT.parse().unwrap(), to).unwrap().into();
             write!(c, "GET /?q=%3Cscript%3E{i} HTTP/1.1\r\nHost: shop\r\n\r\n").unwrap();
             assert_reset(c);
         }

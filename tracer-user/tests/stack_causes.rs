@@ -523,9 +523,19 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        assert_eq!(r, 0, "TCP_DEFER_ACCEPT: {}", std::io::Error::last_os_error());
-        l.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
-            .unwrap();
+        assert_eq!(
+            r,
+            0,
+            "TCP_DEFER_ACCEPT: {}",
+            std::io::Error::last_os_error()
+        );
+        l.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
         l.listen(16).unwrap();
         let server = l.local_addr().unwrap().as_socket().unwrap();
         let connect = |from: &str| -> Vec<std::net::TcpStream> {
@@ -556,7 +566,11 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
         assert_eq!(e["local_port"], port, "{e}");
         assert_eq!(e["local_ip"], "127.0.0.1", "{e}");
         assert_eq!(e["state"], "TCP_LISTEN", "{e}");
-        assert_eq!(e["kernel_reason"], support::expected_reason("INVALID_SYN"), "{e}");
+        assert_eq!(
+            e["kernel_reason"],
+            support::expected_reason("INVALID_SYN"),
+            "{e}"
+        );
         assert!(e["actor"].is_null(), "sent in softirq: no actor: {e}");
         let l = &e["listener"];
         assert_eq!(l["port"], port, "{e}");
@@ -565,7 +579,10 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
         assert_eq!(l["backlog"], 1, "{e}");
         assert!(l["gone_at"].is_null(), "still listening: {e}");
     }
-    assert!(out.rsts_to(FILL).is_empty(), "the queued ones were not reset");
+    assert!(
+        out.rsts_to(FILL).is_empty(),
+        "the queued ones were not reset"
+    );
     let text = String::from_utf8_lossy(&raw);
     let lines: Vec<&str> = text
         .lines()
@@ -576,7 +593,9 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
     for l in &lines {
         assert!(
             l.contains(&format!("127.0.0.1:{port}"))
-                && l.contains(&format!("listener={pid}/{comm} accept-queue-full backlog=1")),
+                && l.contains(&format!(
+                    "listener={pid}/{comm} accept-queue-full backlog=1"
+                )),
             "{l}"
         );
     }

@@ -50,7 +50,10 @@ pub const KNOWN_LOADED_AGENTS: &[(&str, &str)] = &[
     ("ngx_http_naxsi_module.so", "NAXSI"),
     ("ngx_http_wallarm_module.so", "Wallarm"),
     ("mod_sigsci.so", "Fastly Next-Gen WAF (Signal Sciences)"),
-    ("ngx_http_sigsci_module.so", "Fastly Next-Gen WAF (Signal Sciences)"),
+    (
+        "ngx_http_sigsci_module.so",
+        "Fastly Next-Gen WAF (Signal Sciences)",
+    ),
     // Datadog's PHP AppSec extension, and the WAF library its tracers
     // load when App and API Protection is on.
     ("ddappsec.so", "Datadog AppSec"),
@@ -114,10 +117,7 @@ impl Agents {
     /// known one, else the first `--agent-library` match (named by its file
     /// name: the process chose it).
     pub fn loaded(&self, maps: &[u8], cmdline: &[u8]) -> Option<Loaded> {
-        let mut candidates: Vec<&[u8]> = maps
-            .split(|b| *b == b'\n')
-            .filter_map(map_path)
-            .collect();
+        let mut candidates: Vec<&[u8]> = maps.split(|b| *b == b'\n').filter_map(map_path).collect();
         candidates.extend(cmdline.split(|b| *b == 0).filter_map(|arg| {
             let jar = arg.strip_prefix(b"-javaagent:")?;
             Some(jar.split(|b| *b == b'=').next().unwrap_or(jar))
@@ -290,11 +290,17 @@ mod tests {
         assert_eq!(l.name.to_string(), "ModSecurity");
         assert_eq!(l.via.to_string(), "/opt/my lib/libmodsecurity.so.3.0.12");
         let java = a
-            .loaded(b"", b"java\0-javaagent:/opt/contrast/contrast-agent.jar=x\0-jar\0app.jar\0")
+            .loaded(
+                b"",
+                b"java\0-javaagent:/opt/contrast/contrast-agent.jar=x\0-jar\0app.jar\0",
+            )
             .unwrap();
         assert_eq!(java.name.to_string(), "Contrast Security");
         assert_eq!(java.via.to_string(), "/opt/contrast/contrast-agent.jar");
-        assert_eq!(a.loaded(b"0-1 r-xp 0 0:0 1 /usr/lib/libssl.so.3\n", b""), None);
+        assert_eq!(
+            a.loaded(b"0-1 r-xp 0 0:0 1 /usr/lib/libssl.so.3\n", b""),
+            None
+        );
         let own = Agents::default().with_libraries(vec!["libwaf*.so".into()]);
         let l = own
             .loaded(b"0-1 r-xp 0 0:0 1 /srv/libwaf-acme.so\n", b"")

@@ -37,17 +37,17 @@ pub fn line_only(cause: Cause) -> bool {
         )
 }
 
-/// A RST sent on a listening socket whose accept queue is full
-/// (`sk_ack_backlog > sk_max_ack_backlog`, the kernel's own
-/// `sk_acceptq_is_full`) is the listener refusing a completed handshake:
-/// tcp_check_req's `listen_overflow` -> `embryonic_reset` with
-/// `tcp_abort_on_overflow=1`, sent on the listener itself. From 6.10 its
-/// reason is INVALID_SYN (`full_listener_reason`); before, it has none and
-/// no stack rule matches it (`full_listener_turns`, the cause the
-/// reasonless path leaves it). The listener's other RSTs (an ACK to a
-/// LISTEN socket, a bad SYN cookie: TCP_FLAGS) are never turned: a full
-/// queue while one is sent is not their cause. Such a RST is
-/// `listen-overflow`.
+// A RST sent on a listening socket whose accept queue is full
+// (`sk_ack_backlog > sk_max_ack_backlog`, the kernel's own
+// `sk_acceptq_is_full`) is the listener refusing a completed handshake:
+// tcp_check_req's `listen_overflow` -> `embryonic_reset` with
+// `tcp_abort_on_overflow=1`, sent on the listener itself. From 6.10 its
+// reason is INVALID_SYN (`full_listener_reason`); before, it has none and
+// no stack rule matches it (`full_listener_turns`, the cause the
+// reasonless path leaves it). The listener's other RSTs (an ACK to a
+// LISTEN socket, a bad SYN cookie: TCP_FLAGS) are never turned: a full
+// queue while one is sent is not their cause. Such a RST is
+// `listen-overflow`.
 
 /// Kernels with reasons: the reason of the overflow path.
 pub fn full_listener_reason(name: &str) -> bool {

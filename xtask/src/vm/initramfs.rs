@@ -128,6 +128,16 @@ pub fn base(
         a.symlink(format!("/usr/local/bin/test-{name}"), exe);
         elves.push(exe.clone());
     }
+    match standin_library()? {
+        Some(so) => {
+            a.host_file(STANDIN_VM_PATH, &so, 0o755);
+            elves.push(so);
+        }
+        None => eprintln!(
+            "xtask: vm: warning: no C compiler on this host (.ci/run installs gcc-12): the \
+             stand-in libmodsecurity.so.3 is left out, and agents_in_process fails in the VM"
+        ),
+    }
     for lib in shared_libraries(&elves)? {
         a.copy_host_path(&lib)?;
     }
@@ -185,6 +195,38 @@ pub fn write(
     a.write(f)?;
     std::fs::rename(&tmp, out)?;
     Ok(())
+}
+
+/// Where tests/agents_in_process.rs finds its stand-in ModSecurity library
+/// in the VM (which has no compiler).
+const STANDIN_VM_PATH: &str = "/usr/lib/rsttrace-vm/libmodsecurity.so.3";
+
+/// The stand-in library (tracer-user/tests/standin/modsecurity.c) built
+/// with the host's C compiler, or None without one.
+fn standin_library() -> Result<Option<PathBuf>> {
+    let root = crate::workspace_root();
+    let src = root.join("tracer-user/tests/standin/modsecurity.c");
+    let out_dir = root.join("target/vm/standin");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("libmodsecurity.so.3");
+    let Some(cc) = ["cc", "gcc", "gcc-12"].into_iter().find(|cc| {
+        Command::new(cc)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        return Ok(None);
+    };
+    let status = Command::new(cc)
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .with_context(|| format!("running {cc}"))?;
+    if !status.success() {
+        bail!("{cc} failed on {}", src.display());
+    }
+    Ok(Some(out))
 }
 
 fn find_on_host(name: &str) -> Option<PathBuf> {
