@@ -116,28 +116,20 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         ABSENT => ABSENT,
         o => u32::from_ne_bytes(rec.bytes(o)?),
     };
-    let skbaddr = field(layout.skbaddr)?;
+    let (skaddr, skbaddr) = (field(layout.skaddr)?, field(layout.skbaddr)?);
+    let mut ends = ends;
     // A listener's RST: the record holds the listener's own ends (its
     // bound address, no peer); the segment it answers holds the
-    // connection's.
-    let ends = if state == u32::from(tcp_state::LISTEN) && skbaddr != 0 {
-        let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
-        match o.skb_head {
-            ABSENT => ends,
-            _ => match packet::tcp::<Probe>(skbaddr, o, 0).map_err(|_| 1u32)? {
-                Some(seg) => answered(&seg),
-                None => ends,
-            },
-        }
-    } else {
-        ends
-    };
+    // connection's. Every field of the record is taken by now.
+    if state == u32::from(tcp_state::LISTEN) && skbaddr != 0 {
+        answered_into(skbaddr, &mut ends)?;
+    }
     let rst = Rst {
         ends,
         state,
         reason,
         has_reason: layout.reason != ABSENT,
-        skaddr: field(layout.skaddr)?,
+        skaddr,
         skbaddr,
     };
     attribute::<Probe, _>(ctx, &rst, stack::Rules::SendReset)
@@ -215,6 +207,64 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         skbaddr: skb,
     };
     attribute::<Direct, _>(ctx, &rst, stack::Rules::SendResetBtf)
+}
+
+/// Sets `ends` to those of the RST that answers the segment in `skb` (its
+/// own, reversed), for the classic build. The headers are read into this
+/// CPU's record buffer, done with by then: that program's stack has no
+/// room left for a header buffer (5.10's 512 bytes, counted across calls).
+/// IPv4 without options and IPv6 without extension headers, as the
+/// handshake's segments come; others keep the record's ends.
+#[inline(always)]
+fn answered_into(skb: u64, ends: &mut Endpoints) -> Result<(), u32> {
+    let o = crate::global::get(&crate::egress::EGRESS_OFFSETS);
+    if o.skb_head == ABSENT || o.skb_network_header == ABSENT || o.skb_protocol == ABSENT {
+        return Ok(());
+    }
+    let rd = |off: u32| -> Result<u64, u32> {
+        Ok(u64::from(
+            Probe::read::<u16>(skb + u64::from(off)).map_err(|_| 1u32)?,
+        ))
+    };
+    let (proto, nh) = (
+        u16::from_be(rd(o.skb_protocol)? as u16),
+        rd(o.skb_network_header)?,
+    );
+    let head: u64 = Probe::read(skb + u64::from(o.skb_head)).map_err(|_| 1u32)?;
+    if head == 0 || nh == 0xffff {
+        return Ok(());
+    }
+    let buf = RECORD.get_ptr_mut(0).ok_or(1u32)?;
+    // SAFETY: per-CPU scratch of RECORD_MAX bytes; 64 fit.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            buf.cast(),
+            64,
+            (head + nh) as *const core::ffi::c_void,
+        )
+    };
+    // SAFETY: just written, this CPU's copy.
+    let h = Record(unsafe { &*buf });
+    let [ver_ihl]: [u8; 1] = h.bytes(0)?;
+    let tcp_at = if proto == 0x0800 && ver_ihl == 0x45 {
+        ends.family = AF_INET;
+        ends.local = [0; 16];
+        ends.remote = [0; 16];
+        ends.remote[..4].copy_from_slice(&h.bytes::<4>(12)?);
+        ends.local[..4].copy_from_slice(&h.bytes::<4>(16)?);
+        20
+    } else if proto == 0x86dd && ver_ihl >> 4 == 6 {
+        ends.family = AF_INET6;
+        ends.remote = h.bytes(8)?;
+        ends.local = h.bytes(24)?;
+        40
+    } else {
+        return Ok(());
+    };
+    let p: [u8; 4] = h.bytes(tcp_at)?;
+    ends.remote_port = u16::from_be_bytes([p[0], p[1]]);
+    ends.local_port = u16::from_be_bytes([p[2], p[3]]);
+    Ok(())
 }
 
 /// The ends of the RST that answers segment `seg`: its own, reversed.

@@ -499,17 +499,33 @@ fn closed_port_that_had_a_listener_names_it() {
 /// backlog), every later one is reset.
 #[test]
 fn listen_overflow_with_tcp_abort_on_overflow() {
+    listen_overflow("loverflow", 63, &[]);
+}
+
+/// The same, seen by the classic tracepoint build (kernels without BTF
+/// tracepoints): the record holds the listener's own ends, the segment the
+/// connection's.
+#[test]
+fn listen_overflow_seen_by_the_classic_build() {
+    listen_overflow("loverflowc", 65, &["--debug-no-tp-btf"]);
+}
+
+/// Clients 127.`octet`.0.2 fill the queue, 127.`octet`.0.1 overflow it.
+fn listen_overflow(tag: &str, octet: u8, extra: &[&str]) {
     use std::io::Write as _;
     use std::os::fd::AsRawFd as _;
-    const FILL: &str = "127.63.0.2";
-    const OVER: &str = "127.63.0.1";
     const N: usize = 4;
-    let ns = Netns::new("loverflow");
+    // 'static: the scenario runs on the namespace's thread.
+    let fill_ip: &'static str = format!("127.{octet}.0.2").leak();
+    let over_ip: &'static str = format!("127.{octet}.0.1").leak();
+    let ns = Netns::new(tag);
     ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_abort_on_overflow", "1").unwrap());
-    let trace = Trace::watch(&ns, &[]);
+    let trace = Trace::watch(&ns, extra);
     let path = format!("/run/netns/{}", ns.name);
-    let text = Trace::start_text_in(None, &["--netns", &path]);
-    let (port, sent, listener, fill) = ns.run(|| {
+    let mut args = vec!["--netns", path.as_str()];
+    args.extend_from_slice(extra);
+    let text = Trace::start_text_in(None, &args);
+    let (port, sent, listener, fill) = ns.run(move || {
         let before = out_rsts_here();
         let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         let secs: libc::c_int = 30;
@@ -539,11 +555,11 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
         l.listen(16).unwrap();
         let server = l.local_addr().unwrap().as_socket().unwrap();
         let connect = |from: &str| -> Vec<std::net::TcpStream> {
-            (0..if from == FILL { 2 } else { N })
+            (0..if from == fill_ip { 2 } else { N })
                 .map(|_| connect_from(from.parse().unwrap(), server).unwrap().into())
                 .collect()
         };
-        let (mut fill, mut over) = (connect(FILL), connect(OVER));
+        let (mut fill, mut over) = (connect(fill_ip), connect(over_ip));
         l.listen(1).unwrap();
         // Listening for longer than rsttrace's one-second look at listeners.
         thread::sleep(std::time::Duration::from_millis(2500));
@@ -562,7 +578,7 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
     assert_eq!(sent, N as u64, "OutRsts delta in the namespace");
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
     let comm = comm.trim_end();
-    for e in out.assert_exactly(&ns, OVER, sent, "listen-overflow") {
+    for e in out.assert_exactly(&ns, over_ip, sent, "listen-overflow") {
         assert_eq!(e["local_port"], port, "{e}");
         assert_eq!(e["local_ip"], "127.0.0.1", "{e}");
         assert_eq!(e["state"], "TCP_LISTEN", "{e}");
@@ -580,13 +596,13 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
         assert!(l["gone_at"].is_null(), "still listening: {e}");
     }
     assert!(
-        out.rsts_to(FILL).is_empty(),
+        out.rsts_to(fill_ip).is_empty(),
         "the queued ones were not reset"
     );
     let text = String::from_utf8_lossy(&raw);
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains(&format!(" listen-overflow   to {OVER}:")))
+        .filter(|l| l.contains(&format!(" listen-overflow   to {over_ip}:")))
         .collect();
     assert_eq!(lines.len(), N, "{text}");
     let pid = std::process::id();
