@@ -435,6 +435,29 @@ mod tests {
     }
 
     #[test]
+    fn rsts_sent_on_a_listener_name_it() {
+        use crate::attribution::decode::Listener;
+        let mut r = rst();
+        r.cause = Cause::ListenOverflow;
+        r.state = Some("TCP_LISTEN");
+        r.listener = Some(Listener {
+            port: 8083,
+            pid: Some(812),
+            comm: Some("orders-api".into()),
+            gone_at: None,
+            backlog: Some(1),
+        });
+        let l = rst_text(&r);
+        assert!(
+            l.ends_with("state=LISTEN listener=812/orders-api accept-queue-full backlog=1"),
+            "{l}"
+        );
+        r.cause = Cause::InvalidSegment;
+        let l = rst_text(&r);
+        assert!(l.ends_with("state=LISTEN listener=812/orders-api"), "{l}");
+    }
+
+    #[test]
     fn floods_are_rate_limited_with_one_note() {
         let buf = Buf::default();
         let mut h = Human::new(Box::new(buf.clone()), 3, 10);
