@@ -143,12 +143,36 @@ impl Args {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Check what this kernel and these permissions allow: load and attach
     /// every program, print the plan (each signal, the hook that sees it,
     /// what is lost where a hook or permission is missing), then exit.
     Doctor,
+    /// Which nftables rules and set elements would reject or drop packets
+    /// from ADDR (to local PORT): table, chain, handle, set, expiry and
+    /// owner, read from the kernel now. No tracing.
+    Why {
+        /// The peer: `198.18.0.10`, `198.18.0.10:22` or `[2001:db8::1]:22`
+        /// (the port is the local port it connects to).
+        #[arg(value_parser = crate::why::parse_target, value_name = "ADDR[:PORT]")]
+        target: crate::why::Target,
+        /// Transport protocol of its packets.
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        /// Namespace: `all` (default), `self`, a namespace file or `pid:N`.
+        #[arg(long, default_value = "all", value_name = "NETNS")]
+        netns: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
