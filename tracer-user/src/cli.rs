@@ -76,6 +76,13 @@ pub struct Args {
     #[arg(long, value_name = "PATTERN", value_parser = crate::attribution::agents::parse_pattern)]
     pub agent: Vec<String>,
 
+    /// Name the owner of nftables tables, chains or sets: `set:blocklist*=blocklistd`
+    /// (KIND is table, chain or set; `*` and `?` wildcards). Their rejects
+    /// and drops get the `security-agent` label, like the built-in list
+    /// (CrowdSec, fail2ban, SSHGuard). Repeatable.
+    #[arg(long, value_name = "KIND:PATTERN=NAME", value_parser = crate::attribution::nft::owners::parse_owner)]
+    pub ruleset_owner: Vec<(crate::attribution::nft::owners::Kind, String, String)>,
+
     /// Also write each RST to FILE as pcapng (headers only), the cause and
     /// attribution in each packet's comment: open it in Wireshark or tcpdump.
     #[arg(long, value_name = "FILE")]

@@ -103,7 +103,9 @@ pub fn details(rst: &Rst) -> String {
             nf.hook.unwrap_or("?"),
             nf.backend.unwrap_or("?")
         ));
-        if let (Some(t), Some(c)) = (&nf.table, &nf.chain) {
+        if nf.rule.is_some() {
+            line.push_str(&format!(" {}", nft_rule(nf)));
+        } else if let (Some(t), Some(c)) = (&nf.table, &nf.chain) {
             line.push_str(&format!(" table={t} chain={c}"));
         }
         if let Some(a) = &nf.author {
@@ -168,6 +170,36 @@ fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top:
     }
 }
 
+/// `table=inet/crowdsec chain=crowdsec-chain handle=4
+/// set=crowdsec-blacklists[198.18.0.10 expires 3h59m] owner=CrowdSec`.
+fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
+    let q = |u: &Option<crate::untrusted::Untrusted>| u.as_ref().map_or("?".to_string(), |x| x.to_string());
+    let mut s = format!(
+        "table={}/{} chain={} handle={}",
+        nf.family.unwrap_or("?"),
+        q(&nf.table),
+        q(&nf.chain),
+        nf.handle.map_or("policy".to_string(), |h| h.to_string())
+    );
+    if let Some(set) = &nf.set {
+        s.push_str(&format!(" set={}[{}", set.name, set.element));
+        if let Some(e) = set.expires_in_s {
+            s.push_str(&format!(
+                " expires {}",
+                crate::attribution::nft::names::short_duration(e)
+            ));
+        }
+        s.push(']');
+    }
+    if let Some(a) = &nf.agent {
+        s.push_str(&format!(" owner={a}"));
+    }
+    if !nf.unknown.is_empty() {
+        s.push_str(&format!(" unsure({})", nf.unknown.join(",")));
+    }
+    s
+}
+
 pub fn summary_text(s: &Summary, top: usize) -> String {
     let mut t = String::new();
     let secs = s.duration.as_secs_f64();
@@ -215,11 +247,14 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         .drops
         .iter()
         .map(|d| {
-            let wh = d
+            let mut wh: Vec<String> = d
                 .by_location
                 .iter()
                 .map(|(w, n)| format!("{w}={n}"))
                 .collect();
+            if let Some(nf) = &d.netfilter {
+                wh.push(nft_rule(nf));
+            }
             (d.remote_ip, d.total, d.first_seen, d.last_seen, wh)
         })
         .collect();

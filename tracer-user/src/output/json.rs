@@ -100,6 +100,9 @@ struct DropLine<'a> {
     last_seen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     author: Option<&'a crate::attribution::nftmon::Author>,
+    /// The nftables rule and set element that drop them, shaped like an
+    /// RST's `netfilter`; null when no rule in the ruleset explains them.
+    netfilter: Option<&'a crate::attribution::netfilter::Netfilter>,
 }
 
 /// RSTs seen leaving through a device, and how many a rule explains.
@@ -198,6 +201,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
                 first_seen: rfc3339(d.first_seen),
                 last_seen: rfc3339(d.last_seen),
                 author: d.author.as_ref(),
+                netfilter: d.netfilter.as_ref(),
             })
             .collect(),
         drops_total: s.drops_total,
@@ -318,6 +322,7 @@ mod tests {
                 table: None,
                 chain: None,
                 author: None,
+                ..Default::default()
             }),
             ..Rst::example()
         };

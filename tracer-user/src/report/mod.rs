@@ -13,6 +13,8 @@ use anyhow::Result;
 use crate::{
     attribution::{
         enrich::{self, Enricher},
+        netfilter::Netfilter,
+        nft::names::hook_name,
         nftmon::Verdict,
     },
     loader::Tracer,
@@ -40,6 +42,19 @@ pub fn report(
             .netns
             .iter()
             .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
+        d.netfilter = d
+            .netns
+            .iter()
+            .find_map(|ns| enricher.name_drop(*ns, d.remote_ip))
+            .map(|(hook, named)| {
+                let mut nf = Netfilter {
+                    hook: Some(hook_name(hook)),
+                    backend: Some("nftables"),
+                    ..Default::default()
+                };
+                nf.name_rule(&named);
+                nf
+            });
     }
     if let Ok(log) = enricher.ruleset.lock() {
         s.ruleset_changes = log.generations.clone();

@@ -88,6 +88,11 @@ impl Namer {
         }
     }
 
+    /// Whether `owner` (a name `Named::agent` gave) is a security agent.
+    pub fn is_security_agent(&self, owner: &str) -> bool {
+        self.owners.is_security_agent(owner)
+    }
+
     fn ns(&mut self, netns: u64) -> Option<&mut Ns> {
         let entry = self.per_ns.entry(netns).or_insert_with(|| {
             let path = netns_path(netns)?;

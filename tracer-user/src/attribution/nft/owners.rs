@@ -65,6 +65,11 @@ impl Owners {
         Self { user }
     }
 
+    pub fn is_security_agent(&self, name: &str) -> bool {
+        self.user.iter().any(|(_, _, n)| n == name)
+            || KNOWN_OWNERS.iter().any(|(_, _, n, s)| *s && *n == name)
+    }
+
     /// The owner of a set, else a chain, else a table (the most specific
     /// name wins: a CrowdSec set in someone else's table is CrowdSec's).
     pub fn of(&self, table: &str, chain: &str, set: Option<&str>) -> Option<Owner> {
