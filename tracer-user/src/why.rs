@@ -172,7 +172,7 @@ fn text(label: &str, hook: u32, n: &Named, all: bool) -> String {
     let maybe = if n.unknown.is_empty() {
         String::new()
     } else {
-        format!(" (if {} allow{})", n.unknown.join(", "), if n.unknown.len() == 1 { "s" } else { "" })
+        format!(" (if {} allow{})", n.unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "), if n.unknown.len() == 1 { "s" } else { "" })
     };
     let mut s = format!(
         "{}: {} {} {} chain {} {handle}{ns}{maybe}\n    {}\n",
@@ -204,7 +204,7 @@ fn text(label: &str, hook: u32, n: &Named, all: bool) -> String {
 }
 
 fn json(label: &str, hook: u32, n: &Named) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "type": "why",
         "netns": Untrusted::from(label),
         "hook": names::hook_name(hook),
@@ -217,8 +217,12 @@ fn json(label: &str, hook: u32, n: &Named) -> serde_json::Value {
         "set": n.set,
         "agent": n.agent,
         "labels": if n.security_agent { vec!["security-agent"] } else { vec![] },
-        "unknown": n.unknown,
-    })
+    });
+    // Only a candidate names the facts it depends on.
+    if !n.unknown.is_empty() {
+        v["unknown"] = serde_json::json!(n.unknown);
+    }
+    v
 }
 
 #[cfg(test)]

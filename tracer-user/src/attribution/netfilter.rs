@@ -33,7 +33,7 @@ pub struct Netfilter {
     /// Facts the match depended on that rsttrace lacks: the rule is a
     /// candidate, not certain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unknown: Vec<String>,
+    pub unknown: Vec<crate::untrusted::Untrusted>,
     /// Other rules that may have answered instead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<crate::attribution::nft::names::Candidate>,

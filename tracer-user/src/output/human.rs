@@ -195,7 +195,7 @@ fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
         s.push_str(&format!(" owner={a}"));
     }
     if !nf.unknown.is_empty() {
-        s.push_str(&format!(" unsure({})", nf.unknown.join(",")));
+        s.push_str(&format!(" unsure({})", nf.unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",")));
     }
     s
 }

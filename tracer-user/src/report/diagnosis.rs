@@ -96,7 +96,7 @@ pub fn rule_advice(ip: IpAddr, nf: &crate::attribution::netfilter::Netfilter, wh
     let maybe = if nf.unknown.is_empty() {
         String::new()
     } else {
-        format!(" (if {} allowed it)", nf.unknown.join(", "))
+        format!(" (if {} allowed it)", nf.unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "))
     };
     match &nf.set {
         Some(set) => {

@@ -262,6 +262,7 @@ impl Eval<'_, '_> {
                         _ => (vec![], vec![]),
                     };
                     let at = reg_at(*dreg)?;
+                    facts.push((at, payload_fact(*base, *offset)));
                     for i in 0..*len as usize {
                         let src = *offset as usize + i;
                         let dst = at + i;
@@ -434,6 +435,16 @@ impl Eval<'_, '_> {
         Some((verdict, set_hit, unknown))
     }
 
+}
+
+fn payload_fact(base: u32, offset: u32) -> &'static str {
+    match (base, offset) {
+        (1, _) => "network header",
+        (2, 0) => "source port",
+        (2, 2) => "destination port",
+        (2, _) => "transport header",
+        _ => "link-layer header",
+    }
 }
 
 fn fact_of(facts: &[(usize, &'static str)], at: usize) -> String {

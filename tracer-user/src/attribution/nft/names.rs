@@ -39,7 +39,7 @@ pub struct Candidate {
     pub chain: Untrusted,
     pub handle: Option<u64>,
     pub rule: Untrusted,
-    pub unknown: Vec<String>,
+    pub unknown: Vec<Untrusted>,
 }
 
 /// A rule named by matching, with its owner.
@@ -57,7 +57,7 @@ pub struct Named {
     pub agent: Option<Untrusted>,
     pub security_agent: bool,
     /// Facts the match needed but rsttrace lacks (then a candidate).
-    pub unknown: Vec<String>,
+    pub unknown: Vec<Untrusted>,
     /// Other rules that may have answered instead.
     pub candidates: Vec<Candidate>,
 }
@@ -159,10 +159,15 @@ fn choose(owners: &Owners, sock: &mut Socket, snap: &Snapshot, hits: Vec<Hit>) -
             chain: h.chain.clone().into(),
             handle: h.handle,
             rule: rule_text(snap, h).into(),
-            unknown: h.unknown.clone(),
+            unknown: untrusted(&h.unknown),
         })
         .collect();
     Some(named)
+}
+
+/// Facts may name sets and xt extensions: from outside.
+fn untrusted(v: &[String]) -> Vec<Untrusted> {
+    v.iter().map(|s| Untrusted::from(s.as_str())).collect()
 }
 
 fn rule_text(snap: &Snapshot, h: &Hit) -> String {
@@ -198,7 +203,7 @@ fn describe(owners: &Owners, sock: &mut Socket, snap: &Snapshot, h: &Hit) -> Nam
         set,
         security_agent: owner.as_ref().is_some_and(|o| o.security),
         agent: owner.map(|o| o.name.into()),
-        unknown: h.unknown.clone(),
+        unknown: untrusted(&h.unknown),
         candidates: vec![],
     }
 }

@@ -28,6 +28,8 @@ enum Kind {
     Name,
     CtState,
     Number,
+    /// Marks, as nft prints them: 0x0000002a.
+    Hex32,
 }
 
 pub fn family_name(f: u8) -> &'static str {
@@ -73,6 +75,7 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
             }
             Expr::Meta { key, dreg } => {
                 let kind = match key {
+                    3 => Kind::Hex32,
                     15 => Kind::NfProto,
                     16 => Kind::Proto,
                     6 | 7 => Kind::Name,
@@ -298,6 +301,9 @@ fn value(k: Kind, d: &[u8]) -> String {
             p => p.to_string(),
         },
         Kind::Name => format!("\"{}\"", super::snapshot::cstr(d)),
+        Kind::Hex32 if d.len() == 4 => {
+            format!("0x{:08x}", u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))
+        }
         Kind::Number if d.len() == 4 => u32::from_ne_bytes([d[0], d[1], d[2], d[3]]).to_string(),
         _ => hex(d),
     }
