@@ -144,12 +144,19 @@ pub fn run(target: &Target, proto: Proto, netns: &str, output: OutputFormat) -> 
         bail!("could not read any ruleset ({})", errors.join("; "));
     }
     if found == 0 && output == OutputFormat::Text {
-        let port = target.port.map(|p| format!(" port {p}")).unwrap_or_default();
+        let port = target
+            .port
+            .map(|p| format!(" port {p}"))
+            .unwrap_or_default();
         println!(
             "no nftables rule rejects or drops {}{port} ({} namespace{} read)",
             target.addr,
             spaces.len() - errors.len(),
-            if spaces.len() - errors.len() == 1 { "" } else { "s" }
+            if spaces.len() - errors.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
         );
     }
     Ok(())
@@ -168,11 +175,21 @@ fn text(label: &str, hook: u32, n: &Named, all: bool) -> String {
     } else {
         String::new()
     };
-    let handle = n.handle.map_or("policy".to_string(), |h| format!("handle {h}"));
+    let handle = n
+        .handle
+        .map_or("policy".to_string(), |h| format!("handle {h}"));
     let maybe = if n.unknown.is_empty() {
         String::new()
     } else {
-        format!(" (if {} allow{})", n.unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "), if n.unknown.len() == 1 { "s" } else { "" })
+        format!(
+            " (if {} allow{})",
+            n.unknown
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n.unknown.len() == 1 { "s" } else { "" }
+        )
     };
     let mut s = format!(
         "{}: {} {} {} chain {} {handle}{ns}{maybe}\n    {}\n",
@@ -197,7 +214,11 @@ fn text(label: &str, hook: u32, n: &Named, all: bool) -> String {
         s.push('\n');
     }
     if let Some(a) = &n.agent {
-        let label = if n.security_agent { " [security-agent]" } else { "" };
+        let label = if n.security_agent {
+            " [security-agent]"
+        } else {
+            ""
+        };
         s.push_str(&format!("    owner {a}{label}\n"));
     }
     s

@@ -168,7 +168,13 @@ fn crowdsec_block_list_predating_the_trace_is_named() {
 }
 "#,
     );
-    let handle = handle_of(&srv, "ip", "crowdsec", "crowdsec-chain", "@crowdsec-blacklists");
+    let handle = handle_of(
+        &srv,
+        "ip",
+        "crowdsec",
+        "crowdsec-chain",
+        "@crowdsec-blacklists",
+    );
     let want = Named {
         family: "ip",
         table: "crowdsec",
@@ -188,7 +194,10 @@ fn crowdsec_block_list_predating_the_trace_is_named() {
     // Asked before any traffic.
     let w = why(&srv, "198.18.0.10:22");
     assert_eq!(w.len(), 1, "{w:?}");
-    assert_eq!((w[0]["hook"].as_str(), w[0]["verdict"].as_str()), (Some("input"), Some("reject")));
+    assert_eq!(
+        (w[0]["hook"].as_str(), w[0]["verdict"].as_str()),
+        (Some("input"), Some("reject"))
+    );
     assert_eq!(w[0]["labels"], json!(["security-agent"]));
     assert_named(&w[0], &want);
     // Not on the list: nothing rejects it.
@@ -416,7 +425,10 @@ fn nft_text(ns: &Netns, family: &str, table: &str, chain: &str, handle: u64) -> 
         .lines()
         .find(|l| l.ends_with(&format!("# handle {handle}")))
         .unwrap_or_else(|| panic!("no rule {handle} in:\n{listing}"));
-    let line = line.trim().trim_end_matches(&format!("# handle {handle}")).trim();
+    let line = line
+        .trim()
+        .trim_end_matches(&format!("# handle {handle}"))
+        .trim();
     let words: Vec<&str> = line.split(' ').collect();
     let mut out = vec![];
     let mut i = 0;

@@ -81,9 +81,15 @@ impl Enricher {
             dst: Some(remote),
             ..inbound.clone()
         };
-        [(0, &inbound), (1, &inbound), (2, &inbound), (3, &outbound), (4, &outbound)]
-            .into_iter()
-            .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, Verdict::Drop)?)))
+        [
+            (0, &inbound),
+            (1, &inbound),
+            (2, &inbound),
+            (3, &outbound),
+            (4, &outbound),
+        ]
+        .into_iter()
+        .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, Verdict::Drop)?)))
     }
 
     /// A RST from its kernel record: decoded, then enriched. `stack` looks

@@ -173,7 +173,9 @@ fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top:
 /// `table=inet/crowdsec chain=crowdsec-chain handle=4
 /// set=crowdsec-blacklists[198.18.0.10 expires 3h59m] owner=CrowdSec`.
 fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
-    let q = |u: &Option<crate::untrusted::Untrusted>| u.as_ref().map_or("?".to_string(), |x| x.to_string());
+    let q = |u: &Option<crate::untrusted::Untrusted>| {
+        u.as_ref().map_or("?".to_string(), |x| x.to_string())
+    };
     let mut s = format!(
         "table={}/{} chain={} handle={}",
         nf.family.unwrap_or("?"),
@@ -195,7 +197,14 @@ fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
         s.push_str(&format!(" owner={a}"));
     }
     if !nf.unknown.is_empty() {
-        s.push_str(&format!(" unsure({})", nf.unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",")));
+        s.push_str(&format!(
+            " unsure({})",
+            nf.unknown
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     s
 }
@@ -425,6 +434,9 @@ mod tests {
             actors: ActorResolver::new(Agents::new(vec![])),
             ksyms: Some(ksyms.into()),
             listeners: crate::attribution::listeners::Listeners::new(Duration::from_secs(600)),
+            namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
+                Default::default(),
+            )),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };
@@ -573,6 +585,7 @@ mod tests {
                 last_seen: UNIX_EPOCH,
                 netns: vec![],
                 author: None,
+                netfilter: None,
             }],
             ruleset_changes: vec![Generation {
                 netns: 1,

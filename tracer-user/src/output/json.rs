@@ -330,7 +330,8 @@ mod tests {
         assert_eq!(v["kernel_reason"], serde_json::Value::Null);
         assert_eq!(
             v["netfilter"],
-            json!({"hook": "input", "backend": "nftables", "table": null, "chain": null})
+            json!({"hook": "input", "backend": "nftables", "table": null, "family": null,
+                   "chain": null, "handle": null, "rule": null, "set": null, "agent": null})
         );
         assert!(v.get("stack").is_none() && v.get("module").is_none());
     }
@@ -366,6 +367,7 @@ mod tests {
                 last_seen: t,
                 netns: vec![],
                 author: None,
+                netfilter: None,
             }],
             drops_total: 2,
             skipped_runs: [("tcp_send_reset".to_string(), 4)].into_iter().collect(),
@@ -400,6 +402,7 @@ mod tests {
                     "where": {"nft_do_chain [nf_tables]": 2},
                     "first_seen": "2023-11-14T22:13:20.000000Z",
                     "last_seen": "2023-11-14T22:13:20.000000Z",
+                    "netfilter": null,
                 }],
                 "drops_total": 2,
                 "drop_overflow": 0,

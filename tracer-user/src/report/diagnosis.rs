@@ -82,7 +82,11 @@ impl ActorTally {
 /// "198.18.0.10 is on CrowdSec's block list (set crowdsec-blacklists in
 /// table ip crowdsec, expires in 3h59m): its requests are answered with
 /// RSTs by chain crowdsec-chain, rule 4".
-pub fn rule_advice(ip: IpAddr, nf: &crate::attribution::netfilter::Netfilter, what: &str) -> String {
+pub fn rule_advice(
+    ip: IpAddr,
+    nf: &crate::attribution::netfilter::Netfilter,
+    what: &str,
+) -> String {
     let table = format!(
         "table {} {}",
         nf.family.unwrap_or("?"),
@@ -96,13 +100,25 @@ pub fn rule_advice(ip: IpAddr, nf: &crate::attribution::netfilter::Netfilter, wh
     let maybe = if nf.unknown.is_empty() {
         String::new()
     } else {
-        format!(" (if {} allowed it)", nf.unknown.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "))
+        format!(
+            " (if {} allowed it)",
+            nf.unknown
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     match &nf.set {
         Some(set) => {
             let expires = set
                 .expires_in_s
-                .map(|s| format!(", expires in {}", crate::attribution::nft::names::short_duration(s)))
+                .map(|s| {
+                    format!(
+                        ", expires in {}",
+                        crate::attribution::nft::names::short_duration(s)
+                    )
+                })
                 .unwrap_or_default();
             let list = match &nf.agent {
                 Some(a) => format!("{a}'s block list"),
@@ -114,7 +130,11 @@ pub fn rule_advice(ip: IpAddr, nf: &crate::attribution::netfilter::Netfilter, wh
             )
         }
         None => {
-            let owner = nf.agent.as_ref().map(|a| format!(" ({a})")).unwrap_or_default();
+            let owner = nf
+                .agent
+                .as_ref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default();
             format!(
                 "its requests {what} by {rule} in {table}{owner}: {}{maybe}",
                 nf.rule.as_ref().map_or("?".to_string(), |r| r.to_string())
@@ -266,6 +286,41 @@ mod tests {
         assert_eq!(
             d,
             "socket-killed (3 of 4): process crowdsec (security agent: CrowdSec) destroyed 3 connections from this IP: check its block list"
+        );
+    }
+
+    #[test]
+    fn netfilter_reject_names_the_block_list_and_rule() {
+        let mut rst = killed_by("x", None);
+        rst.cause = Cause::NetfilterReject;
+        rst.actor = None;
+        rst.remote = "198.18.0.10:40000".parse().unwrap();
+        rst.netfilter = Some(crate::attribution::netfilter::Netfilter {
+            hook: Some("input"),
+            backend: Some("nftables"),
+            table: Some("crowdsec".into()),
+            family: Some("ip"),
+            chain: Some("crowdsec-chain".into()),
+            handle: Some(4),
+            rule: Some("ip saddr @crowdsec-blacklists reject with tcp reset".into()),
+            set: Some(crate::attribution::nft::names::SetMatch {
+                name: "crowdsec-blacklists".into(),
+                element: "198.18.0.10".into(),
+                timeout_s: Some(14400),
+                expires_in_s: Some(14340),
+                comment: None,
+            }),
+            agent: Some("CrowdSec".into()),
+            ..Default::default()
+        });
+        let mut t = ActorTally::default();
+        t.observe(&rst);
+        let d = diagnose(&remote("198.18.0.10", &[(Cause::NetfilterReject, 1)]), &t);
+        assert_eq!(
+            d,
+            "netfilter-reject (1 of 1): 198.18.0.10 is on CrowdSec's block list (set \
+             crowdsec-blacklists in table ip crowdsec, expires in 3h59m): its requests are \
+             answered with RSTs by chain crowdsec-chain, rule 4"
         );
     }
 

@@ -16,7 +16,6 @@ pub enum Data {
 pub const NF_DROP: i32 = 0;
 pub const NF_ACCEPT: i32 = 1;
 pub const NFT_CONTINUE: i32 = -1;
-pub const NFT_BREAK: i32 = -2;
 pub const NFT_JUMP: i32 = -3;
 pub const NFT_GOTO: i32 = -4;
 pub const NFT_RETURN: i32 = -5;

@@ -155,7 +155,10 @@ pub fn evaluate(
             None => {}
         }
         // Fell off the end: the base chain's policy.
-        if base.hook.is_some_and(|(_, _, policy)| policy == expr::NF_DROP as u32) {
+        if base
+            .hook
+            .is_some_and(|(_, _, policy)| policy == expr::NF_DROP as u32)
+        {
             if want == Verdict::Drop {
                 ev.hits.push(Hit {
                     family: base.family,
@@ -386,7 +389,8 @@ impl Eval<'_, '_> {
                             }
                             if let Some(el) = found {
                                 if *dreg == Some(0) && set.flags & SET_MAP != 0 {
-                                    verdict = el.verdict.clone().and_then(|(c, ch)| to_verdict(c, ch));
+                                    verdict =
+                                        el.verdict.clone().and_then(|(c, ch)| to_verdict(c, ch));
                                 }
                                 set_hit = Some(SetHit {
                                     set: set.clone(),
@@ -421,11 +425,17 @@ impl Eval<'_, '_> {
                     verdict = Some(RuleVerdict::Block(Verdict::Reject));
                 }
                 Expr::Xt { target, name } => {
-                    note(&mut unknown, format!("xt {} {name}", if *target { "target" } else { "match" }));
+                    note(
+                        &mut unknown,
+                        format!("xt {} {name}", if *target { "target" } else { "match" }),
+                    );
                 }
                 Expr::Counter => {}
                 Expr::Other(name)
-                    if matches!(name.as_str(), "log" | "dynset" | "notrack" | "objref" | "last") => {}
+                    if matches!(
+                        name.as_str(),
+                        "log" | "dynset" | "notrack" | "objref" | "last"
+                    ) => {}
                 Expr::Other(name) => {
                     note(&mut unknown, name.clone());
                     known.fill(false);
@@ -434,7 +444,6 @@ impl Eval<'_, '_> {
         }
         Some((verdict, set_hit, unknown))
     }
-
 }
 
 fn payload_fact(base: u32, offset: u32) -> &'static str {
@@ -509,5 +518,165 @@ pub fn ct_name(key: u32) -> &'static str {
         2 => "ct status",
         3 => "ct mark",
         _ => "ct",
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::attribution::nft::{
+        expr::Expr::*,
+        snapshot::{Element, Rule, SET_INTERVAL},
+    };
+
+    pub fn packet(src: &str, dport: u16) -> Packet {
+        let src: IpAddr = src.parse().unwrap();
+        Packet {
+            v6: src.is_ipv6(),
+            src: Some(src),
+            dst: None,
+            sport: Some(40000),
+            dport: Some(dport),
+            l4proto: 6,
+        }
+    }
+
+    /// Table ip t: base chain `in` at input holding `rules` (and any
+    /// rules of chain `c`), chain `sub` for jumps, set `s`.
+    pub fn one_chain(rules: Vec<Rule>) -> Snapshot {
+        let chain = |name: &str, hook| Chain {
+            family: 2,
+            table: "t".into(),
+            name: name.into(),
+            hook,
+        };
+        Snapshot {
+            generation: 1,
+            chains: vec![chain("c", Some((1, 0, 1))), chain("sub", None)],
+            rules,
+            sets: vec![Set {
+                family: 2,
+                table: "t".into(),
+                name: "s".into(),
+                flags: SET_INTERVAL,
+                key_len: 4,
+                timeout_ms: None,
+                comment: None,
+                elements: vec![],
+            }],
+        }
+    }
+
+    fn rule(chain: &str, handle: u64, exprs: Vec<Expr>) -> Rule {
+        Rule {
+            family: 2,
+            table: "t".into(),
+            chain: chain.into(),
+            handle,
+            exprs,
+            comment: None,
+        }
+    }
+
+    fn saddr() -> Expr {
+        Payload { base: 1, offset: 12, len: 4, dreg: 1 }
+    }
+
+    fn verdict(code: i32, chain: Option<&str>) -> Expr {
+        Immediate { dreg: 0, data: Data::Verdict(code, chain.map(String::from)) }
+    }
+
+    /// `ip saddr @s reject with tcp reset`, as netlink attributes.
+    pub fn crowdsec_exprs() -> Vec<u8> {
+        use crate::attribution::nft::netlink::{NLA_F_NESTED, nla, nla_str};
+        let e = |name: &str, data: Vec<u8>| {
+            let mut v = nla_str(1, name);
+            v.extend(nla(2 | NLA_F_NESTED, &data));
+            nla(1 | NLA_F_NESTED, &v)
+        };
+        let be = |v: u32| v.to_be_bytes();
+        let mut list = vec![];
+        let mut p = nla(1, &be(1));
+        p.extend(nla(2, &be(1)));
+        p.extend(nla(3, &be(12)));
+        p.extend(nla(4, &be(4)));
+        list.extend(e("payload", p));
+        let mut l = nla_str(1, "s");
+        l.extend(nla(2, &be(1)));
+        list.extend(e("lookup", l));
+        let mut r = nla(1, &be(1));
+        r.extend(nla(2, &[0]));
+        list.extend(e("reject", r));
+        list
+    }
+
+    #[test]
+    fn netlink_expressions_decode_and_print() {
+        let exprs = expr::parse_list(&crowdsec_exprs());
+        let r = rule("c", 4, exprs);
+        assert_eq!(
+            crate::attribution::nft::render::rule(None, &r),
+            "ip saddr @s reject with tcp reset"
+        );
+    }
+
+    #[test]
+    fn a_set_member_is_rejected_by_the_first_rule_with_that_verdict() {
+        let snap = one_chain(vec![
+            // ct state established,related accept: unknown, passed over.
+            rule("c", 2, vec![Ct { key: 0, dreg: 1 }, Cmp { sreg: 1, op: 1, data: vec![0; 4] }, verdict(1, None)]),
+            rule("c", 3, vec![saddr(), Cmp { sreg: 1, op: 0, data: vec![10, 0, 0, 1] }, verdict(0, None)]),
+            rule("c", 4, expr::parse_list(&crowdsec_exprs())),
+        ]);
+        let mut asked = vec![];
+        let mut lookup = |s: &Set, key: &[u8]| {
+            asked.push((s.name.clone(), key.to_vec()));
+            Ok((key == [198, 18, 0, 10]).then(|| Element { key: key.to_vec(), ..Default::default() }))
+        };
+        let hits = evaluate(&snap, &packet("198.18.0.10", 22), 1, Verdict::Reject, &mut lookup);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!((hits[0].handle, hits[0].unknown.len()), (Some(4), 0));
+        assert_eq!(hits[0].set.as_ref().unwrap().element.key, vec![198, 18, 0, 10]);
+        assert_eq!(asked, vec![("s".to_string(), vec![198, 18, 0, 10])]);
+        // Not a member: no rule rejects it; 10.0.0.1 is dropped, not rejected.
+        assert!(evaluate(&snap, &packet("198.18.0.11", 22), 1, Verdict::Reject, &mut lookup).is_empty());
+        assert!(evaluate(&snap, &packet("10.0.0.1", 22), 1, Verdict::Reject, &mut lookup).is_empty());
+        let d = evaluate(&snap, &packet("10.0.0.1", 22), 1, Verdict::Drop, &mut lookup);
+        assert_eq!(d[0].handle, Some(3));
+    }
+
+    #[test]
+    fn jumps_masks_unknown_facts_and_policies() {
+        let snap = one_chain(vec![
+            // ip saddr 10.0.0.0/8 jump sub
+            rule("c", 2, vec![
+                saddr(),
+                Bitwise { sreg: 1, dreg: 1, mask: vec![255, 0, 0, 0], xor: vec![0; 4] },
+                Cmp { sreg: 1, op: 0, data: vec![10, 0, 0, 0] },
+                verdict(expr::NFT_JUMP, Some("sub")),
+            ]),
+            // meta mark 42 reject: a candidate.
+            rule("sub", 5, vec![Meta { key: 3, dreg: 1 }, Cmp { sreg: 1, op: 0, data: vec![42, 0, 0, 0] }, Reject { kind: 1, code: 0 }]),
+            // tcp dport 22-25 reject
+            rule("sub", 6, vec![
+                Payload { base: 2, offset: 2, len: 2, dreg: 1 },
+                Range { sreg: 1, op: 0, from: 22u16.to_be_bytes().to_vec(), to: 25u16.to_be_bytes().to_vec() },
+                Reject { kind: 1, code: 0 },
+            ]),
+        ]);
+        let mut none = |_: &Set, _: &[u8]| Ok(None);
+        let hits = evaluate(&snap, &packet("10.9.9.9", 23), 1, Verdict::Reject, &mut none);
+        let got: Vec<_> = hits.iter().map(|h| (h.chain.as_str(), h.handle, h.unknown.clone())).collect();
+        assert_eq!(got, vec![("sub", Some(5), vec!["meta mark".to_string()]), ("sub", Some(6), vec![])]);
+        assert!(evaluate(&snap, &packet("11.0.0.1", 23), 1, Verdict::Reject, &mut none).is_empty());
+        // Past the range: only the candidate remains.
+        let c = evaluate(&snap, &packet("10.9.9.9", 80), 1, Verdict::Reject, &mut none);
+        assert_eq!(c.len(), 1);
+        assert!(!c[0].unknown.is_empty());
+        // A drop policy answers when no rule does.
+        let mut s2 = snap.clone();
+        s2.chains[0].hook = Some((1, 0, 0));
+        let p = evaluate(&s2, &packet("11.0.0.1", 80), 1, Verdict::Drop, &mut none);
+        assert_eq!((p.len(), p[0].handle), (1, None));
     }
 }

@@ -136,7 +136,13 @@ impl Namer {
     }
 }
 
-fn evaluate(sock: &mut Socket, snap: &Snapshot, pkt: &Packet, hook: u32, want: Verdict) -> Vec<Hit> {
+fn evaluate(
+    sock: &mut Socket,
+    snap: &Snapshot,
+    pkt: &Packet,
+    hook: u32,
+    want: Verdict,
+) -> Vec<Hit> {
     let mut lookup = |set: &Set, key: &[u8]| snapshot::element(sock, set, key);
     matcher::evaluate(snap, pkt, hook, want, &mut lookup)
 }
@@ -144,10 +150,7 @@ fn evaluate(sock: &mut Socket, snap: &Snapshot, pkt: &Packet, hook: u32, want: V
 /// The first rule that certainly answered, else the first candidate;
 /// the others as candidates.
 fn choose(owners: &Owners, sock: &mut Socket, snap: &Snapshot, hits: Vec<Hit>) -> Option<Named> {
-    let pick = hits
-        .iter()
-        .position(|h| h.unknown.is_empty())
-        .unwrap_or(0);
+    let pick = hits.iter().position(|h| h.unknown.is_empty()).unwrap_or(0);
     let hit = hits.get(pick)?;
     let mut named = describe(owners, sock, snap, hit);
     named.candidates = hits
@@ -219,7 +222,9 @@ fn element_text(sock: &mut Socket, set: &Set, el: &Element) -> String {
         && let Ok(all) = snapshot::elements(sock, set)
         && let Some((end, _)) = all
             .iter()
-            .filter(|(k, is_end)| *is_end && k.len() == el.key.len() && k.as_slice() > el.key.as_slice())
+            .filter(|(k, is_end)| {
+                *is_end && k.len() == el.key.len() && k.as_slice() > el.key.as_slice()
+            })
             .min_by(|a, b| a.0.cmp(&b.0))
     {
         let mut last = end.clone();
@@ -239,7 +244,11 @@ fn element_text(sock: &mut Socket, set: &Set, el: &Element) -> String {
 /// `rsttrace why`: every rule that would reject or drop `pkt` in the
 /// namespace at `path`, at the hooks a peer's packet meets (prerouting,
 /// input, forward).
-pub fn why(owners: &Owners, path: Option<&Path>, pkt: &Packet) -> Result<Vec<(u32, Named)>, String> {
+pub fn why(
+    owners: &Owners,
+    path: Option<&Path>,
+    pkt: &Packet,
+) -> Result<Vec<(u32, Named)>, String> {
     let mut sock = Socket::open_in(path)?;
     let snap = Snapshot::read(&mut sock).map_err(|e| {
         format!(

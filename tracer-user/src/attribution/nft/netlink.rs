@@ -19,7 +19,6 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 
-pub const NFT_MSG_GETTABLE: u16 = 1;
 pub const NFT_MSG_GETCHAIN: u16 = 4;
 pub const NFT_MSG_GETRULE: u16 = 7;
 pub const NFT_MSG_GETSET: u16 = 10;
@@ -29,7 +28,6 @@ pub const NFT_MSG_GETGEN: u16 = 16;
 /// One nftables message of a reply, owned.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub kind: u16,
     pub family: u8,
     pub attrs: Vec<u8>,
 }
@@ -42,7 +40,9 @@ pub struct Socket {
 impl Socket {
     /// A socket in the namespace at `path` (None: this one).
     pub fn open_in(path: Option<&Path>) -> Result<Self, String> {
-        let Some(path) = path else { return Self::open() };
+        let Some(path) = path else {
+            return Self::open();
+        };
         let path = path.to_path_buf();
         std::thread::spawn(move || {
             let f = File::open(&path)
@@ -137,9 +137,8 @@ impl Socket {
         let mut buf = vec![0u8; 1 << 17];
         loop {
             // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let e = errno();
                 if e == libc::EINTR {
@@ -170,7 +169,6 @@ impl Socket {
                         return if code == 0 { Ok(out) } else { Err(-code) };
                     }
                     _ => out.extend(messages(this).into_iter().map(|m: Message<'_>| Reply {
-                        kind: m.kind,
                         family: m.family,
                         attrs: m.attrs.to_vec(),
                     })),
@@ -224,7 +222,12 @@ pub fn netns_path(inode: u64) -> Option<PathBuf> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .map(|e| e.path().join("ns/net"));
     named.chain(procs).find(|p| ino(p) == Some(inode))
 }

@@ -108,9 +108,7 @@ pub fn parse_owner(s: &str) -> Result<(Kind, String, String), String> {
         "set" => Kind::Set,
         k => return Err(format!("unknown kind {k:?}: expected table, chain or set")),
     };
-    let (pattern, name) = rest
-        .split_once('=')
-        .ok_or("expected KIND:PATTERN=NAME")?;
+    let (pattern, name) = rest.split_once('=').ok_or("expected KIND:PATTERN=NAME")?;
     if pattern.is_empty() || name.is_empty() {
         return Err("the pattern and the name must not be empty".into());
     }
@@ -125,13 +123,30 @@ mod tests {
     fn tools_are_named_by_their_objects() {
         let o = Owners::default();
         let name = |t, c, s| o.of(t, c, s).map(|o| o.name);
-        assert_eq!(name("crowdsec", "crowdsec-chain", Some("crowdsec-blacklists")).as_deref(), Some("CrowdSec"));
-        assert_eq!(name("filter", "input", Some("crowdsec-blacklists-cscli")).as_deref(), Some("CrowdSec"));
-        assert_eq!(name("f2b-table", "f2b-chain", Some("addr-set-sshd")).as_deref(), Some("fail2ban"));
-        assert_eq!(name("sshguard", "blacklist", Some("attackers")).as_deref(), Some("SSHGuard"));
+        assert_eq!(
+            name("crowdsec", "crowdsec-chain", Some("crowdsec-blacklists")).as_deref(),
+            Some("CrowdSec")
+        );
+        assert_eq!(
+            name("filter", "input", Some("crowdsec-blacklists-cscli")).as_deref(),
+            Some("CrowdSec")
+        );
+        assert_eq!(
+            name("f2b-table", "f2b-chain", Some("addr-set-sshd")).as_deref(),
+            Some("fail2ban")
+        );
+        assert_eq!(
+            name("sshguard", "blacklist", Some("attackers")).as_deref(),
+            Some("SSHGuard")
+        );
         assert_eq!(name("filter", "input", None), None);
         let user = Owners::new(vec![parse_owner("set:blocklist*=blocklistd").unwrap()]);
-        assert_eq!(user.of("t", "c", Some("blocklist4")).map(|o| o.name).as_deref(), Some("blocklistd"));
+        assert_eq!(
+            user.of("t", "c", Some("blocklist4"))
+                .map(|o| o.name)
+                .as_deref(),
+            Some("blocklistd")
+        );
         assert!(parse_owner("rule:x=y").is_err());
         assert!(parse_owner("set:x").is_err());
     }

@@ -68,7 +68,10 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
         i += 1;
         match e {
             Expr::Payload {
-                base, offset, len, dreg,
+                base,
+                offset,
+                len,
+                dreg,
             } => {
                 let (name, kind) = payload_name(*base, *offset, *len, nfproto, l4);
                 regs.push((*dreg, Loaded::Field(name, kind)));
@@ -87,8 +90,15 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
                 ));
             }
             Expr::Ct { key, dreg } => {
-                let kind = if *key == 0 { Kind::CtState } else { Kind::Number };
-                regs.push((*dreg, Loaded::Field(super::matcher::ct_name(*key).into(), kind)));
+                let kind = if *key == 0 {
+                    Kind::CtState
+                } else {
+                    Kind::Number
+                };
+                regs.push((
+                    *dreg,
+                    Loaded::Field(super::matcher::ct_name(*key).into(), kind),
+                ));
             }
             Expr::Bitwise {
                 sreg, dreg, mask, ..
@@ -148,7 +158,10 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
                 out.push(format!("{n} {neg}{}-{}", value(k, from), value(k, to)));
             }
             Expr::Lookup {
-                set, sreg, dreg, invert,
+                set,
+                sreg,
+                dreg,
+                invert,
             } => {
                 let n = match get(&regs, *sreg) {
                     Loaded::Field(n, _) | Loaded::Masked(n, _, _) => n,
@@ -168,14 +181,19 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
                     None => out.push(format!("{n} {neg}{target}")),
                 }
             }
-            Expr::Immediate { dreg: 0, data: Data::Verdict(code, chain) } => {
+            Expr::Immediate {
+                dreg: 0,
+                data: Data::Verdict(code, chain),
+            } => {
                 out.push(verdict(*code, chain.as_deref()));
             }
             Expr::Immediate { .. } => {}
             Expr::Reject { kind, code } => out.push(reject(*kind, *code)),
-            Expr::Xt { target, name } => {
-                out.push(if *target { format!("xt target {name}") } else { format!("xt match {name}") })
-            }
+            Expr::Xt { target, name } => out.push(if *target {
+                format!("xt target {name}")
+            } else {
+                format!("xt match {name}")
+            }),
             Expr::Counter => out.push("counter".into()),
             Expr::Other(name) => out.push(name.clone()),
         }
@@ -190,7 +208,11 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
 fn anonymous(elements: &[(Vec<u8>, bool)]) -> String {
     let mut starts: Vec<&(Vec<u8>, bool)> = elements.iter().filter(|(_, end)| !end).collect();
     starts.sort();
-    let ends: Vec<&Vec<u8>> = elements.iter().filter(|(_, end)| *end).map(|(k, _)| k).collect();
+    let ends: Vec<&Vec<u8>> = elements
+        .iter()
+        .filter(|(_, end)| *end)
+        .map(|(k, _)| k)
+        .collect();
     let mut shown: Vec<String> = vec![];
     for (k, _) in starts.iter().take(6) {
         let end = ends.iter().filter(|e| e.as_slice() > k.as_slice()).min();
@@ -237,7 +259,13 @@ fn reject(kind: u32, code: u8) -> String {
     }
 }
 
-fn payload_name(base: u32, offset: u32, len: u32, nfproto: Option<u8>, l4: Option<u8>) -> (String, Kind) {
+fn payload_name(
+    base: u32,
+    offset: u32,
+    len: u32,
+    nfproto: Option<u8>,
+    l4: Option<u8>,
+) -> (String, Kind) {
     let named = match (base, nfproto, offset, len) {
         (1, Some(2), 12, 4) => Some(("ip saddr", Kind::Addr)),
         (1, Some(2), 16, 4) => Some(("ip daddr", Kind::Addr)),
@@ -328,9 +356,23 @@ fn hex(d: &[u8]) -> String {
 }
 
 fn ct_states(mask: &[u8]) -> String {
-    let m = u32::from_ne_bytes(mask.get(..4).and_then(|m| m.try_into().ok()).unwrap_or([0; 4]));
-    let names = [(1, "invalid"), (2, "established"), (4, "related"), (8, "new"), (64, "untracked")];
-    let v: Vec<&str> = names.iter().filter(|(b, _)| m & b != 0).map(|(_, n)| *n).collect();
+    let m = u32::from_ne_bytes(
+        mask.get(..4)
+            .and_then(|m| m.try_into().ok())
+            .unwrap_or([0; 4]),
+    );
+    let names = [
+        (1, "invalid"),
+        (2, "established"),
+        (4, "related"),
+        (8, "new"),
+        (64, "untracked"),
+    ];
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| m & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     v.join(",")
 }
 
@@ -363,8 +405,14 @@ mod tests {
 
     #[test]
     fn ranges_print_as_cidrs() {
-        assert_eq!(element(&[10, 0, 0, 0], Some(&[10, 255, 255, 255])), "10.0.0.0/8");
-        assert_eq!(element(&[10, 0, 0, 1], Some(&[10, 0, 0, 9])), "10.0.0.1-10.0.0.9");
+        assert_eq!(
+            element(&[10, 0, 0, 0], Some(&[10, 255, 255, 255])),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            element(&[10, 0, 0, 1], Some(&[10, 0, 0, 9])),
+            "10.0.0.1-10.0.0.9"
+        );
         assert_eq!(element(&[198, 18, 0, 10], None), "198.18.0.10");
     }
 }

@@ -34,7 +34,6 @@ pub struct Rule {
 pub const SET_ANONYMOUS: u32 = 0x1;
 pub const SET_INTERVAL: u32 = 0x4;
 pub const SET_MAP: u32 = 0x8;
-pub const SET_TIMEOUT: u32 = 0x10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
@@ -244,9 +243,14 @@ pub fn element(sock: &mut Socket, set: &Set, key: &[u8]) -> Result<Option<Elemen
     for m in r {
         let a = attrs(&m.attrs);
         let Some(elems) = attr(&a, 3) else { continue };
-        for (_, e) in attrs(elems) {
+        // The answer holds the one element asked for.
+        if let Some((_, e)) = attrs(elems).first() {
             let e = attrs(e);
-            let value = |ty: u16| attr(&e, ty).map(attrs).and_then(|d| attr(&d, 1).map(<[u8]>::to_vec));
+            let value = |ty: u16| {
+                attr(&e, ty)
+                    .map(attrs)
+                    .and_then(|d| attr(&d, 1).map(<[u8]>::to_vec))
+            };
             let verdict = attr(&e, 2)
                 .map(attrs)
                 .and_then(|d| attr(&d, 2).map(attrs))
