@@ -103,13 +103,14 @@ pub fn details(rst: &Rst) -> String {
             nf.hook.unwrap_or("?"),
             nf.backend.unwrap_or("?")
         ));
-        if nf.rule.is_some() {
-            line.push_str(&format!(" {}", nft_rule(nf)));
-        } else if let (Some(t), Some(c)) = (&nf.table, &nf.chain) {
+        if let (Some(t), Some(c)) = (&nf.table, &nf.chain) {
             line.push_str(&format!(" table={t} chain={c}"));
         }
         if let Some(a) = &nf.author {
             line.push_str(&format!(" rule-by={}/{}", a.pid, a.comm));
+        }
+        if nf.rule.is_some() {
+            line.push_str(&format!(" {}", nft_rule(nf)));
         }
     }
     if let Some(o) = &rst.owner {
@@ -170,17 +171,12 @@ fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top:
     }
 }
 
-/// `table=inet/crowdsec chain=crowdsec-chain handle=4
-/// set=crowdsec-blacklists[198.18.0.10 expires 3h59m] owner=CrowdSec`.
+/// `family=ip handle=4 set=crowdsec-blacklists[198.18.0.10 expires 3h59m]
+/// owner=CrowdSec`: the matched rule, after its table and chain.
 fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
-    let q = |u: &Option<crate::untrusted::Untrusted>| {
-        u.as_ref().map_or("?".to_string(), |x| x.to_string())
-    };
     let mut s = format!(
-        "table={}/{} chain={} handle={}",
+        "family={} handle={}",
         nf.family.unwrap_or("?"),
-        q(&nf.table),
-        q(&nf.chain),
         nf.handle.map_or("policy".to_string(), |h| h.to_string())
     );
     if let Some(set) = &nf.set {
@@ -262,7 +258,15 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
                 .map(|(w, n)| format!("{w}={n}"))
                 .collect();
             if let Some(nf) = &d.netfilter {
-                wh.push(nft_rule(nf));
+                let q = |u: &Option<crate::untrusted::Untrusted>| {
+                    u.as_ref().map_or("?".to_string(), |x| x.to_string())
+                };
+                wh.push(format!(
+                    "table={} chain={} {}",
+                    q(&nf.table),
+                    q(&nf.chain),
+                    nft_rule(nf)
+                ));
             }
             (d.remote_ip, d.total, d.first_seen, d.last_seen, wh)
         })

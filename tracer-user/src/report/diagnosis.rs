@@ -196,7 +196,11 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         Cause::MemoryPressure => "TCP memory or orphan limits forced aborts: check net.ipv4.tcp_mem and tcp_max_orphans".to_string(),
         Cause::InvalidSegment => "segments invalid for the connection's state: a middlebox rewriting sequence numbers, or a peer reusing a port too early".to_string(),
         Cause::Mptcp => "MPTCP subflow resets".to_string(),
-        Cause::NetfilterReject if tally.rules.contains_key(&r.remote_ip) => {
+        // A rule added while tracing names its author; an older one its
+        // block list and rule.
+        Cause::NetfilterReject
+            if tally.rules.contains_key(&r.remote_ip) && tally.top(r.remote_ip, cause).is_none() =>
+        {
             rule_advice(r.remote_ip, &tally.rules[&r.remote_ip], "are answered with RSTs")
         }
         Cause::NetfilterReject => match tally.top(r.remote_ip, cause) {

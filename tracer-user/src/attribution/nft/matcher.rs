@@ -579,11 +579,19 @@ pub mod tests {
     }
 
     fn saddr() -> Expr {
-        Payload { base: 1, offset: 12, len: 4, dreg: 1 }
+        Payload {
+            base: 1,
+            offset: 12,
+            len: 4,
+            dreg: 1,
+        }
     }
 
     fn verdict(code: i32, chain: Option<&str>) -> Expr {
-        Immediate { dreg: 0, data: Data::Verdict(code, chain.map(String::from)) }
+        Immediate {
+            dreg: 0,
+            data: Data::Verdict(code, chain.map(String::from)),
+        }
     }
 
     /// `ip saddr @s reject with tcp reset`, as netlink attributes.
@@ -624,24 +632,87 @@ pub mod tests {
     fn a_set_member_is_rejected_by_the_first_rule_with_that_verdict() {
         let snap = one_chain(vec![
             // ct state established,related accept: unknown, passed over.
-            rule("c", 2, vec![Ct { key: 0, dreg: 1 }, Cmp { sreg: 1, op: 1, data: vec![0; 4] }, verdict(1, None)]),
-            rule("c", 3, vec![saddr(), Cmp { sreg: 1, op: 0, data: vec![10, 0, 0, 1] }, verdict(0, None)]),
+            rule(
+                "c",
+                2,
+                vec![
+                    Ct { key: 0, dreg: 1 },
+                    Cmp {
+                        sreg: 1,
+                        op: 1,
+                        data: vec![0; 4],
+                    },
+                    verdict(1, None),
+                ],
+            ),
+            rule(
+                "c",
+                3,
+                vec![
+                    saddr(),
+                    Cmp {
+                        sreg: 1,
+                        op: 0,
+                        data: vec![10, 0, 0, 1],
+                    },
+                    verdict(0, None),
+                ],
+            ),
             rule("c", 4, expr::parse_list(&crowdsec_exprs())),
         ]);
-        let mut asked = vec![];
+        let asked = std::cell::RefCell::new(vec![]);
         let mut lookup = |s: &Set, key: &[u8]| {
-            asked.push((s.name.clone(), key.to_vec()));
-            Ok((key == [198, 18, 0, 10]).then(|| Element { key: key.to_vec(), ..Default::default() }))
+            asked.borrow_mut().push((s.name.clone(), key.to_vec()));
+            Ok((key == [198, 18, 0, 10]).then(|| Element {
+                key: key.to_vec(),
+                ..Default::default()
+            }))
         };
-        let hits = evaluate(&snap, &packet("198.18.0.10", 22), 1, Verdict::Reject, &mut lookup);
+        let hits = evaluate(
+            &snap,
+            &packet("198.18.0.10", 22),
+            1,
+            Verdict::Reject,
+            &mut lookup,
+        );
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert_eq!((hits[0].handle, hits[0].unknown.len()), (Some(4), 0));
-        assert_eq!(hits[0].set.as_ref().unwrap().element.key, vec![198, 18, 0, 10]);
-        assert_eq!(asked, vec![("s".to_string(), vec![198, 18, 0, 10])]);
+        assert_eq!(
+            hits[0].set.as_ref().unwrap().element.key,
+            vec![198, 18, 0, 10]
+        );
+        assert_eq!(
+            *asked.borrow(),
+            vec![("s".to_string(), vec![198, 18, 0, 10])]
+        );
         // Not a member: no rule rejects it; 10.0.0.1 is dropped, not rejected.
-        assert!(evaluate(&snap, &packet("198.18.0.11", 22), 1, Verdict::Reject, &mut lookup).is_empty());
-        assert!(evaluate(&snap, &packet("10.0.0.1", 22), 1, Verdict::Reject, &mut lookup).is_empty());
-        let d = evaluate(&snap, &packet("10.0.0.1", 22), 1, Verdict::Drop, &mut lookup);
+        assert!(
+            evaluate(
+                &snap,
+                &packet("198.18.0.11", 22),
+                1,
+                Verdict::Reject,
+                &mut lookup
+            )
+            .is_empty()
+        );
+        assert!(
+            evaluate(
+                &snap,
+                &packet("10.0.0.1", 22),
+                1,
+                Verdict::Reject,
+                &mut lookup
+            )
+            .is_empty()
+        );
+        let d = evaluate(
+            &snap,
+            &packet("10.0.0.1", 22),
+            1,
+            Verdict::Drop,
+            &mut lookup,
+        );
         assert_eq!(d[0].handle, Some(3));
     }
 
@@ -649,28 +720,97 @@ pub mod tests {
     fn jumps_masks_unknown_facts_and_policies() {
         let snap = one_chain(vec![
             // ip saddr 10.0.0.0/8 jump sub
-            rule("c", 2, vec![
-                saddr(),
-                Bitwise { sreg: 1, dreg: 1, mask: vec![255, 0, 0, 0], xor: vec![0; 4] },
-                Cmp { sreg: 1, op: 0, data: vec![10, 0, 0, 0] },
-                verdict(expr::NFT_JUMP, Some("sub")),
-            ]),
+            rule(
+                "c",
+                2,
+                vec![
+                    saddr(),
+                    Bitwise {
+                        sreg: 1,
+                        dreg: 1,
+                        mask: vec![255, 0, 0, 0],
+                        xor: vec![0; 4],
+                    },
+                    Cmp {
+                        sreg: 1,
+                        op: 0,
+                        data: vec![10, 0, 0, 0],
+                    },
+                    verdict(expr::NFT_JUMP, Some("sub")),
+                ],
+            ),
             // meta mark 42 reject: a candidate.
-            rule("sub", 5, vec![Meta { key: 3, dreg: 1 }, Cmp { sreg: 1, op: 0, data: vec![42, 0, 0, 0] }, Reject { kind: 1, code: 0 }]),
+            rule(
+                "sub",
+                5,
+                vec![
+                    Meta { key: 3, dreg: 1 },
+                    Cmp {
+                        sreg: 1,
+                        op: 0,
+                        data: vec![42, 0, 0, 0],
+                    },
+                    Reject { kind: 1, code: 0 },
+                ],
+            ),
             // tcp dport 22-25 reject
-            rule("sub", 6, vec![
-                Payload { base: 2, offset: 2, len: 2, dreg: 1 },
-                Range { sreg: 1, op: 0, from: 22u16.to_be_bytes().to_vec(), to: 25u16.to_be_bytes().to_vec() },
-                Reject { kind: 1, code: 0 },
-            ]),
+            rule(
+                "sub",
+                6,
+                vec![
+                    Payload {
+                        base: 2,
+                        offset: 2,
+                        len: 2,
+                        dreg: 1,
+                    },
+                    Range {
+                        sreg: 1,
+                        op: 0,
+                        from: 22u16.to_be_bytes().to_vec(),
+                        to: 25u16.to_be_bytes().to_vec(),
+                    },
+                    Reject { kind: 1, code: 0 },
+                ],
+            ),
         ]);
         let mut none = |_: &Set, _: &[u8]| Ok(None);
-        let hits = evaluate(&snap, &packet("10.9.9.9", 23), 1, Verdict::Reject, &mut none);
-        let got: Vec<_> = hits.iter().map(|h| (h.chain.as_str(), h.handle, h.unknown.clone())).collect();
-        assert_eq!(got, vec![("sub", Some(5), vec!["meta mark".to_string()]), ("sub", Some(6), vec![])]);
-        assert!(evaluate(&snap, &packet("11.0.0.1", 23), 1, Verdict::Reject, &mut none).is_empty());
+        let hits = evaluate(
+            &snap,
+            &packet("10.9.9.9", 23),
+            1,
+            Verdict::Reject,
+            &mut none,
+        );
+        let got: Vec<_> = hits
+            .iter()
+            .map(|h| (h.chain.as_str(), h.handle, h.unknown.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("sub", Some(5), vec!["meta mark".to_string()]),
+                ("sub", Some(6), vec![])
+            ]
+        );
+        assert!(
+            evaluate(
+                &snap,
+                &packet("11.0.0.1", 23),
+                1,
+                Verdict::Reject,
+                &mut none
+            )
+            .is_empty()
+        );
         // Past the range: only the candidate remains.
-        let c = evaluate(&snap, &packet("10.9.9.9", 80), 1, Verdict::Reject, &mut none);
+        let c = evaluate(
+            &snap,
+            &packet("10.9.9.9", 80),
+            1,
+            Verdict::Reject,
+            &mut none,
+        );
         assert_eq!(c.len(), 1);
         assert!(!c[0].unknown.is_empty());
         // A drop policy answers when no rule does.
