@@ -122,7 +122,9 @@ pub fn run(target: &Target, proto: Proto, netns: &str, output: OutputFormat) -> 
     let spaces = namespaces(netns)?;
     let all = netns == "all";
     for (label, path) in &spaces {
-        let matches = match names::why(&owners, Some(path), &pkt) {
+        // Our own namespace needs no setns (nor CAP_SYS_ADMIN).
+        let own = label == "self";
+        let matches = match names::why(&owners, (!own).then_some(path.as_path()), &pkt) {
             Ok(m) => m,
             Err(e) => {
                 errors.push(format!("{}: {e}", Untrusted::from(label.as_str())));
@@ -137,11 +139,15 @@ pub fn run(target: &Target, proto: Proto, netns: &str, output: OutputFormat) -> 
             }
         }
     }
+    if errors.len() == spaces.len() && !spaces.is_empty() {
+        bail!(
+            "could not read any ruleset (needs CAP_NET_ADMIN, and CAP_SYS_ADMIN for other \
+             namespaces): {}",
+            errors.join("; ")
+        );
+    }
     for e in &errors {
         log::warn!("{e}");
-    }
-    if errors.len() == spaces.len() && !spaces.is_empty() {
-        bail!("could not read any ruleset ({})", errors.join("; "));
     }
     if found == 0 && output == OutputFormat::Text {
         let port = target

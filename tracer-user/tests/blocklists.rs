@@ -162,7 +162,6 @@ fn crowdsec_block_list_predating_the_trace_is_named() {
   }
   chain crowdsec-chain {
     type filter hook input priority -10; policy accept;
-    ct state established,related accept
     ip saddr @crowdsec-blacklists counter reject with tcp reset
   }
 }
@@ -338,9 +337,11 @@ fn sshguard_subnet_drop_is_named_with_its_range() {
     assert_named(&d["netfilter"], &want);
 }
 
-/// A hand-written ruleset: a verdict map on the port jumps into a regular
-/// chain that rejects an interval set's CIDRs, after a rule that only a
-/// fact rsttrace lacks (the mark) could have matched: named as a candidate.
+/// A hand-written ruleset: past a `ct state` rule (a fact rsttrace lacks,
+/// whose accept is passed over), a verdict map on the port jumps into a
+/// regular chain that rejects an interval set's CIDRs, after a rule that
+/// only another such fact (the mark) could have matched: named as a
+/// candidate.
 #[test]
 fn verdict_map_jump_and_interval_set_reject_is_named() {
     let (srv, peer) = setup(
@@ -363,6 +364,7 @@ fn verdict_map_jump_and_interval_set_reject_is_named() {
   }
   chain in {
     type filter hook input priority 0; policy accept;
+    ct state established,related accept
     tcp dport vmap @ports
   }
 }

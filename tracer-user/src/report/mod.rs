@@ -20,6 +20,9 @@ use crate::{
     loader::Tracer,
 };
 
+/// Remotes whose drops are named by their rule (the rest keep `where`).
+const NAMED_DROPS: usize = 200;
+
 /// The summary as of now: every count from the kernel's maps, with what
 /// the session learnt on the way (rule authors, ruleset changes, the
 /// actors behind each remote's RSTs).
@@ -37,11 +40,16 @@ pub fn report(
         enrich::symbolize_function(enricher.ksyms.as_deref(), loc)
     });
     s.skipped_runs = tracer.skipped_runs();
-    for d in &mut s.drops {
+    for (i, d) in s.drops.iter_mut().enumerate() {
         d.author = d
             .netns
             .iter()
             .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
+        // The ruleset is asked about the busiest remotes only: a scan from
+        // a whole network must not make each report thousands of lookups.
+        if i >= NAMED_DROPS {
+            continue;
+        }
         d.netfilter = d
             .netns
             .iter()

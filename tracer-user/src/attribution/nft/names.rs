@@ -121,6 +121,28 @@ impl Namer {
     /// The rule that gave `pkt` the verdict `want` at `hook` (NF_INET_*)
     /// in namespace `netns` (an inode).
     pub fn name(&mut self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+        // Each connection has its own source port, and almost no rule
+        // looks at it: matched without it, a flood of rejects costs one
+        // evaluation per peer and second, not one per RST.
+        let coarse = Packet {
+            sport: None,
+            ..pkt.clone()
+        };
+        let named = self.cached(netns, &coarse, hook, want)?;
+        let needs_port = |u: &Vec<Untrusted>| u.iter().any(|f| *f == "source port");
+        if pkt.sport.is_some()
+            && (needs_port(&named.unknown)
+                || named.candidates.iter().any(|c| needs_port(&c.unknown)))
+        {
+            let owners = self.owners.clone();
+            let ns = self.ns(netns)?;
+            let hits = evaluate(&mut ns.sock, &ns.snap, pkt, hook, want);
+            return choose(&owners, &mut ns.sock, &ns.snap, hits);
+        }
+        Some(named)
+    }
+
+    fn cached(&mut self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
         let owners = self.owners.clone();
         let ns = self.ns(netns)?;
         let key = (pkt.clone(), hook, want);
@@ -131,6 +153,10 @@ impl Namer {
         }
         let hits = evaluate(&mut ns.sock, &ns.snap, pkt, hook, want);
         let named = choose(&owners, &mut ns.sock, &ns.snap, hits);
+        // Bounded: entries older than REUSE are of no use.
+        if ns.cache.len() >= 4096 {
+            ns.cache.retain(|_, (at, _)| at.elapsed() < REUSE);
+        }
         ns.cache.insert(key, (Instant::now(), named.clone()));
         named
     }

@@ -27,7 +27,14 @@ pub const KNOWN_OWNERS: &[(Kind, &str, &str, bool)] = &[
     // `blacklist`, set `attackers`).
     (Kind::Table, "sshguard", "SSHGuard", true),
     // Firewalls and orchestrators: not security agents, named so the
-    // answer says whose rule it is.
+    // answer says whose rule it is. firewalld's nftables backend: table
+    // `firewalld` (inet, and ip/ip6). ufw: iptables chains `ufw-*` and
+    // `ufw6-*`. Docker: iptables chains DOCKER, DOCKER-USER,
+    // DOCKER-ISOLATION-*; with `firewall-backend: nftables` (29.0) tables
+    // `ip docker-bridges` and `ip6 docker-bridges` (docs.docker.com,
+    // engine/network/firewall-nftables). kube-proxy: iptables chains
+    // `KUBE-*`; nftables mode (KEP-3866) tables `ip kube-proxy` and `ip6
+    // kube-proxy`. Calico: chains `cali-*`. Cilium: chains `CILIUM_*`.
     (Kind::Table, "firewalld", "firewalld", false),
     (Kind::Chain, "ufw-*", "ufw", false),
     (Kind::Chain, "ufw6-*", "ufw", false),
