@@ -63,6 +63,9 @@ pub struct Named {
 }
 
 struct Ns {
+    /// The namespace's file, to notice it is gone: the socket would keep
+    /// a deleted namespace alive.
+    path: std::path::PathBuf,
     sock: Socket,
     snap: Snapshot,
     checked: Instant,
@@ -72,11 +75,14 @@ struct Ns {
 /// Per-namespace snapshots, re-read when the ruleset generation changes.
 pub struct Namer {
     owners: Owners,
-    per_ns: HashMap<u64, Option<Ns>>,
+    /// A namespace not found (or unreadable) is tried again after a while.
+    per_ns: HashMap<u64, Result<Ns, Instant>>,
 }
 
 /// A generation is trusted this long before asking the kernel again.
 const RECHECK: Duration = Duration::from_millis(250);
+/// A namespace that could not be read is tried again after this long.
+const RETRY: Duration = Duration::from_secs(5);
 /// A match (with its element's expiry) is reused this long.
 const REUSE: Duration = Duration::from_secs(1);
 
@@ -94,27 +100,53 @@ impl Namer {
     }
 
     fn ns(&mut self, netns: u64) -> Option<&mut Ns> {
-        let entry = self.per_ns.entry(netns).or_insert_with(|| {
+        let open = || {
             let path = netns_path(netns)?;
             let mut sock = Socket::open_in(Some(&path)).ok()?;
             let snap = Snapshot::read(&mut sock).ok()?;
             Some(Ns {
+                path,
                 sock,
                 snap,
                 checked: Instant::now(),
                 cache: HashMap::new(),
             })
-        });
-        let ns = entry.as_mut()?;
-        if ns.checked.elapsed() >= RECHECK {
-            ns.checked = Instant::now();
-            if snapshot::generation(&mut ns.sock).ok() != Some(ns.snap.generation)
-                && let Ok(s) = Snapshot::read(&mut ns.sock)
-            {
-                ns.snap = s;
-                ns.cache.clear();
-            }
+        };
+        let stale = match self.per_ns.get(&netns) {
+            None => true,
+            Some(Err(at)) => at.elapsed() >= RETRY,
+            Some(Ok(_)) => false,
+        };
+        if stale {
+            let ns = open().ok_or_else(Instant::now);
+            self.per_ns.insert(netns, ns);
         }
+        let gone = {
+            let ns = self.per_ns.get_mut(&netns)?.as_mut().ok()?;
+            if ns.checked.elapsed() < RECHECK {
+                false
+            } else {
+                ns.checked = Instant::now();
+                use std::os::unix::fs::MetadataExt as _;
+                if std::fs::metadata(&ns.path).map(|m| m.ino()).ok() != Some(netns) {
+                    true
+                } else {
+                    if snapshot::generation(&mut ns.sock).ok() != Some(ns.snap.generation)
+                        && let Ok(s) = Snapshot::read(&mut ns.sock)
+                    {
+                        ns.snap = s;
+                        ns.cache.clear();
+                    }
+                    false
+                }
+            }
+        };
+        if gone {
+            // Gone (or its file now names another): let it go.
+            self.per_ns.insert(netns, Err(Instant::now()));
+            return None;
+        }
+        let ns = self.per_ns.get_mut(&netns)?.as_mut().ok()?;
         Some(ns)
     }
 
