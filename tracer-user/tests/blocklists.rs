@@ -444,3 +444,26 @@ fn nft_text(ns: &Netns, family: &str, table: &str, chain: &str, handle: u64) -> 
     }
     out.join(" ")
 }
+
+/// Bad input to `rsttrace why`: one line saying what is wrong, non-zero.
+#[test]
+fn why_rejects_bad_input_in_one_line() {
+    support::require_root();
+    for (args, code, said) in [
+        (&["why", "not-an-ip"][..], 2, "is not an address"),
+        (&["why", "198.18.0.10:0"][..], 2, "port 0 is not a port"),
+        (&["why", "198.18.0.10", "--proto", "sctp"][..], 2, "sctp"),
+        (
+            &["why", "198.18.0.10", "--netns", "/nonexistent"][..],
+            1,
+            "--netns /nonexistent: can't open",
+        ),
+    ] {
+        let out = rsttrace_command(None).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.contains(said), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
