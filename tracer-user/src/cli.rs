@@ -84,6 +84,13 @@ pub struct Args {
     #[arg(long, value_name = "PATTERN", value_parser = crate::attribution::agents::parse_pattern)]
     pub agent_library: Vec<String>,
 
+    /// Name the owner of nftables tables, chains or sets: `set:blocklist*=blocklistd`
+    /// (KIND is table, chain or set; `*` and `?` wildcards). Their rejects
+    /// and drops get the `security-agent` label, like the built-in list
+    /// (CrowdSec, fail2ban, SSHGuard). Repeatable.
+    #[arg(long, value_name = "KIND:PATTERN=NAME", value_parser = crate::attribution::nft::owners::parse_owner)]
+    pub ruleset_owner: Vec<(crate::attribution::nft::owners::Kind, String, String)>,
+
     /// Also write each RST to FILE as pcapng (headers only), the cause and
     /// attribution in each packet's comment: open it in Wireshark or tcpdump.
     #[arg(long, value_name = "FILE")]
@@ -151,12 +158,36 @@ impl Args {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Check what this kernel and these permissions allow: load and attach
     /// every program, print the plan (each signal, the hook that sees it,
     /// what is lost where a hook or permission is missing), then exit.
     Doctor,
+    /// Which nftables rules and set elements would reject or drop packets
+    /// from ADDR (to local PORT): table, chain, handle, set, expiry and
+    /// owner, read from the kernel now. No tracing.
+    Why {
+        /// The peer: `198.18.0.10`, `198.18.0.10:22` or `[2001:db8::1]:22`
+        /// (the port is the local port it connects to).
+        #[arg(value_parser = crate::why::parse_target, value_name = "ADDR[:PORT]")]
+        target: crate::why::Target,
+        /// Transport protocol of its packets.
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        /// Namespace: `all` (default), `self`, a namespace file or `pid:N`.
+        #[arg(long, default_value = "all", value_name = "NETNS")]
+        netns: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

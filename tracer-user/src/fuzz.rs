@@ -89,4 +89,23 @@ proptest! {
         let _ = log.author(1, nftmon::Verdict::Reject);
         let _ = nftmon::verdict(&d);
     }
+
+    #[test]
+    fn rule_expressions_never_panic(d in proptest::collection::vec(any::<u8>(), 0..512), at in 0usize..512, byte in any::<u8>()) {
+        use crate::attribution::nft::{expr, matcher, render, snapshot};
+        for bytes in [d.clone(), mutate(&crate::attribution::nft::matcher::tests::crowdsec_exprs(), at, at, byte)] {
+            let rule = snapshot::Rule {
+                family: 2,
+                table: "t".into(),
+                chain: "c".into(),
+                handle: 1,
+                exprs: expr::parse_list(&bytes),
+                comment: None,
+            };
+            let _ = render::rule(None, &rule);
+            let snap = matcher::tests::one_chain(vec![rule]);
+            let pkt = matcher::tests::packet("198.18.0.10", 22);
+            let _ = matcher::evaluate(&snap, &pkt, 1, nftmon::Verdict::Reject, &mut |_, _| Ok(None));
+        }
+    }
 }

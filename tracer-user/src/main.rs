@@ -22,6 +22,7 @@ mod report;
 mod scope;
 mod session;
 mod untrusted;
+mod why;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Some(cli::Command::Why {
+        target,
+        proto,
+        netns,
+        output,
+    }) = &args.command
+    {
+        return why::run(target, *proto, netns, *output);
+    }
     preflight::check_capabilities()?;
     let scope = scope::build(&args.netns, &args.remote, &args.local_port, &args.cause)?;
     let facts = kernel::Facts::probe()?;

@@ -381,30 +381,31 @@ impl Plan {
             }
         }
         if egress.is_some() {
-            let what = "netfilter hook, backend, table, chain and rule author of a REJECT";
+            let what = "netfilter hook, backend, table, chain, rule, set element, owner and \
+                        author of a REJECT";
             let legacy = "iptables-legacy rules are named by table (filter) and base chain";
+            let unsure = "a rule that depends on what rsttrace does not know (ct state, mark, \
+                          interfaces, xt matches such as ipset) is named as a candidate";
+            let matched = "hook and backend from the kernel stack; the rule, its set element \
+                           and owner by matching the answered segment against the namespace's \
+                           nftables ruleset, author of rules added while tracing, both over \
+                           nftables netlink";
             let nft = find(Hook::NftKprobes);
             match (nft, probed.netlink) {
                 (Some(kprobes), true) => self.partly(
                     what,
                     format!(
-                        "hook and backend from the kernel stack; table, chain, author from \
-                         nftables netlink; for rules older than the trace, the base chain from \
-                         {}",
+                        "{matched}; for rules older than the trace, the base chain confirmed \
+                         by {}",
                         kprobes.describe()
                     ),
-                    format!(
-                        "a rule older than the trace is named by its base chain (a jump target \
-                         chain is not), with no author; {legacy}"
-                    ),
+                    format!("{unsure}; {legacy}"),
                 ),
                 (None, true) => self.partly(
                     what,
-                    "hook and backend from the kernel stack; table, chain, author from nftables \
-                     netlink",
+                    matched,
                     format!(
-                        "named for nftables rules added while tracing, not for rules that \
-                         predate the trace ({}); {legacy}",
+                        "{unsure}; the base chain is not confirmed by the kernel ({}); {legacy}",
                         why_not(&probed.nft)
                     ),
                 ),

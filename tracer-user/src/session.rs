@@ -138,6 +138,9 @@ pub async fn trace(
         ),
         ksyms: facts.ksyms.as_ref().ok().cloned(),
         listeners: Listeners::new(args.listener_memory),
+        namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
+            crate::attribution::nft::owners::Owners::new(args.ruleset_owner.clone()),
+        )),
     };
 
     let deadline = async {

@@ -213,6 +213,7 @@ pub mod hostile {
                     table: Some(table()),
                     chain: Some(chain()),
                 }),
+                ..Default::default()
             }),
             module: Some(Untrusted::from("mod\x1b[8m")),
             owner: Some(crate::attribution::actor::Owner {

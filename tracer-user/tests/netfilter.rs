@@ -45,7 +45,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         pre,
         "prerouting",
         "nftables",
-        BaseChain::WhereReadable("rsttrace_t", "pre"),
+        BaseChain::Matched("rsttrace_t", "pre"),
     );
     let in4 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "in"]));
     let out6 = rule_packets(&ns.output(&["nft", "list", "chain", "inet", "rsttrace_t", "out"]));
@@ -57,7 +57,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         in4,
         "input",
         "nftables",
-        BaseChain::WhereReadable("rsttrace_t", "in"),
+        BaseChain::Matched("rsttrace_t", "in"),
     );
     assert_netfilter(
         &out,
@@ -66,7 +66,7 @@ fn netfilter_reject_nftables_input_output_prerouting() {
         out6,
         "output",
         "nftables",
-        BaseChain::WhereReadable("rsttrace_t", "out"),
+        BaseChain::Matched("rsttrace_t", "out"),
     );
     // The segments the rules answered are not silent drops.
     let drops = out.summary["drops"].as_array().unwrap();
@@ -135,7 +135,7 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
         n4,
         "input",
         "iptables-nft",
-        BaseChain::WhereReadable("filter", "INPUT"),
+        BaseChain::Matched("filter", "INPUT"),
     );
     assert_netfilter(
         &out,
@@ -144,7 +144,7 @@ fn netfilter_reject_iptables_nft_and_ip6tables() {
         n6,
         "input",
         "iptables-nft",
-        BaseChain::WhereReadable("filter", "INPUT"),
+        BaseChain::Matched("filter", "INPUT"),
     );
 }
 
@@ -398,6 +398,6 @@ fn netfilter_reject_in_the_forward_hook() {
         n,
         "forward",
         "nftables",
-        BaseChain::WhereReadable("rsttrace_t", "forwarded"),
+        BaseChain::Matched("rsttrace_t", "forwarded"),
     );
 }

@@ -408,8 +408,9 @@ fn doctor_prints_the_plan_for_this_kernel() {
     for signal in ["RSTs received", "network namespace of each RST"] {
         assert!(line(signal).trim_start().starts_with("ok "), "{text}");
     }
-    // Chains of rules older than the trace: named where kprobes and
-    // nf_tables' BTF are there, and the plan says which.
+    // Rules older than the trace: named by matching everywhere, their base
+    // chain confirmed where kprobes and nf_tables' BTF are there, and the
+    // plan says which.
     let netfilter = text
         .split("netfilter hook, backend, table, chain")
         .nth(1)
@@ -421,7 +422,7 @@ fn doctor_prints_the_plan_for_this_kernel() {
         );
     } else {
         assert!(
-            netfilter.contains("not for rules that predate the trace"),
+            netfilter.contains("the base chain is not confirmed by the kernel"),
             "{text}"
         );
     }

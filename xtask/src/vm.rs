@@ -38,7 +38,8 @@ pub struct Options {
 }
 
 /// Modules the tests need (veth pairs, nftables and iptables rejects, both
-/// iptables back-ends, sock_diag destroy, AF_PACKET); those built into a
+/// iptables back-ends, sock_diag destroy, AF_PACKET, `ct state` in the
+/// block-list rulesets); those built into a
 /// kernel need nothing, dependencies come along by themselves.
 const MODULES: &[&str] = &[
     "af_packet",
@@ -48,6 +49,7 @@ const MODULES: &[&str] = &[
     "raw_diag",
     "nf_tables",
     "nft_counter",
+    "nft_ct",
     "nft_reject",
     "nf_reject_ipv4",
     "nf_reject_ipv6",

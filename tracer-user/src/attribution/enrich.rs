@@ -4,7 +4,7 @@
 //! module that built it and the kernel stack (kallsyms). The decode of the
 //! record itself is pure (`decode.rs`); this part reads the system.
 
-use std::{collections::BTreeMap, rc::Rc};
+use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
 
 use tracer_common::{RstEvent, tcp_state};
 
@@ -16,6 +16,10 @@ use crate::{
         decode::{self, Listener, Rst},
         listeners::Listeners,
         netfilter,
+        nft::{
+            matcher::{self, Packet},
+            names::{Named, Namer},
+        },
         nftmon::{Author, SharedLog, Verdict},
     },
     clock::BootClock,
@@ -34,6 +38,9 @@ pub struct Enricher {
     pub ksyms: Option<Rc<Kallsyms>>,
     /// Listening sockets seen while tracing, for closed-port RSTs.
     pub listeners: Listeners,
+    /// Rules older than the trace, by matching against each namespace's
+    /// ruleset.
+    pub namer: RefCell<Namer>,
 }
 
 impl Enricher {
@@ -46,6 +53,43 @@ impl Enricher {
         let mut a = self.ruleset.lock().ok()?.author(netns, verdict)?;
         a.agent = self.actors.agent(&a.comm);
         Some(a)
+    }
+
+    /// The rule that rejected or dropped `pkt` at `hook` in `netns`.
+    pub fn name_rule(&self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+        if netns == 0 {
+            return None;
+        }
+        self.namer.borrow_mut().name(netns, pkt, hook, want)
+    }
+
+    /// The rule that silently dropped `remote`'s segments in `netns`: at
+    /// the hooks a peer's packet meets, else (a RST this host sent,
+    /// dropped on its way out) at output.
+    pub fn name_drop(&self, netns: u64, remote: std::net::IpAddr) -> Option<(u32, Named)> {
+        let v6 = remote.is_ipv6();
+        let inbound = Packet {
+            v6,
+            src: Some(remote),
+            dst: None,
+            sport: None,
+            dport: None,
+            l4proto: libc::IPPROTO_TCP as u8,
+        };
+        let outbound = Packet {
+            src: None,
+            dst: Some(remote),
+            ..inbound.clone()
+        };
+        [
+            (0, &inbound),
+            (1, &inbound),
+            (2, &inbound),
+            (3, &outbound),
+            (4, &outbound),
+        ]
+        .into_iter()
+        .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, Verdict::Drop)?)))
     }
 
     /// A RST from its kernel record: decoded, then enriched. `stack` looks
@@ -91,15 +135,43 @@ impl Enricher {
             && nf.backend != Some("iptables-legacy")
         {
             nf.author = self.rule_author(u64::from(ev.netns), Verdict::Reject);
-            if let Some(a) = &nf.author {
-                nf.table = a.table.clone();
-                nf.chain = a.chain.clone();
+            // The rule, by running the answered segment (the RST reversed)
+            // through the ruleset.
+            let named = nf.hook.and_then(matcher::hook_number).and_then(|hook| {
+                let pkt = Packet {
+                    v6: rst.remote.is_ipv6(),
+                    src: Some(rst.remote.ip()),
+                    dst: Some(rst.local.ip()),
+                    sport: Some(rst.remote.port()),
+                    dport: Some(rst.local.port()),
+                    l4proto: libc::IPPROTO_TCP as u8,
+                };
+                self.name_rule(u64::from(ev.netns), &pkt, hook, Verdict::Reject)
+            });
+            // What the kernel itself said (the rule's author, or the base
+            // chain from kprobes) wins; the match adds the rule where it
+            // agrees.
+            let said = if let Some(a) = &nf.author {
+                Some((a.table.clone(), a.chain.clone(), false))
             } else if ev.nft_chain != 0
                 && let Some((table, chain)) = nft_chain(ev.nft_chain)
             {
                 // A rule older than the trace: its base chain, as the
                 // kernel evaluated it.
-                (nf.table, nf.chain) = (Some(table), Some(chain));
+                Some((Some(table), Some(chain), true))
+            } else {
+                None
+            };
+            match (said, named) {
+                (None, Some(n)) => nf.name_rule(&n),
+                (Some((t, c, base)), Some(n))
+                    if t.as_ref() == Some(&n.table)
+                        && c.as_ref() == Some(if base { &n.base_chain } else { &n.chain }) =>
+                {
+                    nf.name_rule(&n)
+                }
+                (Some((t, c, _)), _) => (nf.table, nf.chain) = (t, c),
+                (None, None) => {}
             }
         }
         // A module built it: the first module frame names it.
@@ -116,6 +188,15 @@ impl Enricher {
             .as_ref()
             .and_then(|a| a.agent.clone())
             .or_else(|| netfilter.as_ref()?.author.as_ref()?.agent.clone())
+            .or_else(|| {
+                // The owner of the matched rule or set, when a security agent.
+                let nf = netfilter.as_ref()?;
+                let owner = nf.agent.clone()?;
+                self.namer
+                    .borrow()
+                    .is_security_agent(&owner.lossy())
+                    .then_some(owner)
+            })
             .or_else(|| agents::module_agent(&module.as_ref()?.lossy()).map(Untrusted::from));
         let labels = if agent.is_some() {
             vec!["security-agent".to_string()]

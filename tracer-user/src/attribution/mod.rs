@@ -2,7 +2,8 @@
 //! handed to the kernel programs (`cause`), the pure decode of a kernel
 //! record (`decode`), and the enrichment from outside the record
 //! (`enrich`): the actor process (`actor`), known agents (`agents`), netfilter rules and
-//! their authors (`netfilter`, `nftmon`).
+//! their authors (`netfilter`, `nftmon`), and the rule and set element
+//! behind a reject or drop that predates the trace (`nft`).
 
 pub mod actor;
 pub mod agents;
@@ -11,4 +12,5 @@ pub mod decode;
 pub mod enrich;
 pub mod listeners;
 pub mod netfilter;
+pub mod nft;
 pub mod nftmon;

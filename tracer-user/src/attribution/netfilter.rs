@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Netfilter {
     /// prerouting, input, forward or output; null when the stack does not say.
     pub hook: Option<&'static str>,
@@ -13,11 +13,45 @@ pub struct Netfilter {
     /// tracing; for older rules, the base chain from kprobes (nftables
     /// backends) or from the hook (iptables-legacy); null otherwise.
     pub table: Option<crate::untrusted::Untrusted>,
+    /// The table's family (ip, ip6, inet, ...), when the rule is named.
+    pub family: Option<&'static str>,
+    /// The chain the rule sits in (a base chain, or one it jumps to).
     pub chain: Option<crate::untrusted::Untrusted>,
+    /// The rule, from matching the answered packet against the
+    /// namespace's ruleset (`attribution::nft`): its handle (null for a
+    /// base chain's drop policy) and its text as `nft list` prints it.
+    pub handle: Option<u64>,
+    pub rule: Option<crate::untrusted::Untrusted>,
+    /// The set element the rule matched the peer through.
+    pub set: Option<crate::attribution::nft::names::SetMatch>,
     /// Who added the rule, when it was added while rsttrace ran (nftables
     /// backends only: followed over netlink).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub author: Option<crate::attribution::nftmon::Author>,
+    /// The tool that owns the table, chain or set, when a known one.
+    pub agent: Option<crate::untrusted::Untrusted>,
+    /// Facts the match depended on that rsttrace lacks: the rule is a
+    /// candidate, not certain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<crate::untrusted::Untrusted>,
+    /// Other rules that may have answered instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<crate::attribution::nft::names::Candidate>,
+}
+
+impl Netfilter {
+    /// Takes the matched rule's names.
+    pub fn name_rule(&mut self, n: &crate::attribution::nft::names::Named) {
+        self.table = Some(n.table.clone());
+        self.chain = Some(n.chain.clone());
+        self.family = Some(n.family);
+        self.handle = n.handle;
+        self.rule = Some(n.rule.clone());
+        self.set = n.set.clone();
+        self.agent = n.agent.clone();
+        self.unknown = n.unknown.clone();
+        self.candidates = n.candidates.clone();
+    }
 }
 
 /// The function that calls into netfilter names the hook (NF_HOOK is
@@ -50,8 +84,15 @@ pub fn from_stack<'a>(frames: impl IntoIterator<Item = &'a str>) -> Netfilter {
         hook: None,
         backend: None,
         table: None,
+        family: None,
         chain: None,
+        handle: None,
+        rule: None,
+        set: None,
         author: None,
+        agent: None,
+        unknown: vec![],
+        candidates: vec![],
     };
     // Frames inside nf_send_reset are the RST's own way out (its own
     // OUTPUT hook among them); the rule that fired is outward of it.

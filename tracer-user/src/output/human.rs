@@ -113,6 +113,9 @@ pub fn details(rst: &Rst) -> String {
         if let Some(a) = &nf.author {
             line.push_str(&format!(" rule-by={}/{}", a.pid, a.comm));
         }
+        if nf.rule.is_some() {
+            line.push_str(&format!(" {}", nft_rule(nf)));
+        }
     }
     if let Some(o) = &rst.owner {
         line.push_str(&format!(" owner={}/{}", o.pid, o.comm));
@@ -183,6 +186,40 @@ fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top:
     }
 }
 
+/// `family=ip handle=4 set=crowdsec-blacklists[198.18.0.10 expires 3h59m]
+/// owner=CrowdSec`: the matched rule, after its table and chain.
+fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
+    let mut s = format!(
+        "family={} handle={}",
+        nf.family.unwrap_or("?"),
+        nf.handle.map_or("policy".to_string(), |h| h.to_string())
+    );
+    if let Some(set) = &nf.set {
+        s.push_str(&format!(" set={}[{}", set.name, set.element));
+        if let Some(e) = set.expires_in_s {
+            s.push_str(&format!(
+                " expires {}",
+                crate::attribution::nft::names::short_duration(e)
+            ));
+        }
+        s.push(']');
+    }
+    if let Some(a) = &nf.agent {
+        s.push_str(&format!(" owner={a}"));
+    }
+    if !nf.unknown.is_empty() {
+        s.push_str(&format!(
+            " unsure({})",
+            nf.unknown
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    s
+}
+
 pub fn summary_text(s: &Summary, top: usize) -> String {
     let mut t = String::new();
     let secs = s.duration.as_secs_f64();
@@ -230,11 +267,22 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         .drops
         .iter()
         .map(|d| {
-            let wh = d
+            let mut wh: Vec<String> = d
                 .by_location
                 .iter()
                 .map(|(w, n)| format!("{w}={n}"))
                 .collect();
+            if let Some(nf) = &d.netfilter {
+                let q = |u: &Option<crate::untrusted::Untrusted>| {
+                    u.as_ref().map_or("?".to_string(), |x| x.to_string())
+                };
+                wh.push(format!(
+                    "table={} chain={} {}",
+                    q(&nf.table),
+                    q(&nf.chain),
+                    nft_rule(nf)
+                ));
+            }
             (d.remote_ip, d.total, d.first_seen, d.last_seen, wh)
         })
         .collect();
@@ -405,6 +453,9 @@ mod tests {
             actors: ActorResolver::new(Agents::new(vec![])),
             ksyms: Some(ksyms.into()),
             listeners: crate::attribution::listeners::Listeners::new(Duration::from_secs(600)),
+            namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
+                Default::default(),
+            )),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };
@@ -576,6 +627,7 @@ mod tests {
                 last_seen: UNIX_EPOCH,
                 netns: vec![],
                 author: None,
+                netfilter: None,
             }],
             ruleset_changes: vec![Generation {
                 netns: 1,

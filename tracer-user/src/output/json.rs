@@ -102,6 +102,9 @@ struct DropLine<'a> {
     last_seen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     author: Option<&'a crate::attribution::nftmon::Author>,
+    /// The nftables rule and set element that drop them, shaped like an
+    /// RST's `netfilter`; null when no rule in the ruleset explains them.
+    netfilter: Option<&'a crate::attribution::netfilter::Netfilter>,
 }
 
 /// RSTs seen leaving through a device, and how many a rule explains.
@@ -201,6 +204,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
                 first_seen: rfc3339(d.first_seen),
                 last_seen: rfc3339(d.last_seen),
                 author: d.author.as_ref(),
+                netfilter: d.netfilter.as_ref(),
             })
             .collect(),
         drops_total: s.drops_total,
@@ -322,6 +326,7 @@ mod tests {
                 table: None,
                 chain: None,
                 author: None,
+                ..Default::default()
             }),
             ..Rst::example()
         };
@@ -329,7 +334,8 @@ mod tests {
         assert_eq!(v["kernel_reason"], serde_json::Value::Null);
         assert_eq!(
             v["netfilter"],
-            json!({"hook": "input", "backend": "nftables", "table": null, "chain": null})
+            json!({"hook": "input", "backend": "nftables", "table": null, "family": null,
+                   "chain": null, "handle": null, "rule": null, "set": null, "agent": null})
         );
         assert!(v.get("stack").is_none() && v.get("module").is_none());
     }
@@ -365,6 +371,7 @@ mod tests {
                 last_seen: t,
                 netns: vec![],
                 author: None,
+                netfilter: None,
             }],
             drops_total: 2,
             skipped_runs: [("tcp_send_reset".to_string(), 4)].into_iter().collect(),
@@ -399,6 +406,7 @@ mod tests {
                     "where": {"nft_do_chain [nf_tables]": 2},
                     "first_seen": "2023-11-14T22:13:20.000000Z",
                     "last_seen": "2023-11-14T22:13:20.000000Z",
+                    "netfilter": null,
                 }],
                 "drops_total": 2,
                 "drop_overflow": 0,

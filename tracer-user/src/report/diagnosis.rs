@@ -28,12 +28,17 @@ pub struct ActorTally {
     gone: HashMap<IpAddr, Gone>,
     /// listen-overflow RSTs, per remote IP.
     full: HashMap<IpAddr, Full>,
+    /// The last netfilter rule named for a remote's rejected segments.
+    rules: HashMap<IpAddr, crate::attribution::netfilter::Netfilter>,
 }
 
 impl ActorTally {
     /// Counts the process behind `rst`: its actor, or for a netfilter
     /// reject the author of the rule, with the agent either one is.
     pub fn observe(&mut self, rst: &Rst) {
+        if let Some(nf) = rst.netfilter.as_ref().filter(|nf| nf.rule.is_some()) {
+            self.rules.insert(rst.remote.ip(), nf.clone());
+        }
         if let (Cause::ClosedPort, Some(l)) = (rst.cause, &rst.listener)
             && let Some(gone_at) = l.gone_at
         {
@@ -88,6 +93,70 @@ impl ActorTally {
             .filter(|(k, _)| k.0 == cause)
             .max_by_key(|(k, n)| (**n, std::cmp::Reverse(k.1.clone())))
             .map(|(k, n)| (k, *n))
+    }
+}
+
+/// "198.18.0.10 is on CrowdSec's block list (set crowdsec-blacklists in
+/// table ip crowdsec, expires in 3h59m): its requests are answered with
+/// RSTs by chain crowdsec-chain, rule 4".
+pub fn rule_advice(
+    ip: IpAddr,
+    nf: &crate::attribution::netfilter::Netfilter,
+    what: &str,
+) -> String {
+    let table = format!(
+        "table {} {}",
+        nf.family.unwrap_or("?"),
+        nf.table.as_ref().map_or("?".to_string(), |t| t.to_string())
+    );
+    let chain = nf.chain.as_ref().map_or("?".to_string(), |c| c.to_string());
+    let rule = match nf.handle {
+        Some(h) => format!("chain {chain}, rule {h}"),
+        None => format!("chain {chain}'s drop policy"),
+    };
+    let maybe = if nf.unknown.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (if {} allowed it)",
+            nf.unknown
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match &nf.set {
+        Some(set) => {
+            let expires = set
+                .expires_in_s
+                .map(|s| {
+                    format!(
+                        ", expires in {}",
+                        crate::attribution::nft::names::short_duration(s)
+                    )
+                })
+                .unwrap_or_default();
+            let list = match &nf.agent {
+                Some(a) => format!("{a}'s block list"),
+                None => "a block list".to_string(),
+            };
+            format!(
+                "{ip} is on {list} (set {} in {table}{expires}): its requests {what} by {rule}{maybe}",
+                set.name
+            )
+        }
+        None => {
+            let owner = nf
+                .agent
+                .as_ref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default();
+            format!(
+                "its requests {what} by {rule} in {table}{owner}: {}{maybe}",
+                nf.rule.as_ref().map_or("?".to_string(), |r| r.to_string())
+            )
+        }
     }
 }
 
@@ -147,6 +216,13 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         Cause::MemoryPressure => "TCP memory or orphan limits forced aborts: check net.ipv4.tcp_mem and tcp_max_orphans".to_string(),
         Cause::InvalidSegment => "segments invalid for the connection's state: a middlebox rewriting sequence numbers, or a peer reusing a port too early".to_string(),
         Cause::Mptcp => "MPTCP subflow resets".to_string(),
+        // A rule added while tracing names its author; an older one its
+        // block list and rule.
+        Cause::NetfilterReject
+            if tally.rules.contains_key(&r.remote_ip) && tally.top(r.remote_ip, cause).is_none() =>
+        {
+            rule_advice(r.remote_ip, &tally.rules[&r.remote_ip], "are answered with RSTs")
+        }
         Cause::NetfilterReject => match tally.top(r.remote_ip, cause) {
             Some((comm, Some(agent), _)) => format!(
                 "a REJECT rule added by {comm} (security agent: {agent}) answered: check its block list"
@@ -266,6 +342,41 @@ mod tests {
     }
 
     #[test]
+    fn netfilter_reject_names_the_block_list_and_rule() {
+        let mut rst = killed_by("x", None);
+        rst.cause = Cause::NetfilterReject;
+        rst.actor = None;
+        rst.remote = "198.18.0.10:40000".parse().unwrap();
+        rst.netfilter = Some(crate::attribution::netfilter::Netfilter {
+            hook: Some("input"),
+            backend: Some("nftables"),
+            table: Some("crowdsec".into()),
+            family: Some("ip"),
+            chain: Some("crowdsec-chain".into()),
+            handle: Some(4),
+            rule: Some("ip saddr @crowdsec-blacklists reject with tcp reset".into()),
+            set: Some(crate::attribution::nft::names::SetMatch {
+                name: "crowdsec-blacklists".into(),
+                element: "198.18.0.10".into(),
+                timeout_s: Some(14400),
+                expires_in_s: Some(14340),
+                comment: None,
+            }),
+            agent: Some("CrowdSec".into()),
+            ..Default::default()
+        });
+        let mut t = ActorTally::default();
+        t.observe(&rst);
+        let d = diagnose(&remote("198.18.0.10", &[(Cause::NetfilterReject, 1)]), &t);
+        assert_eq!(
+            d,
+            "netfilter-reject (1 of 1): 198.18.0.10 is on CrowdSec's block list (set \
+             crowdsec-blacklists in table ip crowdsec, expires in 3h59m): its requests are \
+             answered with RSTs by chain crowdsec-chain, rule 4"
+        );
+    }
+
+    #[test]
     fn netfilter_reject_names_the_rule_author() {
         let mut rst = killed_by("x", None);
         rst.cause = Cause::NetfilterReject;
@@ -284,6 +395,7 @@ mod tests {
                 table: None,
                 chain: None,
             }),
+            ..Default::default()
         });
         let mut t = ActorTally::default();
         t.observe(&rst);

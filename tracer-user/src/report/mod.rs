@@ -13,10 +13,15 @@ use anyhow::Result;
 use crate::{
     attribution::{
         enrich::{self, Enricher},
+        netfilter::Netfilter,
+        nft::names::hook_name,
         nftmon::Verdict,
     },
     loader::Tracer,
 };
+
+/// Remotes whose drops are named by their rule (the rest keep `where`).
+const NAMED_DROPS: usize = 200;
 
 /// The summary as of now: every count from the kernel's maps, with what
 /// the session learnt on the way (rule authors, ruleset changes, the
@@ -35,11 +40,29 @@ pub fn report(
         enrich::symbolize_function(enricher.ksyms.as_deref(), loc)
     });
     s.skipped_runs = tracer.skipped_runs();
-    for d in &mut s.drops {
+    for (i, d) in s.drops.iter_mut().enumerate() {
         d.author = d
             .netns
             .iter()
             .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
+        // The ruleset is asked about the busiest remotes only: a scan from
+        // a whole network must not make each report thousands of lookups.
+        if i >= NAMED_DROPS {
+            continue;
+        }
+        d.netfilter = d
+            .netns
+            .iter()
+            .find_map(|ns| enricher.name_drop(*ns, d.remote_ip))
+            .map(|(hook, named)| {
+                let mut nf = Netfilter {
+                    hook: Some(hook_name(hook)),
+                    backend: Some("nftables"),
+                    ..Default::default()
+                };
+                nf.name_rule(&named);
+                nf
+            });
     }
     if let Ok(log) = enricher.ruleset.lock() {
         s.ruleset_changes = log.generations.clone();

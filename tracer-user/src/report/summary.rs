@@ -40,6 +40,9 @@ pub struct DropSummary {
     pub netns: Vec<u64>,
     /// Who added the drop rule, when it was added while tracing.
     pub author: Option<crate::attribution::nftmon::Author>,
+    /// The nftables rule (and set element) that drops them, from the
+    /// namespace's ruleset.
+    pub netfilter: Option<crate::attribution::netfilter::Netfilter>,
 }
 
 /// RSTs seen at the egress hook and how they were explained.
@@ -129,6 +132,7 @@ pub fn build_drops(
             last_seen: last,
             netns: Vec::new(),
             author: None,
+            netfilter: None,
         });
         if key.netns != 0 && !d.netns.contains(&u64::from(key.netns)) {
             d.netns.push(u64::from(key.netns));

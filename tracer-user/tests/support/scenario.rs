@@ -198,9 +198,11 @@ pub fn which_ss() -> PathBuf {
 pub enum BaseChain {
     /// Known on every kernel.
     Always(&'static str, &'static str),
-    /// Where the kernel lets rsttrace read it (`rsttrace doctor` says),
-    /// else null.
-    WhereReadable(&'static str, &'static str),
+    /// An nftables rule (iptables-nft's too) that predates the trace:
+    /// named on every kernel, by the kernel where kprobes let rsttrace read
+    /// the base chain (`rsttrace doctor` says), by matching the answered
+    /// segment against the ruleset elsewhere; both must agree.
+    Matched(&'static str, &'static str),
     /// Never known.
     Null,
 }
@@ -214,11 +216,10 @@ pub fn assert_netfilter(
     backend: &str,
     base_chain: BaseChain,
 ) {
+    let matched = matches!(base_chain, BaseChain::Matched(..));
     let (table, chain) = match base_chain {
         BaseChain::Always(t, c) => (t.into(), c.into()),
-        BaseChain::WhereReadable(t, c) if super::names_predating_nft_chains() => {
-            (t.into(), c.into())
-        }
+        BaseChain::Matched(t, c) => (t.into(), c.into()),
         _ => (serde_json::Value::Null, serde_json::Value::Null),
     };
     for e in out.assert_exactly(ns, remote, n, "netfilter-reject") {
@@ -226,6 +227,11 @@ pub fn assert_netfilter(
         assert_eq!(e["netfilter"]["backend"], backend, "{e}");
         assert_eq!(e["netfilter"]["table"], table, "{e}");
         assert_eq!(e["netfilter"]["chain"], chain, "{e}");
+        if matched {
+            // The rule itself, from the ruleset.
+            assert!(e["netfilter"]["handle"].is_u64(), "{e}");
+            assert!(e["netfilter"]["rule"].is_string(), "{e}");
+        }
         assert_eq!(e["kernel_reason"], serde_json::Value::Null);
         // The rule ran in softirq on behalf of the peer: no actor.
         assert_eq!(e["actor"], serde_json::Value::Null, "{e}");

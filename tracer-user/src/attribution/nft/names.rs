@@ -1,0 +1,348 @@
+//! The nftables rule (and set element) behind a reject or drop, from the
+//! namespace's ruleset as of now: what the session adds to `netfilter`
+//! and `drops`, and what `rsttrace why` lists.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{attribution::nftmon::Verdict, untrusted::Untrusted};
+
+use super::{
+    matcher::{self, Hit, Packet},
+    netlink::{Socket, netns_path},
+    owners::Owners,
+    render,
+    snapshot::{self, Element, SET_INTERVAL, Set, Snapshot},
+};
+
+/// The set element a rule matched through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetMatch {
+    pub name: Untrusted,
+    /// The key, or the range (CIDR) holding it.
+    pub element: Untrusted,
+    /// The element's timeout and what is left of it, in seconds.
+    pub timeout_s: Option<u64>,
+    pub expires_in_s: Option<u64>,
+    pub comment: Option<Untrusted>,
+}
+
+/// Another rule that may have answered (an unknown fact kept it open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub table: Untrusted,
+    pub chain: Untrusted,
+    pub handle: Option<u64>,
+    pub rule: Untrusted,
+    pub unknown: Vec<Untrusted>,
+}
+
+/// A rule named by matching, with its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub family: &'static str,
+    pub table: Untrusted,
+    pub chain: Untrusted,
+    pub base_chain: Untrusted,
+    /// None: the base chain's drop policy.
+    pub handle: Option<u64>,
+    pub rule: Untrusted,
+    pub verdict: Verdict,
+    pub set: Option<SetMatch>,
+    pub agent: Option<Untrusted>,
+    pub security_agent: bool,
+    /// Facts the match needed but rsttrace lacks (then a candidate).
+    pub unknown: Vec<Untrusted>,
+    /// Other rules that may have answered instead.
+    pub candidates: Vec<Candidate>,
+}
+
+struct Ns {
+    /// The namespace's file, to notice it is gone: the socket would keep
+    /// a deleted namespace alive.
+    path: std::path::PathBuf,
+    sock: Socket,
+    snap: Snapshot,
+    checked: Instant,
+    cache: HashMap<(Packet, u32, Verdict), (Instant, Option<Named>)>,
+}
+
+/// Per-namespace snapshots, re-read when the ruleset generation changes.
+pub struct Namer {
+    owners: Owners,
+    /// A namespace not found (or unreadable) is tried again after a while.
+    per_ns: HashMap<u64, Result<Ns, Instant>>,
+}
+
+/// A generation is trusted this long before asking the kernel again.
+const RECHECK: Duration = Duration::from_millis(250);
+/// A namespace that could not be read is tried again after this long.
+const RETRY: Duration = Duration::from_secs(5);
+/// A match (with its element's expiry) is reused this long.
+const REUSE: Duration = Duration::from_secs(1);
+
+impl Namer {
+    pub fn new(owners: Owners) -> Self {
+        Self {
+            owners,
+            per_ns: HashMap::new(),
+        }
+    }
+
+    /// Whether `owner` (a name `Named::agent` gave) is a security agent.
+    pub fn is_security_agent(&self, owner: &str) -> bool {
+        self.owners.is_security_agent(owner)
+    }
+
+    fn ns(&mut self, netns: u64) -> Option<&mut Ns> {
+        let open = || {
+            let path = netns_path(netns)?;
+            let mut sock = Socket::open_in(Some(&path)).ok()?;
+            let snap = Snapshot::read(&mut sock).ok()?;
+            Some(Ns {
+                path,
+                sock,
+                snap,
+                checked: Instant::now(),
+                cache: HashMap::new(),
+            })
+        };
+        let stale = match self.per_ns.get(&netns) {
+            None => true,
+            Some(Err(at)) => at.elapsed() >= RETRY,
+            Some(Ok(_)) => false,
+        };
+        if stale {
+            let ns = open().ok_or_else(Instant::now);
+            self.per_ns.insert(netns, ns);
+        }
+        let gone = {
+            let ns = self.per_ns.get_mut(&netns)?.as_mut().ok()?;
+            if ns.checked.elapsed() < RECHECK {
+                false
+            } else {
+                ns.checked = Instant::now();
+                use std::os::unix::fs::MetadataExt as _;
+                if std::fs::metadata(&ns.path).map(|m| m.ino()).ok() != Some(netns) {
+                    true
+                } else {
+                    if snapshot::generation(&mut ns.sock).ok() != Some(ns.snap.generation)
+                        && let Ok(s) = Snapshot::read(&mut ns.sock)
+                    {
+                        ns.snap = s;
+                        ns.cache.clear();
+                    }
+                    false
+                }
+            }
+        };
+        if gone {
+            // Gone (or its file now names another): let it go.
+            self.per_ns.insert(netns, Err(Instant::now()));
+            return None;
+        }
+        let ns = self.per_ns.get_mut(&netns)?.as_mut().ok()?;
+        Some(ns)
+    }
+
+    /// The rule that gave `pkt` the verdict `want` at `hook` (NF_INET_*)
+    /// in namespace `netns` (an inode).
+    pub fn name(&mut self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+        // Each connection has its own source port, and almost no rule
+        // looks at it: matched without it, a flood of rejects costs one
+        // evaluation per peer and second, not one per RST.
+        let coarse = Packet {
+            sport: None,
+            ..pkt.clone()
+        };
+        let named = self.cached(netns, &coarse, hook, want)?;
+        let needs_port = |u: &Vec<Untrusted>| u.iter().any(|f| *f == "source port");
+        if pkt.sport.is_some()
+            && (needs_port(&named.unknown)
+                || named.candidates.iter().any(|c| needs_port(&c.unknown)))
+        {
+            let owners = self.owners.clone();
+            let ns = self.ns(netns)?;
+            let hits = evaluate(&mut ns.sock, &ns.snap, pkt, hook, want);
+            return choose(&owners, &mut ns.sock, &ns.snap, hits);
+        }
+        Some(named)
+    }
+
+    fn cached(&mut self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+        let owners = self.owners.clone();
+        let ns = self.ns(netns)?;
+        let key = (pkt.clone(), hook, want);
+        if let Some((at, n)) = ns.cache.get(&key)
+            && at.elapsed() < REUSE
+        {
+            return n.clone();
+        }
+        let hits = evaluate(&mut ns.sock, &ns.snap, pkt, hook, want);
+        let named = choose(&owners, &mut ns.sock, &ns.snap, hits);
+        // Bounded: entries older than REUSE are of no use.
+        if ns.cache.len() >= 4096 {
+            ns.cache.retain(|_, (at, _)| at.elapsed() < REUSE);
+        }
+        ns.cache.insert(key, (Instant::now(), named.clone()));
+        named
+    }
+}
+
+fn evaluate(
+    sock: &mut Socket,
+    snap: &Snapshot,
+    pkt: &Packet,
+    hook: u32,
+    want: Verdict,
+) -> Vec<Hit> {
+    let mut lookup = |set: &Set, key: &[u8]| snapshot::element(sock, set, key);
+    matcher::evaluate(snap, pkt, hook, want, &mut lookup)
+}
+
+/// The first rule that certainly answered, else the first candidate;
+/// the others as candidates.
+fn choose(owners: &Owners, sock: &mut Socket, snap: &Snapshot, hits: Vec<Hit>) -> Option<Named> {
+    let pick = hits.iter().position(|h| h.unknown.is_empty()).unwrap_or(0);
+    let hit = hits.get(pick)?;
+    let mut named = describe(owners, sock, snap, hit);
+    named.candidates = hits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != pick)
+        .map(|(_, h)| Candidate {
+            table: h.table.clone().into(),
+            chain: h.chain.clone().into(),
+            handle: h.handle,
+            rule: rule_text(snap, h).into(),
+            unknown: untrusted(&h.unknown),
+        })
+        .collect();
+    Some(named)
+}
+
+/// Facts may name sets and xt extensions: from outside.
+fn untrusted(v: &[String]) -> Vec<Untrusted> {
+    v.iter().map(|s| Untrusted::from(s.as_str())).collect()
+}
+
+fn rule_text(snap: &Snapshot, h: &Hit) -> String {
+    match &h.rule {
+        Some(r) => render::rule(Some(snap), r),
+        None => "policy drop".into(),
+    }
+}
+
+fn describe(owners: &Owners, sock: &mut Socket, snap: &Snapshot, h: &Hit) -> Named {
+    let set = h.set.as_ref().map(|s| SetMatch {
+        name: s.set.name.clone().into(),
+        element: element_text(sock, &s.set, &s.element).into(),
+        timeout_s: s.element.timeout_ms.or(s.set.timeout_ms).map(|t| t / 1000),
+        expires_in_s: s.element.expires_ms.map(|t| t / 1000),
+        comment: s.element.comment.clone().map(Untrusted::from),
+    });
+    // An anonymous set belongs to its rule: the owner is the chain's.
+    let set_name = h
+        .set
+        .as_ref()
+        .map(|s| s.set.name.as_str())
+        .filter(|n| !n.starts_with("__"));
+    let owner = owners.of(&h.table, &h.chain, set_name);
+    Named {
+        family: render::family_name(h.family),
+        table: h.table.clone().into(),
+        chain: h.chain.clone().into(),
+        base_chain: h.base_chain.clone().into(),
+        handle: h.handle,
+        rule: rule_text(snap, h).into(),
+        verdict: h.verdict,
+        set,
+        security_agent: owner.as_ref().is_some_and(|o| o.security),
+        agent: owner.map(|o| o.name.into()),
+        unknown: untrusted(&h.unknown),
+        candidates: vec![],
+    }
+}
+
+/// The element as nft lists it: a key, or an interval's range (the
+/// kernel returns an rbtree interval's start; its end is the next
+/// interval-end element, exclusive).
+fn element_text(sock: &mut Socket, set: &Set, el: &Element) -> String {
+    if let Some(end) = &el.key_end {
+        return render::element(&el.key, Some(end));
+    }
+    if set.flags & SET_INTERVAL != 0
+        && let Ok(all) = snapshot::elements(sock, set)
+        && let Some((end, _)) = all
+            .iter()
+            .filter(|(k, is_end)| {
+                *is_end && k.len() == el.key.len() && k.as_slice() > el.key.as_slice()
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+    {
+        let mut last = end.clone();
+        // Exclusive end, minus one.
+        for b in last.iter_mut().rev() {
+            let (v, borrow) = b.overflowing_sub(1);
+            *b = v;
+            if !borrow {
+                break;
+            }
+        }
+        return render::element(&el.key, Some(&last));
+    }
+    render::addr(&el.key)
+}
+
+/// `rsttrace why`: every rule that would reject or drop `pkt` in the
+/// namespace at `path`, at the hooks a peer's packet meets (prerouting,
+/// input, forward).
+pub fn why(
+    owners: &Owners,
+    path: Option<&Path>,
+    pkt: &Packet,
+) -> Result<Vec<(u32, Named)>, String> {
+    let mut sock = Socket::open_in(path)?;
+    let snap = Snapshot::read(&mut sock).map_err(|e| {
+        format!(
+            "reading the nftables ruleset: {}",
+            std::io::Error::from_raw_os_error(e)
+        )
+    })?;
+    let mut out = vec![];
+    for hook in [0, 1, 2] {
+        for want in [Verdict::Reject, Verdict::Drop] {
+            let hits = evaluate(&mut sock, &snap, pkt, hook, want);
+            for h in &hits {
+                out.push((hook, describe(owners, &mut sock, &snap, h)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn hook_name(h: u32) -> &'static str {
+    match h {
+        0 => "prerouting",
+        1 => "input",
+        2 => "forward",
+        3 => "output",
+        _ => "postrouting",
+    }
+}
+
+/// "expires in 3h59m" style durations.
+pub fn short_duration(s: u64) -> String {
+    let (d, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m{sec}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}

@@ -1,0 +1,469 @@
+//! Block lists that predate the trace: rulesets shaped as CrowdSec,
+//! fail2ban and SSHGuard create them (plus an interval set, a verdict map
+//! and a jump), loaded with `nft` before rsttrace starts. Every reject
+//! and drop names its table, chain, handle, rule, set element, expiry and
+//! owner on every kernel (kprobes or not), and `rsttrace why` lists the
+//! same rules before any traffic. Traffic comes from a peer namespace over
+//! a veth pair; the rules' own counters are the truth.
+
+mod support;
+
+use std::{io::ErrorKind, net::IpAddr};
+
+use serde_json::{Value, json};
+use support::{Netns, Trace, rsttrace_command, rule_packets, veth};
+
+/// A server namespace with `ruleset` loaded and a peer namespace at
+/// `198.18.{net}.10` (and `.11`) over a veth pair; the server is `.1`.
+fn setup(tag: &str, net: u8, ruleset: &str) -> (Netns, Netns) {
+    let srv = Netns::new(&format!("bl-{tag}"));
+    let peer = Netns::new(&format!("bl-{tag}-p"));
+    let (a, b) = (format!("bl{tag}0"), format!("bl{tag}1"));
+    veth(
+        (&srv, &a, &[&format!("198.18.{net}.1/24")]),
+        (
+            &peer,
+            &b,
+            &[
+                &format!("198.18.{net}.10/24"),
+                &format!("198.18.{net}.11/24"),
+            ],
+        ),
+    );
+    let path = std::env::temp_dir().join(format!("rsttrace-bl-{tag}-{}.nft", std::process::id()));
+    std::fs::write(&path, ruleset).unwrap();
+    srv.exec(&["nft", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    (srv, peer)
+}
+
+/// `n` connects from `client` (in `peer`) refused by a RST.
+fn refused(peer: &Netns, client: &str, server: &str, n: u64) {
+    let client: IpAddr = client.parse().unwrap();
+    let server = server.parse().unwrap();
+    support::refused_connects(peer, client, server, n);
+}
+
+/// `n` connects from `client` that time out: their SYNs were dropped.
+fn dropped(peer: &Netns, client: &'static str, server: &'static str, n: u64) {
+    peer.run(move || {
+        for _ in 0..n {
+            let err = support::scenario::connect_briefly(client, server).expect_err("dropped");
+            assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        }
+    });
+}
+
+/// Packets the rule with `handle` in `chain` matched (its counter).
+fn counter(ns: &Netns, family: &str, table: &str, chain: &str, handle: u64) -> u64 {
+    let listing = ns.output(&["nft", "-a", "list", "chain", family, table, chain]);
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with(&format!("# handle {handle}")))
+        .unwrap_or_else(|| panic!("no rule {handle} in:\n{listing}"));
+    rule_packets(line)
+}
+
+/// The handle nft gave the rule whose text contains `needle`.
+fn handle_of(ns: &Netns, family: &str, table: &str, chain: &str, needle: &str) -> u64 {
+    let listing = ns.output(&["nft", "-a", "list", "chain", family, table, chain]);
+    listing
+        .lines()
+        .find(|l| l.contains(needle) && l.contains("# handle"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .and_then(|h| h.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rule with {needle:?} in:\n{listing}"))
+}
+
+/// `rsttrace why TARGET --netns NS -o json`: its lines.
+fn why(ns: &Netns, target: &str) -> Vec<Value> {
+    let out = rsttrace_command(None)
+        .args([
+            "why",
+            target,
+            "--netns",
+            &format!("/run/netns/{}", ns.name),
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "why {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The expected `netfilter` naming (hook and backend aside).
+#[derive(Clone)]
+struct Named<'a> {
+    family: &'a str,
+    table: &'a str,
+    chain: &'a str,
+    handle: u64,
+    rule: &'a str,
+    set: Value,
+    agent: Value,
+    /// Other rules that may have answered (absent: none).
+    candidates: Value,
+    /// Facts the match depended on that rsttrace lacks (absent: none).
+    unknown: Value,
+}
+
+fn assert_named(nf: &Value, want: &Named<'_>) {
+    assert_eq!(nf["family"], want.family, "{nf}");
+    assert_eq!(nf["table"], want.table, "{nf}");
+    assert_eq!(nf["chain"], want.chain, "{nf}");
+    assert_eq!(nf["handle"], want.handle, "{nf}");
+    assert_eq!(nf["rule"], want.rule, "{nf}");
+    assert_eq!(nf["agent"], want.agent, "{nf}");
+    assert_eq!(
+        nf.get("candidates").cloned().unwrap_or(Value::Null),
+        want.candidates,
+        "{nf}"
+    );
+    assert_eq!(
+        nf.get("unknown").cloned().unwrap_or(Value::Null),
+        want.unknown,
+        "{nf}"
+    );
+    // An element's expiry counts down: checked apart, within a margin.
+    let mut set = nf["set"].clone();
+    if let (Some(s), Some(full)) = (set.as_object_mut(), want.set["timeout_s"].as_u64()) {
+        let left = s.remove("expires_in_s").and_then(|l| l.as_u64());
+        let left = left.unwrap_or_else(|| panic!("no expiry: {nf}"));
+        assert!(
+            left <= full && left + 600 >= full,
+            "expires in {left}s of {full}s: {nf}"
+        );
+    }
+    assert_eq!(set, want.set, "{nf}");
+}
+
+/// CrowdSec's firewall bouncer in nftables mode: table `ip crowdsec`, a
+/// timeout set `crowdsec-blacklists` whose elements carry the decision's
+/// duration and origin, chain `crowdsec-chain` at input priority -10
+/// (cs-firewall-bouncer's defaults), here with `deny_action: REJECT`.
+#[test]
+fn crowdsec_block_list_predating_the_trace_is_named() {
+    let (srv, peer) = setup(
+        "cs",
+        0,
+        r#"table ip crowdsec {
+  set crowdsec-blacklists {
+    type ipv4_addr
+    flags timeout
+    elements = { 198.18.0.10 timeout 4h comment "crowdsecurity/ssh-bf" }
+  }
+  chain crowdsec-chain {
+    type filter hook input priority -10; policy accept;
+    ip saddr @crowdsec-blacklists counter reject with tcp reset
+  }
+}
+"#,
+    );
+    let handle = handle_of(
+        &srv,
+        "ip",
+        "crowdsec",
+        "crowdsec-chain",
+        "@crowdsec-blacklists",
+    );
+    let want = Named {
+        family: "ip",
+        table: "crowdsec",
+        chain: "crowdsec-chain",
+        handle,
+        rule: &nft_text(&srv, "ip", "crowdsec", "crowdsec-chain", handle),
+        set: json!({"name": "crowdsec-blacklists", "element": "198.18.0.10",
+                    "timeout_s": 14400, "comment": "crowdsecurity/ssh-bf"}),
+        agent: json!("CrowdSec"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    assert_eq!(
+        want.rule,
+        "meta l4proto tcp ip saddr @crowdsec-blacklists counter reject with tcp reset"
+    );
+    // Asked before any traffic.
+    let w = why(&srv, "198.18.0.10:22");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (w[0]["hook"].as_str(), w[0]["verdict"].as_str()),
+        (Some("input"), Some("reject"))
+    );
+    assert_eq!(w[0]["labels"], json!(["security-agent"]));
+    assert_named(&w[0], &want);
+    // Not on the list: nothing rejects it.
+    assert!(why(&srv, "198.18.0.11:22").is_empty());
+
+    let trace = Trace::watch(&srv, &[]);
+    refused(&peer, "198.18.0.10", "198.18.0.1:22", 3);
+    let out = trace.stop();
+    let n = counter(&srv, "ip", "crowdsec", "crowdsec-chain", handle);
+    assert!(n >= 3, "rule counter: {n}");
+    for e in out.assert_exactly(&srv, "198.18.0.10", n, "netfilter-reject") {
+        assert_eq!(e["netfilter"]["hook"], "input", "{e}");
+        assert_eq!(e["netfilter"]["backend"], "nftables", "{e}");
+        assert_named(&e["netfilter"], &want);
+        assert_eq!(e["labels"], json!(["security-agent"]), "{e}");
+    }
+}
+
+/// fail2ban's nftables action (action.d/nftables.conf): table `inet
+/// f2b-table`, chain `f2b-chain` at input priority -1, set
+/// `addr-set-<jail>`, and per jail `tcp dport { PORTS } ip saddr
+/// @addr-set-<jail> <blocktype>`; here the blocktype is drop.
+#[test]
+fn fail2ban_drop_predating_the_trace_is_named() {
+    let (srv, peer) = setup(
+        "f2b",
+        1,
+        r#"table inet f2b-table {
+  set addr-set-sshd {
+    type ipv4_addr
+    elements = { 198.18.1.10 }
+  }
+  chain f2b-chain {
+    type filter hook input priority -1;
+    tcp dport { 22 } ip saddr @addr-set-sshd counter drop
+  }
+}
+"#,
+    );
+    let handle = handle_of(&srv, "inet", "f2b-table", "f2b-chain", "@addr-set-sshd");
+    let want = Named {
+        family: "inet",
+        table: "f2b-table",
+        chain: "f2b-chain",
+        handle,
+        rule: &nft_text(&srv, "inet", "f2b-table", "f2b-chain", handle),
+        set: json!({"name": "addr-set-sshd", "element": "198.18.1.10",
+                    "timeout_s": null, "expires_in_s": null, "comment": null}),
+        agent: json!("fail2ban"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    let w = why(&srv, "198.18.1.10:22");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["verdict"], "drop");
+    assert_named(&w[0], &want);
+    // Another port is not the jail's.
+    assert!(why(&srv, "198.18.1.10:80").is_empty());
+
+    let trace = Trace::watch(&srv, &[]);
+    dropped(&peer, "198.18.1.10", "198.18.1.1:22", 2);
+    let out = trace.stop();
+    let n = counter(&srv, "inet", "f2b-table", "f2b-chain", handle);
+    assert!(n >= 2, "rule counter: {n}");
+    if !support::kernel_names_netfilter_drops() {
+        assert!(out.summary["drops"].as_array().unwrap().is_empty());
+        return;
+    }
+    let d = out.drops_to("198.18.1.10");
+    assert_eq!(d["total"], n, "{d}");
+    assert_eq!(d["by_cause"], json!({"netfilter-drop": n}), "{d}");
+    assert_eq!(d["netfilter"]["hook"], "input", "{d}");
+    // A drop is counted by remote address: its port is not known, and the
+    // rule matches on one.
+    assert_named(
+        &d["netfilter"],
+        &Named {
+            unknown: json!(["destination port"]),
+            ..want
+        },
+    );
+    assert!(out.rsts_to("198.18.1.10").is_empty());
+}
+
+/// SSHGuard's nftables backend (sshg-fw-nft-sets): tables `ip sshguard`
+/// and `ip6 sshguard`, chain `blacklist` at input priority -10, interval
+/// set `attackers` (it blocks whole subnets), `ip saddr @attackers drop`.
+/// A peer inside a blocked /24 is named with the range.
+#[test]
+fn sshguard_subnet_drop_is_named_with_its_range() {
+    let (srv, peer) = setup(
+        "sg",
+        2,
+        r#"table ip sshguard {
+  set attackers {
+    type ipv4_addr
+    flags interval
+    elements = { 198.18.2.8/29 }
+  }
+  chain blacklist {
+    type filter hook input priority -10;
+    ip saddr @attackers counter drop
+  }
+}
+"#,
+    );
+    let handle = handle_of(&srv, "ip", "sshguard", "blacklist", "@attackers");
+    let want = Named {
+        family: "ip",
+        table: "sshguard",
+        chain: "blacklist",
+        handle,
+        rule: &nft_text(&srv, "ip", "sshguard", "blacklist", handle),
+        set: json!({"name": "attackers", "element": "198.18.2.8/29",
+                    "timeout_s": null, "expires_in_s": null, "comment": null}),
+        agent: json!("SSHGuard"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    assert_eq!(want.rule, "ip saddr @attackers counter drop");
+    let w = why(&srv, "198.18.2.11");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_named(&w[0], &want);
+    // Outside the range.
+    assert!(why(&srv, "198.18.2.16").is_empty());
+
+    let trace = Trace::watch(&srv, &[]);
+    dropped(&peer, "198.18.2.11", "198.18.2.1:22", 2);
+    let out = trace.stop();
+    let n = counter(&srv, "ip", "sshguard", "blacklist", handle);
+    assert!(n >= 2, "rule counter: {n}");
+    if !support::kernel_names_netfilter_drops() {
+        assert!(out.summary["drops"].as_array().unwrap().is_empty());
+        return;
+    }
+    let d = out.drops_to("198.18.2.11");
+    assert_eq!(d["total"], n, "{d}");
+    assert_named(&d["netfilter"], &want);
+}
+
+/// A hand-written ruleset: past a `ct state` rule (a fact rsttrace lacks,
+/// whose accept is passed over), a verdict map on the port jumps into a
+/// regular chain that rejects an interval set's CIDRs, after a rule that
+/// only another such fact (the mark) could have matched: named as a
+/// candidate.
+#[test]
+fn verdict_map_jump_and_interval_set_reject_is_named() {
+    let (srv, peer) = setup(
+        "vm",
+        3,
+        r#"table inet rsttrace_vm {
+  set nets {
+    type ipv4_addr
+    flags interval
+    elements = { 198.18.3.0/28, 203.0.113.0/24 }
+  }
+  map ports {
+    type inet_service : verdict
+    elements = { 7777 : jump blocked }
+  }
+  chain blocked {
+    meta mark 0x2a counter reject with tcp reset
+    ip saddr 192.0.2.1 counter drop
+    ip saddr @nets counter reject with tcp reset
+  }
+  chain in {
+    type filter hook input priority 0; policy accept;
+    ct state established,related accept
+    tcp dport vmap @ports
+  }
+}
+"#,
+    );
+    let handle = handle_of(&srv, "inet", "rsttrace_vm", "blocked", "@nets");
+    let mark = handle_of(&srv, "inet", "rsttrace_vm", "blocked", "meta mark");
+    let want = Named {
+        family: "inet",
+        table: "rsttrace_vm",
+        chain: "blocked",
+        handle,
+        rule: &nft_text(&srv, "inet", "rsttrace_vm", "blocked", handle),
+        set: json!({"name": "nets", "element": "198.18.3.0/28",
+                    "timeout_s": null, "expires_in_s": null, "comment": null}),
+        agent: Value::Null,
+        // rsttrace does not know the packet's mark: that rule stays a
+        // candidate (the truth: its counter stays 0).
+        candidates: json!([{"table": "rsttrace_vm", "chain": "blocked", "handle": mark,
+                            "rule": nft_text(&srv, "inet", "rsttrace_vm", "blocked", mark),
+                            "unknown": ["meta mark"]}]),
+        unknown: Value::Null,
+    };
+    assert_eq!(
+        want.rule,
+        "meta l4proto tcp ip saddr @nets counter reject with tcp reset"
+    );
+    // `why` lists the candidate first, then the rule that surely rejects.
+    let w = why(&srv, "198.18.3.10:7777");
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[0]["handle"], mark, "{w:?}");
+    assert_eq!(w[0]["unknown"], json!(["meta mark"]), "{w:?}");
+    assert_eq!(w[1]["labels"], json!([]));
+    assert_named(
+        &w[1],
+        &Named {
+            candidates: Value::Null,
+            ..want.clone()
+        },
+    );
+    assert!(why(&srv, "198.18.3.10:7778").is_empty(), "another port");
+
+    let trace = Trace::watch(&srv, &[]);
+    refused(&peer, "198.18.3.10", "198.18.3.1:7777", 2);
+    let out = trace.stop();
+    let n = counter(&srv, "inet", "rsttrace_vm", "blocked", handle);
+    assert!(n >= 2, "rule counter: {n}");
+    assert_eq!(counter(&srv, "inet", "rsttrace_vm", "blocked", mark), 0);
+    for e in out.assert_exactly(&srv, "198.18.3.10", n, "netfilter-reject") {
+        assert_named(&e["netfilter"], &want);
+        assert_eq!(e["labels"], json!([]), "{e}");
+    }
+}
+
+/// The rule as `nft -a list` prints it, counters without their values and
+/// without the handle comment: what rsttrace's `rule` must read.
+fn nft_text(ns: &Netns, family: &str, table: &str, chain: &str, handle: u64) -> String {
+    let listing = ns.output(&["nft", "-a", "list", "chain", family, table, chain]);
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with(&format!("# handle {handle}")))
+        .unwrap_or_else(|| panic!("no rule {handle} in:\n{listing}"));
+    let line = line
+        .trim()
+        .trim_end_matches(&format!("# handle {handle}"))
+        .trim();
+    let words: Vec<&str> = line.split(' ').collect();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < words.len() {
+        out.push(words[i]);
+        if words[i] == "counter" && words.get(i + 1) == Some(&"packets") {
+            i += 5;
+        } else {
+            i += 1;
+        }
+    }
+    out.join(" ")
+}
+
+/// Bad input to `rsttrace why`: one line saying what is wrong, non-zero.
+#[test]
+fn why_rejects_bad_input_in_one_line() {
+    support::require_root();
+    for (args, code, said) in [
+        (&["why", "not-an-ip"][..], 2, "is not an address"),
+        (&["why", "198.18.0.10:0"][..], 2, "port 0 is not a port"),
+        (&["why", "198.18.0.10", "--proto", "sctp"][..], 2, "sctp"),
+        (
+            &["why", "198.18.0.10", "--netns", "/nonexistent"][..],
+            1,
+            "--netns /nonexistent: can't open",
+        ),
+    ] {
+        let out = rsttrace_command(None).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.contains(said), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
