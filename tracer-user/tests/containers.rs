@@ -969,10 +969,16 @@ fn container_id() -> String {
     )
 }
 
+/// What the app does with the connection busybox's nc hands it (as its
+/// stdin and stdout): after a second (the request has arrived), closes it
+/// unread, an abort-on-close RST sent by the app itself; then lives on a
+/// while, so its cgroup outlives the RST (a container's cgroup is removed
+/// as soon as it exits, and rsttrace reads the path after the event).
+const APP_CLOSES: &str = "sleep 1; exec 0<&- 1>&-; sleep 3";
+
 /// An app container in pod `ns`, in a kubelet-style cgroup named for its
-/// container id: busybox's nc, which accepts one connection and hands it
-/// to `sleep 1`, which exits with the request unread (an abort-on-close
-/// RST sent by the app itself, in its container's cgroup).
+/// container id: busybox's nc, listening (on IPv6, dual-stack), running
+/// `APP_CLOSES` for the one connection it accepts.
 fn app_container(ns: &Netns, id: &str, port: u16) -> Container {
     let rootfs = Path::new(WORK).join("app-rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
@@ -989,7 +995,7 @@ fn app_container(ns: &Netns, id: &str, port: u16) -> Container {
         host_pid: false,
         args: ["/bin/busybox", "nc", "-l", "-p", &port.to_string()]
             .into_iter()
-            .chain(["-e", "/bin/busybox", "sleep", "1"])
+            .chain(["-e", "/bin/busybox", "sh", "-c", APP_CLOSES])
             .map(String::from)
             .collect(),
         env: vec![],
@@ -1073,9 +1079,10 @@ fn node_agent_names_the_container_of_an_actor() {
         // Shown with a failure.
         println!("agent {name}: stdout:\n{stdout}\nstderr:\n{stderr}");
         let out = support::parse_output(&stdout, stderr);
-        let evs = out.assert_exactly(&ns, "127.49.0.1", 1, "abort-on-close");
+        // nc's socket is IPv6: the client's address is IPv4-mapped.
+        let evs = out.assert_exactly(&ns, "::ffff:127.49.0.1", 1, "abort-on-close");
         let actor = &evs[0]["actor"];
-        // sleep is busybox's applet: the task is named for the binary.
+        // sh is busybox's applet: the task is named for the binary.
         assert_eq!(actor["comm"], "busybox", "{}", evs[0]);
         let cgroup = format!("/kubepods/besteffort/pod{}/{id}", &id[..32]);
         if with_mount {
