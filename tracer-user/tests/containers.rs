@@ -486,6 +486,23 @@ fn crun(log: &Path) -> Command {
     c
 }
 
+/// How `crun run` starts: in a mount namespace of its own, chrooted into
+/// a bind mount of /. The VM's / is the initramfs itself, a mount with no
+/// parent, out of which pivot_root refuses to move (EINVAL; 6.1 does,
+/// newer kernels may not); a node's root is a mount like any other, as the
+/// bind mount is. Mounts stay shared as they are (/run/netns propagates).
+fn crun_run(log: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "unchanged", "--", "sh", "-c"])
+        .arg(concat!(
+            "set -e; r=/tmp/rsttrace-containers/root; mkdir -p \"$r\"; ",
+            "mount -o rbind / \"$r\"; cd \"$r\"; exec chroot . crun \"$@\""
+        ))
+        .arg("crun-run")
+        .arg(format!("--log=file:{}", log.display()));
+    c
+}
+
 fn read_log(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_else(|e| format!("(no crun log: {e})"))
 }
@@ -496,7 +513,7 @@ impl Container {
         let log = dir.join("crun.log");
         // One left over from an interrupted run would hold the id.
         let _ = crun(&log).args(["delete", "--force", id]).output();
-        let mut child = crun(&log)
+        let mut child = crun_run(&log)
             .args(["run", "--bundle"])
             .arg(&dir)
             .arg(id)
