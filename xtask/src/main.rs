@@ -255,6 +255,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "-D",
                 "warnings",
             ]))?;
+            // tests/containers.rs is `test = false` (only vm-test runs it),
+            // so --all-targets leaves it out.
+            check(cargo().args([
+                "clippy",
+                "--release",
+                "--package",
+                "tracer-user",
+                "--test",
+                "containers",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
             // The eBPF crate only compiles for the BPF target, with nightly.
             check(
                 Command::new("cargo")

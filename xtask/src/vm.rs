@@ -77,6 +77,33 @@ pub const NEEDS_MODULE: &[(&str, &str)] = &[(
     "netfilter_reject_nftables_netdev_ingress",
 )];
 
+/// The test binary that runs the container image; the VM gets the image
+/// only when it runs.
+const CONTAINERS_TEST: &str = "containers";
+/// Where the VM has the image `cargo xtask image` builds, as an OCI image
+/// layout (tests/containers.rs unpacks it into a bundle).
+pub const IMAGE_IN_VM: &str = "/usr/share/rsttrace-vm/image";
+/// Its own tag: podman's image store is shared with other builds.
+const IMAGE_TAG: &str = "localhost/rsttrace:vm-test";
+
+/// Builds the image as `cargo xtask image` does and exports it with
+/// podman (no container runs on the host: it can't run them) as an OCI
+/// image layout: the layers that ship, not a rootfs assembled here.
+fn image_layout(vm: &Path) -> Result<PathBuf> {
+    crate::image::image(IMAGE_TAG)?;
+    let dir = vm.join("image-oci");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    crate::check(
+        std::process::Command::new("podman")
+            .args(["save", "--quiet", "--format", "oci-dir", "-o"])
+            .arg(&dir)
+            .arg(IMAGE_TAG),
+    )?;
+    Ok(dir)
+}
+
 struct KernelResult {
     label: &'static str,
     release: String,
@@ -109,7 +136,12 @@ pub fn run(o: &Options) -> Result<bool> {
     let vm = crate::workspace_root().join("target/vm");
     let apt = apt::Apt::new(&vm.join("apt"))?;
     let busybox = busybox(&apt, &vm)?;
-    let base = initramfs::base(&busybox, &rsttrace, &bins, &job)?;
+    let image = if o.tests.iter().any(|t| t == CONTAINERS_TEST) {
+        Some(image_layout(&vm)?)
+    } else {
+        None
+    };
+    let base = initramfs::base(&busybox, &rsttrace, &bins, &job, image.as_deref())?;
     let machine = qemu::Machine {
         smp: o.smp,
         memory_mib: o.memory_mib,
@@ -379,6 +411,10 @@ fn build(tests: &[String]) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])
+        // By name: a target with `test = false` (containers, which only a
+        // VM can run) is built only when named, and naming one builds only
+        // those named (rsttrace too, which they run).
+        .args(tests.iter().flat_map(|t| ["--test", t.as_str()]))
         .stderr(Stdio::inherit())
         .output()
         .context("can't run cargo")?;

@@ -17,7 +17,7 @@ use super::{cpio::Archive, kernel::ModulePlan};
 /// the Debian packages .ci/run installs provide them. (name, required)
 /// The host's sh (dash) too: Debian's busybox shell runs its own applets
 /// before anything in PATH, so `ip` in a script would be busybox's.
-const TOOLS: [(&str, bool); 12] = [
+const TOOLS: [(&str, bool); 13] = [
     ("sh", true),
     ("ip", true),
     ("ss", true),
@@ -31,6 +31,9 @@ const TOOLS: [(&str, bool); 12] = [
     // busybox has one too.
     ("sysctl", false),
     ("bpftool", false),
+    // The OCI runtime tests/containers.rs runs the image with (Debian's
+    // crun, as a node's container runtime would).
+    ("crun", false),
 ];
 /// iptables loads its matches and targets from here with dlopen.
 const XTABLES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
@@ -60,6 +63,7 @@ pub fn base(
     rsttrace: &Path,
     bins: &[(String, PathBuf)],
     job: &Job,
+    image: Option<&Path>,
 ) -> Result<Archive> {
     let mut a = Archive::default();
     // Merged /usr as on the host, before anything lands below these.
@@ -150,6 +154,12 @@ pub fn base(
             .any(|d| a.contains(&Path::new(d).join(&applet)));
         if !taken {
             a.symlink(format!("/usr/bin/{applet}"), "busybox");
+        }
+    }
+    if let Some(layout) = image {
+        for f in walk(layout)? {
+            let rel = f.strip_prefix(layout).expect("under the layout");
+            a.host_file(Path::new(super::IMAGE_IN_VM).join(rel), &f, 0o644);
         }
     }
     a.data("/init", INIT, 0o755);
