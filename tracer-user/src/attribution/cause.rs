@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-pub use tracer_common::Cause;
 use tracer_common::tcp_state;
+pub use tracer_common::{Cause, DropCause};
 
 /// Whether the RST is sent in process context on behalf of a syscall,
 /// so that the current task is the one that asked for it. Receive-path
@@ -276,6 +276,66 @@ pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> 
                 },
             };
             (*v as u32, entry)
+        })
+        .collect()
+}
+
+/// The drop cause a kernel `skb_drop_reason` name decides: policies and
+/// limits only. Every other reason (the TCP stack's own: old data,
+/// checksum, no socket, ...) is not a silent drop rsttrace counts.
+pub fn drop_cause_for_reason(name: &str) -> Option<DropCause> {
+    match name {
+        "NETFILTER_DROP" => Some(DropCause::NetfilterDrop),
+        "TC_INGRESS" | "TC_EGRESS" => Some(DropCause::TcDrop),
+        "XDP" => Some(DropCause::XdpDrop),
+        // Cgroup ingress programs and socket filters drop through
+        // sk_filter: the kernel names both SOCKET_FILTER.
+        "BPF_CGROUP_EGRESS" | "SOCKET_FILTER" => Some(DropCause::CgroupDrop),
+        "TCP_LISTEN_OVERFLOW" => Some(DropCause::ListenOverflow),
+        _ => None,
+    }
+}
+
+/// The kfree_skb reason table as the kernel program takes it, for the
+/// drop causes in `wanted` only (the `--cause` scope): (reason value, drop
+/// cause).
+pub fn drop_reason_table(
+    reasons: &BTreeMap<u64, String>,
+    wanted: &[DropCause],
+) -> Vec<(u32, DropCause)> {
+    reasons
+        .iter()
+        .filter(|(v, _)| **v < u64::from(tracer_common::MAX_DROP_REASONS))
+        .filter_map(|(v, n)| Some((*v as u32, drop_cause_for_reason(n)?)))
+        .filter(|(_, c)| wanted.contains(c))
+        .collect()
+}
+
+/// The hooks whose BPF programs may have made a drop of `cause`, from the
+/// dropping function (`location`, symbolized): tc's ingress runs in
+/// `__netif_receive_skb_core`, its egress on the way to a device's queue.
+/// Cgroup programs are not named (which cgroup is not known here).
+pub fn drop_hooks(cause: DropCause, location: &str) -> Vec<super::bpfprogs::Hook> {
+    use super::bpfprogs::Hook;
+    match cause {
+        DropCause::TcDrop if location.contains("netif_receive") => vec![Hook::TcIngress],
+        DropCause::TcDrop if location.contains("xmit") || location.contains("egress") => {
+            vec![Hook::TcEgress]
+        }
+        DropCause::TcDrop => vec![Hook::TcIngress, Hook::TcEgress],
+        DropCause::XdpDrop => vec![Hook::Xdp],
+        _ => vec![],
+    }
+}
+
+/// The drop causes a kernel with these kfree_skb reasons can report.
+pub fn drop_causes_named(reasons: &BTreeMap<u64, String>) -> Vec<DropCause> {
+    DropCause::ALL
+        .into_iter()
+        .filter(|c| {
+            reasons
+                .values()
+                .any(|n| drop_cause_for_reason(n) == Some(*c))
         })
         .collect()
 }
@@ -592,5 +652,24 @@ mod tests {
                 "README names a cause that does not exist: {name}"
             );
         }
+        let drops = readme
+            .split("| drop cause |")
+            .nth(1)
+            .expect("the drop cause table")
+            .split("\n\n")
+            .next()
+            .unwrap();
+        let listed: Vec<(&str, &str)> = drops
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix("| `")?.split(" | ");
+                Some((cells.next()?.strip_suffix('`')?, cells.next()?))
+            })
+            .collect();
+        let want: Vec<(&str, &str)> = DropCause::ALL
+            .iter()
+            .map(|c| (c.name(), c.description()))
+            .collect();
+        assert_eq!(listed, want, "README's drop cause table");
     }
 }

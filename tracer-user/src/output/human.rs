@@ -168,6 +168,27 @@ fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top:
     }
 }
 
+/// A BPF program at the hook that dropped: "prog=tc-ingress/eth0:12/name
+/// (holder 812/agent) [security-agent: Cilium]".
+fn program_text(p: &crate::attribution::bpfprogs::BpfProgram) -> String {
+    let mut t = format!("prog={}/{}", p.attach, p.device);
+    match (p.id, &p.name) {
+        (Some(id), Some(n)) => t.push_str(&format!(":{id}/{n}")),
+        (Some(id), None) => t.push_str(&format!(":{id}")),
+        (None, _) => t.push_str(":classic"),
+    }
+    if let Some((pid, comm)) = &p.holder {
+        t.push_str(&format!(" held-by={pid}/{comm}"));
+    }
+    if let Some(pin) = &p.pin {
+        t.push_str(&format!(" pin={pin}"));
+    }
+    if let Some(a) = p.agent {
+        t.push_str(&format!(" [security-agent: {a}]"));
+    }
+    t
+}
+
 pub fn summary_text(s: &Summary, top: usize) -> String {
     let mut t = String::new();
     let secs = s.duration.as_secs_f64();
@@ -215,18 +236,20 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         .drops
         .iter()
         .map(|d| {
-            let wh = d
-                .by_location
-                .iter()
-                .map(|(w, n)| format!("{w}={n}"))
-                .collect();
+            let mut wh: Vec<String> = d.by_cause.iter().map(|(c, n)| format!("{c}={n}")).collect();
+            wh.extend(d.listeners.iter().map(|l| match (l.pid, &l.comm) {
+                (Some(pid), Some(comm)) => format!("port={} listener={pid}/{comm}", l.port),
+                _ => format!("port={}", l.port),
+            }));
+            wh.extend(d.by_location.iter().map(|(w, n)| format!("at {w}={n}")));
+            wh.extend(d.programs.iter().map(program_text));
             (d.remote_ip, d.total, d.first_seen, d.last_seen, wh)
         })
         .collect();
     per_ip_table(
         &mut t,
-        "NETFILTER DROPS",
-        "DROPPED BY (no RST sent)",
+        "SILENT DROPS",
+        "CAUSES, WHERE (no RST sent)",
         &drops,
         top,
     );
@@ -531,6 +554,27 @@ mod tests {
             drops: vec![DropSummary {
                 remote_ip: "127.77.0.2".parse().unwrap(),
                 total: 2,
+                by_cause: [(tracer_common::DropCause::ListenOverflow, 2)]
+                    .into_iter()
+                    .collect(),
+                listeners: vec![crate::report::summary::DropListener {
+                    netns: 1,
+                    port: 80,
+                    count: 2,
+                    pid: Some(7),
+                    comm: Some(hostile::comm()),
+                }],
+                hooks: Default::default(),
+                programs: vec![crate::attribution::bpfprogs::BpfProgram {
+                    id: Some(3),
+                    name: Some(hostile::comm()),
+                    tag: None,
+                    attach: "tc-ingress",
+                    device: hostile::comm(),
+                    holder: Some((7, hostile::comm())),
+                    pin: Some(hostile::comm()),
+                    agent: None,
+                }],
                 by_location: [(Untrusted::from("hook\x1b[2J [m\n]"), 2)]
                     .into_iter()
                     .collect(),
@@ -567,7 +611,7 @@ mod tests {
                 "\nnetns 1 generation 5 by {comm} (pid 7): add rule inet {table} {chain} \
                  handle 4 (reject)\n"
             ),
-            r"  hook\x1b[2J [m\x0a]=2".to_string(),
+            r" at hook\x1b[2J [m\x0a]=2".to_string(),
         ] {
             assert!(t.contains(&part), "{part:?} not in {t:?}");
         }

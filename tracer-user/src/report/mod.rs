@@ -12,6 +12,7 @@ use anyhow::Result;
 
 use crate::{
     attribution::{
+        bpfprogs,
         enrich::{self, Enricher},
         nftmon::Verdict,
     },
@@ -35,11 +36,39 @@ pub fn report(
         enrich::symbolize_function(enricher.ksyms.as_deref(), loc)
     });
     s.skipped_runs = tracer.skipped_runs();
+    // Each (namespace, hook) asked once, however many remotes it dropped.
+    let mut at_hook = std::collections::HashMap::new();
     for d in &mut s.drops {
-        d.author = d
-            .netns
-            .iter()
-            .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
+        for (netns, hook) in &d.hooks {
+            let progs = at_hook.entry((*netns, *hook)).or_insert_with(|| {
+                let Some(path) = bpfprogs::netns_path(*netns) else {
+                    return vec![];
+                };
+                bpfprogs::at_hooks(&path, &[*hook]).unwrap_or_else(|e| {
+                    log::debug!("programs at {hook:?} in netns {netns}: {e}");
+                    vec![]
+                })
+            });
+            for p in progs.iter() {
+                if !d.programs.contains(p) {
+                    d.programs.push(p.clone());
+                }
+            }
+        }
+        for l in &mut d.listeners {
+            if let Some((pid, comm)) = enricher.listeners.holder(l.netns, l.port) {
+                (l.pid, l.comm) = (Some(pid), Some(comm));
+            }
+        }
+        // A rule's author names only netfilter's drops.
+        if d.by_cause
+            .contains_key(&tracer_common::DropCause::NetfilterDrop)
+        {
+            d.author = d
+                .netns
+                .iter()
+                .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
+        }
     }
     if let Ok(log) = enricher.ruleset.lock() {
         s.ruleset_changes = log.generations.clone();

@@ -73,16 +73,75 @@ pub fn out_rsts_here() -> u64 {
 /// `/proc/thread-self/net/snmp` (a thread's namespace), and two lines of
 /// names and values are all there is to it.
 pub fn tcp_mib_here(name: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp")
-        .expect("reading /proc/thread-self/net/snmp");
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let names: Vec<&str> = tcp.next().expect("Tcp header").split_whitespace().collect();
-    let values: Vec<&str> = tcp.next().expect("Tcp values").split_whitespace().collect();
+    mib_here("snmp", "Tcp:", name)
+}
+
+/// A counter of the TcpExt lines of /proc/net/netstat (ListenOverflows,
+/// ListenDrops, ...), in the calling thread's namespace.
+pub fn tcp_ext_here(name: &str) -> u64 {
+    mib_here("netstat", "TcpExt:", name)
+}
+
+fn mib_here(file: &str, prefix: &str, name: &str) -> u64 {
+    let path = format!("/proc/thread-self/net/{file}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let mut tcp = text.lines().filter(|l| l.starts_with(prefix));
+    let names: Vec<&str> = tcp.next().expect("header").split_whitespace().collect();
+    let values: Vec<&str> = tcp.next().expect("values").split_whitespace().collect();
     let i = names
         .iter()
         .position(|n| *n == name)
-        .unwrap_or_else(|| panic!("no Tcp {name} in /proc/net/snmp"));
+        .unwrap_or_else(|| panic!("no {prefix} {name} in {path}"));
     values[i]
         .parse()
-        .unwrap_or_else(|e| panic!("Tcp {name}: {:?}: {e}", values[i]))
+        .unwrap_or_else(|e| panic!("{prefix} {name}: {:?}: {e}", values[i]))
+}
+
+/// A bpffs mounted for one test (in a directory of its own under /tmp,
+/// never /sys/fs/bpf), unmounted on drop.
+pub struct BpfFs {
+    pub dir: std::path::PathBuf,
+}
+
+impl BpfFs {
+    pub fn mount(tag: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!(
+            "/tmp/rsttrace-t-bpffs-{tag}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting a bpffs on {}", dir.display());
+        BpfFs { dir }
+    }
+
+    /// Pins the program or map `fd` as `name`; its path.
+    pub fn pin(&self, fd: &impl std::os::fd::AsRawFd, name: &str) -> std::path::PathBuf {
+        let path = self.dir.join(name);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // union bpf_attr, BPF_OBJ_PIN: pathname, bpf_fd, file_flags.
+        let mut attr = [0u8; 128];
+        attr[0..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+        attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+        // SAFETY: a zeroed bpf_attr with a valid path.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_mut_ptr(), attr.len()) };
+        assert!(
+            r == 0,
+            "pinning {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        path
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
