@@ -131,18 +131,18 @@ fn try_kfree_skb(skb: u64, location: u64, cause: u8) -> Result<i32, i32> {
         return Ok(0);
     };
     // The segment a REJECT rule just answered: not a silent drop.
-    if cause == DropCause::NetfilterDrop as u8 {
-        if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot.
-            let l = unsafe { &mut *last };
-            if l.valid != 0
-                && l.remote == remote
-                && l.remote_port == remote_port
-                && l.local_port == local_port
-            {
-                l.valid = 0;
-                return Ok(0);
-            }
+    if cause == DropCause::NetfilterDrop as u8
+        && let Some(last) = LAST_REJECT.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot.
+        let l = unsafe { &mut *last };
+        if l.valid != 0
+            && l.remote == remote
+            && l.remote_port == remote_port
+            && l.local_port == local_port
+        {
+            l.valid = 0;
+            return Ok(0);
         }
     }
     // A full accept queue's drops are kept per listening port (it names

@@ -488,12 +488,15 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -562,7 +565,7 @@ mod tests {
             let mut a = ((4 + v.len()) as u16).to_ne_bytes().to_vec();
             a.extend_from_slice(&kind.to_ne_bytes());
             a.extend_from_slice(v);
-            while a.len() % 4 != 0 {
+            while !a.len().is_multiple_of(4) {
                 a.push(0);
             }
             a

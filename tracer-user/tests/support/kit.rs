@@ -145,3 +145,116 @@ impl Drop for BpfFs {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// A cgroup of its own in a cgroup2 hierarchy the test mounts (under
+/// /tmp, never /sys/fs/cgroup), removed and unmounted on drop.
+pub struct Cgroup2 {
+    pub mount: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
+}
+
+impl Cgroup2 {
+    pub fn new(tag: &str) -> Self {
+        let mount =
+            std::path::PathBuf::from(format!("/tmp/rsttrace-t-cg2-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(&mount)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting cgroup2 on {}", mount.display());
+        let dir = mount.join(format!("rsttrace-t-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Cgroup2 { mount, dir }
+    }
+
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Attaches program `fd` as the cgroup's BPF_CGROUP_INET_EGRESS program.
+    pub fn attach_egress(&self, fd: &impl std::os::fd::AsRawFd) {
+        let dir = std::fs::File::open(&self.dir).unwrap();
+        // union bpf_attr, BPF_PROG_ATTACH: target_fd, attach_bpf_fd,
+        // attach_type, attach_flags.
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(dir.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..12].copy_from_slice(&1u32.to_ne_bytes()); // BPF_CGROUP_INET_EGRESS
+        // SAFETY: a zeroed bpf_attr with valid fds.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, 8, attr.as_mut_ptr(), attr.len()) };
+        assert!(
+            r == 0,
+            "BPF_PROG_ATTACH: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// In a child process (forked from the calling thread, so in its network
+/// namespace) that first moves itself into the cgroup of `procs`: a TCP
+/// connect from `from` to `to`:`port`, given up after `ms`. The child
+/// makes only raw system calls; the parent waits for it.
+pub fn connect_in_cgroup(procs: &std::path::Path, from: &str, to: &str, port: u16, ms: u64) {
+    let procs = std::ffi::CString::new(procs.to_str().unwrap()).unwrap();
+    let sa = |ip: &str, port: u16| {
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        }
+    };
+    let (local, remote) = (sa(from, 0), sa(to, port));
+    let timeout = libc::timeval {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: the child makes only async-signal-safe calls on memory
+    // prepared before the fork, and ends with _exit.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            // "0": the writing process itself.
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(2);
+            }
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            libc::setsockopt(
+                s,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            if libc::bind(s, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+                libc::_exit(3);
+            }
+            libc::connect(s, (&remote as *const libc::sockaddr_in).cast(), len);
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the connecting child: status {status:#x}"
+        );
+    }
+}
