@@ -38,7 +38,8 @@ pub struct Options {
 }
 
 /// Modules the tests need (veth pairs, nftables and iptables rejects, both
-/// iptables back-ends, sock_diag destroy, AF_PACKET); those built into a
+/// iptables back-ends, sock_diag destroy, AF_PACKET, tc's clsact and BPF
+/// classifier); those built into a
 /// kernel need nothing, dependencies come along by themselves.
 const MODULES: &[&str] = &[
     "af_packet",
@@ -64,6 +65,8 @@ const MODULES: &[&str] = &[
     "ip6table_filter",
     "ipt_REJECT",
     "ip6t_REJECT",
+    "sch_ingress",
+    "cls_bpf",
 ];
 
 /// Tests a kernel can't run when it lacks a module: Debian builds no

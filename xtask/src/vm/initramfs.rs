@@ -17,9 +17,10 @@ use super::{cpio::Archive, kernel::ModulePlan};
 /// the Debian packages .ci/run installs provide them. (name, required)
 /// The host's sh (dash) too: Debian's busybox shell runs its own applets
 /// before anything in PATH, so `ip` in a script would be busybox's.
-const TOOLS: [(&str, bool); 12] = [
+const TOOLS: [(&str, bool); 13] = [
     ("sh", true),
     ("ip", true),
+    ("tc", true),
     ("ss", true),
     ("nft", true),
     ("iptables", true),
