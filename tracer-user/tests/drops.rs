@@ -617,7 +617,45 @@ fn cgroup_egress_drops_are_counted_per_remote() {
         "{d}"
     );
     assert_eq!(out.summary["drops_total"], syns, "{}", out.summary);
+    // Named with its cgroup, among whatever else the host attached at
+    // cgroup egress elsewhere.
+    let id: u32 = fdinfo_field(&prog, "prog_id:").parse().unwrap();
+    let programs = d["programs"].as_array().expect("programs");
+    let ours = programs
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("program {id} not in {d}"));
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(
+        *ours,
+        serde_json::json!({
+            "id": id,
+            "name": "rsttrace_t_cg",
+            "tag": fdinfo_field(&prog, "prog_tag:"),
+            "attach": "cgroup-egress",
+            "cgroup": format!("/{}", cg.dir.file_name().unwrap().to_str().unwrap()),
+            "holder": {"pid": std::process::id(), "comm": comm.trim()},
+            "pin": null,
+            "agent": null,
+        }),
+        "{d}"
+    );
+    assert!(
+        programs.iter().all(|p| p["attach"] == "cgroup-egress"),
+        "{d}"
+    );
     drop(prog);
+}
+
+/// Field `name` ("prog_id:") of the fdinfo of our own fd `fd`.
+fn fdinfo_field(fd: &impl std::os::fd::AsRawFd, name: &str) -> String {
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} in {fdinfo}"))
+        .trim()
+        .to_string()
 }
 
 /// What the kernel reports of an XDP program's drops: nothing. A generic

@@ -1,5 +1,5 @@
 //! The BPF programs attached at the hook that dropped a segment (tc and
-//! tcx on a device, XDP), named once at report time, never per packet: the
+//! tcx on a device, XDP, cgroup_skb on a cgroup), named once at report time, never per packet: the
 //! kernel's drop reason says which hook dropped, not which program, so
 //! every program attached there in the drop's namespace is listed with its
 //! id, name, tag, the process holding it (an fd or a link) and its pin
@@ -22,9 +22,13 @@ pub enum Hook {
     TcIngress,
     TcEgress,
     Xdp,
+    /// cgroup_skb programs (BPF_CGROUP_INET_EGRESS / _INGRESS), on any
+    /// cgroup of the host's cgroup2 hierarchy.
+    CgroupEgress,
+    CgroupIngress,
 }
 
-/// One program attached at a hook of a device.
+/// One program attached at a hook of a device or a cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BpfProgram {
     /// None: a classic BPF program (`tc ... bpf bytecode`), which the
@@ -32,9 +36,12 @@ pub struct BpfProgram {
     pub id: Option<u32>,
     pub name: Option<Untrusted>,
     pub tag: Option<String>,
-    /// `tc-ingress`, `tc-egress`, `tcx-ingress`, `tcx-egress`, `xdp`.
+    /// `tc-ingress`, `tc-egress`, `tcx-ingress`, `tcx-egress`, `xdp`,
+    /// `cgroup-egress`, `cgroup-ingress`.
     pub attach: &'static str,
-    pub device: Untrusted,
+    pub device: Option<Untrusted>,
+    /// The cgroup's path in the cgroup2 hierarchy (`/system.slice/x`).
+    pub cgroup: Option<Untrusted>,
     /// The process holding it (an fd of the program or of its link).
     pub holder: Option<(u32, Untrusted)>,
     /// Where it is pinned under a bpffs mount.
@@ -107,13 +114,15 @@ struct Attached {
     name: Option<Untrusted>,
     tag: Option<String>,
     attach: &'static str,
-    device: Untrusted,
+    device: Option<Untrusted>,
+    cgroup: Option<Untrusted>,
 }
 
 /// Every program at `hooks` on the devices of namespace `netns` (a
 /// namespace file), named.
 pub fn at_hooks(netns: &Path, hooks: &[Hook]) -> Result<Vec<BpfProgram>, String> {
     let path = netns.to_path_buf();
+    let cgroups = cgroup_programs(hooks);
     let hooks = hooks.to_vec();
     // Entered on a thread of its own, which ends: the rest of rsttrace
     // stays in its namespace.
@@ -131,6 +140,7 @@ pub fn at_hooks(netns: &Path, hooks: &[Hook]) -> Result<Vec<BpfProgram>, String>
     })
     .join()
     .map_err(|_| "a netlink thread died".to_string())??;
+    let attached: Vec<Attached> = attached.into_iter().chain(cgroups).collect();
     if attached.is_empty() {
         return Ok(vec![]);
     }
@@ -155,6 +165,7 @@ pub fn at_hooks(netns: &Path, hooks: &[Hook]) -> Result<Vec<BpfProgram>, String>
                 tag,
                 attach: a.attach,
                 device: a.device,
+                cgroup: a.cgroup,
                 holder,
                 pin,
                 agent,
@@ -215,7 +226,8 @@ fn attached_here(hooks: &[Hook]) -> Result<Vec<Attached>, String> {
                 name: None,
                 tag: None,
                 attach: "xdp",
-                device: name.clone(),
+                device: Some(name.clone()),
+                cgroup: None,
             });
         }
         links.push((index, name));
@@ -259,13 +271,95 @@ fn attached_here(hooks: &[Hook]) -> Result<Vec<Attached>, String> {
                         name: p.name_as_str().map(Untrusted::from),
                         tag: Some(format!("{:016x}", p.tag())),
                         attach: tcx,
-                        device: device.clone(),
+                        device: Some(device.clone()),
+                        cgroup: None,
                     });
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// Programs attached to cgroups at `hooks` (cgroup ones only), walking
+/// the first cgroup2 mount (bounded): BPF_PROG_QUERY on each cgroup,
+/// without inherited programs, so each is listed where it is attached.
+fn cgroup_programs(hooks: &[Hook]) -> Vec<Attached> {
+    const MAX_CGROUPS: usize = 4096;
+    // BPF_CGROUP_INET_INGRESS (0), BPF_CGROUP_INET_EGRESS (1).
+    let types: Vec<(u32, &'static str)> = hooks
+        .iter()
+        .filter_map(|h| match h {
+            Hook::CgroupIngress => Some((0, "cgroup-ingress")),
+            Hook::CgroupEgress => Some((1, "cgroup-egress")),
+            _ => None,
+        })
+        .collect();
+    if types.is_empty() {
+        return vec![];
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(root) = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let dir = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(unescape(dir)))
+    }) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    let mut dirs = vec![root.clone()];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        seen += 1;
+        if seen > MAX_CGROUPS {
+            break;
+        }
+        if let Ok(f) = File::open(&dir) {
+            for (ty, attach) in &types {
+                for id in query_cgroup(&f, *ty) {
+                    let rel = dir.strip_prefix(&root).unwrap_or(&dir);
+                    let path = Path::new("/").join(rel);
+                    out.push(Attached {
+                        id: Some(id),
+                        name: None,
+                        tag: None,
+                        attach,
+                        device: None,
+                        cgroup: Some(Untrusted::from(path.as_path())),
+                    });
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// The ids of the programs attached to cgroup `f` at `attach_type`.
+fn query_cgroup(f: &File, attach_type: u32) -> Vec<u32> {
+    let mut ids = [0u32; 64];
+    // union bpf_attr, BPF_PROG_QUERY: target_fd, attach_type, query_flags,
+    // attach_flags, prog_ids, prog_cnt.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(f.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    // SAFETY: a zeroed bpf_attr with a valid fd and a buffer of the size
+    // given.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 16, attr.as_mut_ptr(), attr.len()) };
+    if r != 0 {
+        return vec![];
+    }
+    let n = u32::from_ne_bytes(attr[24..28].try_into().unwrap()) as usize;
+    ids[..n.min(ids.len())].to_vec()
 }
 
 /// A cls_bpf filter's program from its TCA_OPTIONS.
@@ -288,7 +382,8 @@ fn bpf_filter(attrs_of: &[u8], attach: &'static str, device: &Untrusted) -> Opti
         name: None,
         tag: None,
         attach,
-        device: device.clone(),
+        device: Some(device.clone()),
+        cgroup: None,
     };
     let mut classic = false;
     for (kind, v) in attrs(options) {
@@ -576,6 +671,7 @@ mod tests {
         let mut msg = attr(TCA_KIND, b"bpf\0");
         msg.extend(attr(TCA_OPTIONS | 0x8000, &opts));
         let a = bpf_filter(&msg, "tc-ingress", &"eth0".into()).unwrap();
+        assert_eq!(a.device.unwrap(), "eth0");
         assert_eq!(a.id, Some(7));
         assert_eq!(a.name.unwrap(), "p");
         assert_eq!(a.tag.as_deref(), Some("deadbeef00010203"));

@@ -313,8 +313,9 @@ pub fn drop_reason_table(
 
 /// The hooks whose BPF programs may have made a drop of `cause`, from the
 /// dropping function (`location`, symbolized): tc's ingress runs in
-/// `__netif_receive_skb_core`, its egress on the way to a device's queue.
-/// Cgroup programs are not named (which cgroup is not known here).
+/// `__netif_receive_skb_core`, its egress on the way to a device's queue;
+/// a cgroup's egress program drops in `ip_finish_output` (BPF_CGROUP_EGRESS),
+/// its ingress program through `sk_filter` (SOCKET_FILTER).
 pub fn drop_hooks(cause: DropCause, location: &str) -> Vec<super::bpfprogs::Hook> {
     use super::bpfprogs::Hook;
     match cause {
@@ -324,6 +325,9 @@ pub fn drop_hooks(cause: DropCause, location: &str) -> Vec<super::bpfprogs::Hook
         }
         DropCause::TcDrop => vec![Hook::TcIngress, Hook::TcEgress],
         DropCause::XdpDrop => vec![Hook::Xdp],
+        DropCause::CgroupDrop if location.contains("output") => vec![Hook::CgroupEgress],
+        DropCause::CgroupDrop if location.contains("filter") => vec![Hook::CgroupIngress],
+        DropCause::CgroupDrop => vec![Hook::CgroupEgress, Hook::CgroupIngress],
         _ => vec![],
     }
 }

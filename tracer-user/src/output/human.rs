@@ -171,7 +171,11 @@ fn per_ip_table(t: &mut String, title: &str, details: &str, rows: &[IpRow], top:
 /// A BPF program at the hook that dropped: "prog=tc-ingress/eth0:12/name
 /// (holder 812/agent) [security-agent: Cilium]".
 fn program_text(p: &crate::attribution::bpfprogs::BpfProgram) -> String {
-    let mut t = format!("prog={}/{}", p.attach, p.device);
+    let at = p.device.as_ref().or(p.cgroup.as_ref());
+    let mut t = format!("prog={}", p.attach);
+    if let Some(at) = at {
+        t.push_str(&format!("/{at}"));
+    }
     match (p.id, &p.name) {
         (Some(id), Some(n)) => t.push_str(&format!(":{id}/{n}")),
         (Some(id), None) => t.push_str(&format!(":{id}")),
@@ -570,7 +574,8 @@ mod tests {
                     name: Some(hostile::comm()),
                     tag: None,
                     attach: "tc-ingress",
-                    device: hostile::comm(),
+                    device: Some(hostile::comm()),
+                    cgroup: None,
                     holder: Some((7, hostile::comm())),
                     pin: Some(hostile::comm()),
                     agent: None,

@@ -114,7 +114,10 @@ struct ProgramLine<'a> {
     name: Option<&'a crate::untrusted::Untrusted>,
     tag: Option<&'a str>,
     attach: &'static str,
-    device: &'a crate::untrusted::Untrusted,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a crate::untrusted::Untrusted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a crate::untrusted::Untrusted>,
     holder: Option<HolderLine<'a>>,
     pin: Option<&'a crate::untrusted::Untrusted>,
     agent: Option<&'static str>,
@@ -244,7 +247,8 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
                         name: p.name.as_ref(),
                         tag: p.tag.as_deref(),
                         attach: p.attach,
-                        device: &p.device,
+                        device: p.device.as_ref(),
+                        cgroup: p.cgroup.as_ref(),
                         holder: p
                             .holder
                             .as_ref()
@@ -432,7 +436,8 @@ mod tests {
                     name: Some("cil_from_netdev".into()),
                     tag: Some("0011223344556677".into()),
                     attach: "tcx-ingress",
-                    device: "eth0".into(),
+                    device: Some("eth0".into()),
+                    cgroup: None,
                     holder: Some((9, "cilium-agent".into())),
                     pin: None,
                     agent: Some("Cilium"),
