@@ -789,6 +789,28 @@ mod tests {
         );
     }
 
+    /// A kernel without TCP_LISTEN_OVERFLOW (6.1, 6.12): doctor names the
+    /// drop causes it counts and says full accept queues are not counted.
+    #[test]
+    fn drops_name_the_causes_this_kernel_counts() {
+        use cause::DropCause as D;
+        let probed = Probed {
+            drop_causes: vec![D::NetfilterDrop, D::TcDrop, D::XdpDrop, D::CgroupDrop],
+            ..probed()
+        };
+        let p = told(&probed, &[Attached::new(Hook::KfreeSkb, Variant::Raw)]);
+        let drops = p.signals.iter().find(|s| s.what == DROPS).unwrap();
+        let hook = drops.hook.as_deref().unwrap();
+        assert!(
+            hook.contains("drop reasons: netfilter-drop, tc-drop, xdp-drop, cgroup-drop; no TCP_LISTEN_OVERFLOW"),
+            "{hook}"
+        );
+        assert!(
+            hook.contains("full accept queues are not counted"),
+            "{hook}"
+        );
+    }
+
     /// `--cause` without netfilter-drop: the drop program stays off, and
     /// neither the line nor doctor names it.
     #[test]

@@ -592,6 +592,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn drop_hooks_follow_the_dropping_function() {
+        use crate::attribution::bpfprogs::Hook as H;
+        let h = drop_hooks;
+        assert_eq!(
+            h(DropCause::TcDrop, "__netif_receive_skb_core.constprop.0"),
+            [H::TcIngress]
+        );
+        assert_eq!(h(DropCause::TcDrop, "__dev_queue_xmit"), [H::TcEgress]);
+        assert_eq!(h(DropCause::TcDrop, "?"), [H::TcIngress, H::TcEgress]);
+        assert_eq!(h(DropCause::XdpDrop, "do_xdp_generic"), [H::Xdp]);
+        assert_eq!(
+            h(DropCause::CgroupDrop, "ip_finish_output"),
+            [H::CgroupEgress]
+        );
+        assert_eq!(
+            h(DropCause::CgroupDrop, "sk_filter_trim_cap"),
+            [H::CgroupIngress]
+        );
+        // Not BPF: nothing to name.
+        assert!(h(DropCause::NetfilterDrop, "nft_do_chain [nf_tables]").is_empty());
+        assert!(h(DropCause::ListenOverflow, "tcp_v4_rcv").is_empty());
+        // Ordinary stack drops are no drop cause at all.
+        for r in ["NO_SOCKET", "TCP_CSUM", "TCP_OLD_DATA", "NOT_SPECIFIED"] {
+            assert_eq!(drop_cause_for_reason(r), None, "{r}");
+        }
+    }
+
     /// The README's example session is what users compare their own with:
     /// it must come from a build that prints the facts right (the local
     /// port of an abort was once printed as 0 there for weeks), and name
