@@ -19,6 +19,11 @@ pub const NEEDS_STACK: u8 = 0x80;
 /// `full_listener_reason` in userspace).
 pub const BY_LISTENER: u8 = 0x40;
 
+/// Size of the table mapping a kernel drop reason (`skb:kfree_skb`) to a
+/// `DropCause` id. Values at or above it (a subsystem's reasons, in the
+/// upper bits) are not counted.
+pub const MAX_DROP_REASONS: u32 = 256;
+
 /// Frames of the kernel stack examined for a stack rule.
 pub const STACK_DEPTH: usize = 24;
 // Every slot costs verification, used or not: 5.10's verifier under

@@ -123,6 +123,91 @@ impl serde::Serialize for Cause {
     }
 }
 
+/// Why a TCP segment was dropped silently (the drops section): the
+/// policies and limits a kernel drop reason names. Ordinary TCP stack drops
+/// (old data, checksum, no socket, ...) have no drop cause and are not
+/// counted. Id 0 (`DROP_NONE`) in the reason table means "not counted".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum DropCause {
+    NetfilterDrop = 1,
+    TcDrop = 2,
+    XdpDrop = 3,
+    CgroupDrop = 4,
+    ListenOverflow = 5,
+}
+
+/// A reason-table entry meaning "not a drop rsttrace counts".
+pub const DROP_NONE: u8 = 0;
+
+impl DropCause {
+    pub const ALL: [DropCause; 5] = [
+        DropCause::NetfilterDrop,
+        DropCause::TcDrop,
+        DropCause::XdpDrop,
+        DropCause::CgroupDrop,
+        DropCause::ListenOverflow,
+    ];
+    /// Slots of an array indexed by drop cause id (slot 0 unused).
+    pub const SLOTS: usize = 6;
+
+    /// The stable name of text, JSON, metrics and `--cause`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropCause::NetfilterDrop => "netfilter-drop",
+            DropCause::TcDrop => "tc-drop",
+            DropCause::XdpDrop => "xdp-drop",
+            DropCause::CgroupDrop => "cgroup-drop",
+            DropCause::ListenOverflow => "listen-overflow",
+        }
+    }
+
+    /// What happened, as README's drop table says it.
+    pub const fn description(self) -> &'static str {
+        match self {
+            DropCause::NetfilterDrop => "a netfilter rule dropped the segment (no RST sent)",
+            DropCause::TcDrop => {
+                "a tc/tcx program or action at ingress or egress dropped it (`TC_ACT_SHOT`)"
+            }
+            DropCause::XdpDrop => {
+                "generic XDP could not redirect the segment as an XDP program asked (an XDP program's own `XDP_DROP` has no reason: not seen)"
+            }
+            DropCause::CgroupDrop => {
+                "a cgroup BPF program (egress; ingress and socket filters show as SOCKET_FILTER) dropped it"
+            }
+            DropCause::ListenOverflow => {
+                "a listener's accept queue was full (`tcp_abort_on_overflow` off): the handshake-completing segment was dropped"
+            }
+        }
+    }
+
+    /// The drop cause with kernel id `id`; None for `DROP_NONE` or an id
+    /// no drop cause has.
+    pub const fn from_id(id: u8) -> Option<DropCause> {
+        match id {
+            1 => Some(DropCause::NetfilterDrop),
+            2 => Some(DropCause::TcDrop),
+            3 => Some(DropCause::XdpDrop),
+            4 => Some(DropCause::CgroupDrop),
+            5 => Some(DropCause::ListenOverflow),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for DropCause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(feature = "user")]
+impl serde::Serialize for DropCause {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// Which way a RST went, as `--direction`, JSON's `direction` and the
 /// metrics' `direction` label name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +304,7 @@ pub mod names {
         // Maps userspace sizes, fills or reads.
         BUDGET,
         DROPS,
+        DROP_REASON_CAUSE,
         EVENTS,
         LOCAL_PORTS,
         NFT_CHAINS,
@@ -259,8 +345,9 @@ pub mod stat {
     pub const EGRESS_TCP_STACK: u32 = CAUSES + 3;
     /// ... of which no rule explains (counted as `unknown`, with a stack).
     pub const EGRESS_UNEXPLAINED: u32 = CAUSES + 4;
-    /// TCP segments netfilter dropped silently.
-    pub const NETFILTER_DROPS: u32 = CAUSES + 5;
+    /// TCP segments dropped silently, all drop causes (one atomic add per
+    /// drop: per-cause totals come from the drop map's entries).
+    pub const DROPS: u32 = CAUSES + 5;
     /// ... of which found the per-remote drop map full.
     pub const DROP_MAP_FULL: u32 = CAUSES + 6;
     /// RSTs this host received that found their map full: with that map's

@@ -15,14 +15,19 @@ pub struct NftChainNames {
     pub chain: [u8; NFT_NAME_LEN],
 }
 
-/// Key of the netfilter-drop counters: remote address and the code
-/// address that dropped (symbolized by userspace: nft, xtables, a module).
+/// Key of the silent-drop counters: remote address, drop cause and the
+/// code address that dropped (symbolized by userspace: nft, xtables, a
+/// module, `__netif_receive_skb_core` for tc, `tcp_v4_rcv` for a full
+/// accept queue).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DropKey {
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// `DropCause` id.
+    pub cause: u8,
+    /// The listening port of a `listen-overflow` drop, else 0.
+    pub local_port: u16,
     /// Network namespace inode (names the rule's author), 0 if unknown.
     pub netns: u32,
     pub location: u64,

@@ -1,17 +1,22 @@
-//! `skb:kfree_skb` with reason NETFILTER_DROP: segments a netfilter rule
-//! dropped silently. No RST is sent, but the peer sees the same failure (a
-//! timeout instead of a refusal), so drops are counted per remote IP too.
-//! Every other drop returns after one look at the reason. The raw
-//! tracepoint build builds no record for the drops of a flood; the classic
-//! build runs where a raw tracepoint's program can be preempted (see
-//! userspace's `bpf_runs_preemptible`).
+//! `skb:kfree_skb`: TCP segments dropped silently by a policy or a limit
+//! (netfilter, tc, XDP, cgroup programs, a full accept queue). No RST is
+//! sent, but the peer sees the same failure (a timeout instead of a
+//! refusal), so drops are counted per remote IP and drop cause. The kernel
+//! reason decides the cause through `DROP_REASON_CAUSE`, filled by
+//! userspace (values move between kernels): every other drop returns after
+//! that one lookup. The raw tracepoint build builds no record for the
+//! drops of a flood; the classic build runs where a raw tracepoint's
+//! program can be preempted (see userspace's `bpf_runs_preemptible`).
 
 use aya_ebpf::{
     macros::{map, raw_tracepoint, tracepoint},
-    maps::PerCpuHashMap,
+    maps::{Array, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracer_common::{ABSENT, DropKey, KFREE_SKB_REASON_ARG, KfreeSkbLayout, RemoteStats, stat};
+use tracer_common::{
+    ABSENT, DROP_NONE, DropCause, DropKey, KFREE_SKB_REASON_ARG, KfreeSkbLayout, MAX_DROP_REASONS,
+    RemoteStats, stat,
+};
 
 use crate::{
     count,
@@ -23,25 +28,39 @@ use crate::{
 #[unsafe(no_mangle)]
 static KFREE_SKB_LAYOUT: KfreeSkbLayout = KfreeSkbLayout::UNSET;
 
-/// Per (remote IP, dropping code address). Userspace may resize it.
+/// Drop reason -> `DropCause` id (`DROP_NONE`: not counted), from the
+/// reason names the running kernel prints.
+#[map]
+static DROP_REASON_CAUSE: Array<u8> = Array::with_max_entries(MAX_DROP_REASONS, 0);
+
+/// Per (remote IP, drop cause, dropping code address). Userspace may
+/// resize it.
 #[map]
 static DROPS: PerCpuHashMap<DropKey, RemoteStats> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// The drop cause of `reason`, or None: the one lookup every drop pays.
+#[inline(always)]
+fn cause_of(reason: u32) -> Option<u8> {
+    if reason >= MAX_DROP_REASONS {
+        return None;
+    }
+    match DROP_REASON_CAUSE.get(reason) {
+        Some(c) if *c != DROP_NONE => Some(*c),
+        _ => None,
+    }
+}
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     if crate::global::bench_empty() {
         return 0;
     }
-    let l = crate::global::get(&KFREE_SKB_LAYOUT);
-    if l.netfilter_drop == ABSENT {
-        return 0;
-    }
     // An enum: its 32 bits, whatever the upper half holds.
     let reason: u64 = ctx.arg(KFREE_SKB_REASON_ARG);
-    if reason as u32 != l.netfilter_drop {
+    let Some(cause) = cause_of(reason as u32) else {
         return 0;
-    }
-    match try_kfree_skb(ctx.arg(0), ctx.arg(1)) {
+    };
+    match try_kfree_skb(ctx.arg(0), ctx.arg(1), cause) {
         Ok(r) => r,
         Err(r) => r,
     }
@@ -60,22 +79,22 @@ pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
 
 fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<i32, i32> {
     let l = crate::global::get(&KFREE_SKB_LAYOUT);
-    if l.netfilter_drop == ABSENT {
+    if l.reason == ABSENT {
         return Ok(0);
     }
     // SAFETY (the three reads): offsets from this tracepoint's own format
     // file, checked against the record's size by the kernel.
     let reason: u32 = unsafe { ctx.read_at(l.reason as usize) }.map_err(|_| 0)?;
-    if reason != l.netfilter_drop {
+    let Some(cause) = cause_of(reason) else {
         return Ok(0);
-    }
+    };
     let skb: u64 = unsafe { ctx.read_at(l.skbaddr as usize) }.map_err(|_| 0)?;
     let location: u64 = unsafe { ctx.read_at(l.location as usize) }.map_err(|_| 0)?;
-    try_kfree_skb(skb, location)
+    try_kfree_skb(skb, location, cause)
 }
 
-/// A segment netfilter dropped (`location`: the code that dropped it).
-fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
+/// A segment dropped for `cause` (`location`: the code that dropped it).
+fn try_kfree_skb(skb: u64, location: u64, cause: u8) -> Result<i32, i32> {
     let o = crate::global::get(&EGRESS_OFFSETS);
     if o.skb_head == ABSENT {
         return Ok(0);
@@ -93,16 +112,18 @@ fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
     };
     let f = filter::get();
     // Drops are rare next to traffic: the namespace is always worth
-    // reading (it names the rule's author).
+    // reading (it names the rule's author, the listener's holder).
     if !filter::remote_ok(f, p.family, &remote) {
         return Ok(0);
     }
-    // From the segment's socket where it has one: a segment this host
-    // was sending has no device yet at the OUTPUT hook, but the socket
-    // that sent it (the stack's control socket for a RST) is in the
-    // namespace. A received one is read from its device, and one with
-    // neither (a REJECT's answer) from its route.
+    // A received segment's namespace is its device's: its socket may be
+    // the sender's in another namespace (a veth keeps skb->sk). One this
+    // host was sending has no device yet at the OUTPUT hook, but the
+    // socket that sent it (the stack's control socket for a RST) is in
+    // the namespace; one with neither (a REJECT's answer) is read from its
+    // route.
     let sk: u64 = match o.skb_sk {
+        _ if iif != 0 => 0,
         ABSENT => 0,
         off => packet::read(skb + u64::from(off)).unwrap_or(0),
     };
@@ -110,7 +131,9 @@ fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
         return Ok(0);
     };
     // The segment a REJECT rule just answered: not a silent drop.
-    if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
+    if cause == DropCause::NetfilterDrop as u8
+        && let Some(last) = LAST_REJECT.get_ptr_mut(0)
+    {
         // SAFETY: this CPU's slot.
         let l = unsafe { &mut *last };
         if l.valid != 0
@@ -122,15 +145,23 @@ fn try_kfree_skb(skb: u64, location: u64) -> Result<i32, i32> {
             return Ok(0);
         }
     }
+    // A full accept queue's drops are kept per listening port (it names
+    // the listener); the others' local ports are mostly ephemeral.
+    let port = if cause == DropCause::ListenOverflow as u8 {
+        local_port
+    } else {
+        0
+    };
     let key = DropKey {
         addr: remote,
         family: p.family,
-        _pad: [0; 3],
+        cause,
+        local_port: port,
         netns: ns,
         location,
     };
     let now = count::coarse_now();
-    count::bump(stat::NETFILTER_DROPS);
+    count::bump(stat::DROPS);
     if !count::bump_map(&DROPS, &key, now) {
         count::bump(stat::DROP_MAP_FULL);
     }

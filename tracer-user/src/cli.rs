@@ -60,7 +60,9 @@ pub struct Args {
     #[arg(long, value_name = "PORT", value_parser = crate::scope::parse_port)]
     pub local_port: Vec<u16>,
 
-    /// Only these causes (repeatable); `netfilter-drop` selects silent drops.
+    /// Only these causes (repeatable); drop causes (`netfilter-drop`,
+    /// `tc-drop`, `xdp-drop`, `cgroup-drop`, `listen-overflow`) select
+    /// silent drops.
     #[arg(long, value_name = "NAME", value_parser = crate::scope::parse_cause)]
     pub cause: Vec<String>,
 

@@ -41,6 +41,8 @@ pub struct Options<'a> {
     pub egress: Option<(EgressOffsets, StackRules)>,
     /// Drop counting needs the egress offsets (to read packets) too.
     pub kfree_skb: KfreeSkbLayout,
+    /// kfree_skb reason value -> drop cause, for the drop causes in scope.
+    pub drop_reason_causes: Vec<(u32, crate::attribution::cause::DropCause)>,
     pub emit_events: bool,
     /// Events per second and CPU of the causes whose event is only a line
     /// (`cause::line_only`); 0 = every event.
@@ -332,6 +334,17 @@ impl Tracer {
             table
                 .set(*reason, entry.raw(), 0)
                 .with_context(|| format!("filling the reason table (reason {reason})"))?;
+        }
+        let mut table: Array<_, u8> = Array::try_from(
+            ebpf.map_mut(names::DROP_REASON_CAUSE)
+                .with_context(|| format!("{} map missing", names::DROP_REASON_CAUSE))?,
+        )?;
+        if programs.drops {
+            for (reason, cause) in &opts.drop_reason_causes {
+                table
+                    .set(*reason, *cause as u8, 0)
+                    .with_context(|| format!("filling the drop reason table (reason {reason})"))?;
+            }
         }
         let mut cidrs: LpmTrie<_, CidrKey, u8> = LpmTrie::try_from(
             ebpf.map_mut(names::REMOTE_CIDRS)
@@ -784,7 +797,7 @@ impl Tracer {
         Ok(out)
     }
 
-    /// Netfilter drops per (remote IP, location).
+    /// Silent drops per (remote IP, drop cause, location).
     pub fn drops(&self) -> Result<Vec<(DropKey, Vec<RemoteStats>)>> {
         self.per_cpu_entries(names::DROPS)
     }
@@ -937,6 +950,7 @@ mod tests {
                 netfilter_drop: 12,
                 ..KfreeSkbLayout::UNSET
             },
+            drop_reason_causes: vec![],
             emit_events: true,
             events_per_sec: 0,
             max_remote_ips: 16,

@@ -50,7 +50,13 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         stack_rules,
         netns: facts.netns.clone().unwrap_or(NetnsOffsets::UNSET),
         egress: facts.egress.clone().ok().map(|o| (o, egress_rules)),
-        kfree_skb: facts.kfree_skb.clone().unwrap_or(KfreeSkbLayout::UNSET),
+        kfree_skb: facts
+            .kfree_skb
+            .as_ref()
+            .map_or(KfreeSkbLayout::UNSET, |f| f.layout),
+        drop_reason_causes: facts.kfree_skb.as_ref().map_or(vec![], |f| {
+            cause::drop_reason_table(&f.reasons, &scope.drop_causes)
+        }),
         emit_events: !args.summary_only || args.pcap.is_some(),
         events_per_sec: events_per_sec(args),
         max_remote_ips: args.max_remote_ips,
@@ -81,6 +87,12 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         },
         netlink: facts.caps.net_admin,
         kfree_skb: ok(&facts.kfree_skb),
+        drop_causes: facts.kfree_skb.as_ref().map_or(vec![], |f| {
+            cause::drop_causes_named(&f.reasons)
+                .into_iter()
+                .filter(|c| scope.drop_causes.contains(c))
+                .collect()
+        }),
         drops_in_scope: scope.drops,
         netns: ok(&facts.netns),
         ptrace: facts.caps.ptrace,
@@ -134,7 +146,7 @@ fn warnings(p: &Probed) -> Vec<String> {
         ));
     }
     if let Err(e) = &p.kfree_skb {
-        w.push(format!("netfilter drops will not be counted: {e}"));
+        w.push(format!("silent drops will not be counted: {e}"));
     }
     if let Err(e) = &p.netns {
         w.push(format!("network namespaces will not be shown: {e}"));
@@ -171,6 +183,23 @@ pub struct Plan {
 
 /// What probing found, for the signals: each `Err` says why that part is
 /// missing here.
+/// The drop causes the kfree_skb program counts here, and the one this
+/// kernel cannot name.
+fn drop_reasons(probed: &Probed) -> String {
+    let named: Vec<&str> = probed.drop_causes.iter().map(|c| c.name()).collect();
+    let mut s = format!("drop reasons: {}", named.join(", "));
+    if !probed
+        .drop_causes
+        .contains(&cause::DropCause::ListenOverflow)
+    {
+        s.push_str(
+            "; no TCP_LISTEN_OVERFLOW reason on this kernel (6.18 has it): full accept queues \
+             are not counted",
+        );
+    }
+    s
+}
+
 #[derive(Debug, Clone)]
 pub struct Probed {
     /// tcp_send_reset names the kernel's RST reason (6.10+).
@@ -185,8 +214,10 @@ pub struct Probed {
     pub nft: Result<(), String>,
     /// Following nftables changes over netlink (CAP_NET_ADMIN).
     pub netlink: bool,
-    /// skb:kfree_skb's NETFILTER_DROP reason.
+    /// skb:kfree_skb's drop reasons (5.17+).
     pub kfree_skb: Result<(), String>,
+    /// The drop causes in scope this kernel's reasons name.
+    pub drop_causes: Vec<cause::DropCause>,
     /// `--cause` leaves silent drops in scope.
     pub drops_in_scope: bool,
     pub netns: Result<(), String>,
@@ -425,9 +456,12 @@ impl Plan {
                 ),
             }
         }
-        let what = "silent netfilter drops (no RST sent)";
+        let what = "silent drops (no RST sent)";
         match find(Hook::KfreeSkb) {
-            Some(hook) => self.seen(what, format!("{} (reason NETFILTER_DROP)", hook.describe())),
+            Some(hook) => self.seen(
+                what,
+                format!("{} ({})", hook.describe(), drop_reasons(probed)),
+            ),
             None if send_reset.is_some() && probed.drops_in_scope => match &probed.kfree_skb {
                 Err(e) => self.unseen(what, e.clone()),
                 // The drop program reads the dropped packet with the egress
@@ -708,6 +742,7 @@ mod tests {
             nft: Err("naming them needs kprobes, absent here".into()),
             netlink: true,
             kfree_skb: Ok(()),
+            drop_causes: cause::DropCause::ALL.to_vec(),
             drops_in_scope: true,
             netns: Ok(()),
             ptrace: true,
@@ -723,7 +758,7 @@ mod tests {
         p
     }
 
-    const DROPS: &str = "silent netfilter drops (no RST sent)";
+    const DROPS: &str = "silent drops (no RST sent)";
 
     #[test]
     fn signals_follow_what_was_attached() {
@@ -743,12 +778,37 @@ mod tests {
         let r = p.report();
         // The kind each program was attached as, not the one expected.
         assert!(
-            r.contains("via tracepoint skb:kfree_skb (reason NETFILTER_DROP)"),
+            r.contains(
+                "via tracepoint skb:kfree_skb (drop reasons: netfilter-drop, tc-drop, \
+                 xdp-drop, cgroup-drop, listen-overflow)"
+            ),
             "{r}"
         );
         assert!(
             r.contains("via BTF tracepoint tcp:tcp_send_reset (reason field)"),
             "{r}"
+        );
+    }
+
+    /// A kernel without TCP_LISTEN_OVERFLOW (6.1, 6.12): doctor names the
+    /// drop causes it counts and says full accept queues are not counted.
+    #[test]
+    fn drops_name_the_causes_this_kernel_counts() {
+        use cause::DropCause as D;
+        let probed = Probed {
+            drop_causes: vec![D::NetfilterDrop, D::TcDrop, D::XdpDrop, D::CgroupDrop],
+            ..probed()
+        };
+        let p = told(&probed, &[Attached::new(Hook::KfreeSkb, Variant::Raw)]);
+        let drops = p.signals.iter().find(|s| s.what == DROPS).unwrap();
+        let hook = drops.hook.as_deref().unwrap();
+        assert!(
+            hook.contains("drop reasons: netfilter-drop, tc-drop, xdp-drop, cgroup-drop; no TCP_LISTEN_OVERFLOW"),
+            "{hook}"
+        );
+        assert!(
+            hook.contains("full accept queues are not counted"),
+            "{hook}"
         );
     }
 

@@ -5,7 +5,7 @@ use std::{net::IpAddr, os::unix::fs::MetadataExt as _, path::Path};
 use anyhow::{Context as _, Result, bail};
 use tracer_common::{AF_INET, AF_INET6, CidrKey, Filter};
 
-use crate::attribution::cause::Cause;
+use crate::attribution::cause::{Cause, DropCause};
 
 /// A remote network: address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +53,15 @@ impl Cidr {
 }
 
 pub fn parse_cause(s: &str) -> Result<String, String> {
-    if s == "netfilter-drop" || Cause::ALL.iter().any(|c| c.name() == s) {
+    if Cause::ALL.iter().any(|c| c.name() == s) || DropCause::ALL.iter().any(|c| c.name() == s) {
         return Ok(s.to_string());
     }
-    let names: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
-    Err(format!(
-        "unknown cause {s:?}; one of: {}, netfilter-drop",
-        names.join(", ")
-    ))
+    let names: Vec<&str> = Cause::ALL
+        .iter()
+        .map(|c| c.name())
+        .chain(DropCause::ALL.iter().map(|c| c.name()))
+        .collect();
+    Err(format!("unknown cause {s:?}; one of: {}", names.join(", ")))
 }
 
 pub fn parse_port(s: &str) -> Result<u16, String> {
@@ -103,8 +104,10 @@ pub struct Scope {
     pub filter: Filter,
     pub cidrs: Vec<Cidr>,
     pub ports: Vec<u16>,
-    /// Whether silent drops are in scope (no --cause, or netfilter-drop).
+    /// Whether silent drops are in scope (no --cause, or a drop cause).
     pub drops: bool,
+    /// The drop causes in scope (all without --cause).
+    pub drop_causes: Vec<DropCause>,
 }
 
 pub fn build(netns: &str, remotes: &[Cidr], ports: &[u16], causes: &[String]) -> Result<Scope> {
@@ -114,10 +117,14 @@ pub fn build(netns: &str, remotes: &[Cidr], ports: &[u16], causes: &[String]) ->
             mask |= 1 << (*c as u32);
         }
     }
-    // Only netfilter-drop asked for: no RST is in scope.
+    // Only drop causes asked for: no RST is in scope.
     if !causes.is_empty() && mask == 0 {
         mask = 1 << 31;
     }
+    let drop_causes: Vec<DropCause> = DropCause::ALL
+        .into_iter()
+        .filter(|d| causes.is_empty() || causes.iter().any(|c| c == d.name()))
+        .collect();
     Ok(Scope {
         filter: Filter {
             netns: resolve_netns(netns)?,
@@ -127,7 +134,8 @@ pub fn build(netns: &str, remotes: &[Cidr], ports: &[u16], causes: &[String]) ->
         },
         cidrs: remotes.to_vec(),
         ports: ports.to_vec(),
-        drops: causes.is_empty() || causes.iter().any(|c| c == "netfilter-drop"),
+        drops: !drop_causes.is_empty(),
+        drop_causes,
     })
 }
 
@@ -181,10 +189,22 @@ mod tests {
         let s = build("all", &[], &[], &["closed-port".into()]).unwrap();
         assert_eq!(s.filter.causes, 1 << (Cause::ClosedPort as u32));
         assert!(!s.drops);
+        assert!(s.drop_causes.is_empty());
         let only_drops = build("all", &[], &[], &["netfilter-drop".into()]).unwrap();
         assert!(only_drops.drops && only_drops.filter.causes == 1 << 31);
+        assert_eq!(only_drops.drop_causes, [DropCause::NetfilterDrop]);
+        let tc = build("all", &[], &[], &["tc-drop".into(), "closed-port".into()]).unwrap();
+        assert_eq!(tc.drop_causes, [DropCause::TcDrop]);
+        assert_eq!(tc.filter.causes, 1 << (Cause::ClosedPort as u32));
         let all = build("all", &[], &[], &[]).unwrap();
         assert_eq!(all.filter, Filter::default());
         assert!(all.drops);
+        assert_eq!(all.drop_causes, DropCause::ALL);
+        assert!(parse_cause("listen-overflow").is_ok());
+        let e = parse_cause("nope").unwrap_err();
+        assert!(
+            e.contains("cgroup-drop") && e.contains("closed-port"),
+            "{e}"
+        );
     }
 }

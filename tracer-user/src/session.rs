@@ -242,7 +242,8 @@ pub async fn trace(
         output_ok = stop_on_output_error(e)?;
     }
     unsent.report(tracer.unsent(), sink.as_mut());
-    let summary = report::report(&tracer, &enricher, &tally, started.elapsed())?;
+    let mut summary = report::report(&tracer, &enricher, &tally, started.elapsed())?;
+    report::name_programs(&mut summary);
     if output_ok && let Err(e) = sink.summary(&summary) {
         stop_on_output_error(e)?;
     }

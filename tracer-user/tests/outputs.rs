@@ -129,11 +129,7 @@ fn metrics_endpoint_counts_exactly_what_the_kernel_counted() {
         ),
         rejected as f64
     );
-    for family in [
-        "rsttrace_rsts",
-        "rsttrace_remote_rsts",
-        "rsttrace_netfilter_drops",
-    ] {
+    for family in ["rsttrace_rsts", "rsttrace_remote_rsts", "rsttrace_drops"] {
         assert!(
             text.contains(&format!("# HELP {family} ")),
             "no help text for {family}:\n{text}"

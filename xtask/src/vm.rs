@@ -39,7 +39,7 @@ pub struct Options {
 
 /// Modules the tests need (veth pairs, nftables and iptables rejects, both
 /// iptables back-ends, sock_diag destroy, AF_PACKET, `ct state` in the
-/// block-list rulesets); those built into a
+/// block-list rulesets, tc's clsact and BPF classifier); those built into a
 /// kernel need nothing, dependencies come along by themselves.
 const MODULES: &[&str] = &[
     "af_packet",
@@ -66,6 +66,8 @@ const MODULES: &[&str] = &[
     "ip6table_filter",
     "ipt_REJECT",
     "ip6t_REJECT",
+    "sch_ingress",
+    "cls_bpf",
 ];
 
 /// Tests a kernel can't run when it lacks a module: Debian builds no

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-pub use tracer_common::Cause;
 use tracer_common::tcp_state;
+pub use tracer_common::{Cause, DropCause};
 
 /// Whether the RST is sent in process context on behalf of a syscall,
 /// so that the current task is the one that asked for it. Receive-path
@@ -315,6 +315,70 @@ pub fn reason_table(reasons: &BTreeMap<u64, String>) -> Vec<(u32, ReasonEntry)> 
         .collect()
 }
 
+/// The drop cause a kernel `skb_drop_reason` name decides: policies and
+/// limits only. Every other reason (the TCP stack's own: old data,
+/// checksum, no socket, ...) is not a silent drop rsttrace counts.
+pub fn drop_cause_for_reason(name: &str) -> Option<DropCause> {
+    match name {
+        "NETFILTER_DROP" => Some(DropCause::NetfilterDrop),
+        "TC_INGRESS" | "TC_EGRESS" => Some(DropCause::TcDrop),
+        "XDP" => Some(DropCause::XdpDrop),
+        // Cgroup ingress programs and socket filters drop through
+        // sk_filter: the kernel names both SOCKET_FILTER.
+        "BPF_CGROUP_EGRESS" | "SOCKET_FILTER" => Some(DropCause::CgroupDrop),
+        "TCP_LISTEN_OVERFLOW" => Some(DropCause::ListenOverflow),
+        _ => None,
+    }
+}
+
+/// The kfree_skb reason table as the kernel program takes it, for the
+/// drop causes in `wanted` only (the `--cause` scope): (reason value, drop
+/// cause).
+pub fn drop_reason_table(
+    reasons: &BTreeMap<u64, String>,
+    wanted: &[DropCause],
+) -> Vec<(u32, DropCause)> {
+    reasons
+        .iter()
+        .filter(|(v, _)| **v < u64::from(tracer_common::MAX_DROP_REASONS))
+        .filter_map(|(v, n)| Some((*v as u32, drop_cause_for_reason(n)?)))
+        .filter(|(_, c)| wanted.contains(c))
+        .collect()
+}
+
+/// The hooks whose BPF programs may have made a drop of `cause`, from the
+/// dropping function (`location`, symbolized): tc's ingress runs in
+/// `__netif_receive_skb_core`, its egress on the way to a device's queue;
+/// a cgroup's egress program drops in `ip_finish_output` (BPF_CGROUP_EGRESS),
+/// its ingress program through `sk_filter` (SOCKET_FILTER).
+pub fn drop_hooks(cause: DropCause, location: &str) -> Vec<super::bpfprogs::Hook> {
+    use super::bpfprogs::Hook;
+    match cause {
+        DropCause::TcDrop if location.contains("netif_receive") => vec![Hook::TcIngress],
+        DropCause::TcDrop if location.contains("xmit") || location.contains("egress") => {
+            vec![Hook::TcEgress]
+        }
+        DropCause::TcDrop => vec![Hook::TcIngress, Hook::TcEgress],
+        DropCause::XdpDrop => vec![Hook::Xdp],
+        DropCause::CgroupDrop if location.contains("output") => vec![Hook::CgroupEgress],
+        DropCause::CgroupDrop if location.contains("filter") => vec![Hook::CgroupIngress],
+        DropCause::CgroupDrop => vec![Hook::CgroupEgress, Hook::CgroupIngress],
+        _ => vec![],
+    }
+}
+
+/// The drop causes a kernel with these kfree_skb reasons can report.
+pub fn drop_causes_named(reasons: &BTreeMap<u64, String>) -> Vec<DropCause> {
+    DropCause::ALL
+        .into_iter()
+        .filter(|c| {
+            reasons
+                .values()
+                .any(|n| drop_cause_for_reason(n) == Some(*c))
+        })
+        .collect()
+}
+
 /// The stack rules as the kernel program takes them; rules whose function
 /// this kernel lacks are left out and returned by name.
 pub fn resolve_stack_rules(
@@ -564,6 +628,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn drop_hooks_follow_the_dropping_function() {
+        use crate::attribution::bpfprogs::Hook as H;
+        let h = drop_hooks;
+        assert_eq!(
+            h(DropCause::TcDrop, "__netif_receive_skb_core.constprop.0"),
+            [H::TcIngress]
+        );
+        assert_eq!(h(DropCause::TcDrop, "__dev_queue_xmit"), [H::TcEgress]);
+        assert_eq!(h(DropCause::TcDrop, "?"), [H::TcIngress, H::TcEgress]);
+        assert_eq!(h(DropCause::XdpDrop, "do_xdp_generic"), [H::Xdp]);
+        assert_eq!(
+            h(DropCause::CgroupDrop, "ip_finish_output"),
+            [H::CgroupEgress]
+        );
+        assert_eq!(
+            h(DropCause::CgroupDrop, "sk_filter_trim_cap"),
+            [H::CgroupIngress]
+        );
+        // Not BPF: nothing to name.
+        assert!(h(DropCause::NetfilterDrop, "nft_do_chain [nf_tables]").is_empty());
+        assert!(h(DropCause::ListenOverflow, "tcp_v4_rcv").is_empty());
+        // Ordinary stack drops are no drop cause at all.
+        for r in ["NO_SOCKET", "TCP_CSUM", "TCP_OLD_DATA", "NOT_SPECIFIED"] {
+            assert_eq!(drop_cause_for_reason(r), None, "{r}");
+        }
+    }
+
     /// The README's example session is what users compare their own with:
     /// it must come from a build that prints the facts right (the local
     /// port of an abort was once printed as 0 there for weeks), and name
@@ -628,5 +720,24 @@ mod tests {
                 "README names a cause that does not exist: {name}"
             );
         }
+        let drops = readme
+            .split("| drop cause |")
+            .nth(1)
+            .expect("the drop cause table")
+            .split("\n\n")
+            .next()
+            .unwrap();
+        let listed: Vec<(&str, &str)> = drops
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix("| `")?.split(" | ");
+                Some((cells.next()?.strip_suffix('`')?, cells.next()?))
+            })
+            .collect();
+        let want: Vec<(&str, &str)> = DropCause::ALL
+            .iter()
+            .map(|c| (c.name(), c.description()))
+            .collect();
+        assert_eq!(listed, want, "README's drop cause table");
     }
 }

@@ -117,6 +117,12 @@ impl Listeners {
         });
     }
 
+    /// The process holding (or that last held) the listener on `port` of
+    /// `netns`: whose full accept queue dropped a listen-overflow segment.
+    pub fn holder(&self, netns: u64, port: u16) -> Option<(u32, crate::untrusted::Untrusted)> {
+        self.seen.get(&(netns, port))?.holder.clone()
+    }
+
     /// A listener that closed with connections queued (a listener-closed
     /// RST at `at`): gone then, exactly.
     pub fn closed(&mut self, netns: u64, port: u16, at: SystemTime) {

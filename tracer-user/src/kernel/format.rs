@@ -213,6 +213,24 @@ impl SendResetFormat {
     }
 }
 
+/// `skb:kfree_skb` on this kernel: its layout, and its drop reasons'
+/// names by value (none before 5.17, where drops can't be told apart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KfreeSkbFormat {
+    pub layout: tracer_common::KfreeSkbLayout,
+    pub reasons: BTreeMap<u64, String>,
+}
+
+pub fn kfree_skb_format(format: &Format) -> Result<KfreeSkbFormat> {
+    let layout = kfree_skb_layout(format)?;
+    let reasons = if layout.netfilter_drop == ABSENT {
+        BTreeMap::new()
+    } else {
+        format.symbols("reason")
+    };
+    Ok(KfreeSkbFormat { layout, reasons })
+}
+
 /// `skb:kfree_skb` on this kernel: which reason value means NETFILTER_DROP,
 /// and where the classic build finds its fields. It stays ABSENT on kernels
 /// whose kfree_skb has no reason (before 5.17), where drops can't be told
@@ -372,6 +390,40 @@ mod tests {
         assert_eq!(l("7.2").netfilter_drop, 12);
         assert_eq!(l("5.10").netfilter_drop, ABSENT, "5.10 has no drop reason");
         assert_eq!(l("5.10").reason, ABSENT);
+    }
+
+    /// Which drop causes each kernel's reasons name: 5.10 none (no
+    /// reason at all), TCP_LISTEN_OVERFLOW only from 6.18 (7.2 too).
+    #[test]
+    fn drop_causes_of_every_kernel() {
+        use crate::attribution::cause::{DropCause as D, drop_causes_named, drop_reason_table};
+        let f = |k: &str| kfree_skb_format(&fixture(&format!("{k}/kfree_skb"))).unwrap();
+        let all = D::ALL.to_vec();
+        let older = vec![D::NetfilterDrop, D::TcDrop, D::XdpDrop, D::CgroupDrop];
+        assert_eq!(drop_causes_named(&f("5.10").reasons), vec![]);
+        assert_eq!(drop_causes_named(&f("6.1").reasons), older);
+        assert_eq!(drop_causes_named(&f("6.12").reasons), older);
+        assert_eq!(drop_causes_named(&f("7.2").reasons), all);
+        assert_eq!(drop_causes_named(&f("6.18").reasons), all);
+        let t = drop_reason_table(&f("6.18").reasons, &all);
+        let want = [
+            (5, D::CgroupDrop),
+            (12, D::NetfilterDrop),
+            (40, D::ListenOverflow),
+            (55, D::CgroupDrop),
+            (62, D::TcDrop),
+            (72, D::XdpDrop),
+            (73, D::TcDrop),
+        ];
+        assert_eq!(t, want);
+        let t = drop_reason_table(&f("6.1").reasons, &all);
+        assert!(
+            t.contains(&(7, D::NetfilterDrop)) && t.contains(&(48, D::TcDrop)),
+            "{t:?}"
+        );
+        // Only the causes in scope go into the table.
+        let t = drop_reason_table(&f("6.18").reasons, &[D::TcDrop]);
+        assert_eq!(t, [(62, D::TcDrop), (73, D::TcDrop)]);
     }
 
     #[test]

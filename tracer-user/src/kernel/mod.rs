@@ -12,9 +12,7 @@ pub mod preflight;
 use std::{path::PathBuf, rc::Rc};
 
 use anyhow::{Context as _, Result};
-use tracer_common::{
-    EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftOffsets, SendResetLayout, SockAddrOffsets,
-};
+use tracer_common::{EgressOffsets, NetnsOffsets, NftOffsets, SendResetLayout, SockAddrOffsets};
 
 use self::{
     format::{Format, SendResetFormat},
@@ -45,7 +43,7 @@ pub struct Facts {
     /// tcp:tcp_send_reset's layout and reason names.
     pub send_reset: SendResetFormat,
     pub receive_reset: Probe<SendResetLayout>,
-    pub kfree_skb: Probe<KfreeSkbLayout>,
+    pub kfree_skb: Probe<format::KfreeSkbFormat>,
     pub btf_present: bool,
     pub egress: Probe<EgressOffsets>,
     pub sock_addrs: Probe<SockAddrOffsets>,

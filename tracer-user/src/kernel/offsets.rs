@@ -6,24 +6,25 @@ use anyhow::Result;
 
 use super::{btf::Btf, format::Format, ksyms::Kallsyms};
 
-/// Where netfilter drops show on this kernel, or why they can't be told
-/// apart.
+/// Where silent drops show on this kernel and their reasons, or why they
+/// can't be told apart.
 pub fn kfree_skb_layout(
     tracefs: &std::path::Path,
-) -> Result<tracer_common::KfreeSkbLayout, String> {
+) -> Result<super::format::KfreeSkbFormat, String> {
     let text = super::preflight::tracepoint_format(tracefs, "skb", "kfree_skb")
         .map_err(|e| format!("{e:#}"))?;
     kfree_skb_from_format(&text)
 }
 
 /// The same, from the format file's text.
-pub fn kfree_skb_from_format(text: &str) -> Result<tracer_common::KfreeSkbLayout, String> {
-    let layout = Format::parse(text).and_then(|f| super::format::kfree_skb_layout(&f));
-    match layout {
-        Ok(l) if l.netfilter_drop != tracer_common::ABSENT => Ok(l),
+pub fn kfree_skb_from_format(text: &str) -> Result<super::format::KfreeSkbFormat, String> {
+    let format = Format::parse(text).and_then(|f| super::format::kfree_skb_format(&f));
+    match format {
+        Ok(f) if f.layout.netfilter_drop != tracer_common::ABSENT => Ok(f),
         Ok(_) => Err(
-            "this kernel's skb:kfree_skb has no NETFILTER_DROP reason (5.17 or later has it): \
-             silent netfilter drops can't be told from other drops"
+            "this kernel's skb:kfree_skb has no drop reason (5.17 or later has them): \
+             silent drops (netfilter, tc, XDP, cgroup, full accept queues) can't be told \
+             from other drops"
                 .into(),
         ),
         Err(e) => Err(format!("{e:#}")),

@@ -220,6 +220,31 @@ fn nft_rule(nf: &crate::attribution::netfilter::Netfilter) -> String {
     s
 }
 
+/// A BPF program at the hook that dropped: "prog=tc-ingress/eth0:12/name
+/// (holder 812/agent) [security-agent: Cilium]".
+fn program_text(p: &crate::attribution::bpfprogs::BpfProgram) -> String {
+    let at = p.device.as_ref().or(p.cgroup.as_ref());
+    let mut t = format!("prog={}", p.attach);
+    if let Some(at) = at {
+        t.push_str(&format!("/{at}"));
+    }
+    match (p.id, &p.name) {
+        (Some(id), Some(n)) => t.push_str(&format!(":{id}/{n}")),
+        (Some(id), None) => t.push_str(&format!(":{id}")),
+        (None, _) => t.push_str(":classic"),
+    }
+    if let Some((pid, comm)) = &p.holder {
+        t.push_str(&format!(" held-by={pid}/{comm}"));
+    }
+    if let Some(pin) = &p.pin {
+        t.push_str(&format!(" pin={pin}"));
+    }
+    if let Some(a) = p.agent {
+        t.push_str(&format!(" [security-agent: {a}]"));
+    }
+    t
+}
+
 pub fn summary_text(s: &Summary, top: usize) -> String {
     let mut t = String::new();
     let secs = s.duration.as_secs_f64();
@@ -267,11 +292,13 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         .drops
         .iter()
         .map(|d| {
-            let mut wh: Vec<String> = d
-                .by_location
-                .iter()
-                .map(|(w, n)| format!("{w}={n}"))
-                .collect();
+            let mut wh: Vec<String> = d.by_cause.iter().map(|(c, n)| format!("{c}={n}")).collect();
+            wh.extend(d.listeners.iter().map(|l| match (l.pid, &l.comm) {
+                (Some(pid), Some(comm)) => format!("port={} listener={pid}/{comm}", l.port),
+                _ => format!("port={}", l.port),
+            }));
+            wh.extend(d.by_location.iter().map(|(w, n)| format!("at {w}={n}")));
+            wh.extend(d.programs.iter().map(program_text));
             if let Some(nf) = &d.netfilter {
                 let q = |u: &Option<crate::untrusted::Untrusted>| {
                     u.as_ref().map_or("?".to_string(), |x| x.to_string())
@@ -288,8 +315,8 @@ pub fn summary_text(s: &Summary, top: usize) -> String {
         .collect();
     per_ip_table(
         &mut t,
-        "NETFILTER DROPS",
-        "DROPPED BY (no RST sent)",
+        "SILENT DROPS",
+        "CAUSES, WHERE (no RST sent)",
         &drops,
         top,
     );
@@ -620,6 +647,28 @@ mod tests {
             drops: vec![DropSummary {
                 remote_ip: "127.77.0.2".parse().unwrap(),
                 total: 2,
+                by_cause: [(tracer_common::DropCause::ListenOverflow, 2)]
+                    .into_iter()
+                    .collect(),
+                listeners: vec![crate::report::summary::DropListener {
+                    netns: 1,
+                    port: 80,
+                    count: 2,
+                    pid: Some(7),
+                    comm: Some(hostile::comm()),
+                }],
+                hooks: Default::default(),
+                programs: vec![crate::attribution::bpfprogs::BpfProgram {
+                    id: Some(3),
+                    name: Some(hostile::comm()),
+                    tag: None,
+                    attach: "tc-ingress",
+                    device: Some(hostile::comm()),
+                    cgroup: None,
+                    holder: Some((7, hostile::comm())),
+                    pin: Some(hostile::comm()),
+                    agent: None,
+                }],
                 by_location: [(Untrusted::from("hook\x1b[2J [m\n]"), 2)]
                     .into_iter()
                     .collect(),
@@ -657,7 +706,7 @@ mod tests {
                 "\nnetns 1 generation 5 by {comm} (pid 7): add rule inet {table} {chain} \
                  handle 4 (reject)\n"
             ),
-            r"  hook\x1b[2J [m\x0a]=2".to_string(),
+            r" at hook\x1b[2J [m\x0a]=2".to_string(),
         ] {
             assert!(t.contains(&part), "{part:?} not in {t:?}");
         }

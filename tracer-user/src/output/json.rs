@@ -89,13 +89,19 @@ struct SummaryLine<'a> {
     ruleset_changes: &'a [Generation],
 }
 
-/// Silent netfilter drops of a remote IP's segments, shaped like a
-/// by_remote_ip entry, plus where they were dropped.
+/// Silent drops of a remote IP's segments, shaped like a by_remote_ip
+/// entry (by drop cause), plus where they were dropped.
 #[derive(Serialize)]
 struct DropLine<'a> {
     remote_ip: IpAddr,
     total: u64,
-    by_cause: BTreeMap<&'static str, u64>,
+    by_cause: &'a BTreeMap<tracer_common::DropCause, u64>,
+    /// listen-overflow: the listeners whose full accept queue dropped them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    listeners: Vec<DropListenerLine<'a>>,
+    /// tc-drop, xdp-drop: the BPF programs attached at the hook.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    programs: Vec<ProgramLine<'a>>,
     #[serde(rename = "where")]
     by_location: &'a BTreeMap<crate::untrusted::Untrusted, u64>,
     first_seen: String,
@@ -105,6 +111,35 @@ struct DropLine<'a> {
     /// The nftables rule and set element that drop them, shaped like an
     /// RST's `netfilter`; null when no rule in the ruleset explains them.
     netfilter: Option<&'a crate::attribution::netfilter::Netfilter>,
+}
+
+#[derive(Serialize)]
+struct ProgramLine<'a> {
+    id: Option<u32>,
+    name: Option<&'a crate::untrusted::Untrusted>,
+    tag: Option<&'a str>,
+    attach: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a crate::untrusted::Untrusted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a crate::untrusted::Untrusted>,
+    holder: Option<HolderLine<'a>>,
+    pin: Option<&'a crate::untrusted::Untrusted>,
+    agent: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct HolderLine<'a> {
+    pid: u32,
+    comm: &'a crate::untrusted::Untrusted,
+}
+
+#[derive(Serialize)]
+struct DropListenerLine<'a> {
+    port: u16,
+    pid: Option<u32>,
+    comm: Option<&'a crate::untrusted::Untrusted>,
+    count: u64,
 }
 
 /// RSTs seen leaving through a device, and how many a rule explains.
@@ -199,7 +234,35 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
             .map(|d| DropLine {
                 remote_ip: d.remote_ip,
                 total: d.total,
-                by_cause: BTreeMap::from([("netfilter-drop", d.total)]),
+                by_cause: &d.by_cause,
+                listeners: d
+                    .listeners
+                    .iter()
+                    .map(|l| DropListenerLine {
+                        port: l.port,
+                        pid: l.pid,
+                        comm: l.comm.as_ref(),
+                        count: l.count,
+                    })
+                    .collect(),
+                programs: d
+                    .programs
+                    .iter()
+                    .map(|p| ProgramLine {
+                        id: p.id,
+                        name: p.name.as_ref(),
+                        tag: p.tag.as_deref(),
+                        attach: p.attach,
+                        device: p.device.as_ref(),
+                        cgroup: p.cgroup.as_ref(),
+                        holder: p
+                            .holder
+                            .as_ref()
+                            .map(|(pid, comm)| HolderLine { pid: *pid, comm }),
+                        pin: p.pin.as_ref(),
+                        agent: p.agent,
+                    })
+                    .collect(),
                 by_location: &d.by_location,
                 first_seen: rfc3339(d.first_seen),
                 last_seen: rfc3339(d.last_seen),
@@ -363,17 +426,45 @@ mod tests {
             }],
             drops: vec![DropSummary {
                 remote_ip: "127.20.0.1".parse().unwrap(),
-                total: 2,
-                by_location: [("nft_do_chain [nf_tables]".into(), 2)]
-                    .into_iter()
-                    .collect(),
+                total: 3,
+                by_cause: [
+                    (tracer_common::DropCause::NetfilterDrop, 2),
+                    (tracer_common::DropCause::ListenOverflow, 1),
+                ]
+                .into_iter()
+                .collect(),
+                listeners: vec![crate::report::summary::DropListener {
+                    netns: 1,
+                    port: 8080,
+                    count: 1,
+                    pid: Some(42),
+                    comm: Some("web".into()),
+                }],
+                hooks: Default::default(),
+                programs: vec![crate::attribution::bpfprogs::BpfProgram {
+                    id: Some(77),
+                    name: Some("cil_from_netdev".into()),
+                    tag: Some("0011223344556677".into()),
+                    attach: "tcx-ingress",
+                    device: Some("eth0".into()),
+                    cgroup: None,
+                    holder: Some((9, "cilium-agent".into())),
+                    pin: None,
+                    agent: Some("Cilium"),
+                }],
+                by_location: [
+                    ("nft_do_chain [nf_tables]".into(), 2),
+                    ("tcp_v4_rcv".into(), 1),
+                ]
+                .into_iter()
+                .collect(),
                 first_seen: t,
                 last_seen: t,
                 netns: vec![],
                 author: None,
                 netfilter: None,
             }],
-            drops_total: 2,
+            drops_total: 3,
             skipped_runs: [("tcp_send_reset".to_string(), 4)].into_iter().collect(),
             unreadable: 2,
             ..Default::default()
@@ -401,14 +492,21 @@ mod tests {
                 "received_total": 0,
                 "drops": [{
                     "remote_ip": "127.20.0.1",
-                    "total": 2,
-                    "by_cause": {"netfilter-drop": 2},
-                    "where": {"nft_do_chain [nf_tables]": 2},
+                    "total": 3,
+                    "by_cause": {"netfilter-drop": 2, "listen-overflow": 1},
+                    "listeners": [{"port": 8080, "pid": 42, "comm": "web", "count": 1}],
+                    "programs": [{
+                        "id": 77, "name": "cil_from_netdev", "tag": "0011223344556677",
+                        "attach": "tcx-ingress", "device": "eth0",
+                        "holder": {"pid": 9, "comm": "cilium-agent"}, "pin": null,
+                        "agent": "Cilium",
+                    }],
+                    "where": {"nft_do_chain [nf_tables]": 2, "tcp_v4_rcv": 1},
                     "first_seen": "2023-11-14T22:13:20.000000Z",
                     "last_seen": "2023-11-14T22:13:20.000000Z",
                     "netfilter": null,
                 }],
-                "drops_total": 2,
+                "drops_total": 3,
                 "drop_overflow": 0,
                 "ruleset_changes": [],
                 "coverage": {"egress_rsts": 5, "attributed": 4, "unknown": 1, "by_tcp_stack": 3},

@@ -202,9 +202,23 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut enc,
-            "rsttrace_netfilter_drops",
-            "Segments from remote peers silently dropped by netfilter (no RST sent).",
-            [(vec![], s.drops_total)],
+            "rsttrace_drops",
+            "TCP segments to or from remote peers dropped silently (no RST sent), by drop \
+             cause: netfilter-drop, tc-drop, xdp-drop, cgroup-drop, listen-overflow.",
+            tracer_common::DropCause::ALL.into_iter().map(|c| {
+                let n = s
+                    .drops
+                    .iter()
+                    .filter_map(|d| d.by_cause.get(&c))
+                    .sum::<u64>();
+                (vec![("cause", c.to_string())], n)
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "rsttrace_drop_overflow",
+            "Silent drops counted without their remote IP and cause: the drop map was full.",
+            [(vec![], s.drop_overflow)],
         )?;
         let c = s.coverage;
         counter(

@@ -12,6 +12,7 @@ use anyhow::Result;
 
 use crate::{
     attribution::{
+        bpfprogs,
         enrich::{self, Enricher},
         netfilter::Netfilter,
         nft::names::hook_name,
@@ -41,6 +42,18 @@ pub fn report(
     });
     s.skipped_runs = tracer.skipped_runs();
     for (i, d) in s.drops.iter_mut().enumerate() {
+        for l in &mut d.listeners {
+            if let Some((pid, comm)) = enricher.listeners.holder(l.netns, l.port) {
+                (l.pid, l.comm) = (Some(pid), Some(comm));
+            }
+        }
+        // A rule's author and the ruleset name only netfilter's drops.
+        if !d
+            .by_cause
+            .contains_key(&tracer_common::DropCause::NetfilterDrop)
+        {
+            continue;
+        }
         d.author = d
             .netns
             .iter()
@@ -71,4 +84,30 @@ pub fn report(
         r.diagnosis = Some(diagnosis::diagnose(r, tally));
     }
     Ok(s)
+}
+
+/// Names the BPF programs at the hooks that dropped (tc, XDP) in each
+/// drops row. Once, for the final summary: it walks /proc and the bpffs
+/// mounts, which a metrics scrape should not.
+pub fn name_programs(s: &mut summary::Summary) {
+    // Each (namespace, hook) asked once, however many remotes it dropped.
+    let mut at_hook = std::collections::HashMap::new();
+    for d in &mut s.drops {
+        for (netns, hook) in &d.hooks {
+            let progs = at_hook.entry((*netns, *hook)).or_insert_with(|| {
+                let Some(path) = bpfprogs::netns_path(*netns) else {
+                    return vec![];
+                };
+                bpfprogs::at_hooks(&path, &[*hook]).unwrap_or_else(|e| {
+                    log::debug!("programs at {hook:?} in netns {netns}: {e}");
+                    vec![]
+                })
+            });
+            for p in progs.iter() {
+                if !d.programs.contains(p) {
+                    d.programs.push(p.clone());
+                }
+            }
+        }
+    }
 }

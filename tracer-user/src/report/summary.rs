@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tracer_common::{DropKey, RemoteKey, RemoteStats, stat};
+use tracer_common::{DropCause, DropKey, RemoteKey, RemoteStats, stat};
 
 use crate::{
     attribution::cause::Cause, attribution::decode::ip_from, clock::BootClock, loader::StatSlots,
@@ -26,11 +26,19 @@ pub struct RemoteSummary {
     pub diagnosis: Option<String>,
 }
 
-/// Silent netfilter drops of one remote IP's segments.
+/// Silent drops of one remote IP's segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropSummary {
     pub remote_ip: IpAddr,
     pub total: u64,
+    pub by_cause: BTreeMap<DropCause, u64>,
+    /// The listening ports whose full accept queue dropped them
+    /// (`listen-overflow`), with the listener's holder where known.
+    pub listeners: Vec<DropListener>,
+    /// (namespace, hook) where BPF programs dropped them (tc, XDP), and
+    /// the programs attached there, named at report time.
+    pub hooks: std::collections::BTreeSet<(u64, crate::attribution::bpfprogs::Hook)>,
+    pub programs: Vec<crate::attribution::bpfprogs::BpfProgram>,
     /// Dropping code (`nft_do_chain [nf_tables]`, `ipt_do_table
     /// [ip_tables]`, a module's hook) -> count.
     pub by_location: BTreeMap<crate::untrusted::Untrusted, u64>,
@@ -43,6 +51,18 @@ pub struct DropSummary {
     /// The nftables rule (and set element) that drops them, from the
     /// namespace's ruleset.
     pub netfilter: Option<crate::attribution::netfilter::Netfilter>,
+}
+
+/// A listener whose full accept queue dropped a remote's segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropListener {
+    pub netns: u64,
+    pub port: u16,
+    pub count: u64,
+    /// The process holding the listener (sock_diag), filled in at report
+    /// time.
+    pub pid: Option<u32>,
+    pub comm: Option<crate::untrusted::Untrusted>,
 }
 
 /// RSTs seen at the egress hook and how they were explained.
@@ -88,7 +108,7 @@ pub struct Summary {
     /// RSTs this host received (`--direction in|both`), per remote IP.
     pub received: Vec<RemoteSummary>,
     pub received_total: u64,
-    /// Netfilter drops (no RST sent), sorted like `by_remote_ip`.
+    /// Silent drops (no RST sent), sorted like `by_remote_ip`.
     pub drops: Vec<DropSummary>,
     pub drops_total: u64,
     /// Drops counted in `drops_total` only: the drop map was full.
@@ -123,10 +143,17 @@ pub fn build_drops(
         else {
             continue;
         };
+        let Some(cause) = DropCause::from_id(key.cause) else {
+            continue;
+        };
         let (first, last) = (clock.to_system_time(first), clock.to_system_time(last));
         let d = per_ip.entry(ip).or_insert(DropSummary {
             remote_ip: ip,
             total: 0,
+            by_cause: BTreeMap::new(),
+            listeners: Vec::new(),
+            hooks: Default::default(),
+            programs: Vec::new(),
             by_location: BTreeMap::new(),
             first_seen: first,
             last_seen: last,
@@ -138,11 +165,36 @@ pub fn build_drops(
             d.netns.push(u64::from(key.netns));
         }
         d.total += count;
-        *d.by_location.entry(name(key.location)).or_default() += count;
+        *d.by_cause.entry(cause).or_default() += count;
+        if cause == DropCause::ListenOverflow && key.local_port != 0 {
+            let netns = u64::from(key.netns);
+            match d
+                .listeners
+                .iter_mut()
+                .find(|l| l.netns == netns && l.port == key.local_port)
+            {
+                Some(l) => l.count += count,
+                None => d.listeners.push(DropListener {
+                    netns,
+                    port: key.local_port,
+                    count,
+                    pid: None,
+                    comm: None,
+                }),
+            }
+        }
+        let location = name(key.location);
+        for h in crate::attribution::cause::drop_hooks(cause, &location.lossy()) {
+            d.hooks.insert((u64::from(key.netns), h));
+        }
+        *d.by_location.entry(location).or_default() += count;
         d.first_seen = d.first_seen.min(first);
         d.last_seen = d.last_seen.max(last);
     }
     let mut out: Vec<_> = per_ip.into_values().collect();
+    for d in &mut out {
+        d.listeners.sort_by_key(|l| (Reverse(l.count), l.port));
+    }
     out.sort_by_key(|d| (Reverse(d.total), d.remote_ip));
     out
 }
@@ -226,7 +278,7 @@ pub fn build(
         received: Vec::new(),
         received_total: 0,
         drops: Vec::new(),
-        drops_total: stats.get(stat::NETFILTER_DROPS),
+        drops_total: stats.get(stat::DROPS),
         drop_overflow: stats.get(stat::DROP_MAP_FULL),
         ruleset_changes: Vec::new(),
     }
@@ -349,28 +401,43 @@ mod tests {
     #[test]
     fn drops_merge_per_ip_and_name_their_location() {
         let a: IpAddr = "127.20.0.1".parse().unwrap();
-        let k = |loc: u64| {
+        let k = |loc: u64, cause: DropCause, port: u16| {
             let mut addr = [0; 16];
             addr[..4].copy_from_slice(&[127, 20, 0, 1]);
             DropKey {
                 addr,
                 family: AF_INET,
-                _pad: [0; 3],
+                cause: cause as u8,
+                local_port: port,
                 netns: 7,
                 location: loc,
             }
         };
         let clock = BootClock::with_boot_epoch_ns(0);
+        let nf = DropCause::NetfilterDrop;
+        let lo = DropCause::ListenOverflow;
+        let mut unknown = k(0x30, nf, 0);
+        unknown.cause = 0;
         let d = build_drops(
             vec![
-                (k(0x10), vec![v(2, 5, 9), v(1, 3, 3)]),
-                (k(0x20), vec![v(1, 7, 7)]),
+                (k(0x10, nf, 0), vec![v(2, 5, 9), v(1, 3, 3)]),
+                (k(0x20, DropCause::TcDrop, 0), vec![v(1, 7, 7)]),
+                (k(0x40, lo, 8080), vec![v(2, 7, 7)]),
+                (k(0x40, lo, 8081), vec![v(1, 7, 7)]),
+                // Not a drop cause: never counted, not mixed in.
+                (unknown, vec![v(5, 7, 7)]),
             ],
             &clock,
             |loc| format!("fn{loc:x}").into(),
         );
         assert_eq!(d.len(), 1);
-        assert_eq!((d[0].remote_ip, d[0].total), (a, 4));
+        assert_eq!((d[0].remote_ip, d[0].total), (a, 7));
+        assert_eq!(
+            d[0].by_cause,
+            BTreeMap::from([(nf, 3), (DropCause::TcDrop, 1), (lo, 3)])
+        );
+        let ports: Vec<_> = d[0].listeners.iter().map(|l| (l.port, l.count)).collect();
+        assert_eq!(ports, [(8080, 2), (8081, 1)]);
         assert_eq!(d[0].by_location[&"fn10".into()], 3);
         assert_eq!(d[0].by_location[&"fn20".into()], 1);
         assert_eq!(d[0].first_seen, clock.to_system_time(3));

@@ -494,6 +494,12 @@ pub fn kernel_names_netfilter_drops() -> bool {
     tracepoint_format("skb/kfree_skb").contains("NETFILTER_DROP")
 }
 
+/// Whether this kernel's skb:kfree_skb has drop reason `name`
+/// (TCP_LISTEN_OVERFLOW: 6.18 has it, 6.12 does not).
+pub fn kernel_has_drop_reason(name: &str) -> bool {
+    tracepoint_format("skb/kfree_skb").contains(&format!("\"{name}\""))
+}
+
 /// Packets a netfilter rule matched, from its counter: the ground truth
 /// for netfilter's RSTs, which Tcp OutRsts does not count.
 pub fn rule_packets(listing: &str) -> u64 {

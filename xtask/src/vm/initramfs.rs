@@ -20,6 +20,7 @@ use super::{cpio::Archive, kernel::ModulePlan};
 const TOOLS: [(&str, bool); 13] = [
     ("sh", true),
     ("ip", true),
+    ("tc", true),
     ("ss", true),
     ("nft", true),
     ("iptables", true),
