@@ -214,6 +214,21 @@ impl Collector for Snapshot {
                 (vec![("cause", c.to_string())], n)
             }),
         )?;
+        // Its name before drops had causes: kept so that dashboards built on
+        // it keep working.
+        counter(
+            &mut enc,
+            "rsttrace_netfilter_drops",
+            "Segments from remote peers silently dropped by netfilter (no RST sent); \
+             the same as rsttrace_drops_total{cause=\"netfilter-drop\"}.",
+            [(
+                vec![],
+                s.drops
+                    .iter()
+                    .filter_map(|d| d.by_cause.get(&tracer_common::DropCause::NetfilterDrop))
+                    .sum::<u64>(),
+            )],
+        )?;
         counter(
             &mut enc,
             "rsttrace_drop_overflow",

@@ -17,7 +17,7 @@ use super::{cpio::Archive, kernel::ModulePlan};
 /// the Debian packages .ci/run installs provide them. (name, required)
 /// The host's sh (dash) too: Debian's busybox shell runs its own applets
 /// before anything in PATH, so `ip` in a script would be busybox's.
-const TOOLS: [(&str, bool); 13] = [
+const TOOLS: &[(&str, bool)] = &[
     ("sh", true),
     ("ip", true),
     ("tc", true),
@@ -89,7 +89,7 @@ pub fn base(
     a.char_dev("/dev/console", 5, 1);
 
     let mut elves = vec![];
-    for (name, required) in TOOLS {
+    for &(name, required) in TOOLS {
         match find_on_host(name) {
             Some(p) => {
                 a.copy_host_path(&p)?;
