@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Makes one of each kind of RST inside a private network namespace, so that
-# a running rsttrace has something to explain. Needs root, iproute2, nftables,
-# python3. Touches nothing outside the namespace it creates (and deletes).
+# Makes one of each kind of RST (and of silent drop) inside a private network
+# namespace, so that a running rsttrace has something to explain. Needs root,
+# iproute2 (ip, tc), nftables, procps (kill), python3. Touches nothing outside
+# the namespace it creates (and deletes).
 #   terminal 1: cargo xtask run
 #   terminal 2: sudo demo/rst-zoo.sh
+# RST_ZOO_WAIT=N waits N seconds between setting the namespace up (its
+# CrowdSec-shaped block list, a tc filter) and the traffic: start rsttrace
+# then, and the block list predates the trace, as an agent's usually does.
 set -euo pipefail
 ns=rsttrace-zoo
 ip netns delete "$ns" 2>/dev/null || true
@@ -15,10 +19,36 @@ in_ns() { ip netns exec "$ns" "$@"; }
 # rsttrace starts following a new namespace's ruleset within a second.
 sleep 1.5
 
-# A "security agent": copies of nft and ss under an agent's process name.
-mkdir "$tmp/nft" "$tmp/ss"
+# A "security agent": copies of nft and ss under an agent's process name,
+# and of kill under another's.
+mkdir "$tmp/nft" "$tmp/ss" "$tmp/kill"
 cp "$(command -v nft)" "$tmp/nft/crowdsec"
 cp "$(command -v ss)" "$tmp/ss/crowdsec"
+cp /usr/bin/kill "$tmp/kill/falcon-sensor"
+
+# A block list as CrowdSec's firewall bouncer (nftables mode) keeps it.
+in_ns nft -f - <<'NFT'
+table ip crowdsec {
+	set crowdsec-blacklists {
+		type ipv4_addr
+		flags timeout
+		elements = { 127.66.0.30 timeout 4h comment "crowdsecurity/ssh-bf" }
+	}
+	chain crowdsec-chain {
+		type filter hook input priority filter - 10; policy accept;
+		ip saddr @crowdsec-blacklists counter reject with tcp reset
+	}
+}
+NFT
+# A tc ingress filter (classic BPF, direct action) dropping 127.70.0.7's
+# SYNs, as a BPF network policy would.
+in_ns tc qdisc add dev lo clsact
+in_ns tc filter add dev lo ingress bpf da bytecode \
+    "12,40 0 0 12,21 0 8 2048,32 0 0 26,21 0 6 2135293959,48 0 0 23,21 0 4 6,177 0 0 14,80 0 0 27,84 0 0 18,21 1 0 2,6 0 0 0,6 0 0 2"
+# A full accept queue answers with a RST instead of dropping.
+in_ns sysctl -qw net.ipv4.tcp_abort_on_overflow=1
+echo "rst-zoo: namespace $ns ready"
+sleep "${RST_ZOO_WAIT:-0}"
 
 in_ns python3 - "$tmp" <<'PY'
 import socket, subprocess, sys, time
@@ -64,5 +94,41 @@ subprocess.run(["nft", "add", "rule", "inet", "blocklist", "in", "ip", "saddr", 
 s = socket.socket(); s.bind(("127.50.0.5", 0)); s.settimeout(0.3)
 try: s.connect(("127.0.0.1", 443))
 except OSError: pass
+
+# netfilter-reject from the block list loaded before the trace
+for _ in range(3):
+    s = socket.socket(); s.bind(("127.66.0.30", 0))
+    try: s.connect(("127.0.0.1", 443))
+    except OSError: pass
+
+# tc-drop: the tc filter drops this client's SYN (the connect times out)
+s = socket.socket(); s.bind(("127.70.0.7", 0)); s.settimeout(0.3)
+try: s.connect(("127.0.0.1", 443))
+except OSError: pass
+
+# listen-overflow: a server that stopped accepting; its queue holds 2
+l3 = socket.socket(); l3.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+l3.bind(("127.0.0.1", 8083)); l3.listen(16)
+queued = [conn("127.30.0.2", 8083)[0] for _ in range(2)]
+over = [conn("127.30.0.1", 8083)[0] for _ in range(3)]
+l3.listen(1); time.sleep(2.5)
+for c in queued + over:
+    c.send(b"x")
+time.sleep(0.2)
+
+# a server killed by a security agent (SIGKILL) with two requests unread
+import os
+l4 = socket.socket(); l4.bind(("127.0.0.1", 8084)); l4.listen()
+pid = os.fork()
+if pid == 0:
+    held = [l4.accept()[0] for _ in range(2)]
+    time.sleep(60)
+    os._exit(0)
+clients = [conn("127.80.0.4", 8084)[0] for _ in range(2)]
+for c in clients: c.send(b"GET /orders HTTP/1.1\r\n\r\n")
+time.sleep(0.3)
+subprocess.run([f"{tmp}/kill/falcon-sensor", "-9", str(pid)], check=True)
+os.waitpid(pid, 0)
+time.sleep(0.2)
 PY
 echo "rst-zoo: done"

@@ -55,6 +55,18 @@ impl Enricher {
         Some(a)
     }
 
+    /// Who added the rule the ruleset matcher named, if it was added while
+    /// we ran.
+    pub fn author_of(&self, netns: u64, n: &Named) -> Option<Author> {
+        let mut a = self
+            .ruleset
+            .lock()
+            .ok()?
+            .author_of(netns, &n.table, &n.chain, n.handle?)?;
+        a.agent = self.actors.agent(&a.comm);
+        Some(a)
+    }
+
     /// The rule that rejected or dropped `pkt` at `hook` in `netns`.
     pub fn name_rule(&self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
         if netns == 0 {
@@ -134,9 +146,9 @@ impl Enricher {
         if let Some(nf) = netfilter.as_mut()
             && nf.backend != Some("iptables-legacy")
         {
-            nf.author = self.rule_author(u64::from(ev.netns), Verdict::Reject);
             // The rule, by running the answered segment (the RST reversed)
             // through the ruleset.
+            let netns = u64::from(ev.netns);
             let named = nf.hook.and_then(matcher::hook_number).and_then(|hook| {
                 let pkt = Packet {
                     v6: rst.remote.is_ipv6(),
@@ -146,32 +158,35 @@ impl Enricher {
                     dport: Some(rst.local.port()),
                     l4proto: libc::IPPROTO_TCP as u8,
                 };
-                self.name_rule(u64::from(ev.netns), &pkt, hook, Verdict::Reject)
+                self.name_rule(netns, &pkt, hook, Verdict::Reject)
             });
-            // What the kernel itself said (the rule's author, or the base
-            // chain from kprobes) wins; the match adds the rule where it
-            // agrees.
-            let said = if let Some(a) = &nf.author {
-                Some((a.table.clone(), a.chain.clone(), false))
-            } else if ev.nft_chain != 0
-                && let Some((table, chain)) = nft_chain(ev.nft_chain)
-            {
-                // A rule older than the trace: its base chain, as the
-                // kernel evaluated it.
-                Some((Some(table), Some(chain), true))
-            } else {
-                None
-            };
-            match (said, named) {
-                (None, Some(n)) => nf.name_rule(&n),
-                (Some((t, c, base)), Some(n))
-                    if t.as_ref() == Some(&n.table)
-                        && c.as_ref() == Some(if base { &n.base_chain } else { &n.chain }) =>
-                {
+            // The base chain the kernel evaluated, where kprobes tell it.
+            let kernel_chain = (ev.nft_chain != 0)
+                .then(|| nft_chain(ev.nft_chain))
+                .flatten();
+            match (kernel_chain, named) {
+                // The kernel's chain wins; the match adds the rule where it
+                // agrees.
+                (Some((t, c)), Some(n)) if t == n.table && c == n.base_chain => {
+                    nf.author = self.author_of(netns, &n);
                     nf.name_rule(&n)
                 }
-                (Some((t, c, _)), _) => (nf.table, nf.chain) = (t, c),
-                (None, None) => {}
+                (Some((t, c)), _) => (nf.table, nf.chain) = (Some(t), Some(c)),
+                // The matched rule's author only: another rule added while
+                // tracing did not answer this segment.
+                (None, Some(n)) => {
+                    nf.author = self.author_of(netns, &n);
+                    nf.name_rule(&n)
+                }
+                // Nothing in the ruleset explains it (or it could not be
+                // read): the newest reject rule added while tracing, the
+                // best guess left.
+                (None, None) => {
+                    nf.author = self.rule_author(netns, Verdict::Reject);
+                    if let Some(a) = &nf.author {
+                        (nf.table, nf.chain) = (a.table.clone(), a.chain.clone());
+                    }
+                }
             }
         }
         // A module built it: the first module frame names it.

@@ -107,14 +107,55 @@ impl Log {
             }
         }
         let (g, c) = live.last()?;
-        Some(Author {
+        Some(Self::author_from(g, c))
+    }
+
+    /// Who added the rule `handle` of `table`/`chain` in namespace `netns`
+    /// while we ran, if it is still in place: the author of a rule the
+    /// ruleset matcher named.
+    pub fn author_of(
+        &self,
+        netns: u64,
+        table: &Untrusted,
+        chain: &Untrusted,
+        handle: u64,
+    ) -> Option<Author> {
+        let mut found = None;
+        for g in self.generations.iter().filter(|g| g.netns == netns) {
+            for c in &g.changes {
+                let same_table = c.table.as_ref() == Some(table);
+                match c.what.as_str() {
+                    "add rule"
+                        if same_table
+                            && c.chain.as_ref() == Some(chain)
+                            && c.handle == Some(handle) =>
+                    {
+                        found = Some(Self::author_from(g, c))
+                    }
+                    "delete rule"
+                        if same_table
+                            && c.chain.as_ref() == Some(chain)
+                            && c.handle == Some(handle) =>
+                    {
+                        found = None
+                    }
+                    "delete table" if same_table => found = None,
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
+
+    fn author_from(g: &Generation, c: &Change) -> Author {
+        Author {
             pid: g.pid,
             comm: g.comm.clone(),
             generation: g.generation,
             agent: None,
             table: c.table.clone(),
             chain: c.chain.clone(),
-        })
+        }
     }
 }
 

@@ -54,28 +54,33 @@ pub fn report(
         {
             continue;
         }
-        d.author = d
-            .netns
-            .iter()
-            .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop));
         // The ruleset is asked about the busiest remotes only: a scan from
         // a whole network must not make each report thousands of lookups.
-        if i >= NAMED_DROPS {
-            continue;
-        }
-        d.netfilter = d
-            .netns
-            .iter()
-            .find_map(|ns| enricher.name_drop(*ns, d.remote_ip))
-            .map(|(hook, named)| {
-                let mut nf = Netfilter {
-                    hook: Some(hook_name(hook)),
-                    backend: Some("nftables"),
-                    ..Default::default()
-                };
-                nf.name_rule(&named);
-                nf
-            });
+        let named = (i < NAMED_DROPS)
+            .then(|| {
+                d.netns
+                    .iter()
+                    .find_map(|ns| Some((*ns, enricher.name_drop(*ns, d.remote_ip)?)))
+            })
+            .flatten();
+        // The author of the rule that matched; with no match, the newest
+        // drop rule added while tracing, the best guess left.
+        d.author = match &named {
+            Some((ns, (_, n))) => enricher.author_of(*ns, n),
+            None => d
+                .netns
+                .iter()
+                .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop)),
+        };
+        d.netfilter = named.map(|(_, (hook, named))| {
+            let mut nf = Netfilter {
+                hook: Some(hook_name(hook)),
+                backend: Some("nftables"),
+                ..Default::default()
+            };
+            nf.name_rule(&named);
+            nf
+        });
     }
     if let Ok(log) = enricher.ruleset.lock() {
         s.ruleset_changes = log.generations.clone();
