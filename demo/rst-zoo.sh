@@ -94,6 +94,7 @@ subprocess.run(["nft", "add", "rule", "inet", "blocklist", "in", "ip", "saddr", 
 s = socket.socket(); s.bind(("127.50.0.5", 0)); s.settimeout(0.3)
 try: s.connect(("127.0.0.1", 443))
 except OSError: pass
+s.close()  # no retransmissions
 
 # netfilter-reject from the block list loaded before the trace
 for _ in range(3):
@@ -105,6 +106,7 @@ for _ in range(3):
 s = socket.socket(); s.bind(("127.70.0.7", 0)); s.settimeout(0.3)
 try: s.connect(("127.0.0.1", 443))
 except OSError: pass
+s.close()  # no retransmissions
 
 # listen-overflow: a server that stopped accepting; its queue holds 2
 l3 = socket.socket(); l3.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)

@@ -194,6 +194,10 @@ pub struct NetnsOffsets {
     pub skb_refdst: u32,
     /// `dst_entry.dev`.
     pub dst_dev: u32,
+    /// `net.ipv4.sysctl_tcp_abort_on_overflow` (its low byte: a u8 since
+    /// 5.14, an int before): a full accept queue's drop was answered with
+    /// a RST when set.
+    pub net_abort_on_overflow: u32,
 }
 
 impl NetnsOffsets {
@@ -204,6 +208,7 @@ impl NetnsOffsets {
         net_inum: ABSENT,
         skb_refdst: ABSENT,
         dst_dev: ABSENT,
+        net_abort_on_overflow: ABSENT,
     };
 }
 

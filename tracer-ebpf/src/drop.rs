@@ -148,6 +148,11 @@ fn try_kfree_skb(skb: u64, location: u64, cause: u8) -> Result<i32, i32> {
     // A full accept queue's drops are kept per listening port (it names
     // the listener); the others' local ports are mostly ephemeral.
     let port = if cause == DropCause::ListenOverflow as u8 {
+        // With tcp_abort_on_overflow the kernel answered this segment with
+        // a RST (cause listen-overflow) before dropping it: not silent.
+        if crate::netns::aborts_on_overflow::<Probe>(skb) {
+            return Ok(0);
+        }
         local_port
     } else {
         0

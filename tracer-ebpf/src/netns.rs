@@ -12,12 +12,36 @@ static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets::UNSET;
 /// Inode number of the namespace, 0 when it can't be read.
 #[inline(always)]
 pub fn of<M: Mem>(skaddr: u64, skbaddr: u64) -> u32 {
-    let read_u64 = |addr: u64| M::read::<u64>(addr).unwrap_or(0);
     let o = crate::global::get(&NETNS_OFFSETS);
     if o.net_inum == ABSENT {
         return 0;
     }
-    let net = if skaddr != 0 && o.sock_net != ABSENT {
+    match net::<M>(skaddr, skbaddr) {
+        0 => 0,
+        net => M::read::<u32>(net + u64::from(o.net_inum)).unwrap_or(0),
+    }
+}
+
+/// Whether `net.ipv4.tcp_abort_on_overflow` is set in the namespace of a
+/// received segment (`skbaddr`, read from its device).
+#[inline(always)]
+pub fn aborts_on_overflow<M: Mem>(skbaddr: u64) -> bool {
+    let o = crate::global::get(&NETNS_OFFSETS);
+    if o.net_abort_on_overflow == ABSENT {
+        return false;
+    }
+    match net::<M>(0, skbaddr) {
+        0 => false,
+        net => M::read::<u8>(net + u64::from(o.net_abort_on_overflow)).unwrap_or(0) != 0,
+    }
+}
+
+/// The `struct net` of a socket, else of a segment's device (or route).
+#[inline(always)]
+fn net<M: Mem>(skaddr: u64, skbaddr: u64) -> u64 {
+    let read_u64 = |addr: u64| M::read::<u64>(addr).unwrap_or(0);
+    let o = crate::global::get(&NETNS_OFFSETS);
+    if skaddr != 0 && o.sock_net != ABSENT {
         read_u64(skaddr + u64::from(o.sock_net))
     } else if skbaddr != 0 && o.skb_dev != ABSENT && o.dev_net != ABSENT {
         let mut dev = read_u64(skbaddr + u64::from(o.skb_dev));
@@ -32,11 +56,7 @@ pub fn of<M: Mem>(skaddr: u64, skbaddr: u64) -> u32 {
         read_u64(dev + u64::from(o.dev_net))
     } else {
         0
-    };
-    if net == 0 {
-        return 0;
     }
-    M::read::<u32>(net + u64::from(o.net_inum)).unwrap_or(0)
 }
 
 /// The device of a segment's route. A segment this host sends has no

@@ -599,6 +599,13 @@ fn listen_overflow(tag: &str, octet: u8, extra: &[&str]) {
         out.rsts_to(fill_ip).is_empty(),
         "the queued ones were not reset"
     );
+    // The kernel drops each reset segment too (TCP_LISTEN_OVERFLOW, 6.x):
+    // answered with a RST, it is no silent drop.
+    let drops = out.summary["drops"].as_array().expect("drops array");
+    assert!(
+        !drops.iter().any(|d| d["remote_ip"] == over_ip),
+        "reset segments counted as silent drops too: {drops:?}"
+    );
     let text = String::from_utf8_lossy(&raw);
     let lines: Vec<&str> = text
         .lines()

@@ -143,5 +143,14 @@ pub fn netns_offsets(b: &Btf) -> Result<tracer_common::NetnsOffsets> {
         // netns.rs): without them, those alone have no namespace.
         skb_refdst: ptr("sk_buff", &["_skb_refdst"]).unwrap_or(tracer_common::ABSENT),
         dst_dev: ptr("dst_entry", &["dev"]).unwrap_or(tracer_common::ABSENT),
+        // Only to tell a full accept queue's drops from those it answered
+        // with a RST (drop.rs).
+        net_abort_on_overflow: [1, 4]
+            .into_iter()
+            .find_map(|size| {
+                b.offset("net", &["ipv4", "sysctl_tcp_abort_on_overflow"], size)
+                    .ok()
+            })
+            .unwrap_or(tracer_common::ABSENT),
     })
 }
