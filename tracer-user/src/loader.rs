@@ -22,7 +22,8 @@ use aya::{
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, names, stat,
+    KillRecord, NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SignalLayout, SockAddrOffsets,
+    StackRules, TaskOffsets, names, stat,
 };
 
 use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};
@@ -62,6 +63,12 @@ pub struct Options<'a> {
     /// `--debug-empty-programs`, for `cargo xtask bench` only: every
     /// program returns at once (the hooks' own cost, nothing counted).
     pub bench_empty: bool,
+    /// task_struct offsets: RSTs of exiting actors are marked, and fatal
+    /// signals kept by their target's process; `None`: no exit attribution.
+    pub task: Option<TaskOffsets>,
+    /// signal_generate's record (its classic build) and mark_victim's
+    /// pid; `ABSENT` where this kernel lacks them.
+    pub signal: SignalLayout,
     /// The kernel's BTF as aya parsed it (once, at start-up): for the
     /// loader's relocations and the BTF tracepoints; `None`: no BTF.
     pub btf: Option<&'a aya::Btf>,
@@ -96,6 +103,10 @@ pub enum Hook {
     NftKprobes,
     KfreeSkb,
     ReceiveReset,
+    /// Fatal signals and who sent them (exit attribution).
+    SignalGenerate,
+    /// The OOM killer's victims.
+    MarkVictim,
 }
 
 /// How a program is attached.
@@ -133,6 +144,8 @@ impl Attached {
             Hook::NetDevQueue => "net_dev_queue".into(),
             Hook::KfreeSkb => "skb:kfree_skb".into(),
             Hook::ReceiveReset => "tcp:tcp_receive_reset".into(),
+            Hook::SignalGenerate => "signal:signal_generate".into(),
+            Hook::MarkVictim => "oom:mark_victim".into(),
             Hook::SendResetKprobes | Hook::NftKprobes => {
                 format!("kprobes on {}", self.functions.join("/"))
             }
@@ -164,6 +177,11 @@ pub struct Programs {
     /// those kprobes stay off.
     pub nft_rejects: Vec<&'static str>,
     pub receive_reset: bool,
+    /// signal:signal_generate: who sent the fatal signal to a process
+    /// whose exit resets connections.
+    pub signals: bool,
+    /// oom:mark_victim: which of those the OOM killer chose.
+    pub oom: bool,
 }
 
 impl Programs {
@@ -171,7 +189,12 @@ impl Programs {
         // Packets are read with the egress offsets: every hook that reads
         // one needs them.
         let egress = opts.sent && opts.egress.is_some();
+        // Killers matter only for RSTs sent by an exiting task, which only
+        // the task offsets tell.
+        let signals = opts.sent && opts.task.is_some() && opts.signal.sig != ABSENT;
         Self {
+            signals,
+            oom: signals && opts.signal.victim_pid != ABSENT,
             send_reset: opts.sent,
             egress,
             drops: egress && opts.scope.drops && opts.kfree_skb.netfilter_drop != ABSENT,
@@ -285,6 +308,12 @@ impl Tracer {
             )
             .override_global(names::EMIT_EVENTS, &emit, true)
             .override_global(names::BENCH_EMPTY, &u8::from(opts.bench_empty), true)
+            .override_global(
+                names::TASK_OFFSETS,
+                &opts.task.unwrap_or(TaskOffsets::UNSET),
+                true,
+            )
+            .override_global(names::SIGNAL_LAYOUT, &opts.signal, true)
             .override_global(
                 names::ACTOR_CAUSES,
                 &crate::attribution::cause::actor_mask(),
@@ -603,6 +632,24 @@ impl Tracer {
                 });
             }
         }
+        if programs.signals {
+            // The raw build returns on the signal number before any record
+            // is built; where raw programs run preemptible (7.0+), or
+            // without the task's tgid offset, the classic one.
+            if bpf_runs_preemptible() || self.no_tp_btf {
+                self.attach_tp(
+                    Hook::SignalGenerate,
+                    "signal_generate_tp",
+                    "signal",
+                    "signal_generate",
+                )?;
+            } else {
+                self.attach_raw_tp(Hook::SignalGenerate, "signal_generate", "signal_generate")?;
+            }
+        }
+        if programs.oom {
+            self.attach_tp(Hook::MarkVictim, "mark_victim", "oom", "mark_victim")?;
+        }
         if programs.receive_reset {
             self.attach_tp(
                 Hook::ReceiveReset,
@@ -689,6 +736,13 @@ impl Tracer {
             HashMap::try_from(self.ebpf.map(names::NFT_CHAINS)?).ok()?;
         let n = map.get(&addr, 0).ok()?;
         Some((Untrusted::from_c(&n.table), Untrusted::from_c(&n.chain)))
+    }
+
+    /// The last fatal signal generated for process `pid`, if kept.
+    pub fn kill(&self, pid: u32) -> Option<KillRecord> {
+        let map: HashMap<_, u32, KillRecord> =
+            HashMap::try_from(self.ebpf.map(names::KILLS)?).ok()?;
+        map.get(&pid, 0).ok()
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.
@@ -942,6 +996,8 @@ mod tests {
             kprobes: false,
             nft: None,
             bench_empty: false,
+            task: None,
+            signal: SignalLayout::UNSET,
             btf: None,
             no_tp_btf: false,
         };

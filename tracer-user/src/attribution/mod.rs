@@ -9,6 +9,7 @@ pub mod agents;
 pub mod cause;
 pub mod decode;
 pub mod enrich;
+pub mod exits;
 pub mod listeners;
 pub mod netfilter;
 pub mod nftmon;

@@ -46,6 +46,8 @@ struct RstLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     listener: Option<ListenerLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    exit: Option<ExitLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [crate::untrusted::Untrusted]>,
 }
 
@@ -55,6 +57,16 @@ struct ListenerLine<'a> {
     pid: Option<u32>,
     comm: Option<&'a crate::untrusted::Untrusted>,
     gone_at: String,
+}
+
+/// A RST sent while its actor exited: how it ended, and who ended it.
+#[derive(Serialize)]
+struct ExitLine<'a> {
+    signal: Option<String>,
+    killed_by: Option<&'a crate::attribution::exits::Killer>,
+    oom: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpf_program: Option<&'a crate::attribution::exits::KillProgram>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +172,12 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
             pid: l.pid,
             comm: l.comm.as_ref(),
             gone_at: rfc3339(l.gone_at),
+        }),
+        exit: rst.exit.as_ref().map(|e| ExitLine {
+            signal: e.signal.map(crate::attribution::exits::signal_name),
+            killed_by: e.killed_by.as_ref(),
+            oom: e.oom,
+            bpf_program: e.bpf_program.as_ref(),
         }),
     }
 }
