@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 40);
         assert_eq!(size_of::<RemoteStats>(), 24);
         assert_eq!(size_of::<Budget>(), 24);
-        assert_eq!(size_of::<RstEvent>(), 6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16 + 8);
+        assert_eq!(
+            size_of::<RstEvent>(),
+            6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16 + 8
+        );
         assert_eq!(size_of::<KillRecord>(), 2 * 8 + 4 * 4 + 16);
         assert_eq!(size_of::<TaskOffsets>(), 3 * 4);
         assert_eq!(size_of::<SignalLayout>(), 4 * 4);

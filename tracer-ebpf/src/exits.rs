@@ -98,7 +98,7 @@ pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn note<C: StackIdContext>(ctx: &C, sig: u32, target: u32, rules: stack::Rules) {
     let rec = record(sig, stack::stack_id(ctx, rules), 0);
-    let _ = KILLS.insert(&target, &rec, 0);
+    let _ = KILLS.insert(target, rec, 0);
 }
 
 /// A record of `sig` sent now by the current task.
@@ -134,12 +134,12 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
     let Ok(pid) = (unsafe { ctx.read_at::<u32>(l.victim_pid as usize) }) else {
         return 0;
     };
-    if let Some(rec) = KILLS.get_ptr_mut(&pid) {
+    if let Some(rec) = KILLS.get_ptr_mut(pid) {
         // SAFETY: a live map value.
         unsafe { (*rec).oom = 1 };
         return 0;
     }
     // SIGKILL: what the OOM killer sends.
-    let _ = KILLS.insert(&pid, &record(9, -1, 1), 0);
+    let _ = KILLS.insert(pid, record(9, -1, 1), 0);
     0
 }

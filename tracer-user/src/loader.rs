@@ -21,9 +21,9 @@ use aya::{
 };
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
-    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    KillRecord, NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SignalLayout, SockAddrOffsets,
-    StackRules, TaskOffsets, names, stat,
+    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, KillRecord, NetnsOffsets,
+    NftChainNames, NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SignalLayout,
+    SockAddrOffsets, StackRules, TaskOffsets, names, stat,
 };
 
 use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};

@@ -498,15 +498,16 @@ impl Plan {
         match (find(Hook::SignalGenerate), find(Hook::MarkVictim)) {
             (Some(sg), Some(mv)) => self.seen(
                 what,
-                format!("{flags}; killer from {}; OOM from {}", sg.describe(), mv.describe()),
+                format!(
+                    "{flags}; killer from {}; OOM from {}",
+                    sg.describe(),
+                    mv.describe()
+                ),
             ),
             (Some(sg), None) => self.partly(
                 what,
                 format!("{flags}; killer from {}", sg.describe()),
-                format!(
-                    "oom is always false: {}",
-                    why_not(&probed.mark_victim)
-                ),
+                format!("oom is always false: {}", why_not(&probed.mark_victim)),
             ),
             (None, _) => self.partly(
                 what,

@@ -257,15 +257,36 @@ fn assert_died<'a>(
 /// agent as the killer, is labelled, and the diagnosis tells the story.
 #[test]
 fn server_killed_by_a_security_agent() {
-    let ns = Netns::new("exkill");
-    let trace = Trace::watch(&ns, &[]);
+    killed_by_an_agent("exkill", ("127.70.0.1", "127.70.0.2"), &[]);
+}
+
+/// The same with the classic builds (signal_generate's record, as 7.0+
+/// kernels run it).
+#[test]
+fn server_killed_by_a_security_agent_classic_tracepoints() {
+    killed_by_an_agent(
+        "exkillc",
+        ("127.75.0.1", "127.75.0.2"),
+        &["--debug-no-tp-btf"],
+    );
+}
+
+fn killed_by_an_agent(
+    tag: &str,
+    (accepted_from, queued_from): (&'static str, &'static str),
+    extra: &[&str],
+) {
+    let ns = Netns::new(tag);
+    let trace = Trace::watch(&ns, extra);
     let netns = format!("/run/netns/{}", ns.name);
-    let text = Trace::start_text_in(None, &["--netns", &netns]);
+    let mut args = vec!["--netns", netns.as_str()];
+    args.extend_from_slice(extra);
+    let text = Trace::start_text_in(None, &args);
     let died = doomed_server(
         &ns,
-        "127.70.0.1",
+        accepted_from,
         3,
-        "127.70.0.2",
+        queued_from,
         2,
         End::KilledByAgent,
         None,
@@ -278,8 +299,8 @@ fn server_killed_by_a_security_agent() {
     let evs = assert_died(
         &out,
         &ns,
-        ("127.70.0.1", 3),
-        ("127.70.0.2", 2),
+        (accepted_from, 3),
+        (queued_from, 2),
         died.server,
         &json!({
             "signal": "SIGKILL",
@@ -293,9 +314,8 @@ fn server_killed_by_a_security_agent() {
         assert_eq!(e["labels"], json!(["security-agent"]), "{e}");
     }
     let actor = format!(" actor={}/orders-api ", died.server);
-    let killed = format!(
-        " [security-agent: CrowdStrike Falcon] killed-by={killer}/falcon-sensor(SIGKILL)"
-    );
+    let killed =
+        format!(" [security-agent: CrowdStrike Falcon] killed-by={killer}/falcon-sensor(SIGKILL)");
     let lines = human
         .lines()
         .filter(|l| l.contains(&actor) && l.ends_with(&killed))
@@ -308,13 +328,13 @@ fn server_killed_by_a_security_agent() {
     );
     assert!(
         human.contains(&format!(
-            "127.70.0.1: abort-on-close (3 of 3): {story}: 3 connections reset"
+            "{accepted_from}: abort-on-close (3 of 3): {story}: 3 connections reset"
         )),
         "{human}"
     );
     assert!(
         human.contains(&format!(
-            "127.70.0.2: listener-closed (2 of 2): {story}: 2 connections reset"
+            "{queued_from}: listener-closed (2 of 2): {story}: 2 connections reset"
         )),
         "{human}"
     );
@@ -466,15 +486,7 @@ fn server_killed_by_the_oom_killer() {
 fn server_killed_by_a_bpf_program() {
     let ns = Netns::new("exbpf");
     let trace = Trace::watch(&ns, &[]);
-    let died = doomed_server(
-        &ns,
-        "127.74.0.1",
-        2,
-        "127.74.0.2",
-        1,
-        End::BpfProgram,
-        None,
-    );
+    let died = doomed_server(&ns, "127.74.0.1", 2, "127.74.0.2", 1, End::BpfProgram, None);
     let out = trace.stop();
     drop(died._program);
     assert_eq!(died.sent, 3, "OutRsts delta in the namespace");
@@ -485,7 +497,11 @@ fn server_killed_by_a_bpf_program() {
         assert_eq!(exit["oom"], false, "{e}");
         assert_eq!(exit["bpf_program"]["name"], "rst_killer", "{e}");
         assert!(exit["bpf_program"]["id"].is_u64(), "{e}");
-        assert_eq!(exit["killed_by"]["pid"], died.killer.unwrap(), "holder: {e}");
+        assert_eq!(
+            exit["killed_by"]["pid"],
+            died.killer.unwrap(),
+            "holder: {e}"
+        );
     }
     out.assert_exactly(&ns, "127.74.0.2", 1, "listener-closed");
 }
@@ -502,13 +518,13 @@ impl KillerProgram {
     fn attach(victim: u32) -> Self {
         // (code, regs, off, imm) as the kernel's struct bpf_insn.
         let insns: [(u8, u8, i16, i32); 7] = [
-            (0x85, 0, 0, 14),               // call bpf_get_current_pid_tgid
-            (0x77, 0, 0, 32),               // r0 >>= 32 (tgid)
-            (0x55, 0, 2, victim as i32),    // if r0 != victim goto +2
-            (0xb7, 1, 0, libc::SIGKILL),    // r1 = SIGKILL
-            (0x85, 0, 0, 109),              // call bpf_send_signal
-            (0xb7, 0, 0, 0),                // r0 = 0
-            (0x95, 0, 0, 0),                // exit
+            (0x85, 0, 0, 14),            // call bpf_get_current_pid_tgid
+            (0x77, 0, 0, 32),            // r0 >>= 32 (tgid)
+            (0x55, 0, 2, victim as i32), // if r0 != victim goto +2
+            (0xb7, 1, 0, libc::SIGKILL), // r1 = SIGKILL
+            (0x85, 0, 0, 109),           // call bpf_send_signal
+            (0xb7, 0, 0, 0),             // r0 = 0
+            (0x95, 0, 0, 0),             // exit
         ];
         let code: Vec<u64> = insns
             .iter()

@@ -75,7 +75,7 @@ impl Enricher {
         let cause = rst.cause;
         let ksyms = self.ksyms.as_deref();
         let ips = if ev.stack_id >= 0 {
-            (&stack)(ev.stack_id).map(|ips| match ksyms {
+            stack(ev.stack_id).map(|ips| match ksyms {
                 Some(k) => k.without_own_frames(ips),
                 None => ips,
             })

@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tracer_common::{EXITING, KillRecord, RstEvent};
 
-use crate::{
-    attribution::actor::ActorResolver, kernel::ksyms::Kallsyms, untrusted::Untrusted,
-};
+use crate::{attribution::actor::ActorResolver, kernel::ksyms::Kallsyms, untrusted::Untrusted};
 
 /// The `exit` object of a RST sent while its actor exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +52,38 @@ const KILL_MAX_AGE: Duration = Duration::from_secs(60);
 /// `SIG*` name of signal `n` (x86-64 numbering, as Linux's generic ABI).
 pub fn signal_name(n: u32) -> String {
     const NAMES: [&str; 32] = [
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     match NAMES.get(n as usize) {
         Some(name) if !name.is_empty() => (*name).to_string(),
@@ -91,14 +117,9 @@ pub fn exit_of(
     }
     let (tgid, tid) = ((ev.pid_tgid >> 32) as u32, ev.pid_tgid as u32);
     let fresh = |k: &KillRecord| {
-        k.sig == sig
-            && k.ts_ns <= ev.ts_ns
-            && ev.ts_ns - k.ts_ns <= KILL_MAX_AGE.as_nanos() as u64
+        k.sig == sig && k.ts_ns <= ev.ts_ns && ev.ts_ns - k.ts_ns <= KILL_MAX_AGE.as_nanos() as u64
     };
-    let Some(k) = kill(tgid)
-        .filter(fresh)
-        .or_else(|| kill(tid).filter(fresh))
-    else {
+    let Some(k) = kill(tgid).filter(fresh).or_else(|| kill(tid).filter(fresh)) else {
         return Some(exit);
     };
     exit.oom = k.oom != 0;
@@ -177,7 +198,8 @@ fn bpf_symbols() -> Vec<(u64, String)> {
             let mut f = l.split_whitespace();
             let addr = u64::from_str_radix(f.next()?, 16).ok()?;
             let name = f.nth(1)?;
-            name.starts_with("bpf_prog_").then(|| (addr, name.to_string()))
+            name.starts_with("bpf_prog_")
+                .then(|| (addr, name.to_string()))
         })
         .collect();
     out.sort_unstable();
@@ -298,9 +320,7 @@ mod tests {
     fn exit_codes_and_kill_records_decide_the_exit() {
         let actors = ActorResolver::new(crate::attribution::agents::Agents::default());
         let none = |_| None;
-        let of = |ev: &RstEvent, k: Option<KillRecord>| {
-            exit_of(ev, |_| k, none, None, &actors)
-        };
+        let of = |ev: &RstEvent, k: Option<KillRecord>| exit_of(ev, |_| k, none, None, &actors);
         // Not exiting: no exit at all.
         assert_eq!(of(&event(0, 5), None), None);
         // exit(3): status in the high byte, no signal, no killer.
@@ -314,14 +334,20 @@ mod tests {
         .unwrap();
         assert_eq!(e.signal, Some(9));
         let k = e.killed_by.unwrap();
-        assert_eq!((k.pid, k.comm.to_string()), (1 << 30, "falcon-sensor".into()));
+        assert_eq!(
+            (k.pid, k.comm.to_string()),
+            (1 << 30, "falcon-sensor".into())
+        );
         assert_eq!(k.agent, Some("CrowdStrike Falcon".into()));
         // A record of another signal, or too old, is not this death's.
         let e = of(&event(EXITING | 9, 5), Some(record(15, 7, "x", 0))).unwrap();
         assert_eq!(e.killed_by, None);
         let mut old = record(9, 7, "x", 0);
         old.ts_ns = 1;
-        assert_eq!(of(&event(EXITING | 9, 5), Some(old)).unwrap().killed_by, None);
+        assert_eq!(
+            of(&event(EXITING | 9, 5), Some(old)).unwrap().killed_by,
+            None
+        );
         // The OOM killer; and a process's own fatal signal (SIGSEGV).
         let e = of(&event(EXITING | 9, 5), Some(record(9, 5, "x", 1))).unwrap();
         assert_eq!((e.oom, e.killed_by), (true, None));

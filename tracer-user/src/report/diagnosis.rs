@@ -269,7 +269,11 @@ mod tests {
             oom: false,
             bpf_program: None,
         };
-        for cause in [Cause::AbortOnClose, Cause::AbortOnClose, Cause::ListenerClosed] {
+        for cause in [
+            Cause::AbortOnClose,
+            Cause::AbortOnClose,
+            Cause::ListenerClosed,
+        ] {
             let mut rst = killed_by("orders-api", None);
             rst.cause = cause;
             rst.actor.as_mut().unwrap().pid = 812;
@@ -303,7 +307,10 @@ mod tests {
             killed_by: None,
             ..exit
         };
-        assert_eq!(exit_story(&name, 812, &exited), "orders-api (pid 812) exited");
+        assert_eq!(
+            exit_story(&name, 812, &exited),
+            "orders-api (pid 812) exited"
+        );
     }
 
     #[test]
