@@ -94,20 +94,29 @@ pub fn signal_generate_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Keeps who sent `sig` to `target`, and from where.
+/// Keeps who sent `sig` to `target`, and from where. The stack (the
+/// costly part) only for a process's signals to itself: a BPF program's
+/// `bpf_send_signal` makes its victim the sender, and only the stack
+/// names the program; another process's signal names its sender alone.
 #[inline(always)]
 fn note<C: StackIdContext>(ctx: &C, sig: u32, target: u32, rules: stack::Rules) {
-    let rec = record(sig, stack::stack_id(ctx, rules), 0);
-    let _ = KILLS.insert(target, rec, 0);
+    // SAFETY: plain helper call.
+    let sender = unsafe { bpf_get_current_pid_tgid() };
+    let stack_id = if (sender >> 32) as u32 == target {
+        stack::stack_id(ctx, rules)
+    } else {
+        -1
+    };
+    let _ = KILLS.insert(target, record(sender, sig, stack_id, 0), 0);
 }
 
-/// A record of `sig` sent now by the current task.
+/// A record of `sig` sent now by the current task (`sender`).
 #[inline(always)]
-fn record(sig: u32, stack_id: i32, oom: u32) -> KillRecord {
+fn record(sender: u64, sig: u32, stack_id: i32, oom: u32) -> KillRecord {
     let mut rec = KillRecord {
-        // SAFETY: plain helper calls.
+        // SAFETY: plain helper call.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        sender_pid_tgid: unsafe { bpf_get_current_pid_tgid() },
+        sender_pid_tgid: sender,
         sig,
         stack_id,
         oom,
@@ -140,6 +149,8 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SIGKILL: what the OOM killer sends.
-    let _ = KILLS.insert(pid, record(9, -1, 1), 0);
+    // SAFETY: plain helper call.
+    let sender = unsafe { bpf_get_current_pid_tgid() };
+    let _ = KILLS.insert(pid, record(sender, 9, -1, 1), 0);
     0
 }

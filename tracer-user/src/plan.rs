@@ -795,19 +795,61 @@ mod tests {
     const DROPS: &str = "silent netfilter drops (no RST sent)";
 
     #[test]
+    fn exits_say_what_a_kernel_cannot_name() {
+        let send_reset = [Attached::new(Hook::SendReset, Variant::Btf)];
+        let exits = |p: &Plan| {
+            p.signals
+                .iter()
+                .find(|s| s.what.starts_with("exit:"))
+                .cloned()
+                .unwrap()
+        };
+        let no_oom = Probed {
+            mark_victim: Err("this kernel has no oom:mark_victim tracepoint".into()),
+            ..probed()
+        };
+        let with_signals = [
+            send_reset[0].clone(),
+            Attached::new(Hook::SignalGenerate, Variant::Raw),
+        ];
+        let s = exits(&told(&no_oom, &with_signals));
+        assert_eq!(
+            s.lost.as_deref(),
+            Some("oom is always false: this kernel has no oom:mark_victim tracepoint")
+        );
+        let no_btf = Probed {
+            task: Err("no BTF".into()),
+            ..probed()
+        };
+        let s = exits(&told(&no_btf, &send_reset));
+        assert_eq!(s.hook, None);
+        assert!(s.lost.unwrap().contains("exit is absent"));
+    }
+
+    #[test]
     fn signals_follow_what_was_attached() {
         let all = [
             Attached::new(Hook::SendReset, Variant::Btf),
             Attached::new(Hook::NetDevQueue, Variant::Btf),
             Attached::new(Hook::KfreeSkb, Variant::Classic),
             Attached::new(Hook::ReceiveReset, Variant::Classic),
+            Attached::new(Hook::SignalGenerate, Variant::Raw),
+            Attached::new(Hook::MarkVictim, Variant::Classic),
         ];
         let p = told(&probed(), &all);
         assert_eq!(
             p.one_line(),
             "attached to tcp:tcp_send_reset, net_dev_queue, skb:kfree_skb, \
-             tcp:tcp_receive_reset on 6.18-test (1 of 8 signals incomplete here: `rsttrace \
-             doctor` says what and why)"
+             tcp:tcp_receive_reset, signal:signal_generate, oom:mark_victim on 6.18-test (1 of \
+             9 signals incomplete here: `rsttrace doctor` says what and why)"
+        );
+        assert!(
+            p.report().contains(
+                "killer from raw tracepoint signal:signal_generate; OOM from tracepoint \
+                 oom:mark_victim"
+            ),
+            "{}",
+            p.report()
         );
         let r = p.report();
         // The kind each program was attached as, not the one expected.

@@ -55,6 +55,7 @@ pub struct Options {
 pub enum Part {
     Flood,
     PingPong,
+    Signals,
     Http,
     Scale,
     Startup,
@@ -271,6 +272,60 @@ impl Load {
         });
         load.threads.push(server);
         load
+    }
+
+    /// Signal ping-pong between two processes: this thread sends SIGUSR1
+    /// to a child, which answers with SIGUSR2; each waits for the other's
+    /// (blocked and taken with sigtimedwait: no handler runs). Both are
+    /// default-fatal and queued, so signal_generate keeps a record of each
+    /// (a map update): the most a signal costs rsttrace, short of a
+    /// process signalling itself (which takes a stack too).
+    fn signal_ping_pong() -> Self {
+        Self::start(|| {
+            // SAFETY: signal masks and a fork; the child calls only
+            // sigtimedwait, syscall(tgkill) and _exit (async-signal-safe),
+            // and exits when a second passes without a signal.
+            unsafe {
+                let mut usr = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut usr);
+                libc::sigaddset(&mut usr, libc::SIGUSR1);
+                libc::sigaddset(&mut usr, libc::SIGUSR2);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &usr, std::ptr::null_mut());
+                let (parent, tid) = (libc::getpid(), libc::gettid());
+                let child = libc::fork();
+                assert!(child >= 0, "fork");
+                if child == 0 {
+                    let mut one = std::mem::zeroed::<libc::sigset_t>();
+                    libc::sigemptyset(&mut one);
+                    libc::sigaddset(&mut one, libc::SIGUSR1);
+                    let second = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    loop {
+                        if libc::sigtimedwait(&one, std::ptr::null_mut(), &second) < 0 {
+                            libc::_exit(0);
+                        }
+                        libc::syscall(libc::SYS_tgkill, parent, tid, libc::SIGUSR2);
+                    }
+                }
+                let mut two = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut two);
+                libc::sigaddset(&mut two, libc::SIGUSR2);
+                move || {
+                    let t = Instant::now();
+                    libc::kill(child, libc::SIGUSR1);
+                    let second = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    if libc::sigtimedwait(&two, std::ptr::null_mut(), &second) < 0 {
+                        return None;
+                    }
+                    Some(t.elapsed())
+                }
+            }
+        })
     }
 
     /// HTTP/1.1 keep-alive GETs on `conns` connections to `addr`, all
@@ -760,6 +815,9 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.runs(Part::PingPong) {
         rows.append(&mut ping_pong_rows(rounds)?);
     }
+    if opts.runs(Part::Signals) {
+        rows.append(&mut signal_rows(rounds)?);
+    }
     if opts.runs(Part::Http) {
         if which("nginx") {
             match http_rows(rounds) {
@@ -1030,6 +1088,18 @@ fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
             "1-byte ping-pong, p99 latency (us)",
         ),
         |flags| under_toggled_tracer(Load::ping_pong, rounds, flags),
+    )
+}
+
+/// Signals between two processes (signal_generate's cost), toggled.
+fn signal_rows(rounds: usize) -> Result<Vec<Row>> {
+    rst_free_rows(
+        "signal ping-pong",
+        (
+            "SIGUSR1/SIGUSR2 ping-pong between processes, round trips/s",
+            "SIGUSR1/SIGUSR2 ping-pong, p99 latency (us)",
+        ),
+        |flags| under_toggled_tracer(Load::signal_ping_pong, rounds, flags),
     )
 }
 

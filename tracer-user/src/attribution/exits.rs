@@ -299,13 +299,13 @@ mod tests {
         let mut ev: RstEvent = unsafe { std::mem::zeroed() };
         ev.exit = exit;
         ev.pid_tgid = (u64::from(pid) << 32) | u64::from(pid);
-        ev.ts_ns = 10_000_000_000;
+        ev.ts_ns = 100_000_000_000;
         ev
     }
 
     fn record(sig: u32, sender: u32, comm: &str, oom: u32) -> KillRecord {
         let mut k = KillRecord {
-            ts_ns: 9_000_000_000,
+            ts_ns: 99_000_000_000,
             sender_pid_tgid: u64::from(sender) << 32,
             sig,
             stack_id: -1,
