@@ -92,7 +92,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "stack_causes,netfilter,injected,drops,scope"
+            default_value = "stack_causes,netfilter,injected,drops,scope,exits"
         )]
         tests: Vec<String>,
         #[arg(long, default_value_t = 2)]
