@@ -190,8 +190,10 @@ impl Programs {
         // one needs them.
         let egress = opts.sent && opts.egress.is_some();
         // Killers matter only for RSTs sent by an exiting task, which only
-        // the task offsets tell.
-        let signals = opts.sent && opts.task.is_some() && opts.signal.sig != ABSENT;
+        // the task offsets tell, and only in events (`--summary-only` reads
+        // none: its summary has no exit story to tell).
+        let signals =
+            opts.sent && opts.emit_events && opts.task.is_some() && opts.signal.sig != ABSENT;
         Self {
             signals,
             oom: signals && opts.signal.victim_pid != ABSENT,
@@ -1051,6 +1053,36 @@ mod tests {
             .nft_rejects
             .is_empty()
         );
+    }
+
+    #[test]
+    fn killers_are_kept_only_where_exits_are_named_in_events() {
+        let exits = |o: &mut Options<'_>| {
+            o.task = Some(TaskOffsets::UNSET);
+            o.signal = SignalLayout {
+                sig: 8,
+                pid: 36,
+                result: 44,
+                victim_pid: 8,
+            };
+        };
+        let p = decide(&[], exits);
+        assert!(p.signals && p.oom, "{p:?}");
+        let summary_only = decide(&[], |o| {
+            exits(o);
+            o.emit_events = false;
+        });
+        assert!(!summary_only.signals && !summary_only.oom);
+        let no_btf = decide(&[], |o| {
+            exits(o);
+            o.task = None;
+        });
+        assert!(!no_btf.signals && !no_btf.oom);
+        let no_oom_tracepoint = decide(&[], |o| {
+            exits(o);
+            o.signal.victim_pid = ABSENT;
+        });
+        assert!(no_oom_tracepoint.signals && !no_oom_tracepoint.oom);
     }
 
     #[test]

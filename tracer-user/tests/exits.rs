@@ -159,6 +159,9 @@ fn poke(w: &OwnedFd, what: u8) {
 unsafe fn server_child(go: i32, ready: i32) -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_NAME, SERVER_COMM.as_ptr());
+        // A test that fails before ending it must not leave it behind
+        // (holding the harness's output pipe open).
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::write(ready, b"r".as_ptr().cast(), 1);
         loop {
             let mut b = 0u8;
@@ -564,6 +567,17 @@ impl KillerProgram {
             prog_flags: 0,
             prog_name: name,
         };
+        // Before 5.11 a program's memory counts against RLIMIT_MEMLOCK
+        // (EPERM past it: 64 KiB by default).
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // Best effort: where the hard limit can't be raised (this host's
+        // sandbox), the kernel is new enough not to need it, and a refusal
+        // below says why all the same.
+        // SAFETY: a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
         let prog = bpf(5, &attr); // BPF_PROG_LOAD
         #[repr(C)]
         struct RawTpOpen {
