@@ -190,10 +190,10 @@ impl Programs {
         // one needs them.
         let egress = opts.sent && opts.egress.is_some();
         // Killers matter only for RSTs sent by an exiting task, which only
-        // the task offsets tell, and only in events (`--summary-only` reads
-        // none: its summary has no exit story to tell).
-        let signals =
-            opts.sent && opts.emit_events && opts.task.is_some() && opts.signal.sig != ABSENT;
+        // the task offsets tell. Kept with --summary-only too (whose
+        // summary has no exit story): doctor runs so and must show the
+        // hook, and a fatal signal costs one map update.
+        let signals = opts.sent && opts.task.is_some() && opts.signal.sig != ABSENT;
         Self {
             signals,
             oom: signals && opts.signal.victim_pid != ABSENT,
@@ -1056,7 +1056,7 @@ mod tests {
     }
 
     #[test]
-    fn killers_are_kept_only_where_exits_are_named_in_events() {
+    fn killers_are_kept_where_exits_can_be_told() {
         let exits = |o: &mut Options<'_>| {
             o.task = Some(TaskOffsets::UNSET);
             o.signal = SignalLayout {
@@ -1068,11 +1068,11 @@ mod tests {
         };
         let p = decide(&[], exits);
         assert!(p.signals && p.oom, "{p:?}");
-        let summary_only = decide(&[], |o| {
+        let received_only = decide(&[], |o| {
             exits(o);
-            o.emit_events = false;
+            o.sent = false;
         });
-        assert!(!summary_only.signals && !summary_only.oom);
+        assert!(!received_only.signals && !received_only.oom);
         let no_btf = decide(&[], |o| {
             exits(o);
             o.task = None;
