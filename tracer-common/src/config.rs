@@ -326,6 +326,14 @@ pub struct TaskOffsets {
     pub flags: u32,
     pub exit_code: u32,
     pub tgid: u32,
+    /// `task_struct.sighand`, `sighand_struct.action`, the size of a
+    /// `k_sigaction` and its `sa.sa_handler`: whether the target handles
+    /// the signal (then it does not die of it). `ABSENT`: every fatal
+    /// signal is kept.
+    pub sighand: u32,
+    pub action: u32,
+    pub action_size: u32,
+    pub handler: u32,
 }
 
 impl TaskOffsets {
@@ -333,6 +341,10 @@ impl TaskOffsets {
         flags: ABSENT,
         exit_code: ABSENT,
         tgid: ABSENT,
+        sighand: ABSENT,
+        action: ABSENT,
+        action_size: ABSENT,
+        handler: ABSENT,
     };
 }
 

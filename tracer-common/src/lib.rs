@@ -106,7 +106,7 @@ mod tests {
             6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16 + 8
         );
         assert_eq!(size_of::<KillRecord>(), 2 * 8 + 4 * 4 + 16);
-        assert_eq!(size_of::<TaskOffsets>(), 3 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 7 * 4);
         assert_eq!(size_of::<SignalLayout>(), 4 * 4);
         assert_eq!(size_of::<NftOffsets>(), 4 * 4);
         assert_eq!(size_of::<NftChainNames>(), 2 * NFT_NAME_LEN);

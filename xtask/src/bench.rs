@@ -276,10 +276,12 @@ impl Load {
 
     /// Signal ping-pong between two processes: this thread sends SIGUSR1
     /// to a child, which answers with SIGUSR2; each waits for the other's
-    /// (blocked and taken with sigtimedwait: no handler runs). Both are
-    /// default-fatal and queued, so signal_generate keeps a record of each
-    /// (a map update): the most a signal costs rsttrace, short of a
-    /// process signalling itself (which takes a stack too).
+    /// (blocked and taken with sigtimedwait). Both are default-fatal, so
+    /// signal_generate looks further than the signal number: each process
+    /// has a handler for the signal it receives, as programs that signal
+    /// each other do, and the program passes over handled signals after
+    /// reading the handler (a signal left to its default action would be
+    /// kept in a map: that process dies of it).
     fn signal_ping_pong() -> Self {
         Self::start(|| {
             // SAFETY: signal masks and a fork; the child calls only
@@ -292,9 +294,13 @@ impl Load {
                 libc::sigaddset(&mut usr, libc::SIGUSR2);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &usr, std::ptr::null_mut());
                 let (parent, tid) = (libc::getpid(), libc::gettid());
+                let mut sa = std::mem::zeroed::<libc::sigaction>();
+                sa.sa_sigaction = ignore_signal as *const () as usize;
+                libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
                 let child = libc::fork();
                 assert!(child >= 0, "fork");
                 if child == 0 {
+                    libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
                     let mut one = std::mem::zeroed::<libc::sigset_t>();
                     libc::sigemptyset(&mut one);
                     libc::sigaddset(&mut one, libc::SIGUSR1);
@@ -378,6 +384,10 @@ impl Drop for Load {
         }
     }
 }
+
+/// The signal ping-pong's handler: never runs (the signals are blocked
+/// and taken with sigtimedwait), but makes them handled.
+extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Reads one HTTP response (headers and a Content-Length body) and
 /// returns its length in bytes.

@@ -147,10 +147,33 @@ pub fn netns_offsets(b: &Btf) -> Result<tracer_common::NetnsOffsets> {
 /// whether a RST's actor was exiting, and why.
 pub fn task_offsets(b: &Btf) -> Result<tracer_common::TaskOffsets> {
     let m = |name: &str| b.offset("task_struct", &[name], 4);
+    // The handlers, to pass over signals the target handles; without
+    // them every fatal signal is kept.
+    let handlers = || -> Result<(u32, u32, u32, u32)> {
+        let action = b.member("sighand_struct", &["action"])?;
+        // `action[_NSIG]`, _NSIG = 64 on every architecture rsttrace runs on.
+        anyhow::ensure!(action.size % 64 == 0, "sighand_struct.action is not [64]");
+        Ok((
+            b.offset("task_struct", &["sighand"], 8)?,
+            action.offset,
+            action.size / 64,
+            b.offset("k_sigaction", &["sa", "sa_handler"], 8)?,
+        ))
+    };
+    let (sighand, action, action_size, handler) = handlers().unwrap_or((
+        tracer_common::ABSENT,
+        tracer_common::ABSENT,
+        tracer_common::ABSENT,
+        tracer_common::ABSENT,
+    ));
     Ok(tracer_common::TaskOffsets {
         flags: m("flags")?,
         exit_code: m("exit_code")?,
         tgid: m("tgid")?,
+        sighand,
+        action,
+        action_size,
+        handler,
     })
 }
 
