@@ -337,3 +337,90 @@ pub struct Filter {
 /// Key data of the `REMOTE_CIDRS` trie: the family byte, then the address
 /// (IPv4 in the first four bytes); prefix lengths count the family's 8 bits.
 pub type CidrKey = [u8; 17];
+
+/// Offsets (from BTF) in `task_struct`: whether the task that sent a RST
+/// was exiting and with what code, and the process a signal is for.
+/// `ABSENT` leaves exit attribution off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub flags: u32,
+    pub exit_code: u32,
+    pub tgid: u32,
+    /// `task_struct.sighand`, `sighand_struct.action`, the size of a
+    /// `k_sigaction` and its `sa.sa_handler`: whether the target handles
+    /// the signal (then it does not die of it). `ABSENT`: every fatal
+    /// signal is kept.
+    pub sighand: u32,
+    pub action: u32,
+    pub action_size: u32,
+    pub handler: u32,
+}
+
+impl TaskOffsets {
+    pub const UNSET: Self = Self {
+        flags: ABSENT,
+        exit_code: ABSENT,
+        tgid: ABSENT,
+        sighand: ABSENT,
+        action: ABSENT,
+        action_size: ABSENT,
+        handler: ABSENT,
+    };
+}
+
+/// `task_struct.flags`: the task is in `do_exit` (stable since 2.6).
+pub const PF_EXITING: u32 = 0x4;
+
+/// Offsets into the records of `signal:signal_generate` (for its classic
+/// tracepoint build) and `oom:mark_victim`, from their format files.
+/// `ABSENT`: the field (or the tracepoint) is missing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalLayout {
+    pub sig: u32,
+    pub pid: u32,
+    pub result: u32,
+    /// `oom:mark_victim`'s `pid`.
+    pub victim_pid: u32,
+}
+
+impl SignalLayout {
+    pub const UNSET: Self = Self {
+        sig: ABSENT,
+        pid: ABSENT,
+        result: ABSENT,
+        victim_pid: ABSENT,
+    };
+}
+
+/// The signals whose default action ends a process, by bit: HUP, INT,
+/// QUIT, ILL, TRAP, ABRT, BUS, FPE, KILL, USR1, SEGV, USR2, PIPE, ALRM,
+/// TERM, XCPU, XFSZ, SYS. Others never kill, and are passed over at once.
+pub const FATAL_SIGNALS: u32 = (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 14)
+    | (1 << 15)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 31);
+
+/// `signal_generate`'s `result` for a signal that was queued
+/// (TRACE_SIGNAL_DELIVERED): ignored and already-pending ones are not.
+pub const SIGNAL_DELIVERED: u32 = 0;
+
+/// Index of the target task among signal_generate's raw tracepoint
+/// arguments (sig, info, task, group, result).
+pub const SIGNAL_TASK_ARG: usize = 2;
+pub const SIGNAL_RESULT_ARG: usize = 4;

@@ -31,6 +31,9 @@ mod pod {
     unsafe impl aya::Pod for super::KfreeSkbLayout {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::KillRecord {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
+    unsafe impl aya::Pod for super::SignalLayout {}
 }
 
 #[cfg(test)]
@@ -98,7 +101,13 @@ mod tests {
         assert_eq!(size_of::<StackRules>(), 8 + MAX_STACK_RULES * 40);
         assert_eq!(size_of::<RemoteStats>(), 24);
         assert_eq!(size_of::<Budget>(), 24);
-        assert_eq!(size_of::<RstEvent>(), 6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16);
+        assert_eq!(
+            size_of::<RstEvent>(),
+            6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16 + 8
+        );
+        assert_eq!(size_of::<KillRecord>(), 2 * 8 + 4 * 4 + 16);
+        assert_eq!(size_of::<TaskOffsets>(), 7 * 4);
+        assert_eq!(size_of::<SignalLayout>(), 4 * 4);
         assert_eq!(size_of::<NftOffsets>(), 4 * 4);
         assert_eq!(size_of::<NftChainNames>(), 2 * NFT_NAME_LEN);
     }

@@ -121,4 +121,32 @@ pub struct RstEvent {
     pub source: u8,
     pub _pad: u8,
     pub comm: [u8; TASK_COMM_LEN],
+    /// For an actor that was exiting (PF_EXITING) when it sent the RST:
+    /// `EXITING` | its `exit_code` (the killing signal in the low 7 bits,
+    /// or the exit status << 8); 0 otherwise.
+    pub exit: u32,
+    pub _pad2: u32,
+}
+
+/// Flag in `RstEvent::exit`: the actor was exiting.
+pub const EXITING: u32 = 1 << 31;
+
+/// The last fatal signal generated for a process (`signal:signal_generate`)
+/// or its choice by the OOM killer (`oom:mark_victim`), by target pid: who
+/// sent it and from where, for the RSTs the process sends as it exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillRecord {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()` of the sender.
+    pub sender_pid_tgid: u64,
+    pub sig: u32,
+    /// The sender's kernel stack in `STACK_TRACES` (a signal a BPF program
+    /// sent shows its program there); negative when none.
+    pub stack_id: i32,
+    /// 1: the OOM killer chose this process.
+    pub oom: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
 }

@@ -4,13 +4,15 @@
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64,
-        bpf_ktime_get_boot_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_jiffies64, bpf_ktime_get_boot_ns,
     },
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{Budget, RemoteKey, RemoteStats, RstEvent, TASK_COMM_LEN, stat};
+use tracer_common::{
+    ABSENT, Budget, EXITING, PF_EXITING, RemoteKey, RemoteStats, RstEvent, TASK_COMM_LEN, stat,
+};
 
 /// Per-cause counts of the RSTs `REMOTES` had no room for, lost events,
 /// coverage and the other slots of `stat`.
@@ -148,6 +150,27 @@ fn set_actor(ev: &mut RstEvent) {
         ev.pid_tgid = bpf_get_current_pid_tgid();
         bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
     }
+    set_exit(ev);
+}
+
+/// Marks `ev` when its actor is exiting (PF_EXITING: in `do_exit`, where
+/// a killed or exiting process closes its sockets), with its exit code:
+/// the signal that ended it, or its exit status. Userspace looks up who
+/// sent that signal (`exits.rs`).
+#[inline(always)]
+fn set_exit(ev: &mut RstEvent) {
+    let o = crate::global::get(&crate::exits::TASK_OFFSETS);
+    if o.flags == ABSENT || o.exit_code == ABSENT {
+        return;
+    }
+    // SAFETY: plain helper call; the task is read with probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let flags: u32 = crate::packet::read(task + u64::from(o.flags)).unwrap_or(0);
+    if flags & PF_EXITING == 0 {
+        return;
+    }
+    let code: u32 = crate::packet::read(task + u64::from(o.exit_code)).unwrap_or(0);
+    ev.exit = EXITING | (code & 0xffff);
 }
 
 const EEXIST: i32 = 17;

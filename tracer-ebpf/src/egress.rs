@@ -291,6 +291,8 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         source: source::EGRESS,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
+        exit: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

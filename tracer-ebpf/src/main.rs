@@ -10,6 +10,7 @@
 mod count;
 mod drop;
 mod egress;
+mod exits;
 mod filter;
 mod global;
 mod netns;

@@ -72,6 +72,8 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         source: source::RECEIVED,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
+        exit: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

@@ -436,6 +436,8 @@ fn attribute<M: Mem, C: StackIdContext>(
         source: source::TCP_STACK,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
+        exit: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

@@ -102,6 +102,8 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         source: source::TCP_STACK_KPROBE,
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
+        exit: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

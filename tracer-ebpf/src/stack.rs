@@ -27,6 +27,10 @@ pub enum Rules {
     /// own frames of a raw tracepoint.
     SendResetBtf,
     Egress,
+    /// signal_generate's raw build (`exits.rs`): stacks only, no rules.
+    Signal,
+    /// Its classic build.
+    SignalTp,
 }
 
 /// Frames a raw (or BTF) tracepoint program's stack starts with that are its own:
@@ -45,15 +49,15 @@ impl Rules {
     fn scratch(self) -> u32 {
         match self {
             Rules::SendReset | Rules::SendResetBtf => 0,
-            Rules::Egress => 1,
+            Rules::Egress | Rules::Signal | Rules::SignalTp => 1,
         }
     }
 
     fn skip(self) -> u64 {
         match self {
             // A tracepoint program's stack starts at the traced code.
-            Rules::SendReset => 0,
-            Rules::SendResetBtf | Rules::Egress => RAW_TP_OWN_FRAMES,
+            Rules::SendReset | Rules::SignalTp => 0,
+            Rules::SendResetBtf | Rules::Egress | Rules::Signal => RAW_TP_OWN_FRAMES,
         }
     }
 }
@@ -126,7 +130,7 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
     let frames = (n as usize / 8).min(STACK_DEPTH);
     let rules = match which {
         Rules::SendReset | Rules::SendResetBtf => &STACK_RULES,
-        Rules::Egress => &EGRESS_STACK_RULES,
+        Rules::Egress | Rules::Signal | Rules::SignalTp => &EGRESS_STACK_RULES,
     };
     // SAFETY: a read-only global that userspace sets before load.
     let count = unsafe { core::ptr::read_volatile(&rules.count) } as usize;

@@ -21,8 +21,9 @@ use aya::{
 };
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
-    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, NetnsOffsets, NftChainNames,
-    NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SockAddrOffsets, StackRules, names, stat,
+    ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, KillRecord, NetnsOffsets,
+    NftChainNames, NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SignalLayout,
+    SockAddrOffsets, StackRules, TaskOffsets, names, stat,
 };
 
 use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};
@@ -64,6 +65,12 @@ pub struct Options<'a> {
     /// `--debug-empty-programs`, for `cargo xtask bench` only: every
     /// program returns at once (the hooks' own cost, nothing counted).
     pub bench_empty: bool,
+    /// task_struct offsets: RSTs of exiting actors are marked, and fatal
+    /// signals kept by their target's process; `None`: no exit attribution.
+    pub task: Option<TaskOffsets>,
+    /// signal_generate's record (its classic build) and mark_victim's
+    /// pid; `ABSENT` where this kernel lacks them.
+    pub signal: SignalLayout,
     /// The kernel's BTF as aya parsed it (once, at start-up): for the
     /// loader's relocations and the BTF tracepoints; `None`: no BTF.
     pub btf: Option<&'a aya::Btf>,
@@ -98,6 +105,10 @@ pub enum Hook {
     NftKprobes,
     KfreeSkb,
     ReceiveReset,
+    /// Fatal signals and who sent them (exit attribution).
+    SignalGenerate,
+    /// The OOM killer's victims.
+    MarkVictim,
 }
 
 /// How a program is attached.
@@ -135,6 +146,8 @@ impl Attached {
             Hook::NetDevQueue => "net_dev_queue".into(),
             Hook::KfreeSkb => "skb:kfree_skb".into(),
             Hook::ReceiveReset => "tcp:tcp_receive_reset".into(),
+            Hook::SignalGenerate => "signal:signal_generate".into(),
+            Hook::MarkVictim => "oom:mark_victim".into(),
             Hook::SendResetKprobes | Hook::NftKprobes => {
                 format!("kprobes on {}", self.functions.join("/"))
             }
@@ -166,6 +179,11 @@ pub struct Programs {
     /// those kprobes stay off.
     pub nft_rejects: Vec<&'static str>,
     pub receive_reset: bool,
+    /// signal:signal_generate: who sent the fatal signal to a process
+    /// whose exit resets connections.
+    pub signals: bool,
+    /// oom:mark_victim: which of those the OOM killer chose.
+    pub oom: bool,
 }
 
 impl Programs {
@@ -173,7 +191,14 @@ impl Programs {
         // Packets are read with the egress offsets: every hook that reads
         // one needs them.
         let egress = opts.sent && opts.egress.is_some();
+        // Killers matter only for RSTs sent by an exiting task, which only
+        // the task offsets tell. Kept with --summary-only too (whose
+        // summary has no exit story): doctor runs so and must show the
+        // hook, and a fatal signal costs one map update.
+        let signals = opts.sent && opts.task.is_some() && opts.signal.sig != ABSENT;
         Self {
+            signals,
+            oom: signals && opts.signal.victim_pid != ABSENT,
             send_reset: opts.sent,
             egress,
             drops: egress && opts.scope.drops && opts.kfree_skb.netfilter_drop != ABSENT,
@@ -287,6 +312,12 @@ impl Tracer {
             )
             .override_global(names::EMIT_EVENTS, &emit, true)
             .override_global(names::BENCH_EMPTY, &u8::from(opts.bench_empty), true)
+            .override_global(
+                names::TASK_OFFSETS,
+                &opts.task.unwrap_or(TaskOffsets::UNSET),
+                true,
+            )
+            .override_global(names::SIGNAL_LAYOUT, &opts.signal, true)
             .override_global(
                 names::ACTOR_CAUSES,
                 &crate::attribution::cause::actor_mask(),
@@ -621,6 +652,24 @@ impl Tracer {
                 });
             }
         }
+        if programs.signals {
+            // The raw build returns on the signal number before any record
+            // is built; where raw programs run preemptible (7.0+), or
+            // without the task's tgid offset, the classic one.
+            if bpf_runs_preemptible() || self.no_tp_btf {
+                self.attach_tp(
+                    Hook::SignalGenerate,
+                    "signal_generate_tp",
+                    "signal",
+                    "signal_generate",
+                )?;
+            } else {
+                self.attach_raw_tp(Hook::SignalGenerate, "signal_generate", "signal_generate")?;
+            }
+        }
+        if programs.oom {
+            self.attach_tp(Hook::MarkVictim, "mark_victim", "oom", "mark_victim")?;
+        }
         if programs.receive_reset {
             self.attach_tp(
                 Hook::ReceiveReset,
@@ -707,6 +756,13 @@ impl Tracer {
             HashMap::try_from(self.ebpf.map(names::NFT_CHAINS)?).ok()?;
         let n = map.get(&addr, 0).ok()?;
         Some((Untrusted::from_c(&n.table), Untrusted::from_c(&n.chain)))
+    }
+
+    /// The last fatal signal generated for process `pid`, if kept.
+    pub fn kill(&self, pid: u32) -> Option<KillRecord> {
+        let map: HashMap<_, u32, KillRecord> =
+            HashMap::try_from(self.ebpf.map(names::KILLS)?).ok()?;
+        map.get(&pid, 0).ok()
     }
 
     /// Return addresses of a stack the kernel stored, innermost first.
@@ -961,6 +1017,8 @@ mod tests {
             kprobes: false,
             nft: None,
             bench_empty: false,
+            task: None,
+            signal: SignalLayout::UNSET,
             btf: None,
             no_tp_btf: false,
         };
@@ -1014,6 +1072,36 @@ mod tests {
             .nft_rejects
             .is_empty()
         );
+    }
+
+    #[test]
+    fn killers_are_kept_where_exits_can_be_told() {
+        let exits = |o: &mut Options<'_>| {
+            o.task = Some(TaskOffsets::UNSET);
+            o.signal = SignalLayout {
+                sig: 8,
+                pid: 36,
+                result: 44,
+                victim_pid: 8,
+            };
+        };
+        let p = decide(&[], exits);
+        assert!(p.signals && p.oom, "{p:?}");
+        let received_only = decide(&[], |o| {
+            exits(o);
+            o.sent = false;
+        });
+        assert!(!received_only.signals && !received_only.oom);
+        let no_btf = decide(&[], |o| {
+            exits(o);
+            o.task = None;
+        });
+        assert!(!no_btf.signals && !no_btf.oom);
+        let no_oom_tracepoint = decide(&[], |o| {
+            exits(o);
+            o.signal.victim_pid = ABSENT;
+        });
+        assert!(no_oom_tracepoint.signals && !no_oom_tracepoint.oom);
     }
 
     #[test]

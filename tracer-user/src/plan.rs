@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use tracer_common::{KfreeSkbLayout, NetnsOffsets, StackRules};
+use tracer_common::{ABSENT, KfreeSkbLayout, NetnsOffsets, SignalLayout, StackRules};
 
 use crate::{
     attribution::cause,
@@ -66,6 +66,11 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         kprobes: facts.kprobes,
         nft: if sent { facts.nft.clone().ok() } else { None },
         bench_empty: args.debug_empty_programs,
+        task: facts.task.clone().ok(),
+        signal: SignalLayout {
+            victim_pid: facts.mark_victim.clone().unwrap_or(ABSENT),
+            ..facts.signal_generate.clone().unwrap_or(SignalLayout::UNSET)
+        },
         btf: facts.aya_btf.as_ref(),
         no_tp_btf: args.debug_no_tp_btf,
         receive_reset: if args.direction.received() {
@@ -96,6 +101,9 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         drops_in_scope: scope.drops,
         netns: ok(&facts.netns),
         ptrace: facts.caps.ptrace,
+        task: ok(&facts.task),
+        signal_generate: ok(&facts.signal_generate),
+        mark_victim: ok(&facts.mark_victim),
     };
     let mut warnings = warnings(&probed);
     if load.bench_empty {
@@ -223,6 +231,10 @@ pub struct Probed {
     pub netns: Result<(), String>,
     /// Owners of other users' sockets (CAP_SYS_PTRACE).
     pub ptrace: bool,
+    /// task_struct offsets: whether an actor was exiting.
+    pub task: Result<(), String>,
+    pub signal_generate: Result<(), String>,
+    pub mark_victim: Result<(), String>,
 }
 
 impl Plan {
@@ -497,8 +509,49 @@ impl Plan {
                 "owners of other users' sockets are not named (needs CAP_SYS_PTRACE)",
             );
         }
+        if send_reset.is_some() {
+            self.exits(probed, attached);
+        }
         if let Some(hook) = find(Hook::ReceiveReset) {
             self.seen("RSTs received", hook.describe());
+        }
+    }
+
+    /// The `exit` object of RSTs sent by an exiting process, and what
+    /// this kernel lets it name.
+    fn exits(&mut self, probed: &Probed, attached: &[Attached]) {
+        let what = "exit: RSTs sent by exiting processes, their fatal signal, killer and OOM kills";
+        let find = |hook: Hook| attached.iter().find(|a| a.hook == hook);
+        if let Err(e) = &probed.task {
+            self.unseen(
+                what,
+                format!("task_struct offsets are needed ({e}): exit is absent"),
+            );
+            return;
+        }
+        let flags = "PF_EXITING and exit code of the task at the RST hook";
+        match (find(Hook::SignalGenerate), find(Hook::MarkVictim)) {
+            (Some(sg), Some(mv)) => self.seen(
+                what,
+                format!(
+                    "{flags}; killer from {}; OOM from {}",
+                    sg.describe(),
+                    mv.describe()
+                ),
+            ),
+            (Some(sg), None) => self.partly(
+                what,
+                format!("{flags}; killer from {}", sg.describe()),
+                format!("oom is always false: {}", why_not(&probed.mark_victim)),
+            ),
+            (None, _) => self.partly(
+                what,
+                flags,
+                format!(
+                    "killed_by is always null and oom false: {}",
+                    why_not(&probed.signal_generate)
+                ),
+            ),
         }
     }
 
@@ -628,6 +681,20 @@ mod tests {
                 kprobes,
                 aya_btf: None,
                 caps: Caps::default(),
+                task: if btf {
+                    Ok(tracer_common::TaskOffsets::UNSET)
+                } else {
+                    Err("no BTF".into())
+                },
+                // Only 6.18's are kept as fixtures; the fields have not
+                // moved since 3.x (mark_victim's pid is first everywhere).
+                signal_generate: offsets::signal_generate_from_format(&fixture(
+                    "6.18",
+                    "signal_generate",
+                ))
+                .map_err(|e| e.to_string()),
+                mark_victim: offsets::mark_victim_from_format(&fixture("6.18", "mark_victim"))
+                    .map_err(|e| e.to_string()),
             }
         }
 
@@ -746,6 +813,9 @@ mod tests {
             drops_in_scope: true,
             netns: Ok(()),
             ptrace: true,
+            task: Ok(()),
+            signal_generate: Ok(()),
+            mark_victim: Ok(()),
         }
     }
 
@@ -761,19 +831,61 @@ mod tests {
     const DROPS: &str = "silent drops (no RST sent)";
 
     #[test]
+    fn exits_say_what_a_kernel_cannot_name() {
+        let send_reset = [Attached::new(Hook::SendReset, Variant::Btf)];
+        let exits = |p: &Plan| {
+            p.signals
+                .iter()
+                .find(|s| s.what.starts_with("exit:"))
+                .cloned()
+                .unwrap()
+        };
+        let no_oom = Probed {
+            mark_victim: Err("this kernel has no oom:mark_victim tracepoint".into()),
+            ..probed()
+        };
+        let with_signals = [
+            send_reset[0].clone(),
+            Attached::new(Hook::SignalGenerate, Variant::Raw),
+        ];
+        let s = exits(&told(&no_oom, &with_signals));
+        assert_eq!(
+            s.lost.as_deref(),
+            Some("oom is always false: this kernel has no oom:mark_victim tracepoint")
+        );
+        let no_btf = Probed {
+            task: Err("no BTF".into()),
+            ..probed()
+        };
+        let s = exits(&told(&no_btf, &send_reset));
+        assert_eq!(s.hook, None);
+        assert!(s.lost.unwrap().contains("exit is absent"));
+    }
+
+    #[test]
     fn signals_follow_what_was_attached() {
         let all = [
             Attached::new(Hook::SendReset, Variant::Btf),
             Attached::new(Hook::NetDevQueue, Variant::Btf),
             Attached::new(Hook::KfreeSkb, Variant::Classic),
             Attached::new(Hook::ReceiveReset, Variant::Classic),
+            Attached::new(Hook::SignalGenerate, Variant::Raw),
+            Attached::new(Hook::MarkVictim, Variant::Classic),
         ];
         let p = told(&probed(), &all);
         assert_eq!(
             p.one_line(),
             "attached to tcp:tcp_send_reset, net_dev_queue, skb:kfree_skb, \
-             tcp:tcp_receive_reset on 6.18-test (1 of 8 signals incomplete here: `rsttrace \
-             doctor` says what and why)"
+             tcp:tcp_receive_reset, signal:signal_generate, oom:mark_victim on 6.18-test (1 of \
+             9 signals incomplete here: `rsttrace doctor` says what and why)"
+        );
+        assert!(
+            p.report().contains(
+                "killer from raw tracepoint signal:signal_generate; OOM from tracepoint \
+                 oom:mark_victim"
+            ),
+            "{}",
+            p.report()
         );
         let r = p.report();
         // The kind each program was attached as, not the one expected.

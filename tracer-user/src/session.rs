@@ -361,7 +361,13 @@ fn drain(
         // with the ring's 8-byte alignment.
         let ev: RstEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         drop(item);
-        if let Some(rst) = enricher.rst(&ev, |id| tracer.stack(id), |c| tracer.nft_chain(c)) {
+        let rst = enricher.rst(
+            &ev,
+            |id| tracer.stack(id),
+            |c| tracer.nft_chain(c),
+            |pid| tracer.kill(pid),
+        );
+        if let Some(rst) = rst {
             tally.observe(&rst);
             sink.rst(&rst)?;
             shown = true;

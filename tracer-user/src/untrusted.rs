@@ -169,7 +169,8 @@ pub mod hostile {
     }
 
     /// A RST whose every string from outside is hostile: actor, agent,
-    /// owner, rule author, table, chain, module and stack.
+    /// owner, rule author, table, chain, module, stack, killer and the
+    /// killing BPF program.
     pub fn rst() -> crate::attribution::decode::Rst {
         use crate::{
             attribution::actor::Actor, attribution::cause::Cause, attribution::decode::Family,
@@ -226,6 +227,21 @@ pub mod hostile {
                 comm: Some(comm()),
                 gone_at: Some(std::time::UNIX_EPOCH),
                 backlog: None,
+            }),
+            exit: Some(crate::attribution::exits::Exit {
+                signal: Some(9),
+                killed_by: Some(crate::attribution::exits::Killer {
+                    pid: 8,
+                    comm: comm(),
+                    exe: Some(exe()),
+                    agent: Some(comm()),
+                }),
+                oom: false,
+                bpf_program: Some(crate::attribution::exits::KillProgram {
+                    name: comm(),
+                    tag: table(),
+                    id: Some(3),
+                }),
             }),
         }
     }

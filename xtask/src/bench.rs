@@ -55,6 +55,7 @@ pub struct Options {
 pub enum Part {
     Flood,
     PingPong,
+    Signals,
     Http,
     Scale,
     Startup,
@@ -273,6 +274,66 @@ impl Load {
         load
     }
 
+    /// Signal ping-pong between two processes: this thread sends SIGUSR1
+    /// to a child, which answers with SIGUSR2; each waits for the other's
+    /// (blocked and taken with sigtimedwait). Both are default-fatal, so
+    /// signal_generate looks further than the signal number: each process
+    /// has a handler for the signal it receives, as programs that signal
+    /// each other do, and the program passes over handled signals after
+    /// reading the handler (a signal left to its default action would be
+    /// kept in a map: that process dies of it).
+    fn signal_ping_pong() -> Self {
+        Self::start(|| {
+            // SAFETY: signal masks and a fork; the child calls only
+            // sigtimedwait, syscall(tgkill) and _exit (async-signal-safe),
+            // and exits when a second passes without a signal.
+            unsafe {
+                let mut usr = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut usr);
+                libc::sigaddset(&mut usr, libc::SIGUSR1);
+                libc::sigaddset(&mut usr, libc::SIGUSR2);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &usr, std::ptr::null_mut());
+                let (parent, tid) = (libc::getpid(), libc::gettid());
+                let mut sa = std::mem::zeroed::<libc::sigaction>();
+                sa.sa_sigaction = ignore_signal as *const () as usize;
+                libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+                let child = libc::fork();
+                assert!(child >= 0, "fork");
+                if child == 0 {
+                    libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+                    let mut one = std::mem::zeroed::<libc::sigset_t>();
+                    libc::sigemptyset(&mut one);
+                    libc::sigaddset(&mut one, libc::SIGUSR1);
+                    let second = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    loop {
+                        if libc::sigtimedwait(&one, std::ptr::null_mut(), &second) < 0 {
+                            libc::_exit(0);
+                        }
+                        libc::syscall(libc::SYS_tgkill, parent, tid, libc::SIGUSR2);
+                    }
+                }
+                let mut two = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut two);
+                libc::sigaddset(&mut two, libc::SIGUSR2);
+                move || {
+                    let t = Instant::now();
+                    libc::kill(child, libc::SIGUSR1);
+                    let second = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    if libc::sigtimedwait(&two, std::ptr::null_mut(), &second) < 0 {
+                        return None;
+                    }
+                    Some(t.elapsed())
+                }
+            }
+        })
+    }
+
     /// HTTP/1.1 keep-alive GETs on `conns` connections to `addr`, all
     /// sent, then all answered (as many in flight as connections).
     fn http(addr: SocketAddr, conns: usize) -> Self {
@@ -323,6 +384,10 @@ impl Drop for Load {
         }
     }
 }
+
+/// The signal ping-pong's handler: never runs (the signals are blocked
+/// and taken with sigtimedwait), but makes them handled.
+extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Reads one HTTP response (headers and a Content-Length body) and
 /// returns its length in bytes.
@@ -760,6 +825,9 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.runs(Part::PingPong) {
         rows.append(&mut ping_pong_rows(rounds)?);
     }
+    if opts.runs(Part::Signals) {
+        rows.append(&mut signal_rows(rounds)?);
+    }
     if opts.runs(Part::Http) {
         if which("nginx") {
             match http_rows(rounds) {
@@ -1030,6 +1098,18 @@ fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
             "1-byte ping-pong, p99 latency (us)",
         ),
         |flags| under_toggled_tracer(Load::ping_pong, rounds, flags),
+    )
+}
+
+/// Signals between two processes (signal_generate's cost), toggled.
+fn signal_rows(rounds: usize) -> Result<Vec<Row>> {
+    rst_free_rows(
+        "signal ping-pong",
+        (
+            "SIGUSR1/SIGUSR2 ping-pong between processes, round trips/s",
+            "SIGUSR1/SIGUSR2 ping-pong, p99 latency (us)",
+        ),
+        |flags| under_toggled_tracer(Load::signal_ping_pong, rounds, flags),
     )
 }
 

@@ -169,6 +169,11 @@ impl ActorResolver {
         found
     }
 
+    /// The security agent a process with `comm` and `exe` is, if any.
+    pub fn agent_of(&self, comm: &Untrusted, exe: Option<&Untrusted>) -> Option<Untrusted> {
+        self.agents.classify(comm, exe)
+    }
+
     /// The security agent `comm` is, if it is one.
     pub fn agent(&self, comm: &Untrusted) -> Option<Untrusted> {
         self.agents.classify(comm, None)

@@ -11,6 +11,7 @@ use tracer_common::{ABSENT, AF_INET, AF_INET6, RstEvent, tcp_state};
 use crate::{
     attribution::actor::{Actor, Owner},
     attribution::cause::Cause,
+    attribution::exits::Exit,
     attribution::netfilter::Netfilter,
     clock::BootClock,
     untrusted::Untrusted,
@@ -60,6 +61,8 @@ pub struct Rst {
     /// the port had, for RSTs sent on a listener (`listen-overflow`, and
     /// `invalid-segment` ones) that listener.
     pub listener: Option<Listener>,
+    /// For a RST sent while its actor exited: the signal, the killer.
+    pub exit: Option<Exit>,
 }
 
 /// A listening socket behind a RST: its port, the process that held it,
@@ -96,6 +99,7 @@ impl Rst {
             module: None,
             owner: None,
             listener: None,
+            exit: None,
         }
     }
 }
@@ -144,5 +148,6 @@ pub fn decode(ev: &RstEvent, reasons: &BTreeMap<u64, String>, clock: &BootClock)
         module: None,
         owner: None,
         listener: None,
+        exit: None,
     })
 }

@@ -6,7 +6,7 @@
 
 use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
 
-use tracer_common::{RstEvent, tcp_state};
+use tracer_common::{KillRecord, RstEvent, tcp_state};
 
 use crate::{
     attribution::{
@@ -14,6 +14,7 @@ use crate::{
         agents,
         cause::{self, Cause},
         decode::{self, Listener, Rst},
+        exits,
         listeners::Listeners,
         netfilter,
         nft::{
@@ -107,22 +108,25 @@ impl Enricher {
     /// A RST from its kernel record: decoded, then enriched. `stack` looks
     /// a stack id up in the kernel's stack map, `nft_chain` an nftables
     /// chain's (table, chain) names by its kernel address.
+    /// `kill` a process's last fatal signal (`KILLS`).
     pub fn rst(
         &mut self,
         ev: &RstEvent,
-        stack: impl FnOnce(i32) -> Option<Vec<u64>>,
+        stack: impl Fn(i32) -> Option<Vec<u64>>,
         nft_chain: impl FnOnce(u64) -> Option<(Untrusted, Untrusted)>,
+        kill: impl Fn(u32) -> Option<KillRecord>,
     ) -> Option<Rst> {
         let rst = decode::decode(ev, &self.reasons, &self.clock)?;
-        Some(self.enrich(rst, ev, stack, nft_chain))
+        Some(self.enrich(rst, ev, stack, nft_chain, kill))
     }
 
     fn enrich(
         &mut self,
         rst: Rst,
         ev: &RstEvent,
-        stack: impl FnOnce(i32) -> Option<Vec<u64>>,
+        stack: impl Fn(i32) -> Option<Vec<u64>>,
         nft_chain: impl FnOnce(u64) -> Option<(Untrusted, Untrusted)>,
+        kill: impl Fn(u32) -> Option<KillRecord>,
     ) -> Rst {
         let cause = rst.cause;
         let ksyms = self.ksyms.as_deref();
@@ -197,11 +201,17 @@ impl Enricher {
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
         let actor = (cause::has_actor(cause) && module.is_none()).then(|| self.actors.resolve(ev));
-        // The security agent behind the RST: the actor, else the author of
-        // the rule that fired, else the module that built it.
+        // An actor that was exiting: why, and who ended it.
+        let exit = actor
+            .as_ref()
+            .and_then(|_| exits::exit_of(ev, kill, &stack, ksyms, &self.actors));
+        // The security agent behind the RST: the actor, else the process
+        // that killed it, else the author of the rule that fired, else the
+        // module that built it.
         let agent = actor
             .as_ref()
             .and_then(|a| a.agent.clone())
+            .or_else(|| exit.as_ref()?.killed_by.as_ref()?.agent.clone())
             .or_else(|| netfilter.as_ref()?.author.as_ref()?.agent.clone())
             .or_else(|| {
                 // The owner of the matched rule or set, when a security agent.
@@ -245,6 +255,7 @@ impl Enricher {
         };
         Rst {
             listener,
+            exit,
             actor,
             agent,
             labels,

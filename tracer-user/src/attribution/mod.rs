@@ -12,6 +12,7 @@ pub mod bpfprogs;
 pub mod cause;
 pub mod decode;
 pub mod enrich;
+pub mod exits;
 pub mod listeners;
 pub mod netfilter;
 pub mod nft;

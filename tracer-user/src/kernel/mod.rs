@@ -12,7 +12,10 @@ pub mod preflight;
 use std::{path::PathBuf, rc::Rc};
 
 use anyhow::{Context as _, Result};
-use tracer_common::{EgressOffsets, NetnsOffsets, NftOffsets, SendResetLayout, SockAddrOffsets};
+use tracer_common::{
+    EgressOffsets, NetnsOffsets, NftOffsets, SendResetLayout, SignalLayout,
+    SockAddrOffsets, TaskOffsets,
+};
 
 use self::{
     format::{Format, SendResetFormat},
@@ -48,6 +51,12 @@ pub struct Facts {
     pub egress: Probe<EgressOffsets>,
     pub sock_addrs: Probe<SockAddrOffsets>,
     pub netns: Probe<NetnsOffsets>,
+    /// task_struct's flags, exit code and tgid: exit attribution.
+    pub task: Probe<TaskOffsets>,
+    /// signal:signal_generate's record: who sent a fatal signal.
+    pub signal_generate: Probe<SignalLayout>,
+    /// oom:mark_victim's pid field: the OOM killer's victims.
+    pub mark_victim: Probe<u32>,
     /// Naming the base chain of REJECT rules older than the trace.
     pub nft: Probe<(NftOffsets, Vec<&'static str>)>,
     /// Shared with the enricher, which symbolizes stacks with it.
@@ -92,6 +101,9 @@ impl Facts {
                 from_btf().and_then(|b| offsets::sock_addr_offsets(b, &send_reset.layout)),
             ),
             netns: probe(from_btf().and_then(offsets::netns_offsets)),
+            task: probe(from_btf().and_then(offsets::task_offsets)),
+            signal_generate: probe(offsets::signal_generate_layout(&tracefs)),
+            mark_victim: probe(offsets::mark_victim_pid(&tracefs)),
             nft: probe(nft),
             ksyms: probe(ksyms).map(Rc::new),
             kprobes,

@@ -2,7 +2,7 @@
 //! tracepoints' format files; each is `Err` with why where this kernel
 //! lacks what it needs, and the program that needs it stays off.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::{btf::Btf, format::Format, ksyms::Kallsyms};
 
@@ -153,4 +153,77 @@ pub fn netns_offsets(b: &Btf) -> Result<tracer_common::NetnsOffsets> {
             })
             .unwrap_or(tracer_common::ABSENT),
     })
+}
+
+/// Where a task keeps its flags (PF_EXITING), exit code and process id:
+/// whether a RST's actor was exiting, and why.
+pub fn task_offsets(b: &Btf) -> Result<tracer_common::TaskOffsets> {
+    let m = |name: &str| b.offset("task_struct", &[name], 4);
+    // The handlers, to pass over signals the target handles; without
+    // them every fatal signal is kept.
+    let handlers = || -> Result<(u32, u32, u32, u32)> {
+        let action = b.member("sighand_struct", &["action"])?;
+        // `action[_NSIG]`, _NSIG = 64 on every architecture rsttrace runs on.
+        anyhow::ensure!(action.size % 64 == 0, "sighand_struct.action is not [64]");
+        Ok((
+            b.offset("task_struct", &["sighand"], 8)?,
+            action.offset,
+            action.size / 64,
+            b.offset("k_sigaction", &["sa", "sa_handler"], 8)?,
+        ))
+    };
+    let (sighand, action, action_size, handler) = handlers().unwrap_or((
+        tracer_common::ABSENT,
+        tracer_common::ABSENT,
+        tracer_common::ABSENT,
+        tracer_common::ABSENT,
+    ));
+    Ok(tracer_common::TaskOffsets {
+        flags: m("flags")?,
+        exit_code: m("exit_code")?,
+        tgid: m("tgid")?,
+        sighand,
+        action,
+        action_size,
+        handler,
+    })
+}
+
+/// `signal:signal_generate`'s record (for its classic build): the signal,
+/// the target's pid and the result. Every kernel since 3.x has them.
+pub fn signal_generate_layout(tracefs: &std::path::Path) -> Result<tracer_common::SignalLayout> {
+    let text = super::preflight::tracepoint_format(tracefs, "signal", "signal_generate")?;
+    signal_generate_from_format(&text)
+}
+
+pub fn signal_generate_from_format(text: &str) -> Result<tracer_common::SignalLayout> {
+    let f = Format::parse(text)?;
+    let int = |name: &str| -> Result<u32> {
+        let field = f
+            .field(name)
+            .with_context(|| format!("signal_generate has no {name} field"))?;
+        anyhow::ensure!(field.size == 4, "signal_generate's {name} is not 4 bytes");
+        Ok(field.offset)
+    };
+    Ok(tracer_common::SignalLayout {
+        sig: int("sig")?,
+        pid: int("pid")?,
+        result: int("result")?,
+        victim_pid: tracer_common::ABSENT,
+    })
+}
+
+/// `oom:mark_victim`'s `pid` (the OOM killer's victim): at 8 on every
+/// kernel of the matrix, from 5.10's (pid) alone to 6.18's (pid, comm,
+/// memory counters, uid, ...).
+pub fn mark_victim_pid(tracefs: &std::path::Path) -> Result<u32> {
+    let text = super::preflight::tracepoint_format(tracefs, "oom", "mark_victim")?;
+    mark_victim_from_format(&text)
+}
+
+pub fn mark_victim_from_format(text: &str) -> Result<u32> {
+    let f = Format::parse(text)?;
+    let pid = f.field("pid").context("mark_victim has no pid field")?;
+    anyhow::ensure!(pid.size == 4, "mark_victim's pid is not 4 bytes");
+    Ok(pid.offset)
 }

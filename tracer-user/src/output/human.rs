@@ -144,6 +144,9 @@ pub fn details(rst: &Rst) -> String {
             _ => {}
         }
     }
+    if let Some(e) = &rst.exit {
+        line.push_str(&format!(" {}", exit_text(e)));
+    }
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));
     }
@@ -153,6 +156,28 @@ pub fn details(rst: &Rst) -> String {
         line.push_str(&format!(" stack={}", frames.join("<-")));
     }
     line
+}
+
+/// `exiting`, `killed-by=pid/comm(SIGKILL)`, `killed-by=oom(SIGKILL)`
+/// or `killed-by=bpf:name(SIGKILL)`: how the actor ended.
+fn exit_text(e: &crate::attribution::exits::Exit) -> String {
+    use crate::attribution::exits::signal_name;
+    let Some(sig) = e.signal.map(signal_name) else {
+        return "exited".to_string();
+    };
+    let by = if e.oom {
+        "oom".to_string()
+    } else if let Some(p) = &e.bpf_program {
+        match &e.killed_by {
+            Some(k) => format!("bpf:{}@{}/{}", p.name, k.pid, k.comm),
+            None => format!("bpf:{}", p.name),
+        }
+    } else if let Some(k) = &e.killed_by {
+        format!("{}/{}", k.pid, k.comm)
+    } else {
+        return format!("died-by={sig}");
+    };
+    format!("killed-by={by}({sig})")
 }
 
 /// One row per remote IP: address, total, first and last seen, details.
@@ -493,7 +518,7 @@ mod tests {
         (ev.local_port, ev.remote_port) = (80, 5000);
         let stack = vec![0xffff_ffff_8100_0010, 0xffff_ffff_c000_1010];
         let rst = enricher
-            .rst(&ev, |_| Some(stack), |_| None)
+            .rst(&ev, |_| Some(stack.clone()), |_| None, |_| None)
             .expect("decoded");
         assert_eq!(rst.labels, ["security-agent"]);
         let line = rst_text(&rst);

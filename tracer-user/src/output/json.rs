@@ -46,6 +46,8 @@ struct RstLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     listener: Option<ListenerLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    exit: Option<ExitLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [crate::untrusted::Untrusted]>,
 }
 
@@ -57,6 +59,16 @@ struct ListenerLine<'a> {
     gone_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backlog: Option<u32>,
+}
+
+/// A RST sent while its actor exited: how it ended, and who ended it.
+#[derive(Serialize)]
+struct ExitLine<'a> {
+    signal: Option<String>,
+    killed_by: Option<&'a crate::attribution::exits::Killer>,
+    oom: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpf_program: Option<&'a crate::attribution::exits::KillProgram>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +213,12 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
             comm: l.comm.as_ref(),
             gone_at: l.gone_at.map(rfc3339),
             backlog: l.backlog,
+        }),
+        exit: rst.exit.as_ref().map(|e| ExitLine {
+            signal: e.signal.map(crate::attribution::exits::signal_name),
+            killed_by: e.killed_by.as_ref(),
+            oom: e.oom,
+            bpf_program: e.bpf_program.as_ref(),
         }),
     }
 }

@@ -4,7 +4,10 @@
 use std::{collections::HashMap, net::IpAddr, time::SystemTime};
 
 use crate::{
-    attribution::cause::Cause, attribution::decode::Rst, report::summary::RemoteSummary,
+    attribution::cause::{self, Cause},
+    attribution::decode::Rst,
+    attribution::exits::{Exit, Killer, signal_name},
+    report::summary::RemoteSummary,
     untrusted::Untrusted,
 };
 
@@ -30,12 +33,23 @@ pub struct ActorTally {
     full: HashMap<IpAddr, Full>,
     /// The last netfilter rule named for a remote's rejected segments.
     rules: HashMap<IpAddr, crate::attribution::netfilter::Netfilter>,
+    /// RSTs sent by exiting processes, per remote IP, by how each ended
+    /// (`exit_story`).
+    exits: HashMap<IpAddr, HashMap<String, u64>>,
 }
 
 impl ActorTally {
     /// Counts the process behind `rst`: its actor, or for a netfilter
     /// reject the author of the rule, with the agent either one is.
     pub fn observe(&mut self, rst: &Rst) {
+        if let (Some(a), Some(e)) = (&rst.actor, &rst.exit) {
+            *self
+                .exits
+                .entry(rst.remote.ip())
+                .or_default()
+                .entry(exit_story(&a.comm, a.pid, e))
+                .or_default() += 1;
+        }
         if let Some(nf) = rst.netfilter.as_ref().filter(|nf| nf.rule.is_some()) {
             self.rules.insert(rst.remote.ip(), nf.clone());
         }
@@ -169,6 +183,18 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
         return String::new();
     };
     let lead = format!("{cause} ({n} of {})", r.total);
+    // A process that exited or was killed with connections open: how it
+    // ended is the story, whichever of its causes (abort-on-close,
+    // listener-closed, linger-abort) leads.
+    if let Some((story, k)) = tally
+        .exits
+        .get(&r.remote_ip)
+        .and_then(|e| e.iter().max_by_key(|(s, k)| (**k, std::cmp::Reverse(*s))))
+        .filter(|_| cause::has_actor(cause))
+    {
+        let connections = if *k == 1 { "connection" } else { "connections" };
+        return format!("{lead}: {story}: {k} {connections} reset");
+    }
     let advice = match cause {
         Cause::SocketKilled => match tally.top(r.remote_ip, cause) {
             Some((comm, Some(agent), k)) => format!(
@@ -263,6 +289,36 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
     format!("{lead}: {advice}")
 }
 
+/// How a process ended, as the diagnosis says it: "orders-api (pid 812)
+/// was killed by falcon-sensor (SIGKILL) [security-agent: CrowdStrike
+/// Falcon]", "... exited", "... was killed by the OOM killer (SIGKILL)".
+pub fn exit_story(comm: &Untrusted, pid: u32, e: &Exit) -> String {
+    let who = format!("{comm} (pid {pid})");
+    let Some(sig) = e.signal.map(signal_name) else {
+        return format!("{who} exited");
+    };
+    if e.oom {
+        return format!("{who} was killed by the OOM killer ({sig})");
+    }
+    let agent = |k: &Killer| {
+        k.agent
+            .as_ref()
+            .map_or(String::new(), |a| format!(" [security-agent: {a}]"))
+    };
+    match (&e.bpf_program, &e.killed_by) {
+        (Some(p), Some(k)) => format!(
+            "{who} was killed by BPF program {} of {} (pid {}) ({sig}){}",
+            p.name,
+            k.comm,
+            k.pid,
+            agent(k)
+        ),
+        (Some(p), None) => format!("{who} was killed by BPF program {} ({sig})", p.name),
+        (None, Some(k)) => format!("{who} was killed by {} ({sig}){}", k.comm, agent(k)),
+        (None, None) => format!("{who} died of {sig}"),
+    }
+}
+
 /// `what` the top actor of `cause` did; `what_loaded` (with `{k}`, its
 /// count) when a security module loaded in it did it.
 fn actor_advice(
@@ -320,6 +376,65 @@ mod tests {
             }),
             ..Rst::example()
         }
+    }
+
+    #[test]
+    fn a_killed_server_is_named_with_its_killer_and_agent() {
+        let mut t = ActorTally::default();
+        let killer = Killer {
+            pid: 77,
+            comm: "falcon-sensor".into(),
+            exe: None,
+            agent: Some("CrowdStrike Falcon".into()),
+        };
+        let exit = Exit {
+            signal: Some(9),
+            killed_by: Some(killer),
+            oom: false,
+            bpf_program: None,
+        };
+        for cause in [
+            Cause::AbortOnClose,
+            Cause::AbortOnClose,
+            Cause::ListenerClosed,
+        ] {
+            let mut rst = killed_by("orders-api", None);
+            rst.cause = cause;
+            rst.actor.as_mut().unwrap().pid = 812;
+            rst.exit = Some(exit.clone());
+            t.observe(&rst);
+        }
+        let d = diagnose(
+            &remote(
+                "127.7.0.1",
+                &[(Cause::AbortOnClose, 2), (Cause::ListenerClosed, 1)],
+            ),
+            &t,
+        );
+        assert_eq!(
+            d,
+            "abort-on-close (2 of 3): orders-api (pid 812) was killed by falcon-sensor (SIGKILL) \
+             [security-agent: CrowdStrike Falcon]: 3 connections reset"
+        );
+        let name: Untrusted = "orders-api".into();
+        let oom = Exit {
+            oom: true,
+            killed_by: None,
+            ..exit.clone()
+        };
+        assert_eq!(
+            exit_story(&name, 812, &oom),
+            "orders-api (pid 812) was killed by the OOM killer (SIGKILL)"
+        );
+        let exited = Exit {
+            signal: None,
+            killed_by: None,
+            ..exit
+        };
+        assert_eq!(
+            exit_story(&name, 812, &exited),
+            "orders-api (pid 812) exited"
+        );
     }
 
     #[test]
