@@ -13,8 +13,8 @@ use std::{path::PathBuf, rc::Rc};
 
 use anyhow::{Context as _, Result};
 use tracer_common::{
-    EgressOffsets, NetnsOffsets, NftOffsets, SendResetLayout, SignalLayout,
-    SockAddrOffsets, TaskOffsets,
+    EgressOffsets, NetnsOffsets, NftOffsets, SendResetLayout, SignalLayout, SockAddrOffsets,
+    TaskOffsets,
 };
 
 use self::{
