@@ -134,3 +134,6 @@ os.waitpid(pid, 0)
 time.sleep(0.2)
 PY
 echo "rst-zoo: done"
+# RST_ZOO_HOLD=N keeps the namespace N seconds more: a trace names the
+# rules behind drops when it reports, in namespaces still there.
+sleep "${RST_ZOO_HOLD:-0}"

@@ -169,6 +169,8 @@ fn socket_killed_by_sock_diag_destroy() {
         assert_eq!(e["kernel_reason"], support::expected_reason("TCP_STATE"));
         // The destroying process is the actor, not the socket's owner.
         assert_eq!(e["actor"]["comm"], "ss", "actor of {e}");
+        // The owner: this test process holds both ends.
+        assert_eq!(e["owner"]["pid"], std::process::id(), "owner of {e}");
         assert_eq!(
             e["labels"],
             serde_json::json!([]),

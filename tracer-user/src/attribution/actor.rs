@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
@@ -76,7 +76,8 @@ pub fn comm_str(comm: &[u8]) -> String {
 pub struct ActorResolver {
     agents: Agents,
     sockets: HashMap<u64, Owner>,
-    sockets_scanned: Option<Instant>,
+    /// When /proc was last scanned for sockets (monotonic, wall clock).
+    sockets_scanned: Option<(Instant, SystemTime)>,
     /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
     root: Option<PathBuf>,
     cgroups: HashMap<u64, Option<Untrusted>>,
@@ -183,16 +184,29 @@ impl ActorResolver {
     /// scan of /proc maps every socket at once; unknown inodes trigger a
     /// new scan at most once a second.
     pub fn owner(&mut self, ino: u64) -> Option<Owner> {
+        let stale = self
+            .sockets_scanned
+            .is_none_or(|(t, _)| t.elapsed() >= Duration::from_secs(1));
+        self.owner_if(ino, stale)
+    }
+
+    /// The holder of a socket killed at `at`: a scan older than the RST
+    /// may predate the socket (other lookups, such as the listeners',
+    /// scan too), so it is scanned again; one newer than it that lacks the
+    /// inode means the socket is gone, and a flood of such RSTs costs no
+    /// more scans.
+    pub fn owner_at(&mut self, ino: u64, at: SystemTime) -> Option<Owner> {
+        let stale = self.sockets_scanned.is_none_or(|(_, wall)| wall <= at);
+        self.owner_if(ino, stale)
+    }
+
+    fn owner_if(&mut self, ino: u64, stale: bool) -> Option<Owner> {
         if ino == 0 {
             return None;
         }
-        if !self.sockets.contains_key(&ino)
-            && self
-                .sockets_scanned
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
+        if !self.sockets.contains_key(&ino) && stale {
             self.sockets = scan_sockets();
-            self.sockets_scanned = Some(Instant::now());
+            self.sockets_scanned = Some((Instant::now(), SystemTime::now()));
         }
         self.sockets.get(&ino).cloned()
     }

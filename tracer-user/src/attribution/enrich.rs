@@ -264,7 +264,7 @@ impl Enricher {
                 .map(|ips| ips.into_iter().map(|ip| symbolize(ksyms, ip)).collect()),
             netfilter,
             module,
-            owner: self.actors.owner(ev.sk_ino),
+            owner: self.actors.owner_at(ev.sk_ino, rst.ts),
             ..rst
         }
     }
