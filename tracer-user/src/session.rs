@@ -353,6 +353,7 @@ fn drain(
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
     let mut shown = false;
+    enricher.actors.begin_batch();
     while let Some(item) = ring.next() {
         if item.len() < size_of::<RstEvent>() {
             continue;

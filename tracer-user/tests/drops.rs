@@ -423,6 +423,16 @@ fn load_program(
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    // Before 5.11 a program's memory counts against RLIMIT_MEMLOCK (EPERM
+    // past it: 64 KiB by default). Best effort: where the hard limit can't
+    // be raised, the kernel is new enough not to need it, and a refusal
+    // below says why all the same.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     let fd = bpf(5, &mut attr); // BPF_PROG_LOAD
     // SAFETY: a fresh fd the kernel gave us.
     unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }

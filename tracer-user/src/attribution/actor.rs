@@ -78,6 +78,10 @@ pub struct ActorResolver {
     sockets: HashMap<u64, Owner>,
     /// When /proc was last scanned for sockets (monotonic, wall clock).
     sockets_scanned: Option<(Instant, SystemTime)>,
+    /// When the batch of events being enriched was read (`begin_batch`).
+    batch: Option<Instant>,
+    /// When a killed socket's lookup last scanned /proc (the flood floor).
+    killed_scanned: Option<Instant>,
     /// The cgroup2 mount; None on v1-only hosts, where ids have no path.
     root: Option<PathBuf>,
     cgroups: HashMap<u64, Option<Untrusted>>,
@@ -115,6 +119,8 @@ impl ActorResolver {
             agents,
             sockets: HashMap::new(),
             sockets_scanned: None,
+            batch: None,
+            killed_scanned: None,
             root: cgroup2_mount(&mounts),
             cgroups: HashMap::new(),
             loaded: HashMap::new(),
@@ -190,13 +196,31 @@ impl ActorResolver {
         self.owner_if(ino, stale)
     }
 
-    /// The holder of a socket killed at `at`: a scan older than the RST
-    /// may predate the socket (other lookups, such as the listeners',
-    /// scan too), so it is scanned again; one newer than it that lacks the
-    /// inode means the socket is gone, and a flood of such RSTs costs no
-    /// more scans.
+    /// Marks the start of a batch of events read from the kernel: each was
+    /// sent before this instant.
+    pub fn begin_batch(&mut self) {
+        self.batch = Some(Instant::now());
+    }
+
+    /// The holder of a socket killed at `at`. A scan that may predate the
+    /// RST may predate the socket too (other lookups, such as the
+    /// listeners', scan as well), so /proc is scanned again: when the last
+    /// scan was before this batch was read, or, for events sent while the
+    /// batch is read, before `at` (the kernel's coarse clock: up to a jiffy
+    /// early, hence the margin). A newer scan without the inode means the
+    /// socket is gone; the floor keeps a flood of such RSTs to 20 scans a
+    /// second of its own.
     pub fn owner_at(&mut self, ino: u64, at: SystemTime) -> Option<Owner> {
-        let stale = self.sockets_scanned.is_none_or(|(_, wall)| wall <= at);
+        const MARGIN: Duration = Duration::from_millis(20);
+        const FLOOR: Duration = Duration::from_millis(50);
+        let batch = self.batch;
+        let stale = self
+            .sockets_scanned
+            .is_none_or(|(t, wall)| batch.is_none_or(|b| t <= b) || wall <= at + MARGIN)
+            && self.killed_scanned.is_none_or(|t| t.elapsed() >= FLOOR);
+        if stale && ino != 0 && !self.sockets.contains_key(&ino) {
+            self.killed_scanned = Some(Instant::now());
+        }
         self.owner_if(ino, stale)
     }
 

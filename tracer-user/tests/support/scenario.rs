@@ -128,6 +128,17 @@ pub fn assert_reset(mut client: std::net::TcpStream) {
 /// connections from `client` through sock_diag, the way runtime-security
 /// agents do. Returns the OutRsts delta.
 pub fn socket_killed(ns: &Netns, client: &'static str, n: usize, killer: PathBuf) -> u64 {
+    socket_killed_kept(ns, client, n, killer).0
+}
+
+/// The same, returning the destroyed server sockets still open: their
+/// holder is named only while it holds them.
+pub fn socket_killed_kept(
+    ns: &Netns,
+    client: &'static str,
+    n: usize,
+    killer: PathBuf,
+) -> (u64, Vec<std::net::TcpStream>) {
     ns.run(move || {
         let before = out_rsts_here();
         let pairs = established(client, n);
@@ -136,10 +147,12 @@ pub fn socket_killed(ns: &Netns, client: &'static str, n: usize, killer: PathBuf
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", killer.display()));
         assert!(out.status.success(), "{} -K: {out:?}", killer.display());
-        for (c, _s) in pairs {
+        let mut kept = vec![];
+        for (c, s) in pairs {
             assert_reset(c);
+            kept.push(s);
         }
-        out_rsts_here() - before
+        (out_rsts_here() - before, kept)
     })
 }
 
