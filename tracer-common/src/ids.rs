@@ -302,6 +302,7 @@ pub mod names {
         STACK_RULES,
         TASK_OFFSETS,
         USER_SOCKET_CAUSE,
+        USER_STACKS,
         WAKEUP_EVERY,
         // Maps userspace sizes, fills or reads.
         BUDGET,
@@ -317,6 +318,7 @@ pub mod names {
         REMOTES,
         STACK_TRACES,
         STATS,
+        USER_STACK_TRACES,
         // Maps of the kernel programs' own: per-CPU scratch and state.
         CLOCK,
         LAST_CHAIN,

@@ -125,7 +125,9 @@ pub struct RstEvent {
     /// `EXITING` | its `exit_code` (the killing signal in the low 7 bits,
     /// or the exit status << 8); 0 otherwise.
     pub exit: u32,
-    pub _pad2: u32,
+    /// The actor's user-space stack in `USER_STACK_TRACES` (`--user-stacks`);
+    /// negative when none was taken.
+    pub user_stack: i32,
 }
 
 /// Flag in `RstEvent::exit`: the actor was exiting.

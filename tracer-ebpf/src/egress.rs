@@ -292,7 +292,7 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
         exit: 0,
-        _pad2: 0,
+        user_stack: stack::user_stack_id(ctx, cause),
     });
     Ok(0)
 }

@@ -87,6 +87,38 @@ pub fn stack_id<C: StackIdContext>(ctx: &C, which: Rules) -> i32 {
     }
 }
 
+/// 1 with `--user-stacks`: RSTs with an actor carry its user-space stack.
+#[unsafe(no_mangle)]
+static USER_STACKS: u8 = 0;
+
+/// The actors' user-space stacks (`--user-stacks`), unwound by the kernel
+/// through frame pointers. One entry unless the flag sizes it: a stack
+/// map's entries are allocated at creation.
+#[map]
+static USER_STACK_TRACES: StackTrace = StackTrace::with_max_entries(1, 0);
+
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// The user-space stack of the task sending a RST of `cause`, when
+/// `--user-stacks` asks for it and the cause has an actor (the task in
+/// whose syscall the RST was sent); -1 otherwise.
+#[inline(always)]
+pub fn user_stack_id<C: StackIdContext>(ctx: &C, cause: u8) -> i32 {
+    // SAFETY: a read-only global that userspace sets before load.
+    if unsafe { core::ptr::read_volatile(&USER_STACKS) } == 0 || !crate::count::has_actor(cause) {
+        return -1;
+    }
+    // A stack in the same bucket belongs to an older event, read by now
+    // (see `stack_id`).
+    match ctx.get_stackid(&USER_STACK_TRACES, BPF_F_USER_STACK) {
+        Ok(id) => id as i32,
+        Err(EEXIST) => ctx
+            .get_stackid(&USER_STACK_TRACES, BPF_F_USER_STACK | BPF_F_REUSE_STACKID)
+            .map_or(-1, |id| id as i32),
+        Err(_) => -1,
+    }
+}
+
 #[map]
 static STACK_BUF: PerCpuArray<[u64; STACK_DEPTH]> = PerCpuArray::with_max_entries(2, 0);
 

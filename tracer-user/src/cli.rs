@@ -93,6 +93,15 @@ pub struct Args {
     #[arg(long, value_name = "KIND:PATTERN=NAME", value_parser = crate::attribution::nft::owners::parse_owner)]
     pub ruleset_owner: Vec<(crate::attribution::nft::owners::Kind, String, String)>,
 
+    /// Record the user-space stack of the process behind each RST that has
+    /// an actor (abort-on-close, linger-abort, app-disconnect,
+    /// listener-closed, socket-killed, injected), symbolized from its
+    /// executable and libraries. The kernel unwinds through frame
+    /// pointers: a stack that stops short at code built without them says
+    /// so (`complete: false`), it is not guessed at.
+    #[arg(long)]
+    pub user_stacks: bool,
+
     /// Also write each RST to FILE as pcapng (headers only), the cause and
     /// attribution in each packet's comment: open it in Wireshark or tcpdump.
     #[arg(long, value_name = "FILE")]

@@ -45,6 +45,8 @@ pub struct Options<'a> {
     /// kfree_skb reason value -> drop cause, for the drop causes in scope.
     pub drop_reason_causes: Vec<(u32, crate::attribution::cause::DropCause)>,
     pub emit_events: bool,
+    /// Take the actors' user-space stacks (`--user-stacks`).
+    pub user_stacks: bool,
     /// Events per second and CPU of the causes whose event is only a line
     /// (`cause::line_only`); 0 = every event.
     pub events_per_sec: u64,
@@ -80,6 +82,11 @@ pub struct Options<'a> {
 
 /// Where nftables evaluates a base chain, and where netfilter's REJECT
 /// builds a TCP reset (IPv4, IPv6).
+/// Entries of the user-space stack map with `--user-stacks`: about 1 KiB
+/// each. Events are read within tens of milliseconds; an older stack a new
+/// one replaces (a hash bucket taken over) has been read by then.
+const USER_STACK_ENTRIES: u32 = 1024;
+
 pub const NFT_DO_CHAIN: &str = "nft_do_chain";
 pub const NF_SEND_RESET_FUNCTIONS: [&str; 2] = ["nf_send_reset", "nf_send_reset6"];
 
@@ -354,6 +361,17 @@ impl Tracer {
             )
             .map_max_entries(names::REMOTES, opts.max_remote_ips)
             .map_max_entries(names::EVENTS, opts.ring_size)
+            .override_global(names::USER_STACKS, &u8::from(opts.user_stacks), true)
+            // A stack map's entries are allocated when it is made: one
+            // unless asked for.
+            .map_max_entries(
+                names::USER_STACK_TRACES,
+                if opts.user_stacks {
+                    USER_STACK_ENTRIES
+                } else {
+                    1
+                },
+            )
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
 
@@ -765,9 +783,18 @@ impl Tracer {
         map.get(&pid, 0).ok()
     }
 
-    /// Return addresses of a stack the kernel stored, innermost first.
+    /// Return addresses of a kernel stack the kernel stored, innermost first.
     pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
-        let map = self.ebpf.map(names::STACK_TRACES)?;
+        self.stack_in(names::STACK_TRACES, id)
+    }
+
+    /// An actor's user-space stack (`--user-stacks`), innermost first.
+    pub fn user_stack(&self, id: i32) -> Option<Vec<u64>> {
+        self.stack_in(names::USER_STACK_TRACES, id)
+    }
+
+    fn stack_in(&self, map: &str, id: i32) -> Option<Vec<u64>> {
+        let map = self.ebpf.map(map)?;
         let stacks = StackTraceMap::try_from(map).ok()?;
         let st = stacks.get(&u32::try_from(id).ok()?, 0).ok()?;
         Some(st.frames().iter().map(|f| f.ip).collect())
@@ -1008,6 +1035,7 @@ mod tests {
             },
             drop_reason_causes: vec![],
             emit_events: true,
+            user_stacks: false,
             events_per_sec: 0,
             max_remote_ips: 16,
             ring_size: 4096,

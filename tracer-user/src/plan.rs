@@ -58,6 +58,7 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
             cause::drop_reason_table(&f.reasons, &scope.drop_causes)
         }),
         emit_events: !args.summary_only || args.pcap.is_some(),
+        user_stacks: args.user_stacks,
         events_per_sec: events_per_sec(args),
         max_remote_ips: args.max_remote_ips,
         ring_size: args.ring_size,

@@ -141,6 +141,7 @@ pub async fn trace(
         namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
             crate::attribution::nft::owners::Owners::new(args.ruleset_owner.clone()),
         )),
+        user_stacks: Default::default(),
     };
 
     let deadline = async {
@@ -367,6 +368,7 @@ fn drain(
             |id| tracer.stack(id),
             |c| tracer.nft_chain(c),
             |pid| tracer.kill(pid),
+            |id| tracer.user_stack(id),
         );
         if let Some(rst) = rst {
             tally.observe(&rst);

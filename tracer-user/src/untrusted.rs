@@ -195,6 +195,16 @@ pub mod hostile {
                 // A user pattern matched: the agent is named by its comm.
                 agent: Some(comm()),
                 agent_via: None,
+                // Symbol and file names come from the process's own files.
+                stack: Some(crate::attribution::ustack::UserStack {
+                    frames: vec![crate::attribution::ustack::Frame {
+                        addr: 0x5555_0000_1000,
+                        function: Some(comm()),
+                        offset: Some(0x1c),
+                        file: Some(exe()),
+                    }],
+                    complete: false,
+                }),
             }),
             agent: Some(comm()),
             labels: vec!["security-agent".into()],

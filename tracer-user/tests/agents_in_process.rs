@@ -9,48 +9,15 @@ mod support;
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     os::fd::IntoRawFd as _,
-    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use support::{Netns, Trace, connect_from, out_rsts_here, scenario::assert_reset};
 
-/// Where the VM image carries the library (built on the host by
-/// `cargo xtask vm-test`: the VM has no compiler).
-const VM_LIBRARY: &str = "/usr/lib/rsttrace-vm/libmodsecurity.so.3";
 /// Set for the server process: the library it loads.
 const SERVER_ENV: &str = "RSTTRACE_STANDIN_LIBRARY";
 const CLIENT: &str = "127.64.0.1";
 const N: usize = 5;
-
-/// The stand-in library: the VM's copy, else built here with the host's C
-/// compiler (.ci/run installs gcc-12); no compiler fails the test.
-fn standin_library() -> PathBuf {
-    if Path::new(VM_LIBRARY).exists() {
-        return VM_LIBRARY.into();
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/modsecurity.c");
-    let dir = std::env::temp_dir().join(format!("rsttrace-standin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("libmodsecurity.so.3");
-    let cc = ["cc", "gcc", "gcc-12"]
-        .into_iter()
-        .find(|cc| {
-            Command::new(cc)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("a C compiler (cc, gcc or gcc-12) builds the stand-in library");
-    let status = Command::new(cc)
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{cc} failed on {}", src.display());
-    out
-}
 
 /// The server, run as its own process (so that no other test's process
 /// has the library mapped) by `modsecurity_loaded_in_the_server_is_named`:
@@ -103,7 +70,12 @@ fn standin_server() {
 /// line and the diagnosis.
 #[test]
 fn modsecurity_loaded_in_the_server_is_named() {
-    let library = standin_library();
+    let standin = support::standin(
+        "modsecurity.c",
+        "libmodsecurity.so.3",
+        &["-shared", "-fPIC", "-O2"],
+    );
+    let library = &standin.path;
     let ns = Netns::new("modsec");
     let trace = Trace::watch(&ns, &[]);
     let path = format!("/run/netns/{}", ns.name);
@@ -113,7 +85,7 @@ fn modsecurity_loaded_in_the_server_is_named() {
         .args(["netns", "exec", &ns.name])
         .arg(&exe)
         .args(["standin_server", "--exact", "--ignored", "--nocapture"])
-        .env(SERVER_ENV, &library)
+        .env(SERVER_ENV, library)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -141,9 +113,6 @@ fn modsecurity_loaded_in_the_server_is_named() {
     drop(server.stdin.take());
     let status = server.wait().unwrap();
     assert!(status.success(), "the server: {status}");
-    if library != Path::new(VM_LIBRARY) {
-        let _ = std::fs::remove_dir_all(library.parent().unwrap());
-    }
     assert_eq!(sent, N as u64, "OutRsts delta in the namespace");
     let via = library.to_str().unwrap();
     for e in out.assert_exactly(&ns, CLIENT, sent, "linger-abort") {

@@ -92,7 +92,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "stack_causes,netfilter,blocklists,injected,drops,scope,exits,agents_in_process"
+            default_value = "stack_causes,netfilter,blocklists,injected,drops,scope,exits,agents_in_process,user_stacks"
         )]
         tests: Vec<String>,
         #[arg(long, default_value_t = 2)]

@@ -39,6 +39,9 @@ pub struct Actor {
     /// `-javaagent:` argument it was seen by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_via: Option<Untrusted>,
+    /// Its user-space stack at the RST (`--user-stacks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<crate::attribution::ustack::UserStack>,
 }
 
 /// The process holding a socket.
@@ -150,6 +153,7 @@ impl ActorResolver {
             cgroup,
             agent,
             agent_via,
+            stack: None,
         }
     }
 

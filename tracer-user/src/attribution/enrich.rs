@@ -22,6 +22,7 @@ use crate::{
             names::{Named, Namer},
         },
         nftmon::{Author, SharedLog, Verdict},
+        ustack::UserStacks,
     },
     clock::BootClock,
     kernel::ksyms::Kallsyms,
@@ -42,6 +43,8 @@ pub struct Enricher {
     /// Rules older than the trace, by matching against each namespace's
     /// ruleset.
     pub namer: RefCell<Namer>,
+    /// Symbolizes actors' user-space stacks (`--user-stacks`).
+    pub user_stacks: UserStacks,
 }
 
 impl Enricher {
@@ -108,16 +111,18 @@ impl Enricher {
     /// A RST from its kernel record: decoded, then enriched. `stack` looks
     /// a stack id up in the kernel's stack map, `nft_chain` an nftables
     /// chain's (table, chain) names by its kernel address.
-    /// `kill` a process's last fatal signal (`KILLS`).
+    /// `kill` a process's last fatal signal (`KILLS`), `user_stack` a
+    /// user-space stack by its id.
     pub fn rst(
         &mut self,
         ev: &RstEvent,
         stack: impl Fn(i32) -> Option<Vec<u64>>,
         nft_chain: impl FnOnce(u64) -> Option<(Untrusted, Untrusted)>,
         kill: impl Fn(u32) -> Option<KillRecord>,
+        user_stack: impl FnOnce(i32) -> Option<Vec<u64>>,
     ) -> Option<Rst> {
         let rst = decode::decode(ev, &self.reasons, &self.clock)?;
-        Some(self.enrich(rst, ev, stack, nft_chain, kill))
+        Some(self.enrich(rst, ev, stack, nft_chain, kill, user_stack))
     }
 
     fn enrich(
@@ -127,6 +132,7 @@ impl Enricher {
         stack: impl Fn(i32) -> Option<Vec<u64>>,
         nft_chain: impl FnOnce(u64) -> Option<(Untrusted, Untrusted)>,
         kill: impl Fn(u32) -> Option<KillRecord>,
+        user_stack: impl FnOnce(i32) -> Option<Vec<u64>>,
     ) -> Rst {
         let cause = rst.cause;
         let ksyms = self.ksyms.as_deref();
@@ -200,7 +206,15 @@ impl Enricher {
             .map(Untrusted::from);
         // Raw and packet sockets send in the injector's process context; a
         // module's RST may come from any context.
-        let actor = (cause::has_actor(cause) && module.is_none()).then(|| self.actors.resolve(ev));
+        let mut actor =
+            (cause::has_actor(cause) && module.is_none()).then(|| self.actors.resolve(ev));
+        // Symbolized now, while the process (and its mappings) most likely
+        // still exists.
+        if let Some(a) = actor.as_mut()
+            && ev.user_stack >= 0
+        {
+            a.stack = user_stack(ev.user_stack).map(|ips| self.user_stacks.symbolize(a.pid, &ips));
+        }
         // An actor that was exiting: why, and who ended it.
         let exit = actor
             .as_ref()

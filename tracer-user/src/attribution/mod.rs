@@ -4,7 +4,8 @@
 //! (`enrich`): the actor process (`actor`), known agents (`agents`), the BPF
 //! programs at a hook that dropped (`bpfprogs`), netfilter rules and
 //! their authors (`netfilter`, `nftmon`), and the rule and set element
-//! behind a reject or drop that predates the trace (`nft`).
+//! behind a reject or drop that predates the trace (`nft`), and the actor's
+//! user-space stack (`ustack`).
 
 pub mod actor;
 pub mod agents;
@@ -17,3 +18,4 @@ pub mod listeners;
 pub mod netfilter;
 pub mod nft;
 pub mod nftmon;
+pub mod ustack;

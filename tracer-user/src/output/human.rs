@@ -150,12 +150,34 @@ pub fn details(rst: &Rst) -> String {
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));
     }
+    if let Some(us) = rst.actor.as_ref().and_then(|a| a.stack.as_ref()) {
+        line.push_str(&format!(" user-stack={}", user_stack_text(us)));
+    }
     if let Some(stack) = &rst.stack {
         // The innermost frames name the path that needs a rule.
         let frames: Vec<String> = stack.iter().take(6).map(|f| f.to_string()).collect();
         line.push_str(&format!(" stack={}", frames.join("<-")));
     }
     line
+}
+
+/// `f+0x1c<-g+0x40<-main+0x9`, the innermost first; a frame without a
+/// symbol is its address. A walk that stopped before the entry point says
+/// so: the callers beyond were not unwound.
+fn user_stack_text(us: &crate::attribution::ustack::UserStack) -> String {
+    let mut frames: Vec<String> = us
+        .frames
+        .iter()
+        .map(|f| match (&f.function, f.offset) {
+            (Some(name), Some(off)) => format!("{name}+{off:#x}"),
+            (Some(name), None) => name.to_string(),
+            _ => format!("{:#x}", f.addr),
+        })
+        .collect();
+    if !us.complete {
+        frames.push("?(not unwound: no frame pointer)".to_string());
+    }
+    frames.join("<-")
 }
 
 /// `exiting`, `killed-by=pid/comm(SIGKILL)`, `killed-by=oom(SIGKILL)`
@@ -508,6 +530,7 @@ mod tests {
             namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
                 Default::default(),
             )),
+            user_stacks: Default::default(),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };
@@ -518,7 +541,7 @@ mod tests {
         (ev.local_port, ev.remote_port) = (80, 5000);
         let stack = vec![0xffff_ffff_8100_0010, 0xffff_ffff_c000_1010];
         let rst = enricher
-            .rst(&ev, |_| Some(stack.clone()), |_| None, |_| None)
+            .rst(&ev, |_| Some(stack.clone()), |_| None, |_| None, |_| None)
             .expect("decoded");
         assert_eq!(rst.labels, ["security-agent"]);
         let line = rst_text(&rst);
@@ -649,7 +672,9 @@ mod tests {
             r" cgroup=/user.slice/\x1b]0;cg\x07 ".to_string(),
             format!(" [security-agent: {comm}] "),
             format!(" table={table} chain={chain} rule-by=7/{comm} owner=9/{comm} "),
-            r" module=mod\x1b[8m stack=evil\x1b[A+0x1 [mod\x07]".to_string(),
+            format!(
+                r" module=mod\x1b[8m user-stack={comm}+0x1c<-?(not unwound: no frame pointer) stack=evil\x1b[A+0x1 [mod\x07]"
+            ),
         ] {
             assert!(line.contains(&part), "{part:?} not in {line:?}");
         }

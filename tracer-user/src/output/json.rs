@@ -344,6 +344,7 @@ mod tests {
                 container_id: None,
                 agent: None,
                 agent_via: None,
+                stack: None,
             }),
             ..Rst::example()
         };

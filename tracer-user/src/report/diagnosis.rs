@@ -373,6 +373,7 @@ mod tests {
                 container_id: None,
                 agent: agent.map(Into::into),
                 agent_via: None,
+                stack: None,
             }),
             ..Rst::example()
         }

@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
@@ -526,4 +527,65 @@ pub fn names_predating_nft_chains() -> bool {
         exists("/sys/module/nf_tables") && !exists("/sys/module/nf_tables/initstate");
     exists("/sys/bus/event_source/devices/kprobe/type")
         && (exists("/sys/kernel/btf/nf_tables") || nf_tables_builtin)
+}
+
+/// A stand-in program or library built from tests/standin/`src` with the C
+/// compiler `flags`, named `name`: the VM's copy under /usr/lib/rsttrace-vm
+/// (`cargo xtask vm-test` builds it on the host with the same flags, its
+/// `STANDINS`: the VM has no compiler), else built here with the host's C
+/// compiler (.ci/run installs gcc-12) in a directory of this test process's
+/// own, which `Standin` removes; no compiler fails the test.
+pub fn standin(src: &str, name: &str, flags: &[&str]) -> Standin {
+    let vm = Path::new("/usr/lib/rsttrace-vm").join(name);
+    if vm.exists() {
+        return Standin {
+            path: vm,
+            dir: None,
+        };
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/standin")
+        .join(src);
+    // One directory per build: tests of one binary run at once, and each
+    // removes its own when done.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("rsttrace-standin-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let cc = ["cc", "gcc", "gcc-12"]
+        .into_iter()
+        .find(|cc| {
+            Command::new(cc)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a C compiler (cc, gcc or gcc-12) builds the stand-ins");
+    let status = Command::new(cc)
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cc} failed on {}", src.display());
+    Standin {
+        path: out,
+        dir: Some(dir),
+    }
+}
+
+/// A built stand-in; a host build's directory goes with it.
+pub struct Standin {
+    pub path: PathBuf,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }

@@ -133,14 +133,17 @@ pub fn base(
         a.symlink(format!("/usr/local/bin/test-{name}"), exe);
         elves.push(exe.clone());
     }
-    match standin_library()? {
-        Some(so) => {
-            a.host_file(STANDIN_VM_PATH, &so, 0o755);
-            elves.push(so);
+    match standins()? {
+        Some(built) => {
+            for (vm_path, host) in built {
+                a.host_file(vm_path, &host, 0o755);
+                elves.push(host);
+            }
         }
         None => eprintln!(
             "xtask: vm: warning: no C compiler on this host (.ci/run installs gcc-12): the \
-             stand-in libmodsecurity.so.3 is left out, and agents_in_process fails in the VM"
+             stand-ins of tests/standin/ are left out, and agents_in_process and user_stacks \
+             fail in the VM"
         ),
     }
     for lib in shared_libraries(&elves)? {
@@ -208,18 +211,34 @@ pub fn write(
     Ok(())
 }
 
-/// Where tests/agents_in_process.rs finds its stand-in ModSecurity library
-/// in the VM (which has no compiler).
-const STANDIN_VM_PATH: &str = "/usr/lib/rsttrace-vm/libmodsecurity.so.3";
+/// The stand-ins of tracer-user/tests/standin/ the tests find in the VM
+/// (which has no compiler), built as the tests build them on a host
+/// (`support::standin`): VM path, source, compiler flags.
+const STANDINS: &[(&str, &str, &[&str])] = &[
+    // tests/agents_in_process.rs's stand-in ModSecurity.
+    (
+        "/usr/lib/rsttrace-vm/libmodsecurity.so.3",
+        "modsecurity.c",
+        &["-shared", "-fPIC", "-O2"],
+    ),
+    // tests/user_stacks.rs's server, with and without frame pointers.
+    (
+        "/usr/lib/rsttrace-vm/abort-server-fp",
+        "abort_server.c",
+        &["-O1", "-fno-omit-frame-pointer"],
+    ),
+    (
+        "/usr/lib/rsttrace-vm/abort-server-nofp",
+        "abort_server.c",
+        &["-O2", "-fomit-frame-pointer"],
+    ),
+];
 
-/// The stand-in library (tracer-user/tests/standin/modsecurity.c) built
-/// with the host's C compiler, or None without one.
-fn standin_library() -> Result<Option<PathBuf>> {
+/// The stand-ins built with the host's C compiler, or None without one.
+fn standins() -> Result<Option<Vec<(&'static str, PathBuf)>>> {
     let root = crate::workspace_root();
-    let src = root.join("tracer-user/tests/standin/modsecurity.c");
     let out_dir = root.join("target/vm/standin");
     std::fs::create_dir_all(&out_dir)?;
-    let out = out_dir.join("libmodsecurity.so.3");
     let Some(cc) = ["cc", "gcc", "gcc-12"].into_iter().find(|cc| {
         Command::new(cc)
             .arg("--version")
@@ -228,16 +247,23 @@ fn standin_library() -> Result<Option<PathBuf>> {
     }) else {
         return Ok(None);
     };
-    let status = Command::new(cc)
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .with_context(|| format!("running {cc}"))?;
-    if !status.success() {
-        bail!("{cc} failed on {}", src.display());
+    let mut built = Vec::new();
+    for (vm_path, src, flags) in STANDINS {
+        let src = root.join("tracer-user/tests/standin").join(src);
+        let out = out_dir.join(Path::new(vm_path).file_name().expect("a file name"));
+        let status = Command::new(cc)
+            .args(*flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .with_context(|| format!("running {cc}"))?;
+        if !status.success() {
+            bail!("{cc} failed on {}", src.display());
+        }
+        built.push((*vm_path, out));
     }
-    Ok(Some(out))
+    Ok(Some(built))
 }
 
 fn find_on_host(name: &str) -> Option<PathBuf> {

@@ -304,7 +304,9 @@ fn payload_name(
         2 => "th",
         _ => "ih",
     };
-    (format!("@{b},{},{}", offset * 8, len * 8), Kind::Number)
+    // In bits, as nft prints it; wide enough for any offset a rule holds.
+    let (offset, len) = (u64::from(offset) * 8, u64::from(len) * 8);
+    (format!("@{b},{offset},{len}"), Kind::Number)
 }
 
 fn value(k: Kind, d: &[u8]) -> String {
