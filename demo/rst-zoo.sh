@@ -132,6 +132,29 @@ time.sleep(0.3)
 subprocess.run([f"{tmp}/kill/falcon-sensor", "-9", str(pid)], check=True)
 os.waitpid(pid, 0)
 time.sleep(0.2)
+
+# linger-abort by a web-application firewall inside the server: httpd has
+# ModSecurity loaded and aborts blocked requests (SO_LINGER 0). rsttrace
+# names in-process agents by the libraries a process has mapped, so any
+# library under ModSecurity's file name stands in (a copy of libm here).
+import ctypes, shutil
+libm = next(l.split()[-1] for l in open("/proc/self/maps") if "/libm.so" in l)
+shutil.copy(libm, f"{tmp}/libmodsecurity.so.3")
+l5 = socket.socket(); l5.bind(("127.0.0.1", 8085)); l5.listen()
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(15, b"httpd")  # PR_SET_NAME
+    ctypes.CDLL(f"{tmp}/libmodsecurity.so.3")
+    for _ in range(2):
+        s, _ = l5.accept(); s.recv(1024)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
+    time.sleep(1)  # alive while rsttrace reads its maps
+    os._exit(0)
+for i in range(2):
+    c = conn("127.90.0.8", 8085)[0]; c.send(b"GET /?id=1%27%20OR%201=1 HTTP/1.1\r\n\r\n")
+    try: c.recv(1)
+    except OSError: pass
+os.waitpid(pid, 0)
 PY
 echo "rst-zoo: done"
 # RST_ZOO_HOLD=N keeps the namespace N seconds more: a trace names the
