@@ -73,15 +73,20 @@ const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 
 /// The stack's id in `STACK_TRACES`, without the program's own frames.
 pub fn stack_id<C: StackIdContext>(ctx: &C, which: Rules) -> i32 {
-    let skip = which.skip();
+    stack_in(ctx, &STACK_TRACES, which.skip())
+}
+
+/// The current stack's id in `map`, -1 when it could not be stored.
+#[inline(always)]
+fn stack_in<C: StackIdContext>(ctx: &C, map: &StackTrace, flags: u64) -> i32 {
     // Another stack in the same bucket: without taking the bucket over the
     // event would go without its stack (a netfilter RST without its hook,
     // seen with many tests' stacks in one trace). The stack it replaces
     // belongs to an older event, almost always read by now.
-    match ctx.get_stackid(&STACK_TRACES, skip) {
+    match ctx.get_stackid(map, flags) {
         Ok(id) => id as i32,
         Err(EEXIST) => ctx
-            .get_stackid(&STACK_TRACES, skip | BPF_F_REUSE_STACKID)
+            .get_stackid(map, flags | BPF_F_REUSE_STACKID)
             .map_or(-1, |id| id as i32),
         Err(_) => -1,
     }
@@ -108,15 +113,7 @@ pub fn user_stack_id<C: StackIdContext>(ctx: &C, cause: u8) -> i32 {
     if unsafe { core::ptr::read_volatile(&USER_STACKS) } == 0 || !crate::count::has_actor(cause) {
         return -1;
     }
-    // A stack in the same bucket belongs to an older event, read by now
-    // (see `stack_id`).
-    match ctx.get_stackid(&USER_STACK_TRACES, BPF_F_USER_STACK) {
-        Ok(id) => id as i32,
-        Err(EEXIST) => ctx
-            .get_stackid(&USER_STACK_TRACES, BPF_F_USER_STACK | BPF_F_REUSE_STACKID)
-            .map_or(-1, |id| id as i32),
-        Err(_) => -1,
-    }
+    stack_in(ctx, &USER_STACK_TRACES, BPF_F_USER_STACK)
 }
 
 #[map]
