@@ -2,7 +2,8 @@
 //! terminal, pcap tools and metrics scrapers: a process name set with
 //! prctl(PR_SET_NAME), an executable path with a newline, nftables table
 //! and chain names with control bytes (the nft CLI refuses them, the
-//! kernel does not). rsttrace must show them escaped and nothing raw.
+//! kernel does not), the path of a library the server has loaded. rsttrace
+//! must show them escaped and nothing raw.
 
 mod support;
 
@@ -27,6 +28,10 @@ const TABLE: &[u8] = b"t\x1b]0;nft\x07";
 const TABLE_TEXT: &str = r"t\x1b]0;nft\x07";
 const CHAIN: &[u8] = b"c\x1b[2J\n";
 const CHAIN_TEXT: &str = r"c\x1b[2J\x0a";
+/// The directory of a library loaded in the aborting server under
+/// ModSecurity's file name: its path is shown as `agent-via`.
+const WAF_DIR: &[u8] = b"w\x1b]0;waf\x07";
+const WAF_DIR_TEXT: &str = r"w\x1b]0;waf\x07";
 
 const ABORTED: &str = "127.77.0.1";
 const KILLED: &str = "127.77.0.2";
@@ -45,6 +50,25 @@ fn assert_reset(mut c: TcpStream) {
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let err = c.read(&mut [0u8; 1]).expect_err("reset expected");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+}
+
+/// Loads the stand-in ModSecurity library (tests/standin/modsecurity.c)
+/// from `dir`/`WAF_DIR` into this process: rsttrace names the module by
+/// that path.
+fn load_waf_library(dir: &std::path::Path) {
+    let standin = support::standin(
+        "modsecurity.c",
+        "libmodsecurity.so.3",
+        &["-shared", "-fPIC", "-O2"],
+    );
+    let waf = dir.join(std::ffi::OsStr::from_bytes(WAF_DIR));
+    std::fs::create_dir_all(&waf).unwrap();
+    let lib = waf.join("libmodsecurity.so.3");
+    std::fs::copy(&standin.path, &lib).unwrap();
+    let path = std::ffi::CString::new(lib.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; the library stays loaded (no dlclose).
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    assert!(!handle.is_null(), "dlopen {lib:?} failed");
 }
 
 /// A server thread named `COMM` closes a connection with unread data:
@@ -376,6 +400,7 @@ fn hostile_names_are_escaped_in_text_pcapng_and_metrics() {
         .find(|p| std::path::Path::new(p).exists())
         .expect("ss (iproute2) is installed");
     std::fs::copy(ss, &killer).unwrap();
+    load_waf_library(&dir);
     let pcap = dir.join("out.pcapng");
     let trace = Trace::start_text_in(
         Some(&ns),
@@ -428,6 +453,13 @@ fn hostile_names_are_escaped_in_text_pcapng_and_metrics() {
     let aborted = line_to(ABORTED);
     assert!(aborted.contains(" abort-on-close "), "{aborted}");
     assert!(aborted.contains(&format!("/{COMM_TEXT}")), "{aborted}");
+    assert!(
+        aborted.contains(&format!(
+            "[security-agent: ModSecurity] agent-via={}/{WAF_DIR_TEXT}/libmodsecurity.so.3",
+            dir.display()
+        )),
+        "{aborted}"
+    );
     let killed = line_to(KILLED);
     assert!(killed.contains(" socket-killed "), "{killed}");
     assert!(killed.contains(&format!("/{KILLER_TEXT} ")), "{killed}");
@@ -445,7 +477,7 @@ fn hostile_names_are_escaped_in_text_pcapng_and_metrics() {
         format!(": add table ip {TABLE_TEXT}\n"),
         format!(": add chain ip {TABLE_TEXT} {CHAIN_TEXT}\n"),
         format!(": add rule ip {TABLE_TEXT} {CHAIN_TEXT} handle "),
-        format!("): {COMM_TEXT} closed connections without reading"),
+        format!("): {COMM_TEXT} (ModSecurity loaded) closed 1 connections without reading"),
         format!("): process {KILLER_TEXT} (security agent: {KILLER_TEXT}) destroyed"),
         format!("): a REJECT rule added by {COMM_TEXT} answered"),
     ] {
@@ -464,13 +496,15 @@ fn hostile_names_are_escaped_in_text_pcapng_and_metrics() {
         assert_clean("pcapng comment", c, &[]);
     }
     let all = comments.concat();
-    for want in [COMM_TEXT, KILLER_TEXT, TABLE_TEXT, CHAIN_TEXT] {
+    for want in [COMM_TEXT, KILLER_TEXT, TABLE_TEXT, CHAIN_TEXT, WAF_DIR_TEXT] {
         assert!(
             all.windows(want.len()).any(|w| w == want.as_bytes()),
             "{want} in no comment: {comments:?}"
         );
     }
-    for raw in [COMM, KILLER, TABLE, CHAIN, b"\x1b["] {
+    // Whole names only: two bytes such as ESC '[' turn up by chance in
+    // the packets' binary headers (the comments are checked above).
+    for raw in [COMM, KILLER, TABLE, CHAIN, WAF_DIR] {
         assert!(
             !file.windows(raw.len()).any(|w| w == raw),
             "raw {raw:?} in the pcapng file"
