@@ -283,6 +283,7 @@ pub mod names {
         // Read-only globals userspace sets before load.
         ACTOR_CAUSES,
         BENCH_EMPTY,
+        BPF_EGRESS_CAUSE,
         BUDGETED_CAUSES,
         EGRESS_OFFSETS,
         EGRESS_STACK_RULES,

@@ -45,6 +45,10 @@ pub mod source {
     /// `tcp:tcp_receive_reset`: a RST this host received, the only source
     /// whose events carry `Cause::Received` (`Direction::In`).
     pub const RECEIVED: u8 = 2;
+    /// The egress hook: a segment of a TCP stack's socket that left as a
+    /// RST the stack did not send, through a device with tc/tcx egress
+    /// programs: one of them built or rewrote it.
+    pub const EGRESS_BPF: u8 = 4;
 }
 
 /// Key of the per-remote-IP counters: one entry per (remote address, cause,
@@ -125,7 +129,9 @@ pub struct RstEvent {
     /// `EXITING` | its `exit_code` (the killing signal in the low 7 bits,
     /// or the exit status << 8); 0 otherwise.
     pub exit: u32,
-    pub _pad2: u32,
+    /// For `source::EGRESS_BPF`: the device the RST left through; 0
+    /// otherwise.
+    pub ifindex: u32,
 }
 
 /// Flag in `RstEvent::exit`: the actor was exiting.

@@ -21,6 +21,14 @@
 //! `tcp_send_reset` sees every RST the TCP stack sends, the stack's other
 //! packets (control, time-wait and request sockets) stop at their socket
 //! too, and `tcp_send_reset` counts all of its RSTs for coverage.
+//!
+//! Except where a tc or tcx egress program may run: net_dev_queue fires
+//! after them, and a program may have turned the stack's segment into a
+//! RST (or built one in its place). A socket's segment is read on only
+//! when its device has egress programs (one more load of the device's
+//! egress pointer, NULL on every device without them); a RST there is the
+//! stack's own when `tcp_send_active_reset` (or another of the stack's
+//! send paths) is on the kernel stack, else a program's.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint},
@@ -57,6 +65,11 @@ pub fn stack_counted_at_send() -> bool {
 /// userspace from its cause rules.
 #[unsafe(no_mangle)]
 static USER_SOCKET_CAUSE: u8 = Cause::Unknown as u8;
+
+/// The cause of a RST a tc/tcx egress program made of a TCP stack's
+/// segment, set by userspace from its cause rules.
+#[unsafe(no_mangle)]
+static BPF_EGRESS_CAUSE: u8 = Cause::Unknown as u8;
 
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
@@ -130,6 +143,21 @@ fn full_socket<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<bool, i32> {
     Ok(sk_type == SOCK_STREAM)
 }
 
+/// The device `skb` leaves through when tc or tcx egress programs may run
+/// on it (its egress pointer is set), else 0.
+#[inline(always)]
+fn device_with_egress_programs<M: Mem>(skb: u64, o: &EgressOffsets) -> Result<u64, i32> {
+    if o.dev_egress == ABSENT {
+        return Ok(0);
+    }
+    let dev: u64 = M::read(skb + u64::from(o.skb_dev))?;
+    if dev == 0 {
+        return Ok(0);
+    }
+    let programs: u64 = M::read(dev + u64::from(o.dev_egress))?;
+    Ok(if programs == 0 { 0 } else { dev })
+}
+
 #[inline(always)]
 fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     if sk == 0 {
@@ -198,7 +226,9 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     } else {
         full_socket::<M>(sk, o)?
     };
-    if stop {
+    // Only devices with egress programs can send a stack socket's segment
+    // as a RST the stack did not make (see the module's comment).
+    if stop && device_with_egress_programs::<M>(skb, o)? == 0 {
         return Ok(0);
     }
     let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
@@ -217,7 +247,25 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
+    let mut ifindex = 0u32;
     let (cause, stack_id) = match origin {
+        // Stopped above but for its device's programs: recomputed, not
+        // kept live across the parse (see `stop`). A RST that needs no
+        // stack is one of the stack's not stopped (pre-6.10: time-wait,
+        // request and control sockets).
+        Origin::TcpStack if stack_counted_at_send() || full_socket::<M>(sk, o)? => {
+            if matches!(
+                stack::cause_from_stack(ctx, stack::Rules::Egress, 0),
+                Some(c) if u32::from(c) == RULE_TCP_STACK
+            ) {
+                // The stack's own, counted at send.
+                return Ok(0);
+            }
+            let dev: u64 = M::read(skb + u64::from(o.skb_dev))?;
+            ifindex = M::read(dev + u64::from(o.dev_ifindex))?;
+            // SAFETY: a read-only global that userspace sets before load.
+            (unsafe { core::ptr::read_volatile(&BPF_EGRESS_CAUSE) }, -1)
+        }
         Origin::TcpStack => {
             count_tcp_stack();
             return Ok(0);
@@ -288,11 +336,15 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         remote_port: p.dport,
         family: p.family,
         cause,
-        source: source::EGRESS,
+        source: if ifindex != 0 {
+            source::EGRESS_BPF
+        } else {
+            source::EGRESS
+        },
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
         exit: 0,
-        _pad2: 0,
+        ifindex,
     });
     Ok(0)
 }

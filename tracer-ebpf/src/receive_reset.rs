@@ -73,7 +73,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
         exit: 0,
-        _pad2: 0,
+        ifindex: 0,
     });
     Ok(0)
 }

@@ -437,7 +437,7 @@ fn attribute<M: Mem, C: StackIdContext>(
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
         exit: 0,
-        _pad2: 0,
+        ifindex: 0,
     });
     Ok(0)
 }

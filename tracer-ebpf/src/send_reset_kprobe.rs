@@ -103,7 +103,7 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
         exit: 0,
-        _pad2: 0,
+        ifindex: 0,
     });
     Ok(0)
 }

@@ -338,6 +338,11 @@ impl Tracer {
                 &(crate::attribution::cause::USER_SOCKET as u8),
                 true,
             )
+            .override_global(
+                names::BPF_EGRESS_CAUSE,
+                &(crate::attribution::cause::BPF_EGRESS as u8),
+                true,
+            )
             .override_global(names::EVENTS_PER_SEC, &opts.events_per_sec, true)
             .override_global(
                 names::BUDGETED_CAUSES,

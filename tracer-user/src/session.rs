@@ -141,6 +141,7 @@ pub async fn trace(
         namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
             crate::attribution::nft::owners::Owners::new(args.ruleset_owner.clone()),
         )),
+        egress_programs: Default::default(),
     };
 
     let deadline = async {

@@ -1,9 +1,11 @@
-//! RSTs built outside the TCP stack: raw and packet sockets, and a kernel
-//! module of the tests' own.
+//! RSTs built outside the TCP stack: raw and packet sockets, a kernel
+//! module of the tests' own, and a tc egress program of the tests' own.
 
 mod support;
 
-use support::{Netns, Trace, scenario::*};
+use std::io::{ErrorKind, Read as _, Write as _};
+
+use support::{Netns, Trace, fdinfo_field, load_program, scenario::*};
 
 #[test]
 fn injected_from_raw_and_packet_sockets() {
@@ -127,4 +129,172 @@ fn injected_by_a_kernel_module() {
         assert!(e.get("actor").is_none_or(|a| a.is_null()), "no actor: {e}");
         assert_eq!(e["local_port"], 7801, "{e}");
     }
+}
+
+/// A tc egress program on the server's veth rewrites the flags of the
+/// server's data segments to one client into RST|ACK as they leave (in
+/// place: the TCP stack sent a data segment of a full socket, the wire
+/// carries a RST). The client's read fails with ECONNRESET; each copy of
+/// the segment that left (the first, and the stack's retransmissions of
+/// it, counted by the server namespace's RetransSegs) is `injected` with
+/// the program named: its id, name and tag as the kernel gives them for
+/// the test's own fd, the device, this process as its holder and its pin.
+/// The server then aborts with SO_LINGER 0 through the same device: the
+/// stack's own RST, `linger-abort`, with no program.
+#[test]
+fn rst_made_by_a_tc_egress_program_names_the_program() {
+    tc_egress_rewrite("tcrst", 214, &[]);
+}
+
+/// The same through the raw build of net_dev_queue (probe reads).
+#[test]
+fn rst_made_by_a_tc_egress_program_in_the_raw_build() {
+    tc_egress_rewrite("tcrsr", 215, &["--debug-no-tp-btf"]);
+}
+
+fn tc_egress_rewrite(tag: &str, net: u8, extra: &[&str]) {
+    const PORT: u16 = 7272;
+    let (cli, srv) = (format!("10.{net}.0.1"), format!("10.{net}.0.2"));
+    let bpffs = support::kit::BpfFs::mount(tag);
+    let prog = load_sched_cls_resetting_data_to(
+        cli.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+        PORT,
+        "rsttrace_t_rst",
+    );
+    let pin = bpffs.pin(&prog, "reset_data");
+    let client = Netns::new(&format!("{tag}-c"));
+    let server = Netns::new(&format!("{tag}-s"));
+    let (cdev, sdev) = (format!("rtr{net}-c"), format!("rtr{net}-s"));
+    support::veth(
+        (&client, &cdev, &[&format!("{cli}/24")]),
+        (&server, &sdev, &[&format!("{srv}/24")]),
+    );
+    server.exec(&["tc", "qdisc", "add", "dev", &sdev, "clsact"]);
+    server.exec(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        &sdev,
+        "egress",
+        "bpf",
+        "da",
+        "object-pinned",
+        pin.to_str().unwrap(),
+    ]);
+    let to = format!("{srv}:{PORT}");
+    let listener = server.run({
+        let to = to.clone();
+        move || std::net::TcpListener::bind(&to).unwrap()
+    });
+    let trace = Trace::watch(&server, extra);
+    let retrans = || server.run(|| support::tcp_mib_here("RetransSegs"));
+    let mut conn = client.run({
+        let to = to.clone();
+        move || std::net::TcpStream::connect(&to).unwrap()
+    });
+    let (mut accepted, _) = listener.accept().unwrap();
+    let before = retrans();
+    accepted.write_all(b"reset by a tc program").unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let err = conn.read(&mut [0u8; 64]).expect_err("reset expected");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    // The stack's own RST now, before a retransmission timer fires again.
+    socket2::SockRef::from(&accepted)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(accepted);
+    let injected = 1 + retrans() - before;
+    let out = trace.stop();
+    drop(listener);
+    let evs = out.rsts_to(&cli);
+    let by_cause = |c: &str| evs.iter().filter(|e| e["cause"] == c).count() as u64;
+    assert_eq!(
+        (
+            by_cause("injected"),
+            by_cause("linger-abort"),
+            evs.len() as u64
+        ),
+        (injected, 1, injected + 1),
+        "{evs:?}"
+    );
+    assert_eq!(
+        out.remote(&cli).unwrap()["by_cause"],
+        serde_json::json!({"injected": injected, "linger-abort": 1}),
+        "{}",
+        out.summary
+    );
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let program = serde_json::json!({
+        "id": fdinfo_field(&prog, "prog_id:").parse::<u32>().unwrap(),
+        "name": "rsttrace_t_rst",
+        "tag": fdinfo_field(&prog, "prog_tag:"),
+        "attach": "tc-egress",
+        "device": sdev,
+        "holder": {"pid": std::process::id(), "comm": comm.trim()},
+        "pin": pin.to_str().unwrap(),
+        "agent": null,
+    });
+    for e in &evs {
+        assert_eq!(
+            (&e["local_ip"], &e["local_port"], &e["remote_port"]),
+            (
+                &srv.as_str().into(),
+                &PORT.into(),
+                &conn.local_addr().unwrap().port().into()
+            ),
+            "{e}"
+        );
+        assert_eq!(e["netns"], server.inode(), "{e}");
+        if e["cause"] == "injected" {
+            assert_eq!(e["bpf_program"], program, "{e}");
+            assert_eq!(
+                e["actor"],
+                serde_json::Value::Null,
+                "the program, not a process: {e}"
+            );
+        } else {
+            assert_eq!(e.get("bpf_program"), None, "the stack's own: {e}");
+        }
+    }
+    drop(prog);
+}
+
+/// An eBPF tc program (BPF_PROG_TYPE_SCHED_CLS) named `name` that sets the
+/// TCP flags of IPv4 segments from port `sport` to `dst` with PSH set
+/// (data) to RST|ACK, by direct packet access, and passes every packet
+/// (TC_ACT_OK). The checksum is left alone: on a veth the TCP stack's
+/// segments are CHECKSUM_PARTIAL, which the peer accepts unchecked.
+fn load_sched_cls_resetting_data_to(dst: [u8; 4], sport: u16, name: &str) -> std::os::fd::OwnedFd {
+    // Header bytes as a little-endian load of them reads them.
+    let dst = u32::from_le_bytes(dst) as i32;
+    let sport = i32::from(u16::from_le_bytes(sport.to_be_bytes()));
+    const PASS: i16 = 19;
+    let to_pass = |at: i16| PASS - (at + 1);
+    // (code, dst, src, off, imm)
+    let prog: [(u8, u8, u8, i16, i32); 21] = [
+        (0x61, 2, 1, 76, 0),              // r2 = skb->data
+        (0x61, 3, 1, 80, 0),              // r3 = skb->data_end
+        (0xbf, 4, 2, 0, 0),               // r4 = r2
+        (0x07, 4, 0, 0, 54),              // r4 += Ethernet, IP and TCP headers
+        (0x2d, 4, 3, to_pass(4), 0),      // shorter: pass
+        (0x69, 5, 2, 12, 0),              // r5 = ethertype
+        (0x55, 5, 0, to_pass(6), 0x0008), // IPv4, else pass
+        (0x71, 5, 2, 14, 0),              // r5 = version and IHL
+        (0x55, 5, 0, to_pass(8), 0x45),   // no IP options, else pass
+        (0x71, 5, 2, 23, 0),              // r5 = protocol
+        (0x55, 5, 0, to_pass(10), 6),     // TCP, else pass
+        (0x61, 5, 2, 30, 0),              // r5 = destination address
+        (0x55, 5, 0, to_pass(12), dst),   // to dst, else pass
+        (0x69, 5, 2, 34, 0),              // r5 = source port
+        (0x55, 5, 0, to_pass(14), sport), // from sport, else pass
+        (0x71, 5, 2, 47, 0),              // r5 = TCP flags
+        (0x57, 5, 0, 0, 0x08),            // r5 &= PSH
+        (0x15, 5, 0, to_pass(17), 0),     // no data: pass
+        (0x72, 2, 0, 47, 0x14),           // TCP flags = RST|ACK
+        (0xb7, 0, 0, 0, 0),               // pass: r0 = TC_ACT_OK
+        (0x95, 0, 0, 0, 0),               // exit
+    ];
+    load_program(3, &prog, name) // BPF_PROG_TYPE_SCHED_CLS
 }

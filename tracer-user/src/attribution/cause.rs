@@ -216,6 +216,12 @@ pub fn no_full_socket_table() -> [u8; tcp_state::SLOTS] {
 /// IPS): built outside the TCP stack.
 pub const USER_SOCKET: Cause = Cause::Injected;
 
+/// A RST that a tc or tcx egress program made of a TCP stack's segment
+/// (rewrote its flags, or built one in its place, as Calico does for
+/// unknown mid-flow packets): built outside the TCP stack, whichever
+/// program it was (`bpf_program` names it).
+pub const BPF_EGRESS: Cause = Cause::Injected;
+
 /// Kernel functions that decide an egress RST that has no socket, in
 /// priority order. Modules come last: a RST built by a module that is not
 /// netfilter's reject is `injected`.
@@ -240,6 +246,9 @@ pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
     ("tcp_v6_send_response", EgressRule::TcpStack),
     ("tcp_v6_send_reset", EgressRule::TcpStack),
     ("tcp_v4_send_reset", EgressRule::TcpStack),
+    // A full socket's RST, seen when its device has egress programs: the
+    // stack built it, no program (the tcp_send_reset hook reported it).
+    ("tcp_send_active_reset", EgressRule::TcpStack),
 ];
 
 // The kernel takes each table in a fixed array: a rule past its end would

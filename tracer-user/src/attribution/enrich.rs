@@ -4,14 +4,19 @@
 //! module that built it and the kernel stack (kallsyms). The decode of the
 //! record itself is pure (`decode.rs`); this part reads the system.
 
-use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
-use tracer_common::{KillRecord, RstEvent, tcp_state};
+use tracer_common::{KillRecord, RstEvent, source, tcp_state};
 
 use crate::{
     attribution::{
         actor::ActorResolver,
-        agents,
+        agents, bpfprogs,
         cause::{self, Cause},
         decode::{self, Listener, Rst},
         exits,
@@ -42,7 +47,13 @@ pub struct Enricher {
     /// Rules older than the trace, by matching against each namespace's
     /// ruleset.
     pub namer: RefCell<Namer>,
+    /// The programs at a device's egress, by (namespace, ifindex), asked
+    /// again once `EGRESS_PROGRAMS_FRESH` old: a flood of RSTs from one
+    /// program asks netlink and /proc once.
+    pub egress_programs: HashMap<(u64, u32), (Instant, Vec<bpfprogs::BpfProgram>)>,
 }
+
+const EGRESS_PROGRAMS_FRESH: Duration = Duration::from_secs(2);
 
 impl Enricher {
     /// Who added a rule with `verdict` in namespace `netns` while we ran,
@@ -193,14 +204,37 @@ impl Enricher {
                 }
             }
         }
+        // A BPF program built it: its frame (JIT code, which kallsyms
+        // lists as module `bpf`), else a program at the egress of the
+        // device a stack socket's segment left through as a RST.
+        let frame = (cause == Cause::Injected)
+            .then(|| {
+                named.as_ref()?.iter().find_map(|(f, m)| {
+                    (m.as_deref() == Some("bpf"))
+                        .then(|| exits::parse_prog_symbol(f))
+                        .flatten()
+                })
+            })
+            .flatten();
+        let netns_path = || bpfprogs::netns_path(u64::from(ev.netns));
+        let bpf_program = match frame {
+            Some((tag, name)) => Some(bpfprogs::by_frame(netns_path().as_deref(), &tag, &name)),
+            None if ev.source == source::EGRESS_BPF => bpfprogs::one_of(egress_programs(
+                &mut self.egress_programs,
+                u64::from(ev.netns),
+                ev.ifindex,
+            )),
+            None => None,
+        };
         // A module built it: the first module frame names it.
-        let module = (cause == Cause::Injected)
+        let module = (cause == Cause::Injected && bpf_program.is_none())
             .then(|| named.as_ref()?.iter().find_map(|(_, m)| m.as_deref()))
             .flatten()
             .map(Untrusted::from);
         // Raw and packet sockets send in the injector's process context; a
-        // module's RST may come from any context.
-        let actor = (cause::has_actor(cause) && module.is_none()).then(|| self.actors.resolve(ev));
+        // module's or a program's RST may come from any context.
+        let actor = (cause::has_actor(cause) && module.is_none() && bpf_program.is_none())
+            .then(|| self.actors.resolve(ev));
         // An actor that was exiting: why, and who ended it.
         let exit = actor
             .as_ref()
@@ -222,7 +256,8 @@ impl Enricher {
                     .is_security_agent(&owner.lossy())
                     .then_some(owner)
             })
-            .or_else(|| agents::module_agent(&module.as_ref()?.lossy()).map(Untrusted::from));
+            .or_else(|| agents::module_agent(&module.as_ref()?.lossy()).map(Untrusted::from))
+            .or_else(|| bpf_program.as_ref()?.agent.map(Untrusted::from));
         let labels = if agent.is_some() {
             vec!["security-agent".to_string()]
         } else {
@@ -264,10 +299,34 @@ impl Enricher {
                 .map(|ips| ips.into_iter().map(|ip| symbolize(ksyms, ip)).collect()),
             netfilter,
             module,
+            bpf_program,
             owner: self.actors.owner_at(ev.sk_ino, rst.ts),
             ..rst
         }
     }
+}
+
+/// The programs at the egress of device `ifindex` of namespace `netns`
+/// (none where the namespace can't be entered), from `cache` while fresh.
+fn egress_programs(
+    cache: &mut HashMap<(u64, u32), (Instant, Vec<bpfprogs::BpfProgram>)>,
+    netns: u64,
+    ifindex: u32,
+) -> &[bpfprogs::BpfProgram] {
+    let now = Instant::now();
+    let entry = cache.entry((netns, ifindex)).or_insert((now, vec![]));
+    if entry.1.is_empty() || now.duration_since(entry.0) > EGRESS_PROGRAMS_FRESH {
+        entry.0 = now;
+        entry.1 = bpfprogs::netns_path(netns)
+            .map(|path| {
+                bpfprogs::at_device_egress(&path, ifindex).unwrap_or_else(|e| {
+                    log::debug!("programs at the egress of {ifindex} in netns {netns}: {e}");
+                    vec![]
+                })
+            })
+            .unwrap_or_default();
+    }
+    &entry.1
 }
 
 /// `function+0xoff [module]`, or the bare address when unresolvable.

@@ -147,6 +147,9 @@ pub fn details(rst: &Rst) -> String {
     if let Some(e) = &rst.exit {
         line.push_str(&format!(" {}", exit_text(e)));
     }
+    if let Some(p) = &rst.bpf_program {
+        line.push_str(&format!(" {}", program_text(p)));
+    }
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));
     }
@@ -508,6 +511,7 @@ mod tests {
             namer: std::cell::RefCell::new(crate::attribution::nft::names::Namer::new(
                 Default::default(),
             )),
+            egress_programs: Default::default(),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };
