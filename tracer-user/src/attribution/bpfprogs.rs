@@ -38,7 +38,8 @@ pub struct BpfProgram {
     pub tag: Option<String>,
     /// `tc-ingress`, `tc-egress`, `tcx-ingress`, `tcx-egress`, `xdp`,
     /// `cgroup-egress`, `cgroup-ingress`; `bpf` for a program named by its
-    /// frame on a kernel stack and found at none of them.
+    /// frame on a kernel stack and found at none of them; `egress` for what
+    /// tc and tcx programs at one device's egress share (`one_of`).
     pub attach: &'static str,
     pub device: Option<Untrusted>,
     /// The cgroup's path in the cgroup2 hierarchy (`/system.slice/x`).
@@ -178,7 +179,7 @@ pub fn one_of(progs: &[BpfProgram]) -> Option<BpfProgram> {
             attach: if progs.iter().all(|q| q.attach == p.attach) {
                 p.attach
             } else {
-                "tc-egress"
+                "egress"
             },
             device: p.device.clone(),
             cgroup: None,
@@ -679,6 +680,37 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_programs_at_a_hook_name_none() {
+        let p = |id: u32, attach: &'static str| BpfProgram {
+            id: Some(id),
+            name: Some(Untrusted::from("cil_to_netdev")),
+            tag: Some(format!("{id:016x}")),
+            attach,
+            device: Some(Untrusted::from("eth0")),
+            cgroup: None,
+            holder: Some((1, Untrusted::from("cilium-agent"))),
+            pin: None,
+            agent: Some("Cilium"),
+        };
+        assert_eq!(one_of(&[]), None);
+        assert_eq!(one_of(&[p(1, "tc-egress")]), Some(p(1, "tc-egress")));
+        assert_eq!(
+            one_of(&[p(1, "tc-egress"), p(2, "tcx-egress")]),
+            Some(BpfProgram {
+                id: None,
+                name: None,
+                tag: None,
+                attach: "egress",
+                device: Some(Untrusted::from("eth0")),
+                cgroup: None,
+                holder: None,
+                pin: None,
+                agent: Some("Cilium"),
+            })
+        );
+    }
 
     #[test]
     fn agents_by_program_name_pin_and_holder() {

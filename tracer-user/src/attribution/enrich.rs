@@ -204,17 +204,12 @@ impl Enricher {
                 }
             }
         }
-        // A BPF program built it: its frame (JIT code, which kallsyms
-        // lists as module `bpf`), else a program at the egress of the
-        // device a stack socket's segment left through as a RST.
+        // A BPF program built it: its frame on the stack (JIT code in the
+        // module area, which the module rule matched), else a program at
+        // the egress of the device a stack socket's segment left through
+        // as a RST.
         let frame = (cause == Cause::Injected)
-            .then(|| {
-                named.as_ref()?.iter().find_map(|(f, m)| {
-                    (m.as_deref() == Some("bpf"))
-                        .then(|| exits::parse_prog_symbol(f))
-                        .flatten()
-                })
-            })
+            .then(|| exits::bpf_program_in(ips.as_deref()?))
             .flatten();
         let netns_path = || bpfprogs::netns_path(u64::from(ev.netns));
         let bpf_program = match frame {

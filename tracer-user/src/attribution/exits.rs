@@ -188,6 +188,28 @@ fn sending_program(frames: &[u64], ksyms: Option<&Kallsyms>) -> Option<(KillProg
     ))
 }
 
+/// (tag, name) of the first BPF program among a kernel stack's `frames`
+/// (innermost first): a program that sent a RST from inside itself
+/// (`bpf_clone_redirect`). Programs come and go, so their symbols are read
+/// from /proc/kallsyms, not the start's copy: at most once a second.
+pub fn bpf_program_in(frames: &[u64]) -> Option<(String, String)> {
+    use std::time::Instant;
+    thread_local! {
+        static PROGS: std::cell::RefCell<Option<(Instant, std::rc::Rc<Vec<(u64, String)>>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let progs = PROGS.with_borrow_mut(|cached| {
+        let stale = cached
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(1));
+        if stale {
+            *cached = Some((Instant::now(), std::rc::Rc::new(bpf_symbols())));
+        }
+        cached.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
+    });
+    frames.iter().find_map(|ip| bpf_program_at(&progs, *ip))
+}
+
 /// (address, symbol) of every BPF program in /proc/kallsyms, sorted.
 fn bpf_symbols() -> Vec<(u64, String)> {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();

@@ -372,6 +372,42 @@ mod tests {
         );
     }
 
+    /// A RST a tc egress program made: the program as a drops row's
+    /// programs entry renders it (one renderer for both).
+    #[test]
+    fn injected_by_a_program_names_it() {
+        let rst = Rst {
+            cause: Cause::Injected,
+            bpf_program: Some(crate::attribution::bpfprogs::BpfProgram {
+                id: Some(7),
+                name: Some("rst_it".into()),
+                tag: Some("0123456789abcdef".into()),
+                attach: "tcx-egress",
+                device: Some("eth0".into()),
+                cgroup: None,
+                holder: Some((42, "agent".into())),
+                pin: None,
+                agent: None,
+            }),
+            ..Rst::example()
+        };
+        let v = serde_json::to_value(rst_line(&rst)).unwrap();
+        assert_eq!(
+            v["bpf_program"],
+            json!({
+                "id": 7, "name": "rst_it", "tag": "0123456789abcdef", "attach": "tcx-egress",
+                "device": "eth0", "holder": {"pid": 42, "comm": "agent"}, "pin": null,
+                "agent": null,
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(rst_line(&Rst::example()))
+                .unwrap()
+                .get("bpf_program"),
+            None
+        );
+    }
+
     #[test]
     fn unknown_rsts_carry_their_stack() {
         let rst = Rst {
