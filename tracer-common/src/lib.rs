@@ -24,6 +24,7 @@ mod pod {
     unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::StackRules {}
+    unsafe impl aya::Pod for super::StackRule {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
     unsafe impl aya::Pod for super::EgressOffsets {}
     unsafe impl aya::Pod for super::NftOffsets {}

@@ -24,11 +24,13 @@
 //!
 //! Except where a tc or tcx egress program may run: net_dev_queue fires
 //! after them, and a program may have turned the stack's segment into a
-//! RST (or built one in its place). A socket's segment is read on only
-//! when its device has egress programs (one more load of the device's
-//! egress pointer, NULL on every device without them); a RST there is the
-//! stack's own when `tcp_send_active_reset` (or another of the stack's
-//! send paths) is on the kernel stack, else a program's.
+//! RST (or built one in its place). A full socket's segment is read on
+//! only when its device has egress programs (one more load of the
+//! device's egress pointer, NULL on every device without them); a RST
+//! there is the stack's own when its send path for a full socket
+//! (`tcp_send_active_reset`) is on the kernel stack, else a program's.
+//! The stack's other sockets (time-wait, request, control) are not
+//! looked at again: their RSTs come from the stack's no-socket paths.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint},
@@ -65,11 +67,6 @@ pub fn stack_counted_at_send() -> bool {
 /// userspace from its cause rules.
 #[unsafe(no_mangle)]
 static USER_SOCKET_CAUSE: u8 = Cause::Unknown as u8;
-
-/// The cause of a RST a tc/tcx egress program made of a TCP stack's
-/// segment, set by userspace from its cause rules.
-#[unsafe(no_mangle)]
-static BPF_EGRESS_CAUSE: u8 = Cause::Unknown as u8;
 
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
@@ -119,6 +116,9 @@ enum Origin {
     /// Sent by the TCP stack without a full socket of its own (time-wait,
     /// request and control sockets): already attributed by tcp_send_reset.
     TcpStack,
+    /// A full TCP socket: the stack's own RST, or a program's at the
+    /// device's egress.
+    Full,
     /// A user's raw or packet socket.
     Socket,
     /// No socket: decided by the stack.
@@ -175,8 +175,9 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
     if sk_type == SOCK_STREAM {
-        // A full socket: stopped before the parse (see try_net_dev_queue).
-        return Ok(Origin::TcpStack);
+        // Stopped before the parse unless its device has egress programs
+        // (see try_net_dev_queue).
+        return Ok(Origin::Full);
     }
     if sk_type == SOCK_RAW {
         let protocol: u16 = M::read(sk + u64::from(o.sk_protocol))?;
@@ -221,14 +222,19 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     // (5.10's gave up on the BTF build otherwise). Where tcp_send_reset
     // counts the stack's RSTs, every socket of the stack stops here (a
     // full socket is one of them: the same first loads decide it).
-    let stop = if stack_counted_at_send() {
-        matches!(origin::<M>(sk, o)?, Origin::TcpStack)
+    let (stop, full) = if stack_counted_at_send() {
+        match origin::<M>(sk, o)? {
+            Origin::TcpStack => (true, false),
+            Origin::Full => (true, true),
+            _ => (false, false),
+        }
     } else {
-        full_socket::<M>(sk, o)?
+        let full = full_socket::<M>(sk, o)?;
+        (full, full)
     };
-    // Only devices with egress programs can send a stack socket's segment
+    // Only a device with egress programs can send a full socket's segment
     // as a RST the stack did not make (see the module's comment).
-    if stop && device_with_egress_programs::<M>(skb, o)? == 0 {
+    if stop && !(full && device_with_egress_programs::<M>(skb, o)? != 0) {
         return Ok(0);
     }
     let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
@@ -249,22 +255,15 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     };
     let mut ifindex = 0u32;
     let (cause, stack_id) = match origin {
-        // Stopped above but for its device's programs: recomputed, not
-        // kept live across the parse (see `stop`). A RST that needs no
-        // stack is one of the stack's not stopped (pre-6.10: time-wait,
-        // request and control sockets).
-        Origin::TcpStack if stack_counted_at_send() || full_socket::<M>(sk, o)? => {
-            if matches!(
-                stack::cause_from_stack(ctx, stack::Rules::Egress, 0),
-                Some(c) if u32::from(c) == RULE_TCP_STACK
-            ) {
+        // Here only because its device has egress programs.
+        Origin::Full => {
+            let Some(cause) = stack::full_socket_reset_cause(ctx) else {
                 // The stack's own, counted at send.
                 return Ok(0);
-            }
+            };
             let dev: u64 = M::read(skb + u64::from(o.skb_dev))?;
             ifindex = M::read(dev + u64::from(o.dev_ifindex))?;
-            // SAFETY: a read-only global that userspace sets before load.
-            (unsafe { core::ptr::read_volatile(&BPF_EGRESS_CAUSE) }, -1)
+            (cause, -1)
         }
         Origin::TcpStack => {
             count_tcp_stack();

@@ -38,13 +38,16 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         Ok(k) => cause::resolve_reasonless_rules(k),
         Err(_) => (StackRules::EMPTY, vec![]),
     };
-    let (egress_rules, egress_missing) = facts
+    let egress_rules = facts
         .ksyms
         .as_ref()
-        .map_or((StackRules::EMPTY, vec![]), |k| {
-            cause::resolve_egress_rules(k)
-        });
-    let bpf_egress = bpf_egress(facts, &egress_missing);
+        .map_or(StackRules::EMPTY, |k| cause::resolve_egress_rules(k).0);
+    let full_socket_reset = facts
+        .ksyms
+        .as_ref()
+        .ok()
+        .and_then(|k| cause::resolve_full_socket_reset(k));
+    let bpf_egress = bpf_egress(facts, full_socket_reset.is_some());
     let sent = args.direction.sent();
     let load = Options {
         send_reset: facts.send_reset.layout,
@@ -52,14 +55,18 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         reason_causes: cause::reason_table(&facts.send_reset.reasons),
         stack_rules,
         netns: facts.netns.clone().unwrap_or(NetnsOffsets::UNSET),
-        egress: facts.egress.clone().ok().map(|mut o| {
+        egress: facts.egress.clone().ok().map(|mut offsets| {
             // Without the means to tell the stack's RSTs from a program's,
-            // a stack socket's packets stay unread, as on every device
+            // a full socket's packets stay unread, as on every device
             // without egress programs.
             if bpf_egress.is_err() {
-                o.dev_egress = ABSENT;
+                offsets.dev_egress = ABSENT;
             }
-            (o, egress_rules)
+            crate::loader::Egress {
+                offsets,
+                rules: egress_rules,
+                full_socket_reset: full_socket_reset.unwrap_or(tracer_common::StackRule::NONE),
+            }
         }),
         kfree_skb: facts
             .kfree_skb
@@ -134,7 +141,7 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
 /// Whether RSTs a tc/tcx egress program made of a TCP stack's segment can
 /// be seen: the device's egress pointer to look at, and the stack's own
 /// send path on the kernel stack to tell its RSTs from a program's.
-fn bpf_egress(facts: &Facts, egress_missing: &[&str]) -> Result<(), String> {
+fn bpf_egress(facts: &Facts, full_socket_reset: bool) -> Result<(), String> {
     let o = facts
         .egress
         .as_ref()
@@ -151,7 +158,7 @@ fn bpf_egress(facts: &Facts, egress_missing: &[&str]) -> Result<(), String> {
             "{e}: the TCP stack's own RSTs could not be told from a program's"
         ));
     }
-    if egress_missing.contains(&"tcp_send_active_reset") {
+    if !full_socket_reset {
         return Err(
             "tcp_send_active_reset is not in /proc/kallsyms: the TCP stack's own \
                     RSTs could not be told from a program's"

@@ -143,6 +143,18 @@ fn injected_by_a_kernel_module() {
 /// stack's own RST, `linger-abort`, with no program.
 #[test]
 fn rst_made_by_a_tc_egress_program_names_the_program() {
+    // The BTF build must be the one that ran: a refused one falls back to
+    // the raw build without failing the trace.
+    let doctor = support::rsttrace_command(None)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.contains("net_dev_queue read kernel structures with plain loads")
+            && !doctor.contains("net_dev_queue refused"),
+        "{doctor}"
+    );
     tc_egress_rewrite("tcrst", 214, &[]);
 }
 

@@ -246,10 +246,27 @@ pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
     ("tcp_v6_send_response", EgressRule::TcpStack),
     ("tcp_v6_send_reset", EgressRule::TcpStack),
     ("tcp_v4_send_reset", EgressRule::TcpStack),
-    // A full socket's RST, seen when its device has egress programs: the
-    // stack built it, no program (the tcp_send_reset hook reported it).
-    ("tcp_send_active_reset", EgressRule::TcpStack),
 ];
+
+/// The TCP stack's send path for a full socket's own RST (aborts, resets
+/// on close, timeouts): on the kernel stack at the egress hook, a full
+/// socket's RST is the stack's, which tcp_send_reset reported; without
+/// it, a program at the device's egress made it (`BPF_EGRESS`).
+pub const FULL_SOCKET_RESET: &str = "tcp_send_active_reset";
+
+/// `FULL_SOCKET_RESET` as the egress program takes it; None where this
+/// kernel's symbols lack it (a full socket's packets are then not read).
+pub fn resolve_full_socket_reset(
+    ksyms: &crate::kernel::ksyms::Kallsyms,
+) -> Option<tracer_common::StackRule> {
+    let (start, end) = ksyms.range(FULL_SOCKET_RESET)?;
+    Some(tracer_common::StackRule {
+        start,
+        end,
+        cause: BPF_EGRESS as u32,
+        ..tracer_common::StackRule::NONE
+    })
+}
 
 // The kernel takes each table in a fixed array: a rule past its end would
 // be left out without a word and turn its cause off, so a table that does

@@ -194,9 +194,10 @@ fn sending_program(frames: &[u64], ksyms: Option<&Kallsyms>) -> Option<(KillProg
 /// from /proc/kallsyms, not the start's copy: at most once a second.
 pub fn bpf_program_in(frames: &[u64]) -> Option<(String, String)> {
     use std::time::Instant;
+    /// When read, and (address, symbol) of each program.
+    type Read = (Instant, std::rc::Rc<Vec<(u64, String)>>);
     thread_local! {
-        static PROGS: std::cell::RefCell<Option<(Instant, std::rc::Rc<Vec<(u64, String)>>)>> =
-            const { std::cell::RefCell::new(None) };
+        static PROGS: std::cell::RefCell<Option<Read>> = const { std::cell::RefCell::new(None) };
     }
     let progs = PROGS.with_borrow_mut(|cached| {
         let stale = cached
