@@ -45,7 +45,7 @@ pub mod source {
     /// `tcp:tcp_receive_reset`: a RST this host received, the only source
     /// whose events carry `Cause::Received` (`Direction::In`).
     pub const RECEIVED: u8 = 2;
-    /// The egress hook: a segment of a TCP stack's socket that left as a
+    /// The egress hook: a full TCP socket's segment that left as a
     /// RST the stack did not send, through a device with tc/tcx egress
     /// programs: one of them built or rewrote it.
     pub const EGRESS_BPF: u8 = 4;

@@ -475,7 +475,7 @@ impl Plan {
             }
         }
         if let Some(hook) = egress {
-            let what = "RSTs a tc/tcx egress BPF program made of a TCP stack's segment, \
+            let what = "RSTs a tc/tcx egress BPF program made of a full TCP socket's segment, \
                         the program named";
             match &probed.bpf_egress {
                 // What no kernel lets the egress hook see (XDP_TX, AF_PACKET

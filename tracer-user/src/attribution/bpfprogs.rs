@@ -1,5 +1,7 @@
 //! The BPF programs attached at the hook that dropped a segment (tc and
-//! tcx on a device, XDP, cgroup_skb on a cgroup), named once at report time, never per packet: the
+//! tcx on a device, XDP, cgroup_skb on a cgroup), or at the egress of the
+//! device a program's RST left through (`at_device_egress`, `by_frame`),
+//! named once at report time, never per packet: the
 //! kernel's drop reason says which hook dropped, not which program, so
 //! every program attached there in the drop's namespace is listed with its
 //! id, name, tag, the process holding it (an fd or a link) and its pin
