@@ -310,3 +310,152 @@ fn load_sched_cls_resetting_data_to(dst: [u8; 4], sport: u16, name: &str) -> std
     ];
     load_program(3, &prog, name) // BPF_PROG_TYPE_SCHED_CLS
 }
+
+/// A tc ingress program answers one client's SYNs itself, as a BPF
+/// dataplane answers a packet it refuses: it turns each SYN into a RST|ACK
+/// (ends swapped, ack = seq + 1), sends that back out the device with
+/// `bpf_clone_redirect` and drops the SYN. The RST has no socket and the
+/// program's frame is on the kernel stack where it leaves: each connect
+/// refused is one `injected` RST with the program named by its frame, as
+/// attached (tc-ingress of the server's device), this process its holder.
+#[test]
+fn rst_sent_by_a_tc_program_with_clone_redirect_names_it() {
+    const PORT: u16 = 7373;
+    let (cli, srv) = ("10.216.0.1", "10.216.0.2");
+    let bpffs = support::kit::BpfFs::mount("tccr");
+    let prog = load_sched_cls_answering_syns_from(
+        cli.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+        "rsttrace_t_syn",
+    );
+    let pin = bpffs.pin(&prog, "answer_syns");
+    let client = Netns::new("tccr-c");
+    let server = Netns::new("tccr-s");
+    let sdev = "rtb216-s";
+    support::veth(
+        (&client, "rtb216-c", &[&format!("{cli}/24")]),
+        (&server, sdev, &[&format!("{srv}/24")]),
+    );
+    server.exec(&["tc", "qdisc", "add", "dev", sdev, "clsact"]);
+    server.exec(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        sdev,
+        "ingress",
+        "bpf",
+        "da",
+        "object-pinned",
+        pin.to_str().unwrap(),
+    ]);
+    let trace = Trace::watch(&server, &[]);
+    let ports = client.run(move || {
+        (0..2)
+            .map(|_| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                let to: std::net::SocketAddr = format!("{srv}:{PORT}").parse().unwrap();
+                let err = s
+                    .connect_timeout(&to.into(), std::time::Duration::from_secs(10))
+                    .expect_err("refused by the program's RST");
+                assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+                s.local_addr().unwrap().as_socket().unwrap().port()
+            })
+            .collect::<Vec<u16>>()
+    });
+    let out = trace.stop();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let program = serde_json::json!({
+        "id": fdinfo_field(&prog, "prog_id:").parse::<u32>().unwrap(),
+        "name": "rsttrace_t_syn",
+        "tag": fdinfo_field(&prog, "prog_tag:"),
+        "attach": "tc-ingress",
+        "device": sdev,
+        "holder": {"pid": std::process::id(), "comm": comm.trim()},
+        "pin": pin.to_str().unwrap(),
+        "agent": null,
+    });
+    let evs = out.assert_exactly(&server, cli, 2, "injected");
+    let mut got: Vec<u16> = evs
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                (&e["local_ip"], &e["local_port"]),
+                (&srv.into(), &PORT.into()),
+                "{e}"
+            );
+            assert_eq!(e["bpf_program"], program, "{e}");
+            assert_eq!(e["actor"], serde_json::Value::Null, "{e}");
+            e["remote_port"].as_u64().unwrap() as u16
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want = ports;
+    want.sort_unstable();
+    assert_eq!(got, want);
+    drop(prog);
+}
+
+/// An eBPF tc program named `name` that answers each IPv4 SYN from `src`
+/// with a RST|ACK built in its place (Ethernet, IP and port ends swapped,
+/// seq 0, ack the SYN's seq + 1), sent out the device it came in on with
+/// `bpf_clone_redirect`, and drops the SYN (TC_ACT_SHOT); every other
+/// packet passes. Checksums are left alone: swapping the ends keeps the
+/// IP header's, and on a veth the peer takes the TCP one unchecked
+/// (CHECKSUM_PARTIAL).
+fn load_sched_cls_answering_syns_from(src: [u8; 4], name: &str) -> std::os::fd::OwnedFd {
+    let src = u32::from_le_bytes(src) as i32;
+    const PASS: i16 = 45;
+    let to_pass = |at: i16| PASS - (at + 1);
+    // (code, dst, src, off, imm)
+    let prog: [(u8, u8, u8, i16, i32); 47] = [
+        (0xbf, 6, 1, 0, 0),               // r6 = r1 (the skb, for the helper)
+        (0x61, 2, 1, 76, 0),              // r2 = skb->data
+        (0x61, 3, 1, 80, 0),              // r3 = skb->data_end
+        (0xbf, 4, 2, 0, 0),               // r4 = r2
+        (0x07, 4, 0, 0, 54),              // r4 += Ethernet, IP and TCP headers
+        (0x2d, 4, 3, to_pass(5), 0),      // shorter: pass
+        (0x69, 5, 2, 12, 0),              // r5 = ethertype
+        (0x55, 5, 0, to_pass(7), 0x0008), // IPv4, else pass
+        (0x71, 5, 2, 14, 0),              // r5 = version and IHL
+        (0x55, 5, 0, to_pass(9), 0x45),   // no IP options, else pass
+        (0x71, 5, 2, 23, 0),              // r5 = protocol
+        (0x55, 5, 0, to_pass(11), 6),     // TCP, else pass
+        (0x61, 5, 2, 26, 0),              // r5 = source address
+        (0x55, 5, 0, to_pass(13), src),   // from src, else pass
+        (0x71, 5, 2, 47, 0),              // r5 = TCP flags
+        (0x55, 5, 0, to_pass(15), 0x02),  // SYN alone, else pass
+        (0x61, 7, 2, 0, 0),               // swap the MAC addresses' first 4 bytes
+        (0x61, 8, 2, 6, 0),
+        (0x63, 2, 8, 0, 0),
+        (0x63, 2, 7, 6, 0),
+        (0x69, 7, 2, 4, 0), // and their last 2
+        (0x69, 8, 2, 10, 0),
+        (0x6b, 2, 8, 4, 0),
+        (0x6b, 2, 7, 10, 0),
+        (0x61, 7, 2, 26, 0), // swap the IP addresses
+        (0x61, 8, 2, 30, 0),
+        (0x63, 2, 8, 26, 0),
+        (0x63, 2, 7, 30, 0),
+        (0x69, 7, 2, 34, 0), // swap the ports
+        (0x69, 8, 2, 36, 0),
+        (0x6b, 2, 8, 34, 0),
+        (0x6b, 2, 7, 36, 0),
+        (0x61, 7, 2, 38, 0),    // r7 = seq
+        (0xdc, 7, 0, 0, 32),    // to host order
+        (0x07, 7, 0, 0, 1),     // r7 += 1
+        (0xdc, 7, 0, 0, 32),    // to network order
+        (0x63, 2, 7, 42, 0),    // ack = seq + 1
+        (0x62, 2, 0, 38, 0),    // seq = 0
+        (0x72, 2, 0, 47, 0x14), // TCP flags = RST|ACK
+        (0xbf, 1, 6, 0, 0),     // r1 = skb
+        (0x61, 2, 6, 40, 0),    // r2 = skb->ifindex
+        (0xb7, 3, 0, 0, 0),     // r3 = 0: to its egress
+        (0x85, 0, 0, 0, 13),    // bpf_clone_redirect
+        (0xb7, 0, 0, 0, 2),     // r0 = TC_ACT_SHOT: the SYN goes no further
+        (0x95, 0, 0, 0, 0),     // exit
+        (0xb7, 0, 0, 0, 0),     // pass: r0 = TC_ACT_OK
+        (0x95, 0, 0, 0, 0),     // exit
+    ];
+    load_program(3, &prog, name) // BPF_PROG_TYPE_SCHED_CLS
+}
