@@ -308,11 +308,12 @@ fn egress_programs(
     netns: u64,
     ifindex: u32,
 ) -> &[bpfprogs::BpfProgram] {
-    let now = Instant::now();
-    let entry = cache.entry((netns, ifindex)).or_insert((now, vec![]));
-    if entry.1.is_empty() || now.duration_since(entry.0) > EGRESS_PROGRAMS_FRESH {
-        entry.0 = now;
-        entry.1 = bpfprogs::netns_path(netns)
+    let key = (netns, ifindex);
+    let fresh = cache
+        .get(&key)
+        .is_some_and(|(at, _)| at.elapsed() <= EGRESS_PROGRAMS_FRESH);
+    if !fresh {
+        let progs = bpfprogs::netns_path(netns)
             .map(|path| {
                 bpfprogs::at_device_egress(&path, ifindex).unwrap_or_else(|e| {
                     log::debug!("programs at the egress of {ifindex} in netns {netns}: {e}");
@@ -320,8 +321,9 @@ fn egress_programs(
                 })
             })
             .unwrap_or_default();
+        cache.insert(key, (Instant::now(), progs));
     }
-    &entry.1
+    &cache[&key].1
 }
 
 /// `function+0xoff [module]`, or the bare address when unresolvable.
