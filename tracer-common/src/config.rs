@@ -243,6 +243,14 @@ pub struct EgressOffsets {
     /// a listener's accept queue is full when the first exceeds the second.
     pub sk_ack_backlog: u32,
     pub sk_max_ack_backlog: u32,
+    /// `sk_buff.dev`, `net_device.ifindex`.
+    pub skb_dev: u32,
+    pub dev_ifindex: u32,
+    /// The device's egress BPF pointer: `net_device.tcx_egress` (6.6+) or
+    /// `miniq_egress` (before), NULL while no tc/tcx egress program can
+    /// run there. `ABSENT` (no such field: a kernel without tc egress
+    /// classifiers): a full socket's segments are never read.
+    pub dev_egress: u32,
 }
 
 /// Offsets into nf_tables' structures (its module BTF), for naming the
@@ -288,6 +296,9 @@ impl EgressOffsets {
         socket_ino: ABSENT,
         sk_ack_backlog: ABSENT,
         sk_max_ack_backlog: ABSENT,
+        skb_dev: ABSENT,
+        dev_ifindex: ABSENT,
+        dev_egress: ABSENT,
     };
 }
 

@@ -67,7 +67,7 @@ causes! {
     NetfilterReject = 12, "netfilter-reject",
         "a netfilter rule answered with a reset (iptables/ip6tables `REJECT --reject-with tcp-reset`, nft `reject with tcp reset`)";
     Injected = 13, "injected",
-        "a RST built outside the TCP stack: raw or AF_PACKET socket (tcpkill, a userspace IPS), or a kernel module";
+        "a RST built outside the TCP stack: raw or AF_PACKET socket (tcpkill, a userspace IPS), a kernel module, or a tc egress BPF program";
     /// Not a cause of this host's: a RST it received (`--direction in|both`).
     Received = 14, "received",
         "a RST this host received";
@@ -289,6 +289,7 @@ pub mod names {
         EMIT_EVENTS,
         EVENTS_PER_SEC,
         FILTER,
+        FULL_SOCKET_RESET,
         FULL_LISTENER_CAUSES,
         KFREE_SKB_LAYOUT,
         NETNS_OFFSETS,

@@ -24,6 +24,7 @@ mod pod {
     unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::RstEvent {}
     unsafe impl aya::Pod for super::StackRules {}
+    unsafe impl aya::Pod for super::StackRule {}
     unsafe impl aya::Pod for super::NetnsOffsets {}
     unsafe impl aya::Pod for super::EgressOffsets {}
     unsafe impl aya::Pod for super::NftOffsets {}
@@ -93,7 +94,7 @@ mod tests {
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
         assert_eq!(size_of::<NetnsOffsets>(), 7 * 4);
-        assert_eq!(size_of::<EgressOffsets>(), 15 * 4);
+        assert_eq!(size_of::<EgressOffsets>(), 18 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
         assert_eq!(size_of::<SockAddrOffsets>(), 7 * 4);

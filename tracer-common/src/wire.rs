@@ -45,6 +45,10 @@ pub mod source {
     /// `tcp:tcp_receive_reset`: a RST this host received, the only source
     /// whose events carry `Cause::Received` (`Direction::In`).
     pub const RECEIVED: u8 = 2;
+    /// The egress hook: a full TCP socket's segment that left as a
+    /// RST the stack did not send, through a device with tc/tcx egress
+    /// programs: one of them built or rewrote it.
+    pub const EGRESS_BPF: u8 = 4;
 }
 
 /// Key of the per-remote-IP counters: one entry per (remote address, cause,
@@ -128,6 +132,10 @@ pub struct RstEvent {
     /// The actor's user-space stack in `USER_STACK_TRACES` (`--user-stacks`);
     /// negative when none was taken.
     pub user_stack: i32,
+    /// For `source::EGRESS_BPF`: the device the RST left through; 0
+    /// otherwise.
+    pub ifindex: u32,
+    pub _pad2: u32,
 }
 
 /// Flag in `RstEvent::exit`: the actor was exiting.

@@ -21,6 +21,16 @@
 //! `tcp_send_reset` sees every RST the TCP stack sends, the stack's other
 //! packets (control, time-wait and request sockets) stop at their socket
 //! too, and `tcp_send_reset` counts all of its RSTs for coverage.
+//!
+//! Except where a tc or tcx egress program may run: net_dev_queue fires
+//! after them, and a program may have turned the stack's segment into a
+//! RST (or built one in its place). A full socket's segment is read on
+//! only when its device has egress programs (one more load of the
+//! device's egress pointer, NULL on every device without them); a RST
+//! there is the stack's own when its send path for a full socket
+//! (`tcp_send_active_reset`) is on the kernel stack, else a program's.
+//! The stack's other sockets (time-wait, request, control) are not
+//! looked at again: their RSTs come from the stack's no-socket paths.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint},
@@ -106,6 +116,9 @@ enum Origin {
     /// Sent by the TCP stack without a full socket of its own (time-wait,
     /// request and control sockets): already attributed by tcp_send_reset.
     TcpStack,
+    /// A full TCP socket: the stack's own RST, or a program's at the
+    /// device's egress.
+    Full,
     /// A user's raw or packet socket.
     Socket,
     /// No socket: decided by the stack.
@@ -130,6 +143,21 @@ fn full_socket<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<bool, i32> {
     Ok(sk_type == SOCK_STREAM)
 }
 
+/// The device `skb` leaves through when tc or tcx egress programs may run
+/// on it (its egress pointer is set), else 0.
+#[inline(always)]
+fn device_with_egress_programs<M: Mem>(skb: u64, o: &EgressOffsets) -> Result<u64, i32> {
+    if o.dev_egress == ABSENT {
+        return Ok(0);
+    }
+    let dev: u64 = M::read(skb + u64::from(o.skb_dev))?;
+    if dev == 0 {
+        return Ok(0);
+    }
+    let programs: u64 = M::read(dev + u64::from(o.dev_egress))?;
+    Ok(if programs == 0 { 0 } else { dev })
+}
+
 #[inline(always)]
 fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     if sk == 0 {
@@ -147,8 +175,9 @@ fn origin<M: Mem>(sk: u64, o: &EgressOffsets) -> Result<Origin, i32> {
     }
     let sk_type: u16 = M::read(sk + u64::from(o.sk_type))?;
     if sk_type == SOCK_STREAM {
-        // A full socket: stopped before the parse (see try_net_dev_queue).
-        return Ok(Origin::TcpStack);
+        // Stopped before the parse unless its device has egress programs
+        // (see try_net_dev_queue).
+        return Ok(Origin::Full);
     }
     if sk_type == SOCK_RAW {
         let protocol: u16 = M::read(sk + u64::from(o.sk_protocol))?;
@@ -193,12 +222,19 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     // (5.10's gave up on the BTF build otherwise). Where tcp_send_reset
     // counts the stack's RSTs, every socket of the stack stops here (a
     // full socket is one of them: the same first loads decide it).
-    let stop = if stack_counted_at_send() {
-        matches!(origin::<M>(sk, o)?, Origin::TcpStack)
+    let (stop, full) = if stack_counted_at_send() {
+        match origin::<M>(sk, o)? {
+            Origin::TcpStack => (true, false),
+            Origin::Full => (true, true),
+            _ => (false, false),
+        }
     } else {
-        full_socket::<M>(sk, o)?
+        let full = full_socket::<M>(sk, o)?;
+        (full, full)
     };
-    if stop {
+    // Only a device with egress programs can send a full socket's segment
+    // as a RST the stack did not make (see the module's comment).
+    if stop && !(full && device_with_egress_programs::<M>(skb, o)? != 0) {
         return Ok(0);
     }
     let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
@@ -217,7 +253,18 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     let Some(scoped_ns) = filter::netns(f, false, read_ns) else {
         return Ok(0);
     };
+    let mut ifindex = 0u32;
     let (cause, stack_id) = match origin {
+        // Here only because its device has egress programs.
+        Origin::Full => {
+            let Some(cause) = stack::full_socket_reset_cause(ctx) else {
+                // The stack's own, counted at send.
+                return Ok(0);
+            };
+            let dev: u64 = M::read(skb + u64::from(o.skb_dev))?;
+            ifindex = M::read(dev + u64::from(o.dev_ifindex))?;
+            (cause, -1)
+        }
         Origin::TcpStack => {
             count_tcp_stack();
             return Ok(0);
@@ -288,11 +335,22 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         remote_port: p.dport,
         family: p.family,
         cause,
-        source: source::EGRESS,
+        source: if ifindex != 0 {
+            source::EGRESS_BPF
+        } else {
+            source::EGRESS
+        },
         _pad: 0,
         comm: [0; TASK_COMM_LEN],
         exit: 0,
-        user_stack: stack::user_stack_id(ctx, cause),
+        // A program's RST has no actor: the task is whoever sent the segment.
+        user_stack: if ifindex != 0 {
+            -1
+        } else {
+            stack::user_stack_id(ctx, cause)
+        },
+        ifindex,
+        _pad2: 0,
     });
     Ok(0)
 }

@@ -74,6 +74,8 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<u32, u32> {
         comm: [0; TASK_COMM_LEN],
         exit: 0,
         user_stack: -1,
+        ifindex: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

@@ -438,6 +438,8 @@ fn attribute<M: Mem, C: StackIdContext>(
         comm: [0; TASK_COMM_LEN],
         exit: 0,
         user_stack: stack::user_stack_id(ctx, cause),
+        ifindex: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

@@ -104,6 +104,8 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
         comm: [0; TASK_COMM_LEN],
         exit: 0,
         user_stack: -1,
+        ifindex: 0,
+        _pad2: 0,
     });
     Ok(0)
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
 };
-use tracer_common::{MAX_STACK_RULES, STACK_DEPTH, StackRules};
+use tracer_common::{MAX_STACK_RULES, STACK_DEPTH, StackRule, StackRules};
 
 #[unsafe(no_mangle)]
 static STACK_RULES: StackRules = StackRules::EMPTY;
@@ -19,6 +19,11 @@ static STACK_RULES: StackRules = StackRules::EMPTY;
 /// Rules for egress RSTs that have no socket (netfilter, modules).
 #[unsafe(no_mangle)]
 static EGRESS_STACK_RULES: StackRules = StackRules::EMPTY;
+
+/// The TCP stack's send path for a full socket's own RST; its `cause` is
+/// that of a full socket's RST sent without it on the stack (egress.rs).
+#[unsafe(no_mangle)]
+static FULL_SOCKET_RESET: StackRule = StackRule::NONE;
 
 #[derive(Clone, Copy)]
 pub enum Rules {
@@ -139,6 +144,35 @@ pub fn cause_from_stack<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: 
         core::ptr::read_volatile(slot)
     };
     (found != NO_MATCH).then_some(found as u8)
+}
+
+/// The cause of a full socket's RST at the egress hook: None when the TCP
+/// stack sent it (`FULL_SOCKET_RESET`'s function on the stack, or no
+/// stack to say otherwise), else that rule's cause. One range, not the
+/// egress rules: a second walk of those past the first would take the
+/// verifier over its limit.
+pub fn full_socket_reset_cause<C: aya_ebpf::EbpfContext>(ctx: &C) -> Option<u8> {
+    let which = Rules::Egress;
+    let buf = STACK_BUF.get_ptr_mut(which.scratch())?;
+    // SAFETY: buf is a per-CPU scratch of exactly the size passed.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            buf.cast(),
+            (STACK_DEPTH * 8) as u32,
+            which.skip(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    let frames = (n as usize / 8).min(STACK_DEPTH);
+    // SAFETY: a read-only global that userspace sets before load.
+    let rule = unsafe { core::ptr::read_volatile(&FULL_SOCKET_RESET) };
+    if rule.start == 0 || on_stack(buf, frames, rule.start, rule.end) {
+        return None;
+    }
+    Some(rule.cause as u8)
 }
 
 #[inline(always)]

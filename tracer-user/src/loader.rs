@@ -23,12 +23,22 @@ use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use tracer_common::{
     ABSENT, CidrKey, DropKey, EgressOffsets, KfreeSkbLayout, KillRecord, NetnsOffsets,
     NftChainNames, NftOffsets, RemoteKey, RemoteStats, SendResetLayout, SignalLayout,
-    SockAddrOffsets, StackRules, TaskOffsets, names, stat,
+    SockAddrOffsets, StackRule, StackRules, TaskOffsets, names, stat,
 };
 
 use crate::{attribution::cause::ReasonEntry, untrusted::Untrusted};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// What the egress program reads packets with and decides causes by.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub offsets: EgressOffsets,
+    pub rules: StackRules,
+    /// `cause::FULL_SOCKET_RESET`; `StackRule::NONE` where a full
+    /// socket's packets are not read (`offsets.dev_egress` ABSENT).
+    pub full_socket_reset: StackRule,
+}
 
 pub struct Options<'a> {
     pub send_reset: SendResetLayout,
@@ -39,7 +49,7 @@ pub struct Options<'a> {
     pub stack_rules: StackRules,
     pub netns: NetnsOffsets,
     /// `None` leaves the egress hook off (no BTF to read packets with).
-    pub egress: Option<(EgressOffsets, StackRules)>,
+    pub egress: Option<Egress>,
     /// Drop counting needs the egress offsets (to read packets) too.
     pub kfree_skb: KfreeSkbLayout,
     /// kfree_skb reason value -> drop cause, for the drop causes in scope.
@@ -292,18 +302,21 @@ impl Tracer {
         } else {
             KfreeSkbLayout::UNSET
         };
-        let (egress_offsets, egress_rules) = opts
-            .egress
-            .unwrap_or((EgressOffsets::UNSET, StackRules::EMPTY));
+        let egress = opts.egress.clone().unwrap_or(Egress {
+            offsets: EgressOffsets::UNSET,
+            rules: StackRules::EMPTY,
+            full_socket_reset: StackRule::NONE,
+        });
         let mut ebpf = EbpfLoader::new()
             .btf(opts.btf)
-            .override_global(names::EGRESS_OFFSETS, &egress_offsets, true)
+            .override_global(names::EGRESS_OFFSETS, &egress.offsets, true)
             .override_global(
                 names::STACK_COUNTED_AT_SEND,
                 &u8::from(stack_counted_at_send(opts)),
                 true,
             )
-            .override_global(names::EGRESS_STACK_RULES, &egress_rules, true)
+            .override_global(names::EGRESS_STACK_RULES, &egress.rules, true)
+            .override_global(names::FULL_SOCKET_RESET, &egress.full_socket_reset, true)
             .override_global(names::KFREE_SKB_LAYOUT, &kfree_skb, true)
             .override_global(names::FILTER, &opts.scope.filter, true)
             .override_global(
@@ -1028,7 +1041,11 @@ mod tests {
             reason_causes: vec![],
             stack_rules: StackRules::EMPTY,
             netns: NetnsOffsets::UNSET,
-            egress: Some((EgressOffsets::UNSET, StackRules::EMPTY)),
+            egress: Some(Egress {
+                offsets: EgressOffsets::UNSET,
+                rules: StackRules::EMPTY,
+                full_socket_reset: StackRule::NONE,
+            }),
             kfree_skb: KfreeSkbLayout {
                 netfilter_drop: 12,
                 ..KfreeSkbLayout::UNSET

@@ -42,6 +42,12 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         .ksyms
         .as_ref()
         .map_or(StackRules::EMPTY, |k| cause::resolve_egress_rules(k).0);
+    let full_socket_reset = facts
+        .ksyms
+        .as_ref()
+        .ok()
+        .and_then(|k| cause::resolve_full_socket_reset(k));
+    let bpf_egress = bpf_egress(facts, full_socket_reset.is_some());
     let sent = args.direction.sent();
     let load = Options {
         send_reset: facts.send_reset.layout,
@@ -49,7 +55,19 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         reason_causes: cause::reason_table(&facts.send_reset.reasons),
         stack_rules,
         netns: facts.netns.clone().unwrap_or(NetnsOffsets::UNSET),
-        egress: facts.egress.clone().ok().map(|o| (o, egress_rules)),
+        egress: facts.egress.clone().ok().map(|mut offsets| {
+            // Without the means to tell the stack's RSTs from a program's,
+            // a full socket's packets stay unread, as on every device
+            // without egress programs.
+            if bpf_egress.is_err() {
+                offsets.dev_egress = ABSENT;
+            }
+            crate::loader::Egress {
+                offsets,
+                rules: egress_rules,
+                full_socket_reset: full_socket_reset.unwrap_or(tracer_common::StackRule::NONE),
+            }
+        }),
         kfree_skb: facts
             .kfree_skb
             .as_ref()
@@ -84,6 +102,7 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         reason: facts.reason(),
         kprobes: facts.kprobes,
         egress: ok(&facts.egress),
+        bpf_egress,
         ksyms: ok(&facts.ksyms),
         missing_functions,
         nft: if sent {
@@ -118,6 +137,36 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         load,
         probed,
     })
+}
+
+/// Whether RSTs a tc/tcx egress program made of a TCP stack's segment can
+/// be seen: the device's egress pointer to look at, and the stack's own
+/// send path on the kernel stack to tell its RSTs from a program's.
+fn bpf_egress(facts: &Facts, full_socket_reset: bool) -> Result<(), String> {
+    let o = facts
+        .egress
+        .as_ref()
+        .map_err(|e| format!("{e}: needs kernel BTF"))?;
+    if o.dev_egress == ABSENT {
+        return Err(
+            "net_device has neither tcx_egress (6.6+) nor miniq_egress: a kernel \
+                    without tc egress classifiers, where no program can rewrite a segment"
+                .into(),
+        );
+    }
+    if let Err(e) = &facts.ksyms {
+        return Err(format!(
+            "{e}: the TCP stack's own RSTs could not be told from a program's"
+        ));
+    }
+    if !full_socket_reset {
+        return Err(
+            "tcp_send_active_reset is not in /proc/kallsyms: the TCP stack's own \
+                    RSTs could not be told from a program's"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn ok<T>(p: &Probe<T>) -> Result<(), String> {
@@ -216,6 +265,8 @@ pub struct Probed {
     pub kprobes: bool,
     /// The offsets for reading packets at the egress hook.
     pub egress: Result<(), String>,
+    /// RSTs a tc/tcx egress program made of a TCP stack's segment.
+    pub bpf_egress: Result<(), String>,
     pub ksyms: Result<(), String>,
     /// Kernel functions of the stack rules that were not found.
     pub missing_functions: Vec<&'static str>,
@@ -422,6 +473,26 @@ impl Plan {
                     what,
                     format!("{}: needs kernel BTF", why_not(&probed.egress)),
                 ),
+            }
+        }
+        if let Some(hook) = egress {
+            let what = "RSTs a tc/tcx egress BPF program made of a full TCP socket's segment, \
+                        the program named";
+            match &probed.bpf_egress {
+                // What no kernel lets the egress hook see (XDP_TX, AF_PACKET
+                // with PACKET_QDISC_BYPASS) is in the README, not a gap of
+                // this one.
+                Ok(()) => self.seen(
+                    what,
+                    format!(
+                        "{} on devices with egress programs (net_device's tcx_egress or \
+                         miniq_egress set), the stack's own told apart by \
+                         tcp_send_active_reset on the kernel stack; the program from netlink \
+                         and BPF_PROG_QUERY",
+                        hook.describe()
+                    ),
+                ),
+                Err(e) => self.unseen(what, e.clone()),
             }
         }
         if egress.is_some() {
@@ -805,6 +876,7 @@ mod tests {
             reason: true,
             kprobes: false,
             egress: Ok(()),
+            bpf_egress: Ok(()),
             ksyms: Ok(()),
             missing_functions: vec![],
             nft: Err("naming them needs kprobes, absent here".into()),
@@ -878,7 +950,7 @@ mod tests {
             p.one_line(),
             "attached to tcp:tcp_send_reset, net_dev_queue, skb:kfree_skb, \
              tcp:tcp_receive_reset, signal:signal_generate, oom:mark_victim on 6.18-test (1 of \
-             9 signals incomplete here: `rsttrace doctor` says what and why)"
+             10 signals incomplete here: `rsttrace doctor` says what and why)"
         );
         assert!(
             p.report().contains(
@@ -943,6 +1015,28 @@ mod tests {
         assert!(!p.one_line().contains("kfree_skb"), "{}", p.one_line());
         assert!(!p.report().contains("kfree_skb"), "{}", p.report());
         assert!(p.signals.iter().all(|s| s.what != DROPS), "{}", p.report());
+    }
+
+    /// A kernel whose net_device has no egress pointer: doctor says RSTs a
+    /// program made are not seen, and why.
+    #[test]
+    fn rsts_of_egress_programs_unseen_say_why() {
+        let probed = Probed {
+            bpf_egress: Err("net_device has neither tcx_egress nor miniq_egress".into()),
+            ..probed()
+        };
+        let p = told(&probed, &[Attached::new(Hook::NetDevQueue, Variant::Btf)]);
+        let s = p
+            .signals
+            .iter()
+            .find(|s| s.what.starts_with("RSTs a tc/tcx egress BPF program"))
+            .unwrap();
+        assert_eq!(s.hook, None);
+        assert!(
+            s.lost.as_deref().unwrap().contains("miniq_egress"),
+            "{}",
+            p.report()
+        );
     }
 
     /// No kernel BTF: no egress offsets, so no drop program either, though

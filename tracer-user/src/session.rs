@@ -142,6 +142,7 @@ pub async fn trace(
             crate::attribution::nft::owners::Owners::new(args.ruleset_owner.clone()),
         )),
         user_stacks: Default::default(),
+        egress_programs: Default::default(),
     };
 
     let deadline = async {

@@ -169,8 +169,8 @@ pub mod hostile {
     }
 
     /// A RST whose every string from outside is hostile: actor, agent,
-    /// owner, rule author, table, chain, module, stack, killer and the
-    /// killing BPF program.
+    /// owner, rule author, table, chain, module, stack, killer, the
+    /// killing BPF program and the RST's BPF program.
     pub fn rst() -> crate::attribution::decode::Rst {
         use crate::{
             attribution::actor::Actor, attribution::cause::Cause, attribution::decode::Family,
@@ -227,6 +227,17 @@ pub mod hostile {
                 ..Default::default()
             }),
             module: Some(Untrusted::from("mod\x1b[8m")),
+            bpf_program: Some(crate::attribution::bpfprogs::BpfProgram {
+                id: Some(5),
+                name: Some(chain()),
+                tag: Some("0123456789abcdef".into()),
+                attach: "tc-egress",
+                device: Some(table()),
+                cgroup: None,
+                holder: Some((6, comm())),
+                pin: Some(exe()),
+                agent: None,
+            }),
             owner: Some(crate::attribution::actor::Owner {
                 pid: 9,
                 comm: comm(),

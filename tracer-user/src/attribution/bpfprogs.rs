@@ -1,5 +1,7 @@
 //! The BPF programs attached at the hook that dropped a segment (tc and
-//! tcx on a device, XDP, cgroup_skb on a cgroup), named once at report time, never per packet: the
+//! tcx on a device, XDP, cgroup_skb on a cgroup), or at the egress of the
+//! device a program's RST left through (`at_device_egress`, `by_frame`),
+//! named once at report time, never per packet: the
 //! kernel's drop reason says which hook dropped, not which program, so
 //! every program attached there in the drop's namespace is listed with its
 //! id, name, tag, the process holding it (an fd or a link) and its pin
@@ -37,7 +39,9 @@ pub struct BpfProgram {
     pub name: Option<Untrusted>,
     pub tag: Option<String>,
     /// `tc-ingress`, `tc-egress`, `tcx-ingress`, `tcx-egress`, `xdp`,
-    /// `cgroup-egress`, `cgroup-ingress`.
+    /// `cgroup-egress`, `cgroup-ingress`; `bpf` for a program named by its
+    /// frame on a kernel stack and found at none of them; `egress` for what
+    /// tc and tcx programs at one device's egress share (`one_of`).
     pub attach: &'static str,
     pub device: Option<Untrusted>,
     /// The cgroup's path in the cgroup2 hierarchy (`/system.slice/x`).
@@ -121,6 +125,79 @@ struct Attached {
 /// Every program at `hooks` on the devices of namespace `netns` (a
 /// namespace file), named.
 pub fn at_hooks(netns: &Path, hooks: &[Hook]) -> Result<Vec<BpfProgram>, String> {
+    at(netns, hooks, None)
+}
+
+/// The tc and tcx programs at the egress of device `ifindex` of namespace
+/// `netns`, named: the programs that may have built a RST it sent.
+pub fn at_device_egress(netns: &Path, ifindex: u32) -> Result<Vec<BpfProgram>, String> {
+    at(netns, &[Hook::TcEgress], Some(ifindex))
+}
+
+/// The program whose frame is on a RST's kernel stack (it sent the RST
+/// from inside itself, with `bpf_clone_redirect`), by its tag and name
+/// (`bpf_prog_<tag>_<name>`): as attached at a tc or XDP hook of namespace
+/// `netns` where it is found there, else as loaded, its `attach` `bpf`
+/// (attached where rsttrace does not look).
+pub fn by_frame(netns: Option<&Path>, tag: &str, name: &str) -> BpfProgram {
+    let hooks = [Hook::TcIngress, Hook::TcEgress, Hook::Xdp];
+    if let Some(p) = netns
+        .and_then(|ns| at_hooks(ns, &hooks).ok())
+        .and_then(|ps| ps.into_iter().find(|p| p.tag.as_deref() == Some(tag)))
+    {
+        return p;
+    }
+    let id = program_names()
+        .into_iter()
+        .find(|(_, (_, t))| t == tag)
+        .map(|(id, _)| id);
+    let name = Some(Untrusted::from(name)).filter(|n| !n.as_bytes().is_empty());
+    let holder = id.and_then(|id| holders().remove(&id));
+    let pin = id.and_then(|id| pins().remove(&id));
+    let agent = agent_of(name.as_ref(), pin.as_ref(), holder.as_ref().map(|h| &h.1));
+    BpfProgram {
+        id,
+        name,
+        tag: Some(tag.to_string()),
+        attach: "bpf",
+        device: None,
+        cgroup: None,
+        holder,
+        pin,
+        agent,
+    }
+}
+
+/// What several programs at one hook share, none of them named: any of
+/// them may have built the RST.
+pub fn one_of(progs: &[BpfProgram]) -> Option<BpfProgram> {
+    match progs {
+        [] => None,
+        [p] => Some(p.clone()),
+        [p, ..] => Some(BpfProgram {
+            id: None,
+            name: None,
+            tag: None,
+            attach: if progs.iter().all(|q| q.attach == p.attach) {
+                p.attach
+            } else {
+                "egress"
+            },
+            device: p.device.clone(),
+            cgroup: None,
+            holder: None,
+            pin: None,
+            agent: progs
+                .iter()
+                .map(|q| q.agent)
+                .reduce(|a, b| if a == b { a } else { None })
+                .flatten(),
+        }),
+    }
+}
+
+/// At `hooks`, on every device or only on device `only`.
+fn at(netns: &Path, hooks: &[Hook], only: Option<u32>) -> Result<Vec<BpfProgram>, String> {
     let path = netns.to_path_buf();
     let cgroups = cgroup_programs(hooks);
     let hooks = hooks.to_vec();
@@ -136,7 +213,7 @@ pub fn at_hooks(netns: &Path, hooks: &[Hook]) -> Result<Vec<BpfProgram>, String>
                 std::io::Error::last_os_error()
             ));
         }
-        attached_here(&hooks)
+        attached_here(&hooks, only)
     })
     .join()
     .map_err(|_| "a netlink thread died".to_string())??;
@@ -195,7 +272,7 @@ const TC_INGRESS_PARENT: u32 = 0xFFFF_FFF2;
 const TC_EGRESS_PARENT: u32 = 0xFFFF_FFF3;
 
 /// In the calling thread's namespace.
-fn attached_here(hooks: &[Hook]) -> Result<Vec<Attached>, String> {
+fn attached_here(hooks: &[Hook], only: Option<u32>) -> Result<Vec<Attached>, String> {
     let fd = route_socket()?;
     let mut out = vec![];
     let mut links = vec![];
@@ -220,6 +297,9 @@ fn attached_here(hooks: &[Hook]) -> Result<Vec<Attached>, String> {
             }
         }
         let Some(name) = name else { continue };
+        if only.is_some_and(|only| i64::from(only) != i64::from(index)) {
+            continue;
+        }
         if let (Some(id), true) = (xdp, hooks.contains(&Hook::Xdp)) {
             out.push(Attached {
                 id: Some(id),
@@ -602,6 +682,37 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_programs_at_a_hook_name_none() {
+        let p = |id: u32, attach: &'static str| BpfProgram {
+            id: Some(id),
+            name: Some(Untrusted::from("cil_to_netdev")),
+            tag: Some(format!("{id:016x}")),
+            attach,
+            device: Some(Untrusted::from("eth0")),
+            cgroup: None,
+            holder: Some((1, Untrusted::from("cilium-agent"))),
+            pin: None,
+            agent: Some("Cilium"),
+        };
+        assert_eq!(one_of(&[]), None);
+        assert_eq!(one_of(&[p(1, "tc-egress")]), Some(p(1, "tc-egress")));
+        assert_eq!(
+            one_of(&[p(1, "tc-egress"), p(2, "tcx-egress")]),
+            Some(BpfProgram {
+                id: None,
+                name: None,
+                tag: None,
+                attach: "egress",
+                device: Some(Untrusted::from("eth0")),
+                cgroup: None,
+                holder: None,
+                pin: None,
+                agent: Some("Cilium"),
+            })
+        );
+    }
 
     #[test]
     fn agents_by_program_name_pin_and_holder() {

@@ -216,6 +216,12 @@ pub fn no_full_socket_table() -> [u8; tcp_state::SLOTS] {
 /// IPS): built outside the TCP stack.
 pub const USER_SOCKET: Cause = Cause::Injected;
 
+/// A RST that a tc or tcx egress program made of a TCP stack's segment
+/// (rewrote its flags, or built one in its place, as Calico does for
+/// unknown mid-flow packets): built outside the TCP stack, whichever
+/// program it was (`bpf_program` names it).
+pub const BPF_EGRESS: Cause = Cause::Injected;
+
 /// Kernel functions that decide an egress RST that has no socket, in
 /// priority order. Modules come last: a RST built by a module that is not
 /// netfilter's reject is `injected`.
@@ -241,6 +247,26 @@ pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
     ("tcp_v6_send_reset", EgressRule::TcpStack),
     ("tcp_v4_send_reset", EgressRule::TcpStack),
 ];
+
+/// The TCP stack's send path for a full socket's own RST (aborts, resets
+/// on close, timeouts): on the kernel stack at the egress hook, a full
+/// socket's RST is the stack's, which tcp_send_reset reported; without
+/// it, a program at the device's egress made it (`BPF_EGRESS`).
+pub const FULL_SOCKET_RESET: &str = "tcp_send_active_reset";
+
+/// `FULL_SOCKET_RESET` as the egress program takes it; None where this
+/// kernel's symbols lack it (a full socket's packets are then not read).
+pub fn resolve_full_socket_reset(
+    ksyms: &crate::kernel::ksyms::Kallsyms,
+) -> Option<tracer_common::StackRule> {
+    let (start, end) = ksyms.range(FULL_SOCKET_RESET)?;
+    Some(tracer_common::StackRule {
+        start,
+        end,
+        cause: BPF_EGRESS as u32,
+        ..tracer_common::StackRule::NONE
+    })
+}
 
 // The kernel takes each table in a fixed array: a rule past its end would
 // be left out without a word and turn its cause off, so a table that does

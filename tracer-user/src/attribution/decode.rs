@@ -54,6 +54,10 @@ pub struct Rst {
     pub netfilter: Option<Netfilter>,
     /// The kernel module that built an injected RST.
     pub module: Option<Untrusted>,
+    /// The BPF program that built an injected RST: its frame on the
+    /// stack, else the program at the egress of the device it left
+    /// through (what several there share, when several are).
+    pub bpf_program: Option<crate::attribution::bpfprogs::BpfProgram>,
     /// For `socket-killed`: the process that held the destroyed socket.
     pub owner: Option<Owner>,
     /// The listening socket behind the RST: for `listener-closed` the one
@@ -97,6 +101,7 @@ impl Rst {
             stack: None,
             netfilter: None,
             module: None,
+            bpf_program: None,
             owner: None,
             listener: None,
             exit: None,
@@ -146,6 +151,7 @@ pub fn decode(ev: &RstEvent, reasons: &BTreeMap<u64, String>, clock: &BootClock)
         stack: None,
         netfilter: None,
         module: None,
+        bpf_program: None,
         owner: None,
         listener: None,
         exit: None,

@@ -4,14 +4,19 @@
 //! module that built it and the kernel stack (kallsyms). The decode of the
 //! record itself is pure (`decode.rs`); this part reads the system.
 
-use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
-use tracer_common::{KillRecord, RstEvent, tcp_state};
+use tracer_common::{KillRecord, RstEvent, source, tcp_state};
 
 use crate::{
     attribution::{
         actor::ActorResolver,
-        agents,
+        agents, bpfprogs,
         cause::{self, Cause},
         decode::{self, Listener, Rst},
         exits,
@@ -45,7 +50,13 @@ pub struct Enricher {
     pub namer: RefCell<Namer>,
     /// Symbolizes actors' user-space stacks (`--user-stacks`).
     pub user_stacks: UserStacks,
+    /// The programs at a device's egress, by (namespace, ifindex), asked
+    /// again once `EGRESS_PROGRAMS_FRESH` old: a flood of RSTs from one
+    /// program asks netlink and /proc once.
+    pub egress_programs: HashMap<(u64, u32), (Instant, Vec<bpfprogs::BpfProgram>)>,
 }
+
+const EGRESS_PROGRAMS_FRESH: Duration = Duration::from_secs(2);
 
 impl Enricher {
     /// Who added a rule with `verdict` in namespace `netns` while we ran,
@@ -199,15 +210,32 @@ impl Enricher {
                 }
             }
         }
+        // A BPF program built it: its frame on the stack (JIT code in the
+        // module area, which the module rule matched), else a program at
+        // the egress of the device a stack socket's segment left through
+        // as a RST.
+        let frame = (cause == Cause::Injected)
+            .then(|| exits::bpf_program_in(ips.as_deref()?))
+            .flatten();
+        let netns_path = || bpfprogs::netns_path(u64::from(ev.netns));
+        let bpf_program = match frame {
+            Some((tag, name)) => Some(bpfprogs::by_frame(netns_path().as_deref(), &tag, &name)),
+            None if ev.source == source::EGRESS_BPF => bpfprogs::one_of(egress_programs(
+                &mut self.egress_programs,
+                u64::from(ev.netns),
+                ev.ifindex,
+            )),
+            None => None,
+        };
         // A module built it: the first module frame names it.
-        let module = (cause == Cause::Injected)
+        let module = (cause == Cause::Injected && bpf_program.is_none())
             .then(|| named.as_ref()?.iter().find_map(|(_, m)| m.as_deref()))
             .flatten()
             .map(Untrusted::from);
         // Raw and packet sockets send in the injector's process context; a
-        // module's RST may come from any context.
-        let mut actor =
-            (cause::has_actor(cause) && module.is_none()).then(|| self.actors.resolve(ev));
+        // module's or a program's RST may come from any context.
+        let mut actor = (cause::has_actor(cause) && module.is_none() && bpf_program.is_none())
+            .then(|| self.actors.resolve(ev));
         // Symbolized now, while the process (and its mappings) most likely
         // still exists.
         if let Some(a) = actor.as_mut()
@@ -236,7 +264,8 @@ impl Enricher {
                     .is_security_agent(&owner.lossy())
                     .then_some(owner)
             })
-            .or_else(|| agents::module_agent(&module.as_ref()?.lossy()).map(Untrusted::from));
+            .or_else(|| agents::module_agent(&module.as_ref()?.lossy()).map(Untrusted::from))
+            .or_else(|| bpf_program.as_ref()?.agent.map(Untrusted::from));
         let labels = if agent.is_some() {
             vec!["security-agent".to_string()]
         } else {
@@ -278,10 +307,36 @@ impl Enricher {
                 .map(|ips| ips.into_iter().map(|ip| symbolize(ksyms, ip)).collect()),
             netfilter,
             module,
+            bpf_program,
             owner: self.actors.owner_at(ev.sk_ino, rst.ts),
             ..rst
         }
     }
+}
+
+/// The programs at the egress of device `ifindex` of namespace `netns`
+/// (none where the namespace can't be entered), from `cache` while fresh.
+fn egress_programs(
+    cache: &mut HashMap<(u64, u32), (Instant, Vec<bpfprogs::BpfProgram>)>,
+    netns: u64,
+    ifindex: u32,
+) -> &[bpfprogs::BpfProgram] {
+    let key = (netns, ifindex);
+    let fresh = cache
+        .get(&key)
+        .is_some_and(|(at, _)| at.elapsed() <= EGRESS_PROGRAMS_FRESH);
+    if !fresh {
+        let progs = bpfprogs::netns_path(netns)
+            .map(|path| {
+                bpfprogs::at_device_egress(&path, ifindex).unwrap_or_else(|e| {
+                    log::debug!("programs at the egress of {ifindex} in netns {netns}: {e}");
+                    vec![]
+                })
+            })
+            .unwrap_or_default();
+        cache.insert(key, (Instant::now(), progs));
+    }
+    &cache[&key].1
 }
 
 /// `function+0xoff [module]`, or the bare address when unresolvable.

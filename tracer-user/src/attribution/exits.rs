@@ -188,33 +188,58 @@ fn sending_program(frames: &[u64], ksyms: Option<&Kallsyms>) -> Option<(KillProg
     ))
 }
 
-/// (address, symbol) of every BPF program in /proc/kallsyms, sorted.
-fn bpf_symbols() -> Vec<(u64, String)> {
+/// (tag, name) of the first BPF program among a kernel stack's `frames`
+/// (innermost first): a program that sent a RST from inside itself
+/// (`bpf_clone_redirect`). Programs come and go, so their symbols are read
+/// from /proc/kallsyms, not the start's copy: at most once a second.
+pub fn bpf_program_in(frames: &[u64]) -> Option<(String, String)> {
+    use std::time::Instant;
+    /// When read, and what `bpf_symbols` read.
+    type Read = (Instant, std::rc::Rc<Vec<(u64, Option<String>)>>);
+    thread_local! {
+        static PROGS: std::cell::RefCell<Option<Read>> = const { std::cell::RefCell::new(None) };
+    }
+    let progs = PROGS.with_borrow_mut(|cached| {
+        let stale = cached
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(1));
+        if stale {
+            *cached = Some((Instant::now(), std::rc::Rc::new(bpf_symbols())));
+        }
+        cached.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
+    });
+    frames.iter().find_map(|ip| bpf_program_at(&progs, *ip))
+}
+
+/// Every function in /proc/kallsyms by address, sorted, with its name
+/// where it is a BPF program: a program's code ends where the next
+/// symbol starts, which may be a module's.
+fn bpf_symbols() -> Vec<(u64, Option<String>)> {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let mut out: Vec<(u64, String)> = text
+    let mut out: Vec<(u64, Option<String>)> = text
         .lines()
-        .filter(|l| l.ends_with("[bpf]"))
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let addr = u64::from_str_radix(f.next()?, 16).ok()?;
-            let name = f.nth(1)?;
-            name.starts_with("bpf_prog_")
-                .then(|| (addr, name.to_string()))
+            let kind = f.next()?;
+            if !matches!(kind, "t" | "T" | "w" | "W") {
+                return None;
+            }
+            let name = f.next()?;
+            let bpf = f.next() == Some("[bpf]") && name.starts_with("bpf_prog_");
+            Some((addr, bpf.then(|| name.to_string())))
         })
         .collect();
     out.sort_unstable();
     out
 }
 
-/// (tag, name) of the BPF program whose code holds `ip`.
-fn bpf_program_at(progs: &[(u64, String)], ip: u64) -> Option<(String, String)> {
-    let i = progs.partition_point(|(a, _)| *a <= ip);
-    let (start, sym) = progs.get(i.checked_sub(1)?)?;
-    // A program is at most a few pages of JIT code.
-    if ip - start > 1 << 20 {
-        return None;
-    }
-    parse_prog_symbol(sym)
+/// (tag, name) of the BPF program whose code holds `ip`: the function
+/// starting last at or before it is one.
+fn bpf_program_at(syms: &[(u64, Option<String>)], ip: u64) -> Option<(String, String)> {
+    let i = syms.partition_point(|(a, _)| *a <= ip);
+    let (_, sym) = syms.get(i.checked_sub(1)?)?;
+    parse_prog_symbol(sym.as_deref()?)
 }
 
 /// `bpf_prog_<16 hex tag>_<name>` (the name may be empty) -> (tag, name).

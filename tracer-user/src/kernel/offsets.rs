@@ -67,7 +67,20 @@ pub fn egress_offsets(b: &Btf) -> Result<tracer_common::EgressOffsets> {
         },
         sk_ack_backlog: m("sock", &["sk_ack_backlog"], 4)?,
         sk_max_ack_backlog: m("sock", &["sk_max_ack_backlog"], 4)?,
+        skb_dev: m("sk_buff", &["dev"], 8)?,
+        dev_ifindex: m("net_device", &["ifindex"], 4)?,
+        dev_egress: dev_egress_offset(b).unwrap_or(tracer_common::ABSENT),
     })
+}
+
+/// Where a device says whether tc or tcx egress programs may run on it:
+/// `tcx_egress` from 6.6 (tcx links and clsact's filters alike hang
+/// there), `miniq_egress` before (clsact's egress filters). Neither: a
+/// kernel built without tc egress classifiers (`CONFIG_NET_XGRESS` /
+/// `CONFIG_NET_CLS_ACT`), where no program can rewrite a segment there.
+pub fn dev_egress_offset(b: &Btf) -> Result<u32> {
+    b.offset("net_device", &["tcx_egress"], 8)
+        .or_else(|_| b.offset("net_device", &["miniq_egress"], 8))
 }
 
 /// Where a socket keeps its endpoints, for the BTF build of the

@@ -147,6 +147,9 @@ pub fn details(rst: &Rst) -> String {
     if let Some(e) = &rst.exit {
         line.push_str(&format!(" {}", exit_text(e)));
     }
+    if let Some(p) = &rst.bpf_program {
+        line.push_str(&format!(" {}", program_text(p)));
+    }
     if let Some(m) = &rst.module {
         line.push_str(&format!(" module={m}"));
     }
@@ -531,6 +534,7 @@ mod tests {
                 Default::default(),
             )),
             user_stacks: Default::default(),
+            egress_programs: Default::default(),
         };
         // SAFETY: plain data, every bit pattern valid.
         let mut ev: tracer_common::RstEvent = unsafe { std::mem::zeroed() };

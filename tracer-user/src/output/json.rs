@@ -41,6 +41,9 @@ struct RstLine<'a> {
     netfilter: Option<&'a Netfilter>,
     #[serde(skip_serializing_if = "Option::is_none")]
     module: Option<&'a crate::untrusted::Untrusted>,
+    /// `injected` by a BPF program: shaped like a drops row's programs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpf_program: Option<ProgramLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<&'a Owner>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,6 +209,7 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
         stack: rst.stack.as_deref(),
         netfilter: rst.netfilter.as_ref(),
         module: rst.module.as_ref(),
+        bpf_program: rst.bpf_program.as_ref().map(program_line),
         owner: rst.owner.as_ref(),
         listener: rst.listener.as_ref().map(|l| ListenerLine {
             port: l.port,
@@ -220,6 +224,23 @@ fn rst_line(rst: &Rst) -> RstLine<'_> {
             oom: e.oom,
             bpf_program: e.bpf_program.as_ref(),
         }),
+    }
+}
+
+fn program_line(p: &crate::attribution::bpfprogs::BpfProgram) -> ProgramLine<'_> {
+    ProgramLine {
+        id: p.id,
+        name: p.name.as_ref(),
+        tag: p.tag.as_deref(),
+        attach: p.attach,
+        device: p.device.as_ref(),
+        cgroup: p.cgroup.as_ref(),
+        holder: p
+            .holder
+            .as_ref()
+            .map(|(pid, comm)| HolderLine { pid: *pid, comm }),
+        pin: p.pin.as_ref(),
+        agent: p.agent,
     }
 }
 
@@ -263,24 +284,7 @@ fn summary_line(s: &Summary) -> SummaryLine<'_> {
                         count: l.count,
                     })
                     .collect(),
-                programs: d
-                    .programs
-                    .iter()
-                    .map(|p| ProgramLine {
-                        id: p.id,
-                        name: p.name.as_ref(),
-                        tag: p.tag.as_deref(),
-                        attach: p.attach,
-                        device: p.device.as_ref(),
-                        cgroup: p.cgroup.as_ref(),
-                        holder: p
-                            .holder
-                            .as_ref()
-                            .map(|(pid, comm)| HolderLine { pid: *pid, comm }),
-                        pin: p.pin.as_ref(),
-                        agent: p.agent,
-                    })
-                    .collect(),
+                programs: d.programs.iter().map(program_line).collect(),
                 by_location: &d.by_location,
                 first_seen: rfc3339(d.first_seen),
                 last_seen: rfc3339(d.last_seen),
@@ -366,6 +370,42 @@ mod tests {
                 "actor": {"pid": 42, "tid": 43, "comm": "server", "exe": null, "cgroup": "/user.slice", "container_id": null},
                 "labels": [],
             })
+        );
+    }
+
+    /// A RST a tc egress program made: the program as a drops row's
+    /// programs entry renders it (one renderer for both).
+    #[test]
+    fn injected_by_a_program_names_it() {
+        let rst = Rst {
+            cause: Cause::Injected,
+            bpf_program: Some(crate::attribution::bpfprogs::BpfProgram {
+                id: Some(7),
+                name: Some("rst_it".into()),
+                tag: Some("0123456789abcdef".into()),
+                attach: "tcx-egress",
+                device: Some("eth0".into()),
+                cgroup: None,
+                holder: Some((42, "agent".into())),
+                pin: None,
+                agent: None,
+            }),
+            ..Rst::example()
+        };
+        let v = serde_json::to_value(rst_line(&rst)).unwrap();
+        assert_eq!(
+            v["bpf_program"],
+            json!({
+                "id": 7, "name": "rst_it", "tag": "0123456789abcdef", "attach": "tcx-egress",
+                "device": "eth0", "holder": {"pid": 42, "comm": "agent"}, "pin": null,
+                "agent": null,
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(rst_line(&Rst::example()))
+                .unwrap()
+                .get("bpf_program"),
+            None
         );
     }
 

@@ -258,7 +258,7 @@ pub fn diagnose(r: &RemoteSummary, tally: &ActorTally) -> String {
             }
             None => "a netfilter REJECT rule answered: check the ruleset".to_string(),
         },
-        Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, or a kernel module)".to_string(),
+        Cause::Injected => "RSTs built outside the TCP stack (raw or packet socket, kernel module or BPF program)".to_string(),
         Cause::Unknown => "no rule explains these: the events carry the kernel stack; please report it".to_string(),
         Cause::Received => "this host received these RSTs: trace the peer with rsttrace".to_string(),
         Cause::ListenOverflow => match tally

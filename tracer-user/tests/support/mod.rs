@@ -589,3 +589,60 @@ impl Drop for Standin {
         }
     }
 }
+
+/// Loads a program of `prog_type` named `name` from (code, dst, src, off,
+/// imm) instructions.
+pub fn load_program(
+    prog_type: u32,
+    prog: &[(u8, u8, u8, i16, i32)],
+    name: &str,
+) -> std::os::fd::OwnedFd {
+    let mut insns = Vec::with_capacity(prog.len() * 8);
+    for &(code, dst, src, off, imm) in prog {
+        insns.push(code);
+        insns.push(dst | (src << 4));
+        insns.extend_from_slice(&off.to_ne_bytes());
+        insns.extend_from_slice(&imm.to_ne_bytes());
+    }
+    let license = b"GPL\0";
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
+    // log_level, log_size, log_buf, kern_version, prog_flags, prog_name.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&prog_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(prog.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    // Before 5.11 a program's memory counts against RLIMIT_MEMLOCK (EPERM
+    // past it: 64 KiB by default). Best effort: where the hard limit can't
+    // be raised, the kernel is new enough not to need it, and a refusal
+    // below says why all the same.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    let fd = bpf(5, &mut attr); // BPF_PROG_LOAD
+    // SAFETY: a fresh fd the kernel gave us.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// The bpf(2) syscall; panics with the error.
+pub fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> i32 {
+    // SAFETY: a zeroed bpf_attr of the size given, with valid pointers.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    assert!(r >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    r as i32
+}
+
+/// Field `name` ("prog_id:") of the fdinfo of our own fd `fd`.
+pub fn fdinfo_field(fd: &impl std::os::fd::AsRawFd, name: &str) -> String {
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} in {fdinfo}"))
+        .trim()
+        .to_string()
+}
