@@ -20,6 +20,12 @@ static STACK_RULES: StackRules = StackRules::EMPTY;
 #[unsafe(no_mangle)]
 static EGRESS_STACK_RULES: StackRules = StackRules::EMPTY;
 
+/// The functions of a netfilter REJECT that answers with an ICMP error,
+/// for the ICMP destination unreachables that quote a TCP segment; empty
+/// when `netfilter-reject-icmp` is out of scope.
+#[unsafe(no_mangle)]
+static EGRESS_ICMP_STACK_RULES: StackRules = StackRules::EMPTY;
+
 #[derive(Clone, Copy)]
 pub enum Rules {
     SendReset,
@@ -27,6 +33,8 @@ pub enum Rules {
     /// own frames of a raw tracepoint.
     SendResetBtf,
     Egress,
+    /// An ICMP error at the egress hook: `EGRESS_ICMP_STACK_RULES`.
+    EgressIcmp,
     /// signal_generate's raw build (`exits.rs`): stacks only, no rules.
     Signal,
     /// Its classic build.
@@ -49,7 +57,7 @@ impl Rules {
     fn scratch(self) -> u32 {
         match self {
             Rules::SendReset | Rules::SendResetBtf => 0,
-            Rules::Egress | Rules::Signal | Rules::SignalTp => 1,
+            Rules::Egress | Rules::EgressIcmp | Rules::Signal | Rules::SignalTp => 1,
         }
     }
 
@@ -57,7 +65,9 @@ impl Rules {
         match self {
             // A tracepoint program's stack starts at the traced code.
             Rules::SendReset | Rules::SignalTp => 0,
-            Rules::SendResetBtf | Rules::Egress | Rules::Signal => RAW_TP_OWN_FRAMES,
+            Rules::SendResetBtf | Rules::Egress | Rules::EgressIcmp | Rules::Signal => {
+                RAW_TP_OWN_FRAMES
+            }
         }
     }
 }
@@ -131,6 +141,7 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
     let rules = match which {
         Rules::SendReset | Rules::SendResetBtf => &STACK_RULES,
         Rules::Egress | Rules::Signal | Rules::SignalTp => &EGRESS_STACK_RULES,
+        Rules::EgressIcmp => &EGRESS_ICMP_STACK_RULES,
     };
     // SAFETY: a read-only global that userspace sets before load.
     let count = unsafe { core::ptr::read_volatile(&rules.count) } as usize;
@@ -155,6 +166,25 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
         return Some(rule.cause);
     }
     None
+}
+
+/// Whether `EGRESS_ICMP_STACK_RULES` has rules: checked before a stack
+/// is taken.
+#[inline(always)]
+pub fn icmp_rules() -> bool {
+    // SAFETY: a read-only global that userspace sets before load.
+    unsafe { core::ptr::read_volatile(&EGRESS_ICMP_STACK_RULES.count) != 0 }
+}
+
+/// Rule `i`'s function address in `EGRESS_ICMP_STACK_RULES` (its rules'
+/// cause is their index): where the ICMP error was decided.
+#[inline(always)]
+pub fn icmp_rule_start(i: u8) -> u64 {
+    match EGRESS_ICMP_STACK_RULES.rules.get(usize::from(i)) {
+        // SAFETY: as above.
+        Some(r) => unsafe { core::ptr::read_volatile(&r.start) },
+        None => 0,
+    }
 }
 
 /// Whether one of the first `frames` return addresses is in [start, end).

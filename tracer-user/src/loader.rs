@@ -40,6 +40,9 @@ pub struct Options<'a> {
     pub netns: NetnsOffsets,
     /// `None` leaves the egress hook off (no BTF to read packets with).
     pub egress: Option<(EgressOffsets, StackRules)>,
+    /// The egress rules of ICMP rejects (`netfilter-reject-icmp`); empty
+    /// when that cause is out of scope.
+    pub egress_icmp_rules: StackRules,
     /// Drop counting needs the egress offsets (to read packets) too.
     pub kfree_skb: KfreeSkbLayout,
     /// kfree_skb reason value -> drop cause, for the drop causes in scope.
@@ -297,6 +300,11 @@ impl Tracer {
                 true,
             )
             .override_global(names::EGRESS_STACK_RULES, &egress_rules, true)
+            .override_global(
+                names::EGRESS_ICMP_STACK_RULES,
+                &opts.egress_icmp_rules,
+                true,
+            )
             .override_global(names::KFREE_SKB_LAYOUT, &kfree_skb, true)
             .override_global(names::FILTER, &opts.scope.filter, true)
             .override_global(
@@ -1002,6 +1010,7 @@ mod tests {
             stack_rules: StackRules::EMPTY,
             netns: NetnsOffsets::UNSET,
             egress: Some((EgressOffsets::UNSET, StackRules::EMPTY)),
+            egress_icmp_rules: StackRules::EMPTY,
             kfree_skb: KfreeSkbLayout {
                 netfilter_drop: 12,
                 ..KfreeSkbLayout::UNSET

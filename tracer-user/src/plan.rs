@@ -50,6 +50,16 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         stack_rules,
         netns: facts.netns.clone().unwrap_or(NetnsOffsets::UNSET),
         egress: facts.egress.clone().ok().map(|o| (o, egress_rules)),
+        egress_icmp_rules: match &facts.ksyms {
+            Ok(k)
+                if scope
+                    .drop_causes
+                    .contains(&cause::DropCause::NetfilterRejectIcmp) =>
+            {
+                cause::resolve_egress_icmp_rules(k)
+            }
+            _ => StackRules::EMPTY,
+        },
         kfree_skb: facts
             .kfree_skb
             .as_ref()
@@ -809,7 +819,11 @@ mod tests {
             nft: Err("naming them needs kprobes, absent here".into()),
             netlink: true,
             kfree_skb: Ok(()),
-            drop_causes: cause::DropCause::ALL.to_vec(),
+            // Those of the kfree_skb reasons (an ICMP reject has none).
+            drop_causes: cause::DropCause::ALL
+                .into_iter()
+                .filter(|c| *c != cause::DropCause::NetfilterRejectIcmp)
+                .collect(),
             drops_in_scope: true,
             netns: Ok(()),
             ptrace: true,
