@@ -372,57 +372,84 @@ fn fail2ban_drop_predating_the_trace_is_named() {
 /// its rule and set element; the refused segment is not also a drop.
 #[test]
 fn fail2ban_reject_with_icmp_predating_the_trace_is_counted_and_named() {
-    let srv = Netns::new("bl-ri");
-    let peer = Netns::new("bl-ri-p");
+    icmp_rejects("ri", 5, &[]);
+}
+
+/// The same through the raw tracepoint build of the egress program.
+#[test]
+fn fail2ban_reject_with_icmp_is_counted_by_the_raw_egress_build() {
+    icmp_rejects("rj", 6, &["--debug-no-tp-btf"]);
+}
+
+/// Server `198.18.{net}.1` and `fd72:7374:b{net}::1`, peer `.10`, `.11`
+/// and `fd72:7374:b{net}::10`.
+fn icmp_rejects(tag: &str, net: u8, extra: &[&str]) {
+    let srv = Netns::new(&format!("bl-{tag}"));
+    let peer = Netns::new(&format!("bl-{tag}-p"));
+    let v4 = |host: u8| format!("198.18.{net}.{host}");
+    let v6 = |host: u8| format!("fd72:7374:b{net}::{host}");
     veth(
-        (&srv, "blri0", &["198.18.5.1/24", "fd72:7374:b1::1/64"]),
+        (
+            &srv,
+            &format!("bl{tag}0"),
+            &[&format!("{}/24", v4(1)), &format!("{}/64", v6(1))],
+        ),
         (
             &peer,
-            "blri1",
-            &["198.18.5.10/24", "198.18.5.11/24", "fd72:7374:b1::10/64"],
+            &format!("bl{tag}1"),
+            &[
+                &format!("{}/24", v4(10)),
+                &format!("{}/24", v4(11)),
+                &format!("{}/64", v6(10)),
+            ],
         ),
     );
-    // Each connect is one SYN and one error: none may be held back by the
-    // per-peer ICMP rate limit (this namespace's own sysctls).
-    srv.exec(&[
-        "sysctl",
-        "-qw",
-        "net.ipv4.icmp_ratelimit=0",
-        "net.ipv6.icmp.ratelimit=0",
-    ]);
-    let path = std::env::temp_dir().join(format!("rsttrace-bl-ri-{}.nft", std::process::id()));
+    // Each error must leave: none may be held back by the per-peer ICMP
+    // rate limit (this namespace's own sysctls).
+    srv.run(|| {
+        for knob in ["ipv4/icmp_ratelimit", "ipv6/icmp/ratelimit"] {
+            std::fs::write(format!("/proc/sys/net/{knob}"), "0").expect(knob);
+        }
+    });
+    let path = std::env::temp_dir().join(format!("rsttrace-bl-{tag}-{}.nft", std::process::id()));
     std::fs::write(
         &path,
-        r#"table inet f2b-table {
-  set addr-set-sshd {
+        format!(
+            r#"table inet f2b-table {{
+  set addr-set-sshd {{
     type ipv4_addr
-    elements = { 198.18.5.10 }
-  }
-  set addr-set-web {
+    elements = {{ {} }}
+  }}
+  set addr-set-web {{
     type ipv4_addr
-    elements = { 198.18.5.11 }
-  }
-  set addr6-set-sshd {
+    elements = {{ {} }}
+  }}
+  set addr6-set-sshd {{
     type ipv6_addr
-    elements = { fd72:7374:b1::10 }
-  }
-  chain f2b-chain {
+    elements = {{ {} }}
+  }}
+  chain f2b-chain {{
     type filter hook input priority -1;
-    tcp dport { 22 } ip saddr @addr-set-sshd counter reject
-    tcp dport { 80 } ip saddr @addr-set-web counter reject with icmp type host-unreachable
-    tcp dport { 22 } ip6 saddr @addr6-set-sshd counter reject
-  }
-}
+    tcp dport {{ 22 }} ip saddr @addr-set-sshd counter reject
+    tcp dport {{ 80 }} ip saddr @addr-set-web counter reject with icmp type host-unreachable
+    tcp dport {{ 22 }} ip6 saddr @addr6-set-sshd counter reject
+  }}
+}}
 "#,
+            v4(10),
+            v4(11),
+            v6(10)
+        ),
     )
     .unwrap();
     srv.exec(&["nft", "-f", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     // (remote, its set, the port it is refused on, the error's code)
+    let (a10, a11, a6) = (v4(10), v4(11), v6(10));
     let cases = [
-        ("198.18.5.10", "addr-set-sshd", 22, 3),
-        ("198.18.5.11", "addr-set-web", 80, 1),
-        ("fd72:7374:b1::10", "addr6-set-sshd", 22, 4),
+        (a10.as_str(), "addr-set-sshd", 22, 3),
+        (a11.as_str(), "addr-set-web", 80, 1),
+        (a6.as_str(), "addr6-set-sshd", 22, 4),
     ];
     let texts: Vec<(u64, String)> = cases
         .iter()
@@ -477,24 +504,28 @@ fn fail2ban_reject_with_icmp_predating_the_trace_is_counted_and_named() {
     // on the stack (README: not seen). The scanners a host refuses come
     // through its resolved gateway; here the server first talks to each
     // peer address itself (their closed port 9: RSTs, before the trace).
-    for remote in ["198.18.5.10", "198.18.5.11", "fd72:7374:b1::10"] {
-        let (local, remote): (IpAddr, IpAddr) = match remote.contains(':') {
-            true => ("fd72:7374:b1::1".parse().unwrap(), remote.parse().unwrap()),
-            false => ("198.18.5.1".parse().unwrap(), remote.parse().unwrap()),
+    for (remote, ..) in cases {
+        let remote: IpAddr = remote.parse().unwrap();
+        let local = match remote.is_ipv6() {
+            true => v6(1),
+            false => v4(1),
         };
-        support::refused_connects(&srv, local, (remote, 9).into(), 1);
+        support::refused_connects(&srv, local.parse().unwrap(), (remote, 9).into(), 1);
     }
 
-    let trace = Trace::watch(&srv, &[]);
+    let trace = Trace::watch(&srv, extra);
     let n = 2;
     for (remote, _, port, code) in cases {
         let client: IpAddr = remote.parse().unwrap();
-        let server: std::net::SocketAddr = match client.is_ipv6() {
-            true => format!("[fd72:7374:b1::1]:{port}"),
-            false => format!("198.18.5.1:{port}"),
-        }
-        .parse()
-        .unwrap();
+        let server = std::net::SocketAddr::new(
+            match client.is_ipv6() {
+                true => v6(1),
+                false => v4(1),
+            }
+            .parse()
+            .unwrap(),
+            port,
+        );
         let want = match code {
             1 => ErrorKind::HostUnreachable,
             _ => ErrorKind::ConnectionRefused,
@@ -502,7 +533,7 @@ fn fail2ban_reject_with_icmp_predating_the_trace_is_counted_and_named() {
         peer.run(move || {
             for _ in 0..n {
                 let err = support::connect_from(client, server).expect_err("refused");
-                assert_eq!(err.kind(), want, "{remote}: {err}");
+                assert_eq!(err.kind(), want, "{client}: {err}");
             }
         });
     }

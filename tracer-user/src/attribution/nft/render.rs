@@ -454,4 +454,30 @@ mod tests {
         );
         assert_eq!(element(&[198, 18, 0, 10], None), "198.18.0.10");
     }
+
+    /// As nft 1.0 lists them (checked against `nft -a list`): the family's
+    /// default port unreachable is bare only in its own family's table.
+    #[test]
+    fn rejects_print_as_nft_lists_them() {
+        let (ip, ip6, inet) = (2, 10, 1);
+        assert_eq!(reject(0, 3, ip, Some(2)), "reject");
+        assert_eq!(reject(0, 4, ip6, Some(10)), "reject");
+        assert_eq!(reject(2, 1, inet, None), "reject");
+        assert_eq!(
+            reject(0, 3, inet, Some(2)),
+            "reject with icmp port-unreachable"
+        );
+        assert_eq!(
+            reject(0, 1, inet, Some(2)),
+            "reject with icmp host-unreachable"
+        );
+        assert_eq!(reject(0, 9, ip, Some(2)), "reject with icmp net-prohibited");
+        assert_eq!(reject(0, 0, ip6, Some(10)), "reject with icmpv6 no-route");
+        assert_eq!(
+            reject(2, 3, inet, None),
+            "reject with icmpx admin-prohibited"
+        );
+        assert_eq!(reject(1, 0, inet, None), "reject with tcp reset");
+        assert_eq!(reject(0, 42, ip, Some(2)), "reject with icmp 42");
+    }
 }
