@@ -317,15 +317,12 @@ fn reject_icmp<M: Mem, C: StackIdContext>(ctx: &C, skb: u64, q: &packet::Tcp) ->
     if !stack::icmp_rules() {
         return Ok(0);
     }
-    let f = filter::get();
-    if !filter::remote_ok(f, q.family, &q.saddr) || !filter::port_ok(f, q.dport) {
-        return Ok(0);
-    }
     let Some(rule) = stack::cause_from_stack(ctx, stack::Rules::EgressIcmp, 0) else {
         return Ok(0);
     };
     // The answered segment is freed right after with NETFILTER_DROP: not
-    // a silent drop (drop.rs).
+    // a silent drop (drop.rs), in scope here or not (drop.rs has no port
+    // scope).
     if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         unsafe {
@@ -336,6 +333,10 @@ fn reject_icmp<M: Mem, C: StackIdContext>(ctx: &C, skb: u64, q: &packet::Tcp) ->
                 valid: 1,
             };
         }
+    }
+    let f = filter::get();
+    if !filter::remote_ok(f, q.family, &q.saddr) || !filter::port_ok(f, q.dport) {
+        return Ok(0);
     }
     // Rejects are rare next to traffic: the namespace is always read (it
     // names the ruleset to match).
