@@ -334,6 +334,7 @@ pub mod names {
         LAST_CHAIN,
         LAST_REJECT,
         MATCHED,
+        MATCHED_AT,
         NAMES_BUF,
         RECORD,
         REJECT,

@@ -317,9 +317,9 @@ fn reject_icmp<M: Mem, C: StackIdContext>(ctx: &C, skb: u64, q: &packet::Tcp) ->
     if !stack::icmp_rules() {
         return Ok(0);
     }
-    let Some(rule) = stack::cause_from_stack(ctx, stack::Rules::EgressIcmp, 0) else {
+    if stack::cause_from_stack(ctx, stack::Rules::EgressIcmp, 0).is_none() {
         return Ok(0);
-    };
+    }
     // The answered segment is freed right after with NETFILTER_DROP: not
     // a silent drop (drop.rs), in scope here or not (drop.rs has no port
     // scope).
@@ -349,7 +349,7 @@ fn reject_icmp<M: Mem, C: StackIdContext>(ctx: &C, skb: u64, q: &packet::Tcp) ->
         cause: DropCause::NetfilterRejectIcmp as u8,
         local_port: 0,
         netns: ns,
-        location: stack::icmp_rule_start(rule),
+        location: stack::matched_at(),
     });
     Ok(0)
 }

@@ -163,6 +163,12 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
         if rule.also_start != 0 && !on_stack(buf, frames, rule.also_start, rule.also_end) {
             continue;
         }
+        if matches!(which, Rules::EgressIcmp)
+            && let Some(at) = MATCHED_AT.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's slot.
+            unsafe { *at = rule.start };
+        }
         return Some(rule.cause);
     }
     None
@@ -176,15 +182,16 @@ pub fn icmp_rules() -> bool {
     unsafe { core::ptr::read_volatile(&EGRESS_ICMP_STACK_RULES.count) != 0 }
 }
 
-/// Rule `i`'s function address in `EGRESS_ICMP_STACK_RULES` (its rules'
-/// cause is their index): where the ICMP error was decided.
+/// The function of the `Rules::EgressIcmp` rule that matched last on
+/// this CPU: where the ICMP error was decided (the drop's location).
+/// Kept as it matches: an index into the rules, read back afterwards,
+/// lost its bound to 5.10's verifier.
+#[map]
+static MATCHED_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
-pub fn icmp_rule_start(i: u8) -> u64 {
-    match EGRESS_ICMP_STACK_RULES.rules.get(usize::from(i)) {
-        // SAFETY: as above.
-        Some(r) => unsafe { core::ptr::read_volatile(&r.start) },
-        None => 0,
-    }
+pub fn matched_at() -> u64 {
+    MATCHED_AT.get(0).copied().unwrap_or(0)
 }
 
 /// Whether one of the first `frames` return addresses is in [start, end).

@@ -453,9 +453,8 @@ pub fn resolve_egress_rules(
     (rules, missing)
 }
 
-/// The ICMP reject rules (see `EGRESS_ICMP_STACK_RULES`); each rule's
-/// cause is its index, which the kernel program turns back into the
-/// function's address: the drop's location.
+/// The ICMP reject rules (see `EGRESS_ICMP_STACK_RULES`). Their cause is
+/// not read: a match is `netfilter-reject-icmp`, at the matched function.
 pub fn resolve_egress_icmp_rules(
     ksyms: &crate::kernel::ksyms::Kallsyms,
 ) -> tracer_common::StackRules {
@@ -463,11 +462,7 @@ pub fn resolve_egress_icmp_rules(
         .iter()
         .map(|f| (*f, None, 0, 0))
         .collect();
-    let (mut rules, _) = resolve(ksyms, &table);
-    for (i, r) in rules.rules.iter_mut().enumerate() {
-        r.cause = i as u32;
-    }
-    rules
+    resolve(ksyms, &table).0
 }
 
 /// (function, second function, state mask, raw cause).
