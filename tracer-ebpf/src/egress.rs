@@ -65,6 +65,12 @@ pub fn stack_counted_at_send() -> bool {
 #[unsafe(no_mangle)]
 static USER_SOCKET_CAUSE: u8 = Cause::Unknown as u8;
 
+/// 1 when `netfilter-reject-icmp` is in scope. Its rules are loaded for
+/// `netfilter-drop` too: a drop count must leave out the segments an ICMP
+/// reject answered, counted or not.
+#[unsafe(no_mangle)]
+static ICMP_REJECTS_COUNTED: u8 = 0;
+
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
 #[repr(C)]
@@ -333,6 +339,10 @@ fn reject_icmp<M: Mem, C: StackIdContext>(ctx: &C, skb: u64, q: &packet::Tcp) ->
                 valid: 1,
             };
         }
+    }
+    // SAFETY: a read-only global that userspace sets before load.
+    if unsafe { core::ptr::read_volatile(&ICMP_REJECTS_COUNTED) } == 0 {
+        return Ok(0);
     }
     let f = filter::get();
     if !filter::remote_ok(f, q.family, &q.saddr) || !filter::port_ok(f, q.dport) {

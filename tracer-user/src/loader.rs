@@ -40,8 +40,9 @@ pub struct Options<'a> {
     pub netns: NetnsOffsets,
     /// `None` leaves the egress hook off (no BTF to read packets with).
     pub egress: Option<(EgressOffsets, StackRules)>,
-    /// The egress rules of ICMP rejects (`netfilter-reject-icmp`); empty
-    /// when that cause is out of scope.
+    /// The egress rules of ICMP rejects; empty when neither
+    /// `netfilter-reject-icmp` nor `netfilter-drop` is in scope (the
+    /// latter leaves out the segments those rejects answered).
     pub egress_icmp_rules: StackRules,
     /// Drop counting needs the egress offsets (to read packets) too.
     pub kfree_skb: KfreeSkbLayout,
@@ -303,6 +304,15 @@ impl Tracer {
             .override_global(
                 names::EGRESS_ICMP_STACK_RULES,
                 &opts.egress_icmp_rules,
+                true,
+            )
+            .override_global(
+                names::ICMP_REJECTS_COUNTED,
+                &u8::from(
+                    opts.scope
+                        .drop_causes
+                        .contains(&crate::attribution::cause::DropCause::NetfilterRejectIcmp),
+                ),
                 true,
             )
             .override_global(names::KFREE_SKB_LAYOUT, &kfree_skb, true)

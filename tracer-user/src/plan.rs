@@ -50,11 +50,17 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         stack_rules,
         netns: facts.netns.clone().unwrap_or(NetnsOffsets::UNSET),
         egress: facts.egress.clone().ok().map(|o| (o, egress_rules)),
+        // Loaded for netfilter-drop too: its count leaves out the segments
+        // an ICMP reject answered (the egress program counts the rejects
+        // only when they are in scope).
         egress_icmp_rules: match &facts.ksyms {
             Ok(k)
-                if scope
-                    .drop_causes
-                    .contains(&cause::DropCause::NetfilterRejectIcmp) =>
+                if scope.drop_causes.iter().any(|c| {
+                    matches!(
+                        c,
+                        cause::DropCause::NetfilterRejectIcmp | cause::DropCause::NetfilterDrop
+                    )
+                }) =>
             {
                 cause::resolve_egress_icmp_rules(k)
             }

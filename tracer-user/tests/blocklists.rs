@@ -514,6 +514,11 @@ fn icmp_rejects(tag: &str, net: u8, extra: &[&str]) {
     }
 
     let trace = Trace::watch(&srv, extra);
+    // Beside it, a trace of netfilter drops only: the refused segments are
+    // not drops there either.
+    let drops_only = extra
+        .is_empty()
+        .then(|| Trace::watch(&srv, &["--cause", "netfilter-drop"]));
     let n = 2;
     for (remote, _, port, code) in cases {
         let client: IpAddr = remote.parse().unwrap();
@@ -538,6 +543,10 @@ fn icmp_rejects(tag: &str, net: u8, extra: &[&str]) {
         });
     }
     let (out, unreach) = trace.stop_with_unreachables(0);
+    if let Some(t) = drops_only {
+        let d = t.stop();
+        assert_eq!(d.summary["drops"], json!([]), "{}", d.summary);
+    }
     for ((remote, set, port, code), (handle, want)) in cases.iter().zip(named) {
         let remote_ip: IpAddr = remote.parse().unwrap();
         // A connect whose SYN is answered while it still holds its socket
