@@ -135,21 +135,27 @@ pub enum DropCause {
     XdpDrop = 3,
     CgroupDrop = 4,
     ListenOverflow = 5,
+    /// Not a drop: a netfilter REJECT that answered the segment with an
+    /// ICMP error (port or host unreachable) instead of a RST. Seen at the
+    /// egress hook, counted with the drops: the peer's connect fails all
+    /// the same, and no RST is ever sent.
+    NetfilterRejectIcmp = 6,
 }
 
 /// A reason-table entry meaning "not a drop rsttrace counts".
 pub const DROP_NONE: u8 = 0;
 
 impl DropCause {
-    pub const ALL: [DropCause; 5] = [
+    pub const ALL: [DropCause; 6] = [
         DropCause::NetfilterDrop,
         DropCause::TcDrop,
         DropCause::XdpDrop,
         DropCause::CgroupDrop,
         DropCause::ListenOverflow,
+        DropCause::NetfilterRejectIcmp,
     ];
     /// Slots of an array indexed by drop cause id (slot 0 unused).
-    pub const SLOTS: usize = 6;
+    pub const SLOTS: usize = 7;
 
     /// The stable name of text, JSON, metrics and `--cause`.
     pub const fn name(self) -> &'static str {
@@ -159,6 +165,7 @@ impl DropCause {
             DropCause::XdpDrop => "xdp-drop",
             DropCause::CgroupDrop => "cgroup-drop",
             DropCause::ListenOverflow => "listen-overflow",
+            DropCause::NetfilterRejectIcmp => "netfilter-reject-icmp",
         }
     }
 
@@ -178,6 +185,9 @@ impl DropCause {
             DropCause::ListenOverflow => {
                 "a listener's accept queue was full (`tcp_abort_on_overflow` off): the handshake-completing segment was dropped"
             }
+            DropCause::NetfilterRejectIcmp => {
+                "a netfilter REJECT answered the segment with an ICMP error (port/host unreachable, ICMPv6 for IPv6) instead of a RST"
+            }
         }
     }
 
@@ -190,6 +200,7 @@ impl DropCause {
             3 => Some(DropCause::XdpDrop),
             4 => Some(DropCause::CgroupDrop),
             5 => Some(DropCause::ListenOverflow),
+            6 => Some(DropCause::NetfilterRejectIcmp),
             _ => None,
         }
     }
@@ -284,6 +295,7 @@ pub mod names {
         ACTOR_CAUSES,
         BENCH_EMPTY,
         BUDGETED_CAUSES,
+        EGRESS_ICMP_STACK_RULES,
         EGRESS_OFFSETS,
         EGRESS_STACK_RULES,
         EMIT_EVENTS,
@@ -291,6 +303,7 @@ pub mod names {
         FILTER,
         FULL_SOCKET_RESET,
         FULL_LISTENER_CAUSES,
+        ICMP_REJECTS_COUNTED,
         KFREE_SKB_LAYOUT,
         NETNS_OFFSETS,
         NFT_OFFSETS,
@@ -325,6 +338,7 @@ pub mod names {
         LAST_CHAIN,
         LAST_REJECT,
         MATCHED,
+        MATCHED_AT,
         NAMES_BUF,
         RECORD,
         REJECT,

@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(size_of::<Budget>(), 24);
         assert_eq!(
             size_of::<RstEvent>(),
-            6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16 + 8
+            6 * 8 + 4 * 4 + 32 + 2 * 2 + 4 + 16 + 4 * 4
         );
         assert_eq!(size_of::<KillRecord>(), 2 * 8 + 4 * 4 + 16);
         assert_eq!(size_of::<TaskOffsets>(), 7 * 4);

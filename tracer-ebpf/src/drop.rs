@@ -99,7 +99,7 @@ fn try_kfree_skb(skb: u64, location: u64, cause: u8) -> Result<i32, i32> {
     if o.skb_head == ABSENT {
         return Ok(0);
     }
-    let Some(p) = packet::tcp::<Probe>(skb, o, 0).map_err(|_| 0i32)? else {
+    let Some(p) = packet::tcp::<Probe, false>(skb, o, 0).map_err(|_| 0i32)? else {
         return Ok(0);
     };
     // A received segment was dropped on its way in: the peer is its
@@ -157,18 +157,23 @@ fn try_kfree_skb(skb: u64, location: u64, cause: u8) -> Result<i32, i32> {
     } else {
         0
     };
-    let key = DropKey {
+    count_drop(&DropKey {
         addr: remote,
         family: p.family,
         cause,
         local_port: port,
         netns: ns,
         location,
-    };
-    let now = count::coarse_now();
+    });
+    Ok(0)
+}
+
+/// Where every drop is counted, silent or answered by an ICMP error
+/// (`egress.rs`).
+#[inline(always)]
+pub fn count_drop(key: &DropKey) {
     count::bump(stat::DROPS);
-    if !count::bump_map(&DROPS, &key, now) {
+    if !count::bump_map(&DROPS, key, count::coarse_now()) {
         count::bump(stat::DROP_MAP_FULL);
     }
-    Ok(0)
 }

@@ -8,6 +8,12 @@
 //! plain loads, and a raw tracepoint that probe-reads them, for kernels
 //! whose BTF or verifier refuses the first (userspace picks).
 //!
+//! An ICMP (ICMPv6) destination unreachable that quotes a TCP segment,
+//! sent by a netfilter REJECT (its functions on the stack), is counted
+//! with the drops as `netfilter-reject-icmp`: nft's and fail2ban's default
+//! `reject` refuses TCP so, with no RST. Other packets pay one compare of
+//! their protocol byte for it; ICMP errors a stack read and scan.
+//!
 //! The TCP stack's own RSTs were already counted by `tcp_send_reset`; here
 //! they only count for coverage. What remains is what the TCP stack never
 //! saw: netfilter rejects (no socket, `nf_send_reset` on the stack), raw and
@@ -38,11 +44,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, tracing::StackIdContext},
 };
 use tracer_common::{
-    ABSENT, Cause, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN, source, stat, tcp_state,
+    ABSENT, Cause, DropCause, DropKey, EgressOffsets, RULE_TCP_STACK, RstEvent, TASK_COMM_LEN,
+    source, stat, tcp_state,
 };
 
 use crate::{
-    count, filter, netns, nft_chain,
+    count, drop, filter, netns, nft_chain,
     packet::{self, Direct, Mem, Probe},
     stack,
 };
@@ -67,6 +74,12 @@ pub fn stack_counted_at_send() -> bool {
 /// userspace from its cause rules.
 #[unsafe(no_mangle)]
 static USER_SOCKET_CAUSE: u8 = Cause::Unknown as u8;
+
+/// 1 when `netfilter-reject-icmp` is in scope. Its rules are loaded for
+/// `netfilter-drop` too: a drop count must leave out the segments an ICMP
+/// reject answered, counted or not.
+#[unsafe(no_mangle)]
+static ICMP_REJECTS_COUNTED: u8 = 0;
 
 /// The last netfilter reject on this CPU: the segment it answered is
 /// freed right after with NETFILTER_DROP, and is not a silent drop.
@@ -237,9 +250,12 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     if stop && !(full && device_with_egress_programs::<M>(skb, o)? != 0) {
         return Ok(0);
     }
-    let Some(p) = packet::tcp::<M>(skb, o, TCP_RST)? else {
+    let Some(p) = packet::tcp::<M, true>(skb, o, TCP_RST)? else {
         return Ok(0);
     };
+    if p.quoted != 0 {
+        return reject_icmp::<M, _>(ctx, skb, &p);
+    }
     let f = filter::get();
     if !filter::remote_ok(f, p.family, &p.daddr) || !filter::port_ok(f, p.sport) {
         return Ok(0);
@@ -351,6 +367,57 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
         },
         ifindex,
         _pad2: 0,
+    });
+    Ok(0)
+}
+
+/// An ICMP destination unreachable quoting the TCP segment `q` (as that
+/// segment came in: its source is the remote). A netfilter REJECT's when
+/// one of its functions is on the stack (the error leaves within the
+/// reject's call); any other (a router's, a failed neighbour's) is not
+/// counted.
+#[inline(always)]
+fn reject_icmp<M: Mem, C: StackIdContext>(ctx: &C, skb: u64, q: &packet::Tcp) -> Result<i32, i32> {
+    if !stack::icmp_rules() {
+        return Ok(0);
+    }
+    if stack::cause_from_stack(ctx, stack::Rules::EgressIcmp, 0).is_none() {
+        return Ok(0);
+    }
+    // The answered segment is freed right after with NETFILTER_DROP: not
+    // a silent drop (drop.rs), in scope here or not (drop.rs has no port
+    // scope).
+    if let Some(last) = LAST_REJECT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            *last = LastReject {
+                remote: q.saddr,
+                remote_port: q.sport,
+                local_port: q.dport,
+                valid: 1,
+            };
+        }
+    }
+    // SAFETY: a read-only global that userspace sets before load.
+    if unsafe { core::ptr::read_volatile(&ICMP_REJECTS_COUNTED) } == 0 {
+        return Ok(0);
+    }
+    let f = filter::get();
+    if !filter::remote_ok(f, q.family, &q.saddr) || !filter::port_ok(f, q.dport) {
+        return Ok(0);
+    }
+    // Rejects are rare next to traffic: the namespace is always read (it
+    // names the ruleset to match).
+    let Some(ns) = filter::netns(f, true, || netns::of::<M>(0, skb)) else {
+        return Ok(0);
+    };
+    drop::count_drop(&DropKey {
+        addr: q.saddr,
+        family: q.family,
+        cause: DropCause::NetfilterRejectIcmp as u8,
+        local_port: 0,
+        netns: ns,
+        location: stack::matched_at(),
     });
     Ok(0)
 }

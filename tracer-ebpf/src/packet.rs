@@ -4,6 +4,10 @@ use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_common::{AF_INET, AF_INET6, EgressOffsets, SKB_BLOCK};
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMPV6_DEST_UNREACH: u8 = 1;
 
 #[inline(always)]
 pub fn read<T>(addr: u64) -> Result<T, i32> {
@@ -57,6 +61,9 @@ pub struct Tcp {
     pub sport: u16,
     pub dport: u16,
     pub flags: u8,
+    /// 1: not a segment sent, but the one an ICMP destination unreachable
+    /// quotes (the segment it answers, as that segment was; `flags` 0).
+    pub quoted: u8,
 }
 
 const ETH_P_IP: u16 = 0x0800;
@@ -120,9 +127,16 @@ fn ports(w: u32) -> (u16, u16) {
 
 /// The TCP segment in `skb`, if it holds one at its network header with
 /// one of the flags in `need` set (0: any segment). The flags are checked
-/// before anything else is taken: most packets stop there.
+/// before anything else is taken: most packets stop there. With `UNREACH`,
+/// also the TCP segment an ICMP (ICMPv6) destination unreachable quotes,
+/// marked `quoted`: other packets pay one more compare of the protocol
+/// byte already read.
 #[inline(always)]
-pub fn tcp<M: Mem>(skb: u64, o: &EgressOffsets, need: u8) -> Result<Option<Tcp>, i32> {
+pub fn tcp<M: Mem, const UNREACH: bool>(
+    skb: u64,
+    o: &EgressOffsets,
+    need: u8,
+) -> Result<Option<Tcp>, i32> {
     let (proto, nh, head) = skb_fields::<M>(skb, o)?;
     // The network header is unset (0xffff) on packets that have none.
     if head == 0 || nh == 0xffff {
@@ -134,7 +148,18 @@ pub fn tcp<M: Mem>(skb: u64, o: &EgressOffsets, need: u8) -> Result<Option<Tcp>,
         // IP options (ihl 5).
         let h = read_words::<9>(ip)?.0;
         let ver_ihl = byte(h[0], 0);
-        if ver_ihl >> 4 != 4 || byte(h[2], 1) != IPPROTO_TCP {
+        if ver_ihl >> 4 != 4 {
+            return Ok(None);
+        }
+        let proto = byte(h[2], 1);
+        if UNREACH && proto == IPPROTO_ICMP {
+            // Without options the type is in the words read already.
+            if ver_ihl & 0x0f == 5 && byte(h[5], 0) != ICMP_DEST_UNREACH {
+                return Ok(None);
+            }
+            return unreach_v4(ip + u64::from(ver_ihl & 0x0f) * 4);
+        }
+        if proto != IPPROTO_TCP {
             return Ok(None);
         }
         let (ports_w, flags_w) = if ver_ihl & 0x0f == 5 {
@@ -157,7 +182,18 @@ pub fn tcp<M: Mem>(skb: u64, o: &EgressOffsets, need: u8) -> Result<Option<Tcp>,
     } else if proto == ETH_P_IPV6 {
         // Segments worth tracing carry no extension headers: TCP at 40.
         let h = read_words::<14>(ip)?.0;
-        if byte(h[0], 0) >> 4 != 6 || byte(h[1], 2) != IPPROTO_TCP {
+        if byte(h[0], 0) >> 4 != 6 {
+            return Ok(None);
+        }
+        let next = byte(h[1], 2);
+        if UNREACH && next == IPPROTO_ICMPV6 {
+            // The type is in the words read already.
+            if byte(h[10], 0) != ICMPV6_DEST_UNREACH {
+                return Ok(None);
+            }
+            return unreach_v6(ip + 48);
+        }
+        if next != IPPROTO_TCP {
             return Ok(None);
         }
         let flags = byte(h[13], 1);
@@ -176,6 +212,49 @@ pub fn tcp<M: Mem>(skb: u64, o: &EgressOffsets, need: u8) -> Result<Option<Tcp>,
     }
 }
 
+/// The TCP segment quoted by the ICMP message at `icmp`, if it is a
+/// destination unreachable: ICMP header (8 bytes), then the IP header and
+/// at least 8 bytes of the segment (RFC 792), enough for the ports.
+#[inline(always)]
+fn unreach_v4(icmp: u64) -> Result<Option<Tcp>, i32> {
+    let h = read_words::<8>(icmp)?.0;
+    let ver_ihl = byte(h[2], 0);
+    if byte(h[0], 0) != ICMP_DEST_UNREACH || ver_ihl >> 4 != 4 || byte(h[4], 1) != IPPROTO_TCP {
+        return Ok(None);
+    }
+    let ports_w = if ver_ihl & 0x0f == 5 {
+        h[7]
+    } else {
+        read::<u32>(icmp + 8 + u64::from(ver_ihl & 0x0f) * 4)?
+    };
+    let mut p = Tcp::new(AF_INET, ports_w, 0);
+    p.quoted = 1;
+    // SAFETY: as in `tcp`.
+    unsafe {
+        (p.saddr.as_mut_ptr() as *mut u32).write(h[5]);
+        (p.daddr.as_mut_ptr() as *mut u32).write(h[6]);
+    }
+    Ok(Some(p))
+}
+
+/// The TCP segment an ICMPv6 destination unreachable quotes, its IPv6
+/// header at `quoted` (after the 8-byte ICMPv6 header).
+#[inline(always)]
+fn unreach_v6(quoted: u64) -> Result<Option<Tcp>, i32> {
+    let h = read_words::<11>(quoted)?.0;
+    if byte(h[0], 0) >> 4 != 6 || byte(h[1], 2) != IPPROTO_TCP {
+        return Ok(None);
+    }
+    let mut p = Tcp::new(AF_INET6, h[10], 0);
+    p.quoted = 1;
+    // SAFETY: as in `tcp`.
+    unsafe {
+        (p.saddr.as_mut_ptr() as *mut [u32; 4]).write([h[2], h[3], h[4], h[5]]);
+        (p.daddr.as_mut_ptr() as *mut [u32; 4]).write([h[6], h[7], h[8], h[9]]);
+    }
+    Ok(Some(p))
+}
+
 impl Tcp {
     /// Ports from the TCP header's first word; addresses zero.
     #[inline(always)]
@@ -188,6 +267,7 @@ impl Tcp {
             sport,
             dport,
             flags,
+            quoted: 0,
         }
     }
 }

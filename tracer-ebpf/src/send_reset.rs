@@ -193,7 +193,7 @@ fn try_tcp_send_reset_btf(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         // without a full socket answers.
         return Err(1);
     } else {
-        let Some(seg) = packet::tcp::<Direct>(skb, o, 0).map_err(|_| 1u32)? else {
+        let Some(seg) = packet::tcp::<Direct, false>(skb, o, 0).map_err(|_| 1u32)? else {
             return Err(1);
         };
         answered(&seg)

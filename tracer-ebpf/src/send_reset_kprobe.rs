@@ -57,7 +57,7 @@ fn try_send_reset(ctx: &ProbeContext) -> Result<u32, i32> {
     if cause == FULL_SOCKET {
         return Ok(0);
     }
-    let Some(seg) = packet::tcp::<Probe>(skb, o, 0)? else {
+    let Some(seg) = packet::tcp::<Probe, false>(skb, o, 0)? else {
         return Ok(0);
     };
     // The kernel never answers a RST with a RST.

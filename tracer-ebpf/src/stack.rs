@@ -25,6 +25,12 @@ static EGRESS_STACK_RULES: StackRules = StackRules::EMPTY;
 #[unsafe(no_mangle)]
 static FULL_SOCKET_RESET: StackRule = StackRule::NONE;
 
+/// The functions of a netfilter REJECT that answers with an ICMP error,
+/// for the ICMP destination unreachables that quote a TCP segment; empty
+/// when `netfilter-reject-icmp` is out of scope.
+#[unsafe(no_mangle)]
+static EGRESS_ICMP_STACK_RULES: StackRules = StackRules::EMPTY;
+
 #[derive(Clone, Copy)]
 pub enum Rules {
     SendReset,
@@ -32,6 +38,8 @@ pub enum Rules {
     /// own frames of a raw tracepoint.
     SendResetBtf,
     Egress,
+    /// An ICMP error at the egress hook: `EGRESS_ICMP_STACK_RULES`.
+    EgressIcmp,
     /// signal_generate's raw build (`exits.rs`): stacks only, no rules.
     Signal,
     /// Its classic build.
@@ -54,7 +62,7 @@ impl Rules {
     fn scratch(self) -> u32 {
         match self {
             Rules::SendReset | Rules::SendResetBtf => 0,
-            Rules::Egress | Rules::Signal | Rules::SignalTp => 1,
+            Rules::Egress | Rules::EgressIcmp | Rules::Signal | Rules::SignalTp => 1,
         }
     }
 
@@ -62,7 +70,9 @@ impl Rules {
         match self {
             // A tracepoint program's stack starts at the traced code.
             Rules::SendReset | Rules::SignalTp => 0,
-            Rules::SendResetBtf | Rules::Egress | Rules::Signal => RAW_TP_OWN_FRAMES,
+            Rules::SendResetBtf | Rules::Egress | Rules::EgressIcmp | Rules::Signal => {
+                RAW_TP_OWN_FRAMES
+            }
         }
     }
 }
@@ -194,6 +204,7 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
     let rules = match which {
         Rules::SendReset | Rules::SendResetBtf => &STACK_RULES,
         Rules::Egress | Rules::Signal | Rules::SignalTp => &EGRESS_STACK_RULES,
+        Rules::EgressIcmp => &EGRESS_ICMP_STACK_RULES,
     };
     // SAFETY: a read-only global that userspace sets before load.
     let count = unsafe { core::ptr::read_volatile(&rules.count) } as usize;
@@ -215,9 +226,35 @@ fn first_match<C: aya_ebpf::EbpfContext>(ctx: &C, which: Rules, state: u32) -> O
         if rule.also_start != 0 && !on_stack(buf, frames, rule.also_start, rule.also_end) {
             continue;
         }
+        if matches!(which, Rules::EgressIcmp)
+            && let Some(at) = MATCHED_AT.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's slot.
+            unsafe { *at = rule.start };
+        }
         return Some(rule.cause);
     }
     None
+}
+
+/// Whether `EGRESS_ICMP_STACK_RULES` has rules: checked before a stack
+/// is taken.
+#[inline(always)]
+pub fn icmp_rules() -> bool {
+    // SAFETY: a read-only global that userspace sets before load.
+    unsafe { core::ptr::read_volatile(&EGRESS_ICMP_STACK_RULES.count) != 0 }
+}
+
+/// The function of the `Rules::EgressIcmp` rule that matched last on
+/// this CPU: where the ICMP error was decided (the drop's location).
+/// Kept as it matches: an index into the rules, read back afterwards,
+/// lost its bound to 5.10's verifier.
+#[map]
+static MATCHED_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn matched_at() -> u64 {
+    MATCHED_AT.get(0).copied().unwrap_or(0)
 }
 
 /// Whether one of the first `frames` return addresses is in [start, end).

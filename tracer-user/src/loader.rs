@@ -50,6 +50,10 @@ pub struct Options<'a> {
     pub netns: NetnsOffsets,
     /// `None` leaves the egress hook off (no BTF to read packets with).
     pub egress: Option<Egress>,
+    /// The egress rules of ICMP rejects; empty when neither
+    /// `netfilter-reject-icmp` nor `netfilter-drop` is in scope (the
+    /// latter leaves out the segments those rejects answered).
+    pub egress_icmp_rules: StackRules,
     /// Drop counting needs the egress offsets (to read packets) too.
     pub kfree_skb: KfreeSkbLayout,
     /// kfree_skb reason value -> drop cause, for the drop causes in scope.
@@ -317,6 +321,20 @@ impl Tracer {
             )
             .override_global(names::EGRESS_STACK_RULES, &egress.rules, true)
             .override_global(names::FULL_SOCKET_RESET, &egress.full_socket_reset, true)
+            .override_global(
+                names::EGRESS_ICMP_STACK_RULES,
+                &opts.egress_icmp_rules,
+                true,
+            )
+            .override_global(
+                names::ICMP_REJECTS_COUNTED,
+                &u8::from(
+                    opts.scope
+                        .drop_causes
+                        .contains(&crate::attribution::cause::DropCause::NetfilterRejectIcmp),
+                ),
+                true,
+            )
             .override_global(names::KFREE_SKB_LAYOUT, &kfree_skb, true)
             .override_global(names::FILTER, &opts.scope.filter, true)
             .override_global(
@@ -1046,6 +1064,7 @@ mod tests {
                 rules: StackRules::EMPTY,
                 full_socket_reset: StackRule::NONE,
             }),
+            egress_icmp_rules: StackRules::EMPTY,
             kfree_skb: KfreeSkbLayout {
                 netfilter_drop: 12,
                 ..KfreeSkbLayout::UNSET

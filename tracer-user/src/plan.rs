@@ -68,6 +68,22 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
                 full_socket_reset: full_socket_reset.unwrap_or(tracer_common::StackRule::NONE),
             }
         }),
+        // Loaded for netfilter-drop too: its count leaves out the segments
+        // an ICMP reject answered (the egress program counts the rejects
+        // only when they are in scope).
+        egress_icmp_rules: match &facts.ksyms {
+            Ok(k)
+                if scope.drop_causes.iter().any(|c| {
+                    matches!(
+                        c,
+                        cause::DropCause::NetfilterRejectIcmp | cause::DropCause::NetfilterDrop
+                    )
+                }) =>
+            {
+                cause::resolve_egress_icmp_rules(k)
+            }
+            _ => StackRules::EMPTY,
+        },
         kfree_skb: facts
             .kfree_skb
             .as_ref()
@@ -882,7 +898,11 @@ mod tests {
             nft: Err("naming them needs kprobes, absent here".into()),
             netlink: true,
             kfree_skb: Ok(()),
-            drop_causes: cause::DropCause::ALL.to_vec(),
+            // Those of the kfree_skb reasons (an ICMP reject has none).
+            drop_causes: cause::DropCause::ALL
+                .into_iter()
+                .filter(|c| *c != cause::DropCause::NetfilterRejectIcmp)
+                .collect(),
             drops_in_scope: true,
             netns: Ok(()),
             ptrace: true,

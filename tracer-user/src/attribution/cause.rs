@@ -268,6 +268,26 @@ pub fn resolve_full_socket_reset(
     })
 }
 
+/// Kernel functions of a netfilter REJECT that answers with an ICMP
+/// (ICMPv6) error, for the destination unreachables quoting a TCP segment
+/// that leave a device: one on the stack makes it `netfilter-reject-icmp`.
+/// The ICMP is sent within the reject's call. nf_send_unreach may reach
+/// icmp_send by a tail call and leave the stack: its callers are here too.
+pub const EGRESS_ICMP_STACK_RULES: &[&str] = &[
+    "nf_send_unreach",
+    "nf_send_unreach6",
+    // nft `reject` in the ip, ip6 and inet families.
+    "nft_reject_ipv4_eval",
+    "nft_reject_ipv6_eval",
+    "nft_reject_inet_eval",
+    // ... in the netdev and bridge families, which build the error itself.
+    "nft_reject_netdev_eval",
+    "nft_reject_bridge_eval",
+    // iptables/ip6tables REJECT (legacy, or through nft_compat).
+    "reject_tg",
+    "reject_tg6",
+];
+
 // The kernel takes each table in a fixed array: a rule past its end would
 // be left out without a word and turn its cause off, so a table that does
 // not fit fails the build. The egress table also holds the module area.
@@ -281,6 +301,10 @@ const _: () = {
     assert!(
         EGRESS_STACK_RULES.len() < MAX_STACK_RULES,
         "EGRESS_STACK_RULES and the module area overflow"
+    );
+    assert!(
+        EGRESS_ICMP_STACK_RULES.len() <= MAX_STACK_RULES,
+        "EGRESS_ICMP_STACK_RULES overflow"
     );
 };
 
@@ -453,6 +477,18 @@ pub fn resolve_egress_rules(
         rules.count += 1;
     }
     (rules, missing)
+}
+
+/// The ICMP reject rules (see `EGRESS_ICMP_STACK_RULES`). Their cause is
+/// not read: a match is `netfilter-reject-icmp`, at the matched function.
+pub fn resolve_egress_icmp_rules(
+    ksyms: &crate::kernel::ksyms::Kallsyms,
+) -> tracer_common::StackRules {
+    let table: Vec<Spec> = EGRESS_ICMP_STACK_RULES
+        .iter()
+        .map(|f| (*f, None, 0, 0))
+        .collect();
+    resolve(ksyms, &table).0
 }
 
 /// (function, second function, state mask, raw cause).

@@ -90,10 +90,16 @@ impl Enricher {
         self.namer.borrow_mut().name(netns, pkt, hook, want)
     }
 
-    /// The rule that silently dropped `remote`'s segments in `netns`: at
-    /// the hooks a peer's packet meets, else (a RST this host sent,
-    /// dropped on its way out) at output.
-    pub fn name_drop(&self, netns: u64, remote: std::net::IpAddr) -> Option<(u32, Named)> {
+    /// The rule that silently dropped (`want` Drop) or rejected with an
+    /// ICMP error (`want` Reject) `remote`'s segments in `netns`: at the
+    /// hooks a peer's packet meets, else (a RST this host sent, dropped on
+    /// its way out) at output.
+    pub fn name_drop(
+        &self,
+        netns: u64,
+        remote: std::net::IpAddr,
+        want: Verdict,
+    ) -> Option<(u32, Named)> {
         let v6 = remote.is_ipv6();
         let inbound = Packet {
             v6,
@@ -116,7 +122,7 @@ impl Enricher {
             (4, &outbound),
         ]
         .into_iter()
-        .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, Verdict::Drop)?)))
+        .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, want)?)))
     }
 
     /// A RST from its kernel record: decoded, then enriched. `stack` looks

@@ -204,7 +204,9 @@ impl Collector for Snapshot {
             &mut enc,
             "rsttrace_drops",
             "TCP segments to or from remote peers dropped silently (no RST sent), by drop \
-             cause: netfilter-drop, tc-drop, xdp-drop, cgroup-drop, listen-overflow.",
+             cause: netfilter-drop, tc-drop, xdp-drop, cgroup-drop, listen-overflow; and \
+             those a netfilter REJECT answered with an ICMP error instead of a RST: \
+             netfilter-reject-icmp.",
             tracer_common::DropCause::ALL.into_iter().map(|c| {
                 let n = s
                     .drops

@@ -9,6 +9,7 @@ pub mod summary;
 use std::time::Duration;
 
 use anyhow::Result;
+use tracer_common::DropCause;
 
 use crate::{
     attribution::{
@@ -47,20 +48,26 @@ pub fn report(
                 (l.pid, l.comm) = (Some(pid), Some(comm));
             }
         }
-        // A rule's author and the ruleset name only netfilter's drops.
-        if !d
-            .by_cause
-            .contains_key(&tracer_common::DropCause::NetfilterDrop)
-        {
-            continue;
-        }
+        // A rule's author and the ruleset name only netfilter's drops and
+        // ICMP rejects: a remote both dropped and rejected is named by
+        // the verdict it met more often.
+        let count = |c| d.by_cause.get(&c).copied().unwrap_or(0);
+        let (drops, rejects) = (
+            count(DropCause::NetfilterDrop),
+            count(DropCause::NetfilterRejectIcmp),
+        );
+        let verdict = match (drops, rejects) {
+            (0, 0) => continue,
+            (dropped, rejected) if rejected > dropped => Verdict::Reject,
+            _ => Verdict::Drop,
+        };
         // The ruleset is asked about the busiest remotes only: a scan from
         // a whole network must not make each report thousands of lookups.
         let named = (i < NAMED_DROPS)
             .then(|| {
                 d.netns
                     .iter()
-                    .find_map(|ns| Some((*ns, enricher.name_drop(*ns, d.remote_ip)?)))
+                    .find_map(|ns| Some((*ns, enricher.name_drop(*ns, d.remote_ip, verdict)?)))
             })
             .flatten();
         // The author of the rule that matched; with no match, the newest
@@ -70,7 +77,7 @@ pub fn report(
             None => d
                 .netns
                 .iter()
-                .find_map(|ns| enricher.rule_author(*ns, Verdict::Drop)),
+                .find_map(|ns| enricher.rule_author(*ns, verdict)),
         };
         d.netfilter = named.map(|(_, (hook, named))| {
             let mut nf = Netfilter {

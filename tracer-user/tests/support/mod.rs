@@ -301,10 +301,16 @@ impl Watched<'_> {
     /// Stops both; `off_wire` RSTs were sent but dropped before any device
     /// (an OUTPUT rule), and are reported all the same.
     pub fn stop_with_off_wire(self, off_wire: u64) -> TraceOutput {
+        self.stop_with_unreachables(off_wire).0
+    }
+
+    /// `stop_with_off_wire`, and the ICMP destination unreachables quoting
+    /// TCP that left `ns`'s devices.
+    pub fn stop_with_unreachables(self, off_wire: u64) -> (TraceOutput, Vec<wire::WireUnreach>) {
         let out = self.trace.stop();
-        let wire = self.wire.stop();
+        let (wire, unreach) = self.wire.stop_all();
         out.assert_matches_wire(self.ns, &wire, off_wire);
-        out
+        (out, unreach)
     }
 
     pub fn signal_and_wait(&mut self, sig: i32, said: &str) {

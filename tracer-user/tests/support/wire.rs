@@ -4,6 +4,9 @@
 //! namespace. A fact rsttrace prints about a RST (its family, ends, count)
 //! is right only if the packet that left says the same.
 //!
+//! ICMP (ICMPv6) destination unreachables that quote a TCP segment are
+//! kept too (`WireUnreach`): a REJECT that refuses without a RST.
+//!
 //! Outgoing packets only (`PACKET_OUTGOING`): on loopback each packet is
 //! seen once leaving and once arriving, and only the first is a RST sent.
 
@@ -32,10 +35,28 @@ pub struct WireRst {
     pub remote_port: u16,
 }
 
+/// One ICMP destination unreachable as it left a device, by the TCP
+/// segment it quotes: that segment's source is the remote end.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WireUnreach {
+    pub family: &'static str,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    /// The ICMP (ICMPv6) code: 3 (4) port unreachable, ...
+    pub code: u8,
+}
+
+enum Captured {
+    Rst(WireRst),
+    Unreach(WireUnreach),
+}
+
 /// A capture running on a thread of its own until `stop`.
 pub struct Wire {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<WireRst>>,
+    thread: JoinHandle<(Vec<WireRst>, Vec<WireUnreach>)>,
 }
 
 const ETH_P_ALL: u16 = 0x0003;
@@ -43,6 +64,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const PACKET_OUTGOING: u8 = 4;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 const TCP_RST: u8 = 0x04;
 
 impl Wire {
@@ -60,6 +83,11 @@ impl Wire {
     /// Every RST captured since `capture`. Panics if the socket dropped
     /// any packet: the oracle must have seen everything.
     pub fn stop(self) -> Vec<WireRst> {
+        self.stop_all().0
+    }
+
+    /// Every RST and every destination unreachable quoting TCP.
+    pub fn stop_all(self) -> (Vec<WireRst>, Vec<WireUnreach>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .join()
@@ -113,8 +141,8 @@ fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) {
 }
 
 /// Reads until `stop` is set and the socket is empty.
-fn read_rsts(fd: &OwnedFd, stop: &AtomicBool) -> Vec<WireRst> {
-    let mut out = vec![];
+fn read_rsts(fd: &OwnedFd, stop: &AtomicBool) -> (Vec<WireRst>, Vec<WireUnreach>) {
+    let (mut out, mut unreach) = (vec![], vec![]);
     let mut buf = vec![0u8; 65536];
     loop {
         // SAFETY: zeroed sockaddr_ll is valid.
@@ -149,8 +177,10 @@ fn read_rsts(fd: &OwnedFd, stop: &AtomicBool) -> Vec<WireRst> {
         if addr.sll_pkttype != PACKET_OUTGOING {
             continue;
         }
-        if let Some(rst) = parse(u16::from_be(addr.sll_protocol), &buf[..n as usize]) {
-            out.push(rst);
+        match parse(u16::from_be(addr.sll_protocol), &buf[..n as usize]) {
+            Some(Captured::Rst(rst)) => out.push(rst),
+            Some(Captured::Unreach(u)) => unreach.push(u),
+            None => {}
         }
     }
     let mut stats = libc::tpacket_stats {
@@ -173,44 +203,96 @@ fn read_rsts(fd: &OwnedFd, stop: &AtomicBool) -> Vec<WireRst> {
         stats.tp_drops, 0,
         "the capture dropped packets: the oracle is incomplete"
     );
-    out
+    (out, unreach)
 }
 
-/// A TCP segment with RST set, from its network header on.
-fn parse(proto: u16, p: &[u8]) -> Option<WireRst> {
-    let (family, src, dst, l4): (_, IpAddr, IpAddr, &[u8]) = match proto {
+/// A TCP segment with RST set, or an ICMP (ICMPv6) destination
+/// unreachable quoting a TCP segment, from its network header on.
+fn parse(proto: u16, p: &[u8]) -> Option<Captured> {
+    let (family, src, dst, l4, next): (_, IpAddr, IpAddr, &[u8], u8) = match proto {
         ETH_P_IP if p.len() >= 20 && p[0] >> 4 == 4 => {
             let ihl = usize::from(p[0] & 0x0f) * 4;
-            // A later fragment has no TCP header.
+            // A later fragment has no transport header.
             let frag_off = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
-            if p[9] != IPPROTO_TCP || frag_off != 0 || p.len() < ihl {
+            if frag_off != 0 || p.len() < ihl {
                 return None;
             }
             let a = |o: usize| IpAddr::V4(Ipv4Addr::new(p[o], p[o + 1], p[o + 2], p[o + 3]));
-            ("ipv4", a(12), a(16), &p[ihl..])
+            ("ipv4", a(12), a(16), &p[ihl..], p[9])
         }
         ETH_P_IPV6 if p.len() >= 40 && p[0] >> 4 == 6 => {
             // The tests send no extension headers.
-            if p[6] != IPPROTO_TCP {
-                return None;
-            }
             let a = |o: usize| {
                 let b: [u8; 16] = p[o..o + 16].try_into().unwrap();
                 IpAddr::V6(Ipv6Addr::from(b))
             };
-            ("ipv6", a(8), a(24), &p[40..])
+            ("ipv6", a(8), a(24), &p[40..], p[6])
         }
         _ => return None,
     };
+    match (family, next) {
+        (_, IPPROTO_TCP) => {}
+        ("ipv4", IPPROTO_ICMP) if l4.first() == Some(&3) => {
+            return unreach(ETH_P_IP, l4).map(Captured::Unreach);
+        }
+        ("ipv6", IPPROTO_ICMPV6) if l4.first() == Some(&1) => {
+            return unreach(ETH_P_IPV6, l4).map(Captured::Unreach);
+        }
+        _ => return None,
+    }
     if l4.len() < 20 || l4[13] & TCP_RST == 0 {
         return None;
     }
-    Some(WireRst {
+    Some(Captured::Rst(WireRst {
         family,
         local_ip: src,
         local_port: u16::from_be_bytes([l4[0], l4[1]]),
         remote_ip: dst,
         remote_port: u16::from_be_bytes([l4[2], l4[3]]),
+    }))
+}
+
+/// The destination unreachable `icmp` (its ICMP header on), if the packet
+/// it quotes is a TCP segment.
+fn unreach(proto: u16, icmp: &[u8]) -> Option<WireUnreach> {
+    let quoted = icmp.get(8..)?;
+    // The quoted segment: at least its ports.
+    let ports = |l4: &[u8]| -> Option<(u16, u16)> {
+        let l4 = l4.get(..4)?;
+        Some((
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ))
+    };
+    let (family, src, dst, (sport, dport)) = match proto {
+        ETH_P_IP if quoted.len() >= 20 && quoted[9] == IPPROTO_TCP => {
+            let ihl = usize::from(quoted[0] & 0x0f) * 4;
+            let a = |o: usize| {
+                IpAddr::V4(Ipv4Addr::new(
+                    quoted[o],
+                    quoted[o + 1],
+                    quoted[o + 2],
+                    quoted[o + 3],
+                ))
+            };
+            ("ipv4", a(12), a(16), ports(quoted.get(ihl..)?)?)
+        }
+        ETH_P_IPV6 if quoted.len() >= 40 && quoted[6] == IPPROTO_TCP => {
+            let a = |o: usize| {
+                let b: [u8; 16] = quoted[o..o + 16].try_into().unwrap();
+                IpAddr::V6(Ipv6Addr::from(b))
+            };
+            ("ipv6", a(8), a(24), ports(&quoted[40..])?)
+        }
+        _ => return None,
+    };
+    Some(WireUnreach {
+        family,
+        remote_ip: src,
+        remote_port: sport,
+        local_ip: dst,
+        local_port: dport,
+        code: icmp[1],
     })
 }
 

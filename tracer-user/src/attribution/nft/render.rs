@@ -124,9 +124,13 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
                                 Kind::NfProto => {
                                     nfproto = data.first().copied();
                                     r.family == FAMILY_INET
-                                        && exprs[i..]
-                                            .iter()
-                                            .any(|e| matches!(e, Expr::Payload { base: 1, .. }))
+                                        && exprs[i..].iter().any(|e| {
+                                            matches!(
+                                                e,
+                                                Expr::Payload { base: 1, .. }
+                                                    | Expr::Reject { kind: 0, .. }
+                                            )
+                                        })
                                 }
                                 Kind::Proto => {
                                     l4 = data.first().copied();
@@ -188,7 +192,7 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
                 out.push(verdict(*code, chain.as_deref()));
             }
             Expr::Immediate { .. } => {}
-            Expr::Reject { kind, code } => out.push(reject(*kind, *code)),
+            Expr::Reject { kind, code } => out.push(reject(*kind, *code, r.family, nfproto)),
             Expr::Xt { target, name } => out.push(if *target {
                 format!("xt target {name}")
             } else {
@@ -249,13 +253,48 @@ fn verdict(code: i32, chain: Option<&str>) -> String {
     }
 }
 
-fn reject(kind: u32, code: u8) -> String {
-    match (kind, code) {
-        (1, _) => "reject with tcp reset".into(),
-        // The defaults nft prints as a bare `reject`: port unreachable.
-        (0, 3) | (2, 1) => "reject".into(),
-        (0, c) => format!("reject with icmp {c}"),
-        (_, c) => format!("reject with icmpx {c}"),
+/// As nft prints it: codes by their names (`reject with icmp
+/// host-unreachable`), the default port unreachable as a bare `reject`
+/// (an icmp or icmpv6 one only in an ip or ip6 table: in the others nft
+/// spells it out).
+fn reject(kind: u32, code: u8, table_family: u8, nfproto: Option<u8>) -> String {
+    const ICMP: &[(u8, &str)] = &[
+        (0, "net-unreachable"),
+        (1, "host-unreachable"),
+        (2, "prot-unreachable"),
+        (3, "port-unreachable"),
+        (9, "net-prohibited"),
+        (10, "host-prohibited"),
+        (13, "admin-prohibited"),
+    ];
+    const ICMPV6: &[(u8, &str)] = &[
+        (0, "no-route"),
+        (1, "admin-prohibited"),
+        (3, "addr-unreachable"),
+        (4, "port-unreachable"),
+        (5, "policy-fail"),
+        (6, "reject-route"),
+    ];
+    const ICMPX: &[(u8, &str)] = &[
+        (0, "no-route"),
+        (1, "port-unreachable"),
+        (2, "host-unreachable"),
+        (3, "admin-prohibited"),
+    ];
+    let v6 = nfproto == Some(10);
+    let own_family = matches!(table_family, 2 | 10);
+    let (word, names, default) = match kind {
+        1 => return "reject with tcp reset".into(),
+        0 if v6 => ("icmpv6", ICMPV6, own_family.then_some(4)),
+        0 => ("icmp", ICMP, own_family.then_some(3)),
+        _ => ("icmpx", ICMPX, Some(1)),
+    };
+    if Some(code) == default {
+        return "reject".into();
+    }
+    match names.iter().find(|(c, _)| *c == code) {
+        Some((_, name)) => format!("reject with {word} {name}"),
+        None => format!("reject with {word} {code}"),
     }
 }
 
@@ -416,5 +455,31 @@ mod tests {
             "10.0.0.1-10.0.0.9"
         );
         assert_eq!(element(&[198, 18, 0, 10], None), "198.18.0.10");
+    }
+
+    /// As nft 1.0 lists them (checked against `nft -a list`): the family's
+    /// default port unreachable is bare only in its own family's table.
+    #[test]
+    fn rejects_print_as_nft_lists_them() {
+        let (ip, ip6, inet) = (2, 10, 1);
+        assert_eq!(reject(0, 3, ip, Some(2)), "reject");
+        assert_eq!(reject(0, 4, ip6, Some(10)), "reject");
+        assert_eq!(reject(2, 1, inet, None), "reject");
+        assert_eq!(
+            reject(0, 3, inet, Some(2)),
+            "reject with icmp port-unreachable"
+        );
+        assert_eq!(
+            reject(0, 1, inet, Some(2)),
+            "reject with icmp host-unreachable"
+        );
+        assert_eq!(reject(0, 9, ip, Some(2)), "reject with icmp net-prohibited");
+        assert_eq!(reject(0, 0, ip6, Some(10)), "reject with icmpv6 no-route");
+        assert_eq!(
+            reject(2, 3, inet, None),
+            "reject with icmpx admin-prohibited"
+        );
+        assert_eq!(reject(1, 0, inet, None), "reject with tcp reset");
+        assert_eq!(reject(0, 42, ip, Some(2)), "reject with icmp 42");
     }
 }
