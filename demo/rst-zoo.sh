@@ -39,6 +39,18 @@ table ip crowdsec {
 		ip saddr @crowdsec-blacklists counter reject with tcp reset
 	}
 }
+# ... and one as fail2ban's nftables action keeps it, with its default
+# blocktype: `reject` answers TCP with ICMP port unreachable, not a RST.
+table inet f2b-table {
+	set addr-set-sshd {
+		type ipv4_addr
+		elements = { 127.66.0.31 }
+	}
+	chain f2b-chain {
+		type filter hook input priority -1;
+		tcp dport { 22 } ip saddr @addr-set-sshd counter reject
+	}
+}
 NFT
 # A tc ingress filter (classic BPF, direct action) dropping 127.70.0.7's
 # SYNs, as a BPF network policy would.
@@ -101,6 +113,12 @@ for _ in range(3):
     s = socket.socket(); s.bind(("127.66.0.30", 0))
     try: s.connect(("127.0.0.1", 443))
     except OSError: pass
+
+# netfilter-reject-icmp: fail2ban's reject, answered with ICMP (a refused
+# connect all the same)
+s = socket.socket(); s.bind(("127.66.0.31", 0))
+try: s.connect(("127.0.0.1", 22))
+except OSError: pass
 
 # tc-drop: the tc filter drops this client's SYN (the connect times out)
 s = socket.socket(); s.bind(("127.70.0.7", 0)); s.settimeout(0.3)

@@ -251,6 +251,9 @@ pub struct EgressOffsets {
     /// run there. `ABSENT` (no such field: a kernel without tc egress
     /// classifiers): a full socket's segments are never read.
     pub dev_egress: u32,
+    /// `sk_buff.destructor`: the TCP stack's replies on behalf of a full
+    /// socket are owned by it through `sock_edemux` (`REPLY_DESTRUCTOR`).
+    pub skb_destructor: u32,
 }
 
 /// Offsets into nf_tables' structures (its module BTF), for naming the
@@ -299,6 +302,7 @@ impl EgressOffsets {
         skb_dev: ABSENT,
         dev_ifindex: ABSENT,
         dev_egress: ABSENT,
+        skb_destructor: ABSENT,
     };
 }
 

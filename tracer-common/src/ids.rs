@@ -302,6 +302,7 @@ pub mod names {
         EVENTS_PER_SEC,
         FILTER,
         FULL_SOCKET_RESET,
+        REPLY_DESTRUCTOR,
         FULL_LISTENER_CAUSES,
         ICMP_REJECTS_COUNTED,
         KFREE_SKB_LAYOUT,

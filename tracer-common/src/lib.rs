@@ -94,7 +94,7 @@ mod tests {
     fn structs_have_no_implicit_padding() {
         assert_eq!(size_of::<SendResetLayout>(), 12 * 4);
         assert_eq!(size_of::<NetnsOffsets>(), 7 * 4);
-        assert_eq!(size_of::<EgressOffsets>(), 18 * 4);
+        assert_eq!(size_of::<EgressOffsets>(), 19 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<KfreeSkbLayout>(), 4 * 4);
         assert_eq!(size_of::<SockAddrOffsets>(), 7 * 4);

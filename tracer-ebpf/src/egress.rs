@@ -70,6 +70,17 @@ pub fn stack_counted_at_send() -> bool {
     unsafe { core::ptr::read_volatile(&STACK_COUNTED_AT_SEND) != 0 }
 }
 
+/// The destructor of the TCP stack's replies on behalf of a full socket
+/// (`cause::REPLY_DESTRUCTOR`), 0 when unknown.
+#[unsafe(no_mangle)]
+static REPLY_DESTRUCTOR: u64 = 0;
+
+#[inline(always)]
+fn reply_destructor() -> u64 {
+    // SAFETY: a read-only global that userspace sets before load.
+    unsafe { core::ptr::read_volatile(&REPLY_DESTRUCTOR) }
+}
+
 /// The cause of a RST sent through a user's raw or packet socket, set by
 /// userspace from its cause rules.
 #[unsafe(no_mangle)]
@@ -273,6 +284,12 @@ fn try_net_dev_queue<M: Mem, C: StackIdContext>(ctx: &C, skb: u64) -> Result<i32
     let (cause, stack_id) = match origin {
         // Here only because its device has egress programs.
         Origin::Full => {
+            // The stack's reply on behalf of this socket, counted at send.
+            let destructor: u64 = M::read(skb + u64::from(o.skb_destructor))?;
+            if destructor != 0 && destructor == reply_destructor() {
+                count_tcp_stack();
+                return Ok(0);
+            }
             let Some(cause) = stack::full_socket_reset_cause(ctx) else {
                 // The stack's own, counted at send.
                 return Ok(0);

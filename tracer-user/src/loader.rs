@@ -38,6 +38,8 @@ pub struct Egress {
     /// `cause::FULL_SOCKET_RESET`; `StackRule::NONE` where a full
     /// socket's packets are not read (`offsets.dev_egress` ABSENT).
     pub full_socket_reset: StackRule,
+    /// `cause::REPLY_DESTRUCTOR`'s address, 0 when unknown.
+    pub reply_destructor: u64,
 }
 
 pub struct Options<'a> {
@@ -310,6 +312,7 @@ impl Tracer {
             offsets: EgressOffsets::UNSET,
             rules: StackRules::EMPTY,
             full_socket_reset: StackRule::NONE,
+            reply_destructor: 0,
         });
         let mut ebpf = EbpfLoader::new()
             .btf(opts.btf)
@@ -321,6 +324,7 @@ impl Tracer {
             )
             .override_global(names::EGRESS_STACK_RULES, &egress.rules, true)
             .override_global(names::FULL_SOCKET_RESET, &egress.full_socket_reset, true)
+            .override_global(names::REPLY_DESTRUCTOR, &egress.reply_destructor, true)
             .override_global(
                 names::EGRESS_ICMP_STACK_RULES,
                 &opts.egress_icmp_rules,
@@ -1063,6 +1067,7 @@ mod tests {
                 offsets: EgressOffsets::UNSET,
                 rules: StackRules::EMPTY,
                 full_socket_reset: StackRule::NONE,
+                reply_destructor: 0,
             }),
             egress_icmp_rules: StackRules::EMPTY,
             kfree_skb: KfreeSkbLayout {

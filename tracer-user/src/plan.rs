@@ -66,6 +66,10 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
                 offsets,
                 rules: egress_rules,
                 full_socket_reset: full_socket_reset.unwrap_or(tracer_common::StackRule::NONE),
+                reply_destructor: facts
+                    .ksyms
+                    .as_ref()
+                    .map_or(0, |k| cause::resolve_reply_destructor(k)),
             }
         }),
         // Loaded for netfilter-drop too: its count leaves out the segments

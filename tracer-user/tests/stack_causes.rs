@@ -504,7 +504,16 @@ fn closed_port_that_had_a_listener_names_it() {
 /// backlog), every later one is reset.
 #[test]
 fn listen_overflow_with_tcp_abort_on_overflow() {
-    listen_overflow("loverflow", 63, &[]);
+    listen_overflow("loverflow", 63, &[], false);
+}
+
+/// The same on a device with tc egress programs (a Cilium or Calico host),
+/// where rsttrace reads a full socket's RSTs to find those a program made:
+/// from 6.13 the listener owns its reset, which is still the stack's own,
+/// counted once (it was counted again as `injected`).
+#[test]
+fn listen_overflow_on_a_device_with_egress_programs() {
+    listen_overflow("loverflowx", 67, &[], true);
 }
 
 /// The same, seen by the classic tracepoint build (kernels without BTF
@@ -512,11 +521,12 @@ fn listen_overflow_with_tcp_abort_on_overflow() {
 /// connection's.
 #[test]
 fn listen_overflow_seen_by_the_classic_build() {
-    listen_overflow("loverflowc", 65, &["--debug-no-tp-btf"]);
+    listen_overflow("loverflowc", 65, &["--debug-no-tp-btf"], false);
 }
 
-/// Clients 127.`octet`.0.2 fill the queue, 127.`octet`.0.1 overflow it.
-fn listen_overflow(tag: &str, octet: u8, extra: &[&str]) {
+/// Clients 127.`octet`.0.2 fill the queue, 127.`octet`.0.1 overflow it;
+/// `egress_filter`: on a loopback with a tc egress filter that passes all.
+fn listen_overflow(tag: &str, octet: u8, extra: &[&str], egress_filter: bool) {
     use std::io::Write as _;
     use std::os::fd::AsRawFd as _;
     const N: usize = 4;
@@ -525,6 +535,22 @@ fn listen_overflow(tag: &str, octet: u8, extra: &[&str]) {
     let over_ip: &'static str = format!("127.{octet}.0.1").leak();
     let ns = Netns::new(tag);
     ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_abort_on_overflow", "1").unwrap());
+    if egress_filter {
+        ns.exec(&["tc", "qdisc", "add", "dev", "lo", "clsact"]);
+        // Classic BPF, direct action: `ret #0`, TC_ACT_OK for every packet.
+        ns.exec(&[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "lo",
+            "egress",
+            "bpf",
+            "da",
+            "bytecode",
+            "1,6 0 0 0",
+        ]);
+    }
     let trace = Trace::watch(&ns, extra);
     let path = format!("/run/netns/{}", ns.name);
     let mut args = vec!["--netns", path.as_str()];

@@ -254,6 +254,20 @@ pub const EGRESS_STACK_RULES: &[(&str, EgressRule)] = &[
 /// it, a program at the device's egress made it (`BPF_EGRESS`).
 pub const FULL_SOCKET_RESET: &str = "tcp_send_active_reset";
 
+/// The destructor of the TCP stack's replies sent on behalf of a full
+/// socket (6.13+: `ip_send_unicast_reply` makes the socket they answer for
+/// their owner, a listener with a full queue, a socket that got data after
+/// close): with it, a full socket's RST at the egress hook is the stack's,
+/// already counted at send, whatever the kernel stack shows.
+pub const REPLY_DESTRUCTOR: &str = "sock_edemux";
+
+/// `REPLY_DESTRUCTOR`'s address; 0 where this kernel's symbols lack it (it
+/// then matches no packet: kernels before it leave such replies to their
+/// control socket).
+pub fn resolve_reply_destructor(ksyms: &crate::kernel::ksyms::Kallsyms) -> u64 {
+    ksyms.range(REPLY_DESTRUCTOR).map_or(0, |(start, _)| start)
+}
+
 /// `FULL_SOCKET_RESET` as the egress program takes it; None where this
 /// kernel's symbols lack it (a full socket's packets are then not read).
 pub fn resolve_full_socket_reset(

@@ -70,6 +70,7 @@ pub fn egress_offsets(b: &Btf) -> Result<tracer_common::EgressOffsets> {
         skb_dev: m("sk_buff", &["dev"], 8)?,
         dev_ifindex: m("net_device", &["ifindex"], 4)?,
         dev_egress: dev_egress_offset(b).unwrap_or(tracer_common::ABSENT),
+        skb_destructor: m("sk_buff", &["destructor"], 8)?,
     })
 }
 
