@@ -1407,23 +1407,47 @@ fn table_line(r: &Row) -> String {
 /// rows not there yet go after the table's last row.
 fn merge_rows(old: &str, rows: &[Row], lines: &[String]) -> String {
     let key = |what: &str| what.split('(').next().unwrap_or(what).trim().to_string();
+    let what = |l: &str| -> Option<String> {
+        Some(l.strip_prefix("| ")?.split(" | ").next()?.to_string())
+    };
+    // An indented row ("  floor: ...") belongs to the row above it: several
+    // loads have one with the same words.
+    let indented = |w: &str| w.starts_with(' ');
     let mut out: Vec<String> = old.lines().map(str::to_string).collect();
+    // The row the last main row was merged at.
+    let mut parent = 0;
     for (r, line) in rows.iter().zip(lines) {
         let k = key(&r.what);
-        let found = out.iter().position(|l| {
-            l.strip_prefix("| ")
-                .and_then(|rest| rest.split(" | ").next())
-                .is_some_and(|what| key(what) == k)
-        });
-        match found {
-            Some(i) => out[i] = line.clone(),
-            None => {
-                let at = out
-                    .iter()
-                    .rposition(|l| l.starts_with('|'))
-                    .map_or(out.len(), |i| i + 1);
-                out.insert(at, line.clone());
+        let found = if indented(&r.what) {
+            (parent + 1..out.len())
+                .take_while(|&i| what(&out[i]).is_some_and(|w| indented(&w)))
+                .find(|&i| what(&out[i]).is_some_and(|w| key(&w) == k))
+        } else {
+            out.iter()
+                .position(|l| what(l).is_some_and(|w| !indented(&w) && key(&w) == k))
+        };
+        let at = match found {
+            Some(i) => {
+                out[i] = line.clone();
+                i
             }
+            None => {
+                let at = if indented(&r.what) {
+                    (parent + 1..out.len())
+                        .take_while(|&i| what(&out[i]).is_some_and(|w| indented(&w)))
+                        .last()
+                        .map_or(parent + 1, |i| i + 1)
+                } else {
+                    out.iter()
+                        .rposition(|l| l.starts_with('|'))
+                        .map_or(out.len(), |i| i + 1)
+                };
+                out.insert(at, line.clone());
+                at
+            }
+        };
+        if !indented(&r.what) {
+            parent = at;
         }
     }
     let mut text = out.join("\n");
@@ -1527,5 +1551,32 @@ mod tests {
             "{new}"
         );
         assert!(new.starts_with("# results\n\ntext\n"), "{new}");
+    }
+
+    /// Floor rows share their words: each load's is the one under it.
+    #[test]
+    fn a_floor_row_replaces_the_floor_of_its_own_load() {
+        let old = "| measurement | untraced | traced | ratio | target | met |\n\
+                   |---|---|---|---|---|---|\n\
+                   | flood | 1 | 2 | 3 | - | - |\n\
+                   |   floor: the same | 4 | 5 | 6 | - | - |\n\
+                   | ping-pong | 7 | 8 | 9 | - | - |\n\
+                   |   floor: the same | 10 | 11 | 12 | - | - |\n";
+        let rows = [
+            Row::traced("ping-pong", "80".into(), "report", None),
+            Row::traced("  floor: the same", "110".into(), "report", None),
+        ];
+        let lines: Vec<String> = rows.iter().map(table_line).collect();
+        let new = merge_rows(old, &rows, &lines);
+        assert!(
+            new.contains("|   floor: the same | 4 | 5 | 6 | - | - |\n"),
+            "{new}"
+        );
+        assert!(new.contains("| ping-pong | - | 80 |"), "{new}");
+        assert!(
+            new.ends_with("|   floor: the same | - | 110 | - | report | - |\n"),
+            "{new}"
+        );
+        assert_eq!(new.lines().count(), old.lines().count(), "{new}");
     }
 }
