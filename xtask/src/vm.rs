@@ -181,6 +181,12 @@ pub fn run(o: &Options) -> Result<bool> {
     Ok(results.iter().all(|r| r.pass))
 }
 
+/// The oops of a breakpoint the kernel's own text patching left
+/// (`text_poke_bp`), as a CPU the emulator did not keep coherent took it.
+fn is_text_patching_trap(crash: &str) -> bool {
+    crash.contains("Oops: int3")
+}
+
 /// Where KVM failed to boot a guest, keyed by the host kernel: later runs
 /// go straight to TCG instead of waiting for KVM again.
 const KVM_UNUSABLE: &str = "kvm-unusable";
@@ -290,6 +296,29 @@ fn one(
             machine, accel.0, &k.vmlinuz, &initrd, &log, o.timeout, echo, &prefix,
         )?;
     }
+    // After boot too, under TCG, 6.12 now and then trips on its own int3
+    // text patching (a jump label being switched on one CPU, the other
+    // taking the breakpoint after it is gone: seen once in a CI run, inside
+    // bpf_prog_load). That is the emulator's, not a tracer's: run the
+    // kernel's tests once more, saying so. Any other crash, a crash under
+    // KVM, or the same crash twice, fails.
+    let mut rerun_after: Option<String> = None;
+    if let (true, Some(crash)) = (out.booted, out.crash.clone())
+        && accel.0 == qemu::Accel::Tcg
+        && is_text_patching_trap(&crash)
+    {
+        let first = log.with_extension("crashed-run.log");
+        eprintln!(
+            "xtask: vm: {label}: the guest kernel crashed on its own text patching under \
+             TCG ({crash}; see {}): running its tests once more",
+            first.display()
+        );
+        let _ = std::fs::rename(&log, &first);
+        out = qemu::boot(
+            machine, accel.0, &k.vmlinuz, &initrd, &log, o.timeout, echo, &prefix,
+        )?;
+        rerun_after = Some(crash);
+    }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let summary = report::summarize(&text);
     let pass = out.result.as_deref() == Some("PASS");
@@ -300,6 +329,12 @@ fn one(
     };
     if let Some(crash) = &out.crash {
         line.push_str(&format!(" (the guest kernel crashed: {crash})"));
+    }
+    if let Some(crash) = &rerun_after {
+        line.push_str(&format!(
+            " (second run: the first crashed on text patching under TCG: {crash})"
+        ));
+        eprintln!("xtask: vm: {label}: second run: {line}");
     }
     print_kernel(
         &k,
@@ -484,4 +519,24 @@ fn busybox(apt: &apt::Apt, vm: &Path) -> Result<PathBuf> {
         .map(|p| root.join(p))
         .find(|p| p.is_file())
         .with_context(|| format!("no busybox binary in {}", deb.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the text-patching trap is run again; other crashes fail.
+    #[test]
+    fn only_a_text_patching_trap_is_run_again() {
+        assert!(is_text_patching_trap(
+            "[  498.388856] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+        ));
+        for other in [
+            "[   12.000000] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+            "[   12.000000] Oops: general protection fault, probably for non-canonical address",
+            "[   12.000000] Kernel panic - not syncing: Fatal exception",
+        ] {
+            assert!(!is_text_patching_trap(other), "{other}");
+        }
+    }
 }
