@@ -262,26 +262,13 @@ fn tc_ebpf_drops_name_the_program_its_holder_and_pin() {
         ]);
     });
     let Some((d, _)) = out else { return };
-    let fdinfo = std::fs::read_to_string(format!(
-        "/proc/self/fdinfo/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&prog)
-    ))
-    .unwrap();
-    let field = |name: &str| {
-        fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("{name} in {fdinfo}"))
-            .trim()
-            .to_string()
-    };
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
     assert_eq!(
         d["programs"],
         serde_json::json!([{
-            "id": field("prog_id:").parse::<u32>().unwrap(),
+            "id": fdinfo_field(&prog, "prog_id:").parse::<u32>().unwrap(),
             "name": "rsttrace_t_drop",
-            "tag": field("prog_tag:"),
+            "tag": fdinfo_field(&prog, "prog_tag:"),
             "attach": "tc-ingress",
             "device": "rtd182-s",
             "holder": {"pid": std::process::id(), "comm": comm.trim()},
