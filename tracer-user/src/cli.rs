@@ -140,6 +140,11 @@ pub struct Args {
     #[arg(long, hide = true)]
     pub debug_empty_programs: bool,
 
+    /// Debug (the bench's cost of a second egress view): also attach an
+    /// empty program to net:net_dev_start_xmit.
+    #[arg(long, hide = true)]
+    pub debug_start_xmit_probe: bool,
+
     /// Debug (the bench's instrument): SIGUSR1 detaches every program and
     /// SIGUSR2 attaches them again; counts miss what happens in between.
     #[arg(long, hide = true)]
@@ -301,9 +306,11 @@ mod tests {
             "--debug-empty-programs",
             "--debug-toggle-signals",
             "--debug-no-tp-btf",
+            "--debug-start-xmit-probe",
         ])
         .unwrap();
         assert!(a.debug_empty_programs && a.debug_toggle_signals && a.debug_no_tp_btf);
+        assert!(a.debug_start_xmit_probe);
         let help = <Args as clap::CommandFactory>::command()
             .render_long_help()
             .to_string();

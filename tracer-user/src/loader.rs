@@ -83,6 +83,9 @@ pub struct Options<'a> {
     /// `--debug-empty-programs`, for `cargo xtask bench` only: every
     /// program returns at once (the hooks' own cost, nothing counted).
     pub bench_empty: bool,
+    /// `--debug-start-xmit-probe`, for `cargo xtask bench` only: an empty
+    /// program on net:net_dev_start_xmit too.
+    pub bench_start_xmit: bool,
     /// task_struct offsets: RSTs of exiting actors are marked, and fatal
     /// signals kept by their target's process; `None`: no exit attribution.
     pub task: Option<TaskOffsets>,
@@ -132,6 +135,8 @@ pub enum Hook {
     SignalGenerate,
     /// The OOM killer's victims.
     MarkVictim,
+    /// The bench's empty program on a second egress view.
+    StartXmitProbe,
 }
 
 /// How a program is attached.
@@ -171,6 +176,7 @@ impl Attached {
             Hook::ReceiveReset => "tcp:tcp_receive_reset".into(),
             Hook::SignalGenerate => "signal:signal_generate".into(),
             Hook::MarkVictim => "oom:mark_victim".into(),
+            Hook::StartXmitProbe => "net:net_dev_start_xmit (empty, bench)".into(),
             Hook::SendResetKprobes | Hook::NftKprobes => {
                 format!("kprobes on {}", self.functions.join("/"))
             }
@@ -207,6 +213,8 @@ pub struct Programs {
     pub signals: bool,
     /// oom:mark_victim: which of those the OOM killer chose.
     pub oom: bool,
+    /// The bench's empty program on net:net_dev_start_xmit.
+    pub start_xmit_probe: bool,
 }
 
 impl Programs {
@@ -232,6 +240,7 @@ impl Programs {
                 _ => vec![],
             },
             receive_reset: opts.receive_reset.is_some(),
+            start_xmit_probe: egress && opts.bench_start_xmit,
         }
     }
 }
@@ -731,6 +740,13 @@ impl Tracer {
                 "tcp_receive_reset",
             )?;
         }
+        if programs.start_xmit_probe {
+            self.attach_raw_tp(
+                Hook::StartXmitProbe,
+                "net_dev_start_xmit_probe",
+                "net_dev_start_xmit",
+            )?;
+        }
         Ok(self.attached.clone())
     }
 
@@ -1086,6 +1102,7 @@ mod tests {
             kprobes: false,
             nft: None,
             bench_empty: false,
+            bench_start_xmit: false,
             task: None,
             signal: SignalLayout::UNSET,
             btf: None,

@@ -105,6 +105,7 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
         kprobes: facts.kprobes,
         nft: if sent { facts.nft.clone().ok() } else { None },
         bench_empty: args.debug_empty_programs,
+        bench_start_xmit: args.debug_start_xmit_probe,
         task: facts.task.clone().ok(),
         signal: SignalLayout {
             victim_pid: facts.mark_victim.clone().unwrap_or(ABSENT),
@@ -149,6 +150,11 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
     if load.bench_empty {
         warnings.push(
             "--debug-empty-programs: every program returns at once, nothing is counted".into(),
+        );
+    }
+    if load.bench_start_xmit {
+        warnings.push(
+            "--debug-start-xmit-probe: an empty program runs on net:net_dev_start_xmit".into(),
         );
     }
     Ok(Decided {

@@ -864,6 +864,13 @@ const FLOOR_ROW: &str = "  floor: the same hooks, every program returning at onc
 /// returning at once.
 const EMPTY_PROGRAMS: &[&str] = &["--debug-empty-programs"];
 
+/// The floor with one more empty program, on net:net_dev_start_xmit: what
+/// a second egress view (one that would also see AF_PACKET's qdisc bypass
+/// and generic XDP_TX) would cost each packet before doing anything.
+const START_XMIT_ROW: &str =
+    "  floor + an empty program on net:net_dev_start_xmit (a second egress view)";
+const EMPTY_PROGRAMS_START_XMIT: &[&str] = &["--debug-empty-programs", "--debug-start-xmit-probe"];
+
 /// One row of the flood: rsttrace's arguments and debug flags.
 struct FloodMode {
     what: &'static str,
@@ -911,6 +918,13 @@ fn flood_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             name: "floor",
             extra: &["--summary-only"],
             flags: EMPTY_PROGRAMS,
+            target: None,
+        },
+        FloodMode {
+            what: START_XMIT_ROW,
+            name: "floor + net_dev_start_xmit",
+            extra: &["--summary-only"],
+            flags: EMPTY_PROGRAMS_START_XMIT,
             target: None,
         },
     ];
@@ -1035,7 +1049,7 @@ fn program_time_rows(ns: &Netns, rounds: usize, secs: f64) -> Result<Vec<Row>> {
             100.0 * share
         );
         rows.push(Row {
-            what: format!("  rsttrace's programs per RST (kernel run-time stats), {what}: ns"),
+            what: format!("  rsttrace's programs per RST, {what} (kernel run-time stats): ns"),
             untraced: format!("{:.0}", median(&mut untraced_ns)),
             traced: format!("{:.0}", median(&mut prog_ns)),
             ratio: format!("{:.1}%", 100.0 * share),
@@ -1089,16 +1103,22 @@ fn pinned_flood(ns: &Netns, client: Ipv4Addr, secs: f64) -> (f64, u64) {
     })
 }
 
-/// RST-free traffic: 1-byte ping-pong, toggled.
+/// RST-free traffic: 1-byte ping-pong, toggled, with the cost of a second
+/// egress view: every segment is a packet both views would run on.
 fn ping_pong_rows(rounds: usize) -> Result<Vec<Row>> {
-    rst_free_rows(
+    let mut measure = |flags: &[&str]| under_toggled_tracer(Load::ping_pong, rounds, flags);
+    let mut rows = rst_free_rows(
         "ping-pong",
         (
             "1-byte ping-pong, round trips/s",
             "1-byte ping-pong, p99 latency (us)",
         ),
-        |flags| under_toggled_tracer(Load::ping_pong, rounds, flags),
-    )
+        &mut measure,
+    )?;
+    let (rate, p99) = measure(EMPTY_PROGRAMS_START_XMIT)?;
+    say_toggled("ping-pong, floor + net_dev_start_xmit", &rate, &p99);
+    rows.push(rate.info_row(START_XMIT_ROW));
+    Ok(rows)
 }
 
 /// Signals between two processes (signal_generate's cost), toggled.
@@ -1403,8 +1423,9 @@ fn table_line(r: &Row) -> String {
 
 /// The results file with `rows` (as `lines`) in place of the rows of the
 /// same measurement, found by the measurement's first words (up to its
-/// first parenthesis, so a reworded unit or run count still matches);
-/// rows not there yet go after the table's last row.
+/// first parenthesis, so a reworded unit or run count still matches: rows
+/// of one load say what sets them apart before any parenthesis); rows not
+/// there yet go after the table's last row.
 fn merge_rows(old: &str, rows: &[Row], lines: &[String]) -> String {
     let key = |what: &str| what.split('(').next().unwrap_or(what).trim().to_string();
     let what = |l: &str| -> Option<String> {
@@ -1578,5 +1599,36 @@ mod tests {
             "{new}"
         );
         assert_eq!(new.lines().count(), old.lines().count(), "{new}");
+    }
+
+    /// The programs-per-RST rows of each output stay apart.
+    #[test]
+    fn rows_of_one_load_stay_apart() {
+        let per = |what: &str| format!("  programs per RST, {what} (run-time stats): ns");
+        let old = format!(
+            "| measurement | untraced | traced | ratio | target | met |\n\
+             |---|---|---|---|---|---|\n\
+             | flood | 1 | 2 | 3 | - | - |\n\
+             | {} | 4 | 5 | 6 | - | - |\n\
+             | {} | 7 | 8 | 9 | - | - |\n",
+            per("text"),
+            per("floor (empty)")
+        );
+        let rows = [
+            Row::traced("flood", "10".into(), "report", None),
+            Row::traced(&per("text"), "40".into(), "report", None),
+            Row::traced(&per("floor (empty)"), "70".into(), "report", None),
+        ];
+        let lines: Vec<String> = rows.iter().map(table_line).collect();
+        let new = merge_rows(&old, &rows, &lines);
+        assert_eq!(new.lines().count(), old.lines().count(), "{new}");
+        assert!(
+            new.contains(&format!("| {} | - | 40 |", per("text"))),
+            "{new}"
+        );
+        assert!(
+            new.contains(&format!("| {} | - | 70 |", per("floor (empty)"))),
+            "{new}"
+        );
     }
 }

@@ -72,7 +72,7 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         args: Vec<String>,
         /// Measure only these parts (comma-separated), to compare variants
-        /// quickly; bench/RESULTS.md is then left as it is.
+        /// quickly; only their rows are replaced in bench/RESULTS.md.
         #[arg(long, value_delimiter = ',', value_enum)]
         only: Vec<bench::Part>,
         /// Measure this rsttrace binary instead of this tree's build
