@@ -84,7 +84,7 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
                     )
                 }) =>
             {
-                cause::resolve_egress_icmp_rules(k)
+                cause::resolve_egress_icmp_rules(k).0
             }
             _ => StackRules::EMPTY,
         },
@@ -140,6 +140,13 @@ pub fn decide<'a>(facts: &'a Facts, args: &Args, scope: &'a Scope) -> Result<Dec
                 .collect()
         }),
         drops_in_scope: scope.drops,
+        reject_icmp: scope
+            .drop_causes
+            .contains(&cause::DropCause::NetfilterRejectIcmp)
+            .then(|| match &facts.ksyms {
+                Ok(k) => Ok(cause::resolve_egress_icmp_rules(k).1),
+                Err(e) => Err(e.to_string()),
+            }),
         netns: ok(&facts.netns),
         ptrace: facts.caps.ptrace,
         task: ok(&facts.task),
@@ -306,6 +313,9 @@ pub struct Probed {
     pub drop_causes: Vec<cause::DropCause>,
     /// `--cause` leaves silent drops in scope.
     pub drops_in_scope: bool,
+    /// netfilter-reject-icmp in scope: the REJECT functions not in the
+    /// kernel now, or why none can be told.
+    pub reject_icmp: Option<Result<Vec<&'static str>, String>>,
     pub netns: Result<(), String>,
     /// Owners of other users' sockets (CAP_SYS_PTRACE).
     pub ptrace: bool,
@@ -566,6 +576,10 @@ impl Plan {
                 ),
             }
         }
+        // Announced where RSTs sent are traced, as the other egress lines.
+        if let (Some(reject_icmp), true) = (&probed.reject_icmp, send_reset.is_some()) {
+            self.reject_icmp(reject_icmp, egress, &probed.egress);
+        }
         let what = "silent drops (no RST sent)";
         match find(Hook::KfreeSkb) {
             Some(hook) => self.seen(
@@ -612,6 +626,46 @@ impl Plan {
         }
         if let Some(hook) = find(Hook::ReceiveReset) {
             self.seen("RSTs received", hook.describe());
+        }
+    }
+
+    /// netfilter-reject-icmp: ICMP errors a REJECT answers TCP with, told
+    /// by the REJECT's function on the kernel stack at the egress hook.
+    fn reject_icmp(
+        &mut self,
+        found: &Result<Vec<&'static str>, String>,
+        egress: Option<&Attached>,
+        egress_probed: &Result<(), String>,
+    ) {
+        let what = "ICMP errors a netfilter REJECT answers TCP segments with (netfilter-reject-icmp), \
+                    per remote, named by rule and set as RST rejects are";
+        let Some(hook) = egress else {
+            self.unseen(what, format!("the egress hook: {}", why_not(egress_probed)));
+            return;
+        };
+        let how = format!(
+            "{}, the REJECT's function (nf_send_unreach, nft_reject_*_eval, reject_tg) on the \
+             kernel stack",
+            hook.describe()
+        );
+        match found {
+            Ok(missing) if missing.len() == cause::EGRESS_ICMP_STACK_RULES.len() => self.unseen(
+                what,
+                "no REJECT function is in the kernel now (their modules load with the first \
+                 reject rule): rejects of rules added after rsttrace started are not counted; \
+                 start it again once the rules exist",
+            ),
+            Ok(missing) if !missing.is_empty() => self.partly(
+                what,
+                how,
+                format!(
+                    "REJECTs through functions whose module was not loaded when the trace \
+                     started are not counted: {}",
+                    missing.join(", ")
+                ),
+            ),
+            Ok(_) => self.seen(what, how),
+            Err(e) => self.unseen(what, format!("{e}: the REJECT can't be told on the stack")),
         }
     }
 
@@ -914,6 +968,7 @@ mod tests {
                 .filter(|c| *c != cause::DropCause::NetfilterRejectIcmp)
                 .collect(),
             drops_in_scope: true,
+            reject_icmp: Some(Ok(vec![])),
             netns: Ok(()),
             ptrace: true,
             task: Ok(()),
@@ -980,7 +1035,7 @@ mod tests {
             p.one_line(),
             "attached to tcp:tcp_send_reset, net_dev_queue, skb:kfree_skb, \
              tcp:tcp_receive_reset, signal:signal_generate, oom:mark_victim on 6.18-test (1 of \
-             10 signals incomplete here: `rsttrace doctor` says what and why)"
+             11 signals incomplete here: `rsttrace doctor` says what and why)"
         );
         assert!(
             p.report().contains(
@@ -1025,6 +1080,56 @@ mod tests {
             hook.contains("full accept queues are not counted"),
             "{hook}"
         );
+    }
+
+    /// ICMP rejects: counted at the egress hook; the REJECT functions not
+    /// in the kernel at start are named, and with none of them nothing is
+    /// counted.
+    #[test]
+    fn icmp_rejects_say_which_reject_functions_count() {
+        const WHAT: &str = "ICMP errors a netfilter REJECT answers";
+        let attached = [
+            Attached::new(Hook::SendReset, Variant::Btf),
+            Attached::new(Hook::NetDevQueue, Variant::Btf),
+        ];
+        let line = |probed: &Probed| {
+            told(probed, &attached)
+                .signals
+                .into_iter()
+                .find(|s| s.what.starts_with(WHAT))
+        };
+        let some = line(&Probed {
+            reject_icmp: Some(Ok(vec!["nft_reject_bridge_eval"])),
+            ..probed()
+        })
+        .unwrap();
+        assert!(some.hook.unwrap().contains("net_dev_queue"));
+        assert!(some.lost.unwrap().ends_with(": nft_reject_bridge_eval"));
+        let all = line(&Probed {
+            reject_icmp: Some(Ok(vec![])),
+            ..probed()
+        })
+        .unwrap();
+        assert!(all.hook.is_some() && all.lost.is_none(), "{all:?}");
+        let none = line(&Probed {
+            reject_icmp: Some(Ok(cause::EGRESS_ICMP_STACK_RULES.to_vec())),
+            ..probed()
+        })
+        .unwrap();
+        assert!(none.hook.is_none(), "{none:?}");
+        let out_of_scope = Probed {
+            reject_icmp: None,
+            ..probed()
+        };
+        assert!(line(&out_of_scope).is_none());
+        // Without the egress hook, nothing is counted; without RSTs sent,
+        // nothing is said.
+        let p = told(&probed(), &attached[..1]);
+        let no_egress = p.signals.iter().find(|s| s.what.starts_with(WHAT)).unwrap();
+        assert!(no_egress.hook.is_none(), "{no_egress:?}");
+        let received = Attached::new(Hook::ReceiveReset, Variant::Btf);
+        let p = told(&probed(), &[received]);
+        assert!(!p.signals.iter().any(|s| s.what.starts_with(WHAT)));
     }
 
     /// `--cause` without netfilter-drop: the drop program stays off, and

@@ -426,6 +426,30 @@ fn doctor_prints_the_plan_for_this_kernel() {
             "{text}"
         );
     }
+    // ICMP rejects: told at the egress hook; a REJECT function said to be
+    // missing is really not in the kernel.
+    let icmp: String = text
+        .lines()
+        .skip_while(|l| !l.contains("ICMP errors a netfilter REJECT answers"))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with("    "))
+        .map(|(_, l)| l.trim().to_string() + "\n")
+        .collect();
+    assert!(icmp.contains("net_dev_queue"), "{text}");
+    if let Some(missing) = icmp
+        .lines()
+        .find_map(|l| l.split("are not counted: ").nth(1))
+    {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+        for f in missing.trim().split(", ") {
+            assert!(
+                !kallsyms
+                    .lines()
+                    .any(|l| l.split_whitespace().nth(2) == Some(f)),
+                "{f} is in /proc/kallsyms: {text}"
+            );
+        }
+    }
     assert!(
         line("kernel stack traces").trim_start().starts_with("yes "),
         "{text}"

@@ -493,16 +493,17 @@ pub fn resolve_egress_rules(
     (rules, missing)
 }
 
-/// The ICMP reject rules (see `EGRESS_ICMP_STACK_RULES`). Their cause is
-/// not read: a match is `netfilter-reject-icmp`, at the matched function.
+/// The ICMP reject rules (see `EGRESS_ICMP_STACK_RULES`), and the
+/// functions not in the kernel now (their module not loaded). Their cause
+/// is not read: a match is `netfilter-reject-icmp`, at the matched function.
 pub fn resolve_egress_icmp_rules(
     ksyms: &crate::kernel::ksyms::Kallsyms,
-) -> tracer_common::StackRules {
+) -> (tracer_common::StackRules, Vec<&'static str>) {
     let table: Vec<Spec> = EGRESS_ICMP_STACK_RULES
         .iter()
         .map(|f| (*f, None, 0, 0))
         .collect();
-    resolve(ksyms, &table).0
+    resolve(ksyms, &table)
 }
 
 /// (function, second function, state mask, raw cause).
