@@ -536,7 +536,9 @@ impl Plan {
                         author of a REJECT";
             let legacy = "iptables-legacy rules are named by table (filter) and base chain";
             let unsure = "a rule that depends on what rsttrace does not know (ct state, mark, \
-                          interfaces, xt matches such as ipset) is named as a candidate";
+                          interfaces, xt matches other than set, multiport, tcp and udp) is \
+                          named as a candidate; an ipset --match-set is resolved through ipset \
+                          netlink";
             let matched = "hook and backend from the kernel stack; the rule, its set element \
                            and owner by matching the answered segment against the namespace's \
                            nftables ruleset, author of rules added while tracing, both over \

@@ -364,6 +364,77 @@ fn fail2ban_drop_predating_the_trace_is_named() {
     assert!(out.rsts_to("198.18.1.10").is_empty());
 }
 
+/// fail2ban's iptables-ipset action (action.d/iptables-ipset.conf): an
+/// ipset `f2b-<jail>` of type hash:ip with timeouts, and an iptables-nft
+/// rule `-I INPUT -p tcp -m multiport --dports PORTS -m set --match-set
+/// f2b-<jail> src -j REJECT`, here `--reject-with tcp-reset`. The xt
+/// `set` match is asked of the kernel's ipset over netlink: the RSTs and
+/// `why` name table `filter`, chain `INPUT`, the ipset, its member and
+/// what is left of its timeout, and fail2ban.
+#[test]
+fn fail2ban_iptables_ipset_reject_predating_the_trace_is_named() {
+    let (srv, peer) = setup("ips", 7, "");
+    srv.exec(&[
+        "ipset", "-exist", "create", "f2b-sshd", "hash:ip", "timeout", "600",
+    ]);
+    srv.exec(&["ipset", "add", "f2b-sshd", "198.18.7.10", "timeout", "600"]);
+    srv.exec(&[
+        "iptables",
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "22",
+        "-m",
+        "set",
+        "--match-set",
+        "f2b-sshd",
+        "src",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    let handle = handle_of(&srv, "ip", "filter", "INPUT", "xt match set");
+    let want = Named {
+        family: "ip",
+        table: "filter",
+        chain: "INPUT",
+        handle,
+        rule: "meta l4proto tcp -m multiport --dports 22 -m set --match-set f2b-sshd src \
+               counter -j REJECT --reject-with tcp-reset",
+        set: json!({"name": "f2b-sshd", "element": "198.18.7.10",
+                    "timeout_s": 600, "comment": null}),
+        agent: json!("fail2ban"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    let w = why(&srv, "198.18.7.10:22");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (w[0]["hook"].as_str(), w[0]["verdict"].as_str()),
+        (Some("input"), Some("reject"))
+    );
+    assert_named(&w[0], &want);
+    // Not in the set, or another port: nothing rejects it.
+    assert!(why(&srv, "198.18.7.11:22").is_empty());
+    assert!(why(&srv, "198.18.7.10:80").is_empty());
+
+    let trace = Trace::watch(&srv, &[]);
+    refused(&peer, "198.18.7.10", "198.18.7.1:22", 3);
+    let out = trace.stop();
+    let n = counter(&srv, "ip", "filter", "INPUT", handle);
+    assert!(n >= 3, "rule counter: {n}");
+    for e in out.assert_exactly(&srv, "198.18.7.10", n, "netfilter-reject") {
+        assert_eq!(e["netfilter"]["hook"], "input", "{e}");
+        assert_named(&e["netfilter"], &want);
+        assert_eq!(e["labels"], json!(["security-agent"]), "{e}");
+    }
+}
+
 /// fail2ban's nftables action with its default blocktype, `reject`: nft
 /// answers TCP with an ICMP port unreachable (ICMPv6 for `addr6-set-*`),
 /// no RST. A second jail here takes `blocktype = reject with icmp type

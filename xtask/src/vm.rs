@@ -39,7 +39,8 @@ pub struct Options {
 
 /// Modules the tests need (veth pairs, nftables and iptables rejects, both
 /// iptables back-ends, sock_diag destroy, AF_PACKET, `ct state` in the
-/// block-list rulesets, tc's clsact and BPF classifier); those built into a
+/// block-list rulesets, fail2ban's ipset and iptables `-m set`/`-m
+/// multiport` rules, tc's clsact and BPF classifier); those built into a
 /// kernel need nothing, dependencies come along by themselves.
 const MODULES: &[&str] = &[
     "af_packet",
@@ -60,6 +61,10 @@ const MODULES: &[&str] = &[
     "nft_compat",
     "x_tables",
     "xt_tcpudp",
+    "xt_multiport",
+    "ip_set",
+    "ip_set_hash_ip",
+    "xt_set",
     "ip_tables",
     "ip6_tables",
     "iptable_filter",

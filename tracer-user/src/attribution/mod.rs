@@ -14,6 +14,7 @@ pub mod cause;
 pub mod decode;
 pub mod enrich;
 pub mod exits;
+pub mod ipset;
 pub mod listeners;
 pub mod netfilter;
 pub mod nft;

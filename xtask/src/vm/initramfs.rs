@@ -27,6 +27,8 @@ const TOOLS: &[(&str, bool)] = &[
     ("ip6tables", true),
     ("iptables-legacy", true),
     ("ip6tables-legacy", false),
+    // fail2ban's iptables-ipset action's sets (tests/blocklists.rs).
+    ("ipset", true),
     ("setpriv", true),
     ("unshare", true),
     // busybox has one too.

@@ -67,10 +67,14 @@ pub enum Expr {
         kind: u32,
         code: u8,
     },
-    /// An xtables target or match through nft_compat.
+    /// An xtables target or match through nft_compat: its name, revision
+    /// and the extension's own info struct (NFTA_MATCH_INFO, in the
+    /// kernel's layout and byte order).
     Xt {
         target: bool,
         name: String,
+        rev: u32,
+        info: Vec<u8>,
     },
     Counter,
     Other(String),
@@ -168,9 +172,202 @@ fn parse(e: &[u8]) -> Expr {
         "target" | "match" => Some(Expr::Xt {
             target: name == "target",
             name: attr(&a, 1).map(cstr).unwrap_or_default(),
+            rev: u(2).unwrap_or(0),
+            info: attr(&a, 3).map(<[u8]>::to_vec).unwrap_or_default(),
         }),
         "counter" => Some(Expr::Counter),
         _ => None,
     };
     parsed.unwrap_or(Expr::Other(name))
+}
+
+/// An xtables match rsttrace can evaluate, decoded from its info struct
+/// (the kernel's layout, host byte order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XtMatch {
+    /// `-m set --match-set NAME src|dst` (xt_set, revisions 1 to 4):
+    /// the set by kernel index, the direction of each dimension, inverted.
+    Set {
+        index: u16,
+        dim: u8,
+        /// IPSET_DIM_ONE_SRC: the first dimension is the source address.
+        src: bool,
+        invert: bool,
+        /// A packet or byte counter condition (revisions 3 and 4).
+        counters: bool,
+    },
+    /// `-m multiport --dports|--sports|--ports LIST` (revisions 0 and 1):
+    /// inclusive port ranges.
+    Multiport {
+        /// 0 source, 1 destination, 2 either.
+        dir: u8,
+        ports: Vec<(u16, u16)>,
+        invert: bool,
+    },
+    /// `-m tcp|udp --sport/--dport` ranges; `other` when a tcp flags or
+    /// option test is there too.
+    Ports {
+        sports: (u16, u16),
+        dports: (u16, u16),
+        inv_src: bool,
+        inv_dst: bool,
+        other: bool,
+    },
+}
+
+fn ne16(info: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(info.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Decodes the info of the xt matches rsttrace evaluates.
+pub fn xt_match(name: &str, rev: u32, info: &[u8]) -> Option<XtMatch> {
+    match (name, rev) {
+        ("set", 1..=4) => {
+            let flags = *info.get(3)?;
+            // Counter conditions: op bytes of the packets and bytes
+            // matches (struct ip_set_counter_match0 in revision 3, the
+            // aligned ip_set_counter_match in 4).
+            let ops: &[usize] = match rev {
+                3 => &[8, 24],
+                4 => &[16, 32],
+                _ => &[],
+            };
+            Some(XtMatch::Set {
+                index: ne16(info, 0)?,
+                dim: *info.get(2)?,
+                src: flags & 2 != 0,
+                invert: flags & 1 != 0,
+                counters: ops
+                    .iter()
+                    .any(|at| info.get(*at).is_some_and(|op| *op != 0)),
+            })
+        }
+        ("multiport", 0 | 1) => {
+            let dir = *info.first()?;
+            let count = usize::from(*info.get(1)?).min(15);
+            let port = |i: usize| ne16(info, 2 + 2 * i);
+            let mut ports = vec![];
+            let mut i = 0;
+            while i < count {
+                let s = port(i)?;
+                // Revision 1: pflags[i] makes ports[i]..ports[i + 1] a range.
+                if rev == 1 && info.get(32 + i).is_some_and(|f| *f != 0) && i + 1 < count {
+                    ports.push((s, port(i + 1)?));
+                    i += 2;
+                } else {
+                    ports.push((s, s));
+                    i += 1;
+                }
+            }
+            let invert = rev == 1 && info.get(47).is_some_and(|v| *v != 0);
+            (dir <= 2).then_some(XtMatch::Multiport { dir, ports, invert })
+        }
+        ("tcp", 0) => {
+            let inv = *info.get(11)?;
+            Some(XtMatch::Ports {
+                sports: (ne16(info, 0)?, ne16(info, 2)?),
+                dports: (ne16(info, 4)?, ne16(info, 6)?),
+                inv_src: inv & 1 != 0,
+                inv_dst: inv & 2 != 0,
+                // option, flg_mask, and their inversions.
+                other: *info.get(8)? != 0 || *info.get(9)? != 0 || inv & 0x0c != 0,
+            })
+        }
+        ("udp", 0) => {
+            let inv = *info.get(8)?;
+            Some(XtMatch::Ports {
+                sports: (ne16(info, 0)?, ne16(info, 2)?),
+                dports: (ne16(info, 4)?, ne16(info, 6)?),
+                inv_src: inv & 1 != 0,
+                inv_dst: inv & 2 != 0,
+                other: false,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// REJECT's `--reject-with` (ipt_reject_info, ip6t_reject_info).
+pub fn reject_with(info: &[u8], v6: bool) -> Option<&'static str> {
+    let with = u32::from_ne_bytes(info.get(..4)?.try_into().ok()?);
+    const V4: &[&str] = &[
+        "icmp-net-unreachable",
+        "icmp-host-unreachable",
+        "icmp-proto-unreachable",
+        "icmp-port-unreachable",
+        "echo-reply",
+        "icmp-net-prohibited",
+        "icmp-host-prohibited",
+        "tcp-reset",
+        "icmp-admin-prohibited",
+    ];
+    const V6: &[&str] = &[
+        "icmp6-no-route",
+        "icmp6-adm-prohibited",
+        "no-route",
+        "icmp6-addr-unreachable",
+        "icmp6-port-unreachable",
+        "echo-reply",
+        "tcp-reset",
+        "icmp6-policy-fail",
+        "icmp6-reject-route",
+    ];
+    (if v6 { V6 } else { V4 }).get(with as usize).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xt_infos_decode() {
+        // set rev 4: index 3, dim 1, src; no counters.
+        let mut set = vec![0u8; 48];
+        set[..2].copy_from_slice(&3u16.to_ne_bytes());
+        set[2] = 1;
+        set[3] = 2;
+        assert_eq!(
+            xt_match("set", 4, &set),
+            Some(XtMatch::Set {
+                index: 3,
+                dim: 1,
+                src: true,
+                invert: false,
+                counters: false
+            })
+        );
+        set[3] = 3;
+        set[16] = 1;
+        assert!(matches!(
+            xt_match("set", 4, &set),
+            Some(XtMatch::Set {
+                invert: true,
+                counters: true,
+                ..
+            })
+        ));
+        // multiport v1: --dports 22,8000:8080 !
+        let mut mp = vec![0u8; 48];
+        mp[0] = 1;
+        mp[1] = 3;
+        for (i, p) in [22u16, 8000, 8080].iter().enumerate() {
+            mp[2 + 2 * i..4 + 2 * i].copy_from_slice(&p.to_ne_bytes());
+        }
+        mp[33] = 1;
+        mp[47] = 1;
+        assert_eq!(
+            xt_match("multiport", 1, &mp),
+            Some(XtMatch::Multiport {
+                dir: 1,
+                ports: vec![(22, 22), (8000, 8080)],
+                invert: true
+            })
+        );
+        assert_eq!(reject_with(&7u32.to_ne_bytes(), false), Some("tcp-reset"));
+        assert_eq!(
+            reject_with(&3u32.to_ne_bytes(), false),
+            Some("icmp-port-unreachable")
+        );
+        assert_eq!(xt_match("conntrack", 3, &[0; 64]), None);
+    }
 }

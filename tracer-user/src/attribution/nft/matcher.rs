@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use crate::attribution::nftmon::Verdict;
 
 use super::{
-    expr::{self, Data, Expr},
+    expr::{self, Data, Expr, XtMatch},
     snapshot::{Chain, Element, Rule, SET_MAP, Set, Snapshot},
 };
 
@@ -95,6 +95,11 @@ pub struct Hit {
 /// The kernel's answer to "is this key in this set?".
 pub type Lookup<'a> = dyn FnMut(&Set, &[u8]) -> Result<Option<Element>, i32> + 'a;
 
+/// The kernel's answer to "is this address in the ipset of this index?"
+/// (`-m set --match-set`): the member's entry as a set hit (its `table`
+/// empty), None when not a member, Err when it cannot tell.
+pub type IpsetTest<'a> = dyn FnMut(u16, IpAddr) -> Result<Option<SetHit>, i32> + 'a;
+
 /// A rule's verdict, when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RuleVerdict {
@@ -116,6 +121,7 @@ struct Eval<'s, 'l> {
     pkt: &'s Packet,
     want: Verdict,
     lookup: &'s mut Lookup<'l>,
+    ipset: &'s mut IpsetTest<'l>,
     hits: Vec<Hit>,
 }
 
@@ -133,7 +139,8 @@ pub fn hook_number(name: &str) -> Option<u32> {
 
 /// The rules that may have given `pkt` the verdict `want` at `hook`:
 /// candidates (an unknown fact) in evaluation order, ending with the rule
-/// that certainly did, if one did.
+/// that certainly did, if one did. (Without ipset: `evaluate_with`.)
+#[cfg(test)]
 pub fn evaluate(
     snap: &Snapshot,
     pkt: &Packet,
@@ -141,11 +148,24 @@ pub fn evaluate(
     want: Verdict,
     lookup: &mut Lookup<'_>,
 ) -> Vec<Hit> {
+    evaluate_with(snap, pkt, hook, want, lookup, &mut |_, _| Err(libc::ENOSYS))
+}
+
+/// `evaluate`, with ipset `--match-set` matches asked of the kernel too.
+pub fn evaluate_with<'l>(
+    snap: &Snapshot,
+    pkt: &Packet,
+    hook: u32,
+    want: Verdict,
+    lookup: &mut Lookup<'l>,
+    ipset: &mut IpsetTest<'l>,
+) -> Vec<Hit> {
     let mut ev = Eval {
         snap,
         pkt,
         want,
         lookup,
+        ipset,
         hits: vec![],
     };
     for base in snap.base_chains(hook, pkt.nfproto()) {
@@ -421,15 +441,27 @@ impl Eval<'_, '_> {
                     Data::Verdict(..) => {}
                 },
                 Expr::Reject { .. } => verdict = Some(RuleVerdict::Block(Verdict::Reject)),
-                Expr::Xt { target: true, name } if name == "REJECT" => {
+                Expr::Xt {
+                    target: true, name, ..
+                } if name == "REJECT" => {
                     verdict = Some(RuleVerdict::Block(Verdict::Reject));
                 }
-                Expr::Xt { target, name } => {
-                    note(
-                        &mut unknown,
-                        format!("xt {} {name}", if *target { "target" } else { "match" }),
-                    );
-                }
+                Expr::Xt {
+                    target: false,
+                    name,
+                    rev,
+                    info,
+                } => match expr::xt_match(name, *rev, info).map(|m| self.xt(&m)) {
+                    Some(XtResult::Match(hit)) => {
+                        if let Some(hit) = hit {
+                            set_hit = Some(*hit);
+                        }
+                    }
+                    Some(XtResult::NoMatch) => return None,
+                    Some(XtResult::Unknown(f)) => note(&mut unknown, f),
+                    None => note(&mut unknown, format!("xt match {name}")),
+                },
+                Expr::Xt { name, .. } => note(&mut unknown, format!("xt target {name}")),
                 Expr::Counter => {}
                 Expr::Other(name)
                     if matches!(
@@ -443,6 +475,106 @@ impl Eval<'_, '_> {
             }
         }
         Some((verdict, set_hit, unknown))
+    }
+}
+
+enum XtResult {
+    Match(Option<Box<SetHit>>),
+    NoMatch,
+    Unknown(String),
+}
+
+impl Eval<'_, '_> {
+    /// An xt match, as the kernel's extension evaluates it.
+    fn xt(&mut self, m: &XtMatch) -> XtResult {
+        let in_ranges = |p: u16, r: &[(u16, u16)]| r.iter().any(|(a, b)| (*a..=*b).contains(&p));
+        let unknown = |what: &str| XtResult::Unknown(what.into());
+        let matched = |yes: bool| {
+            if yes {
+                XtResult::Match(None)
+            } else {
+                XtResult::NoMatch
+            }
+        };
+        match m {
+            XtMatch::Set {
+                index,
+                dim,
+                src,
+                invert,
+                counters,
+            } => {
+                if *dim != 1 || *counters {
+                    return unknown("xt match set");
+                }
+                let (addr, what) = if *src {
+                    (self.pkt.src, "source address")
+                } else {
+                    (self.pkt.dst, "destination address")
+                };
+                let Some(addr) = addr else {
+                    return unknown(what);
+                };
+                match (self.ipset)(*index, addr) {
+                    Ok(hit) if hit.is_some() != *invert => XtResult::Match(hit.map(Box::new)),
+                    Ok(_) => XtResult::NoMatch,
+                    Err(_) => XtResult::Unknown(format!("membership of ipset #{index}")),
+                }
+            }
+            XtMatch::Multiport { dir, ports, invert } => {
+                let (s, d) = (self.pkt.sport, self.pkt.dport);
+                let hit = match dir {
+                    0 => match s {
+                        Some(p) => in_ranges(p, ports),
+                        None => return unknown("source port"),
+                    },
+                    1 => match d {
+                        Some(p) => in_ranges(p, ports),
+                        None => return unknown("destination port"),
+                    },
+                    _ => {
+                        let any = [s, d].iter().flatten().any(|p| in_ranges(*p, ports));
+                        if !any && (s.is_none() || d.is_none()) {
+                            return unknown(if s.is_none() {
+                                "source port"
+                            } else {
+                                "destination port"
+                            });
+                        }
+                        any
+                    }
+                };
+                matched(hit != *invert)
+            }
+            XtMatch::Ports {
+                sports,
+                dports,
+                inv_src,
+                inv_dst,
+                other,
+            } => {
+                if *dports != (0, u16::MAX) || *inv_dst {
+                    let Some(d) = self.pkt.dport else {
+                        return unknown("destination port");
+                    };
+                    if in_ranges(d, &[*dports]) == *inv_dst {
+                        return XtResult::NoMatch;
+                    }
+                }
+                if *sports != (0, u16::MAX) || *inv_src {
+                    let Some(p) = self.pkt.sport else {
+                        return unknown("source port");
+                    };
+                    if in_ranges(p, &[*sports]) == *inv_src {
+                        return XtResult::NoMatch;
+                    }
+                }
+                if *other {
+                    return unknown("tcp flags");
+                }
+                XtResult::Match(None)
+            }
+        }
     }
 }
 

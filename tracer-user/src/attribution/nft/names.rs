@@ -12,8 +12,10 @@ use serde::Serialize;
 
 use crate::{attribution::nftmon::Verdict, untrusted::Untrusted};
 
+use crate::attribution::ipset;
+
 use super::{
-    matcher::{self, Hit, Packet},
+    matcher::{self, Hit, Packet, SetHit},
     netlink::{Socket, netns_path},
     owners::Owners,
     render,
@@ -201,8 +203,72 @@ fn evaluate(
     hook: u32,
     want: Verdict,
 ) -> Vec<Hit> {
-    let mut lookup = |set: &Set, key: &[u8]| snapshot::element(sock, set, key);
-    matcher::evaluate(snap, pkt, hook, want, &mut lookup)
+    let sock = std::cell::RefCell::new(sock);
+    let mut lookup = |set: &Set, key: &[u8]| snapshot::element(&mut sock.borrow_mut(), set, key);
+    let mut ipset = |index: u16, addr| ipset_member(&mut sock.borrow_mut(), index, addr, pkt);
+    matcher::evaluate_with(snap, pkt, hook, want, &mut lookup, &mut ipset)
+}
+
+/// An ipset `--match-set` as the kernel decides it: the set's name from
+/// its index, its type (single-address types only: hash:ip, hash:net,
+/// bitmap:ip), the kernel's TEST, then the member's entry from a listing.
+/// A set of the other family never matches (as in xt_set).
+fn ipset_member(
+    sock: &mut Socket,
+    index: u16,
+    addr: std::net::IpAddr,
+    pkt: &Packet,
+) -> Result<Option<SetHit>, i32> {
+    let name = ipset::name_of(sock, index)?;
+    let h = ipset::header(sock, &name)?;
+    if !matches!(h.typename.as_str(), "hash:ip" | "hash:net" | "bitmap:ip") {
+        return Err(libc::EOPNOTSUPP);
+    }
+    if h.family != pkt.nfproto() {
+        return Ok(None);
+    }
+    if !ipset::test(sock, &name, addr)? {
+        return Ok(None);
+    }
+    // A member whose entry the listing lacks (gone since): the address.
+    let entry = ipset::entry(sock, &name, addr).ok().flatten();
+    let (key, key_end) = match &entry {
+        Some(e) => e.range(),
+        None => (ip_bytes(addr), None),
+    };
+    Ok(Some(SetHit {
+        set: Set {
+            family: pkt.nfproto(),
+            table: String::new(),
+            name,
+            flags: 0,
+            key_len: key.len() as u32,
+            timeout_ms: entry
+                .as_ref()
+                .and_then(|e| e.set_timeout_s)
+                .map(|t| u64::from(t) * 1000),
+            comment: None,
+            elements: vec![],
+        },
+        element: Element {
+            key,
+            key_end,
+            verdict: None,
+            timeout_ms: None,
+            expires_ms: entry
+                .as_ref()
+                .and_then(|e| e.timeout_left_s)
+                .map(|t| u64::from(t) * 1000),
+            comment: entry.and_then(|e| e.comment),
+        },
+    }))
+}
+
+fn ip_bytes(a: std::net::IpAddr) -> Vec<u8> {
+    match a {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    }
 }
 
 /// The first rule that certainly answered, else the first candidate;
@@ -232,8 +298,14 @@ fn untrusted(v: &[String]) -> Vec<Untrusted> {
 }
 
 fn rule_text(snap: &Snapshot, h: &Hit) -> String {
+    // An ipset hit (no nftables table) names the rule's --match-set.
+    let ipset = h
+        .set
+        .as_ref()
+        .filter(|s| s.set.table.is_empty())
+        .map(|s| s.set.name.as_str());
     match &h.rule {
-        Some(r) => render::rule(Some(snap), r),
+        Some(r) => render::rule_ipset(Some(snap), r, ipset),
         None => "policy drop".into(),
     }
 }

@@ -9,10 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::attribution::nftmon::{Message, messages};
-
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// ipset's nfnetlink subsystem: the same socket asks it too.
+pub const NFNL_SUBSYS_IPSET: u16 = 6;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
@@ -95,11 +95,24 @@ impl Socket {
         Ok(Self { fd, seq: 1 })
     }
 
-    /// Sends one request and collects its replies: a dump until its end,
-    /// else the answer and the acknowledgement. Err(errno) on a netlink
-    /// error.
+    /// Sends one nftables request and collects its replies: a dump until
+    /// its end, else the answer and the acknowledgement. Err(errno) on a
+    /// netlink error.
     pub fn request(
         &mut self,
+        kind: u16,
+        family: u8,
+        dump: bool,
+        attrs: &[u8],
+    ) -> Result<Vec<Reply>, i32> {
+        self.request_to(NFNL_SUBSYS_NFTABLES, kind, family, dump, attrs)
+    }
+
+    /// `request` to another nfnetlink subsystem (ipset's); its errors
+    /// may be the subsystem's own codes (ipset's are 4096 and up).
+    pub fn request_to(
+        &mut self,
+        subsys: u16,
         kind: u16,
         family: u8,
         dump: bool,
@@ -110,7 +123,7 @@ impl Socket {
         let len = 16 + 4 + attrs.len();
         let mut msg = Vec::with_capacity(len);
         msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
+        msg.extend_from_slice(&((subsys << 8) | kind).to_ne_bytes());
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
         msg.extend_from_slice(&flags.to_ne_bytes());
         msg.extend_from_slice(&seq.to_ne_bytes());
@@ -168,10 +181,13 @@ impl Socket {
                             .unwrap_or(-libc::EPROTO);
                         return if code == 0 { Ok(out) } else { Err(-code) };
                     }
-                    _ => out.extend(messages(this).into_iter().map(|m: Message<'_>| Reply {
-                        family: m.family,
-                        attrs: m.attrs.to_vec(),
-                    })),
+                    // Replies of our subsystem to our request (nfgenmsg,
+                    // then attributes).
+                    _ if ty >> 8 == subsys && this.len() >= 20 => out.push(Reply {
+                        family: this[16],
+                        attrs: this[20..].to_vec(),
+                    }),
+                    _ => {}
                 }
             }
         }

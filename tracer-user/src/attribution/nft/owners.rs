@@ -19,10 +19,11 @@ pub const KNOWN_OWNERS: &[(Kind, &str, &str, bool)] = &[
     (Kind::Chain, "crowdsec6-chain", "CrowdSec", true),
     // fail2ban: action.d/nftables.conf (table `f2b-table`, chain
     // `f2b-chain`, sets `addr-set-<jail>`), iptables actions (chains
-    // `f2b-<jail>`).
+    // `f2b-<jail>`), iptables-ipset actions (ipsets `f2b-<jail>`).
     (Kind::Table, "f2b-table", "fail2ban", true),
     (Kind::Chain, "f2b-*", "fail2ban", true),
     (Kind::Set, "addr-set-*", "fail2ban", true),
+    (Kind::Set, "f2b-*", "fail2ban", true),
     // SSHGuard: sshg-fw-nft-sets (tables `sshguard` in ip and ip6, chain
     // `blacklist`, set `attackers`).
     (Kind::Table, "sshguard", "SSHGuard", true),
@@ -140,6 +141,10 @@ mod tests {
         );
         assert_eq!(
             name("f2b-table", "f2b-chain", Some("addr-set-sshd")).as_deref(),
+            Some("fail2ban")
+        );
+        assert_eq!(
+            name("filter", "INPUT", Some("f2b-sshd")).as_deref(),
             Some("fail2ban")
         );
         assert_eq!(

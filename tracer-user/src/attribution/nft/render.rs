@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    expr::{self, Data, Expr},
+    expr::{self, Data, Expr, XtMatch},
     snapshot::{FAMILY_INET, Rule, Snapshot},
 };
 
@@ -44,7 +44,13 @@ pub fn family_name(f: u8) -> &'static str {
     }
 }
 
+#[cfg(test)]
 pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
+    rule_ipset(snap, r, None)
+}
+
+/// `rule`, naming the ipset of its `--match-set` (else its index).
+pub fn rule_ipset(snap: Option<&Snapshot>, r: &Rule, ipset: Option<&str>) -> String {
     let mut out: Vec<String> = vec![];
     let mut regs: Vec<(u32, Loaded)> = vec![];
     // The network protocol and transport protocol the rule has narrowed
@@ -193,7 +199,28 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
             }
             Expr::Immediate { .. } => {}
             Expr::Reject { kind, code } => out.push(reject(*kind, *code, r.family, nfproto)),
-            Expr::Xt { target, name } => out.push(if *target {
+            Expr::Xt {
+                target: true,
+                name,
+                info,
+                ..
+            } if name == "REJECT" => out.push(match expr::reject_with(info, r.family == 10) {
+                Some(w) => format!("-j REJECT --reject-with {w}"),
+                None => "-j REJECT".into(),
+            }),
+            Expr::Xt {
+                target: false,
+                name,
+                rev,
+                info,
+            } if expr::xt_match(name, *rev, info).is_some() => {
+                out.push(xt_match(
+                    expr::xt_match(name, *rev, info).as_ref(),
+                    name,
+                    ipset,
+                ));
+            }
+            Expr::Xt { target, name, .. } => out.push(if *target {
                 format!("xt target {name}")
             } else {
                 format!("xt match {name}")
@@ -206,6 +233,56 @@ pub fn rule(snap: Option<&Snapshot>, r: &Rule) -> String {
         out.push(format!("comment \"{c}\""));
     }
     out.join(" ")
+}
+
+/// An xt match in iptables syntax.
+fn xt_match(m: Option<&XtMatch>, name: &str, ipset: Option<&str>) -> String {
+    let list = |r: &[(u16, u16)]| {
+        r.iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}:{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let not = |inv: bool| if inv { "! " } else { "" };
+    match m {
+        Some(XtMatch::Set {
+            index, src, invert, ..
+        }) => format!(
+            "-m set {}--match-set {} {}",
+            not(*invert),
+            ipset.map_or_else(|| format!("#{index}"), str::to_string),
+            if *src { "src" } else { "dst" }
+        ),
+        Some(XtMatch::Multiport { dir, ports, invert }) => format!(
+            "-m multiport {}--{} {}",
+            not(*invert),
+            ["sports", "dports", "ports"][usize::from(*dir).min(2)],
+            list(ports)
+        ),
+        Some(XtMatch::Ports {
+            sports,
+            dports,
+            inv_src,
+            inv_dst,
+            ..
+        }) => {
+            let mut v = format!("-m {name}");
+            if *sports != (0, u16::MAX) || *inv_src {
+                v += &format!(" {}--sport {}", not(*inv_src), list(&[*sports]));
+            }
+            if *dports != (0, u16::MAX) || *inv_dst {
+                v += &format!(" {}--dport {}", not(*inv_dst), list(&[*dports]));
+            }
+            v
+        }
+        None => format!("xt match {name}"),
+    }
 }
 
 /// `{ a, b }`; intervals as ranges; long sets cut short.
