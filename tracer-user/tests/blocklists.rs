@@ -435,6 +435,111 @@ fn fail2ban_iptables_ipset_reject_predating_the_trace_is_named() {
     }
 }
 
+/// fail2ban's iptables-ipset action with its default blocktype, `REJECT
+/// --reject-with icmp-port-unreachable`, over a hash:net ipset whose
+/// member (a /29, with a comment) holds the peer: each refusal is counted
+/// as `netfilter-reject-icmp`, as many as the ICMP errors that left (the
+/// wire), named with the ipset and its network.
+#[test]
+fn fail2ban_iptables_ipset_icmp_reject_predating_the_trace_is_counted_and_named() {
+    let (srv, peer) = setup("ipi", 8, "");
+    srv.run(|| std::fs::write("/proc/sys/net/ipv4/icmp_ratelimit", "0").unwrap());
+    srv.exec(&[
+        "ipset", "-exist", "create", "f2b-web", "hash:net", "timeout", "600", "comment",
+    ]);
+    srv.exec(&[
+        "ipset",
+        "add",
+        "f2b-web",
+        "198.18.8.8/29",
+        "timeout",
+        "600",
+        "comment",
+        "f2b web",
+    ]);
+    srv.exec(&[
+        "iptables",
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "80",
+        "-m",
+        "set",
+        "--match-set",
+        "f2b-web",
+        "src",
+        "-j",
+        "REJECT",
+    ]);
+    let handle = handle_of(&srv, "ip", "filter", "INPUT", "xt match set");
+    let want = Named {
+        family: "ip",
+        table: "filter",
+        chain: "INPUT",
+        handle,
+        rule: "meta l4proto tcp -m multiport --dports 80 -m set --match-set f2b-web src \
+               counter -j REJECT --reject-with icmp-port-unreachable",
+        set: json!({"name": "f2b-web", "element": "198.18.8.8/29",
+                    "timeout_s": 600, "comment": "f2b web"}),
+        agent: json!("fail2ban"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    let w = why(&srv, "198.18.8.11:80");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["verdict"], "reject");
+    assert_named(&w[0], &want);
+    // Outside the /29: nothing rejects it.
+    assert!(why(&srv, "198.18.8.7:80").is_empty());
+
+    // The server resolves the peer first (see icmp_rejects).
+    support::refused_connects(
+        &srv,
+        "198.18.8.1".parse().unwrap(),
+        ("198.18.8.11".parse::<IpAddr>().unwrap(), 9).into(),
+        1,
+    );
+    let trace = Trace::watch(&srv, &[]);
+    let n = 2;
+    peer.run(move || {
+        for _ in 0..n {
+            let err = support::connect_from(
+                "198.18.8.11".parse().unwrap(),
+                "198.18.8.1:80".parse().unwrap(),
+            )
+            .expect_err("refused");
+            assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        }
+    });
+    let (out, unreach) = trace.stop_with_unreachables(0);
+    let remote: IpAddr = "198.18.8.11".parse().unwrap();
+    let sent: Vec<_> = unreach.iter().filter(|u| u.remote_ip == remote).collect();
+    let m = sent.len() as u64;
+    assert!((n..=3 * n).contains(&m), "{unreach:?}");
+    assert!(
+        sent.iter().all(|u| u.code == 3 && u.local_port == 80),
+        "{sent:?}"
+    );
+    assert_eq!(counter(&srv, "ip", "filter", "INPUT", handle), m);
+    let d = out.drops_to("198.18.8.11");
+    assert_eq!(d["total"], m, "{d}");
+    assert_eq!(d["by_cause"], json!({"netfilter-reject-icmp": m}), "{d}");
+    assert_eq!(d["netfilter"]["hook"], "input", "{d}");
+    // Counted per remote: the port is not known, and the rule matches one.
+    assert_named(
+        &d["netfilter"],
+        &Named {
+            unknown: json!(["destination port"]),
+            ..want
+        },
+    );
+    assert!(out.rsts_to("198.18.8.11").is_empty());
+}
+
 /// fail2ban's nftables action with its default blocktype, `reject`: nft
 /// answers TCP with an ICMP port unreachable (ICMPv6 for `addr6-set-*`),
 /// no RST. A second jail here takes `blocktype = reject with icmp type

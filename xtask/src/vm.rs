@@ -64,6 +64,7 @@ const MODULES: &[&str] = &[
     "xt_multiport",
     "ip_set",
     "ip_set_hash_ip",
+    "ip_set_hash_net",
     "xt_set",
     "ip_tables",
     "ip6_tables",

@@ -848,6 +848,105 @@ pub mod tests {
         assert_eq!(d[0].handle, Some(3));
     }
 
+    /// fail2ban's iptables-ipset rule as iptables-nft makes it: `-p tcp
+    /// -m multiport --dports 22 -m set --match-set f2b-sshd src -j
+    /// REJECT`, the set asked of the kernel by index.
+    #[test]
+    fn an_ipset_match_is_asked_of_the_kernel_by_index() {
+        let xt = |target: bool, name: &str, rev: u32, info: Vec<u8>| Xt {
+            target,
+            name: name.into(),
+            rev,
+            info,
+        };
+        let mut mp = vec![0u8; 48];
+        mp[0] = 1;
+        mp[1] = 1;
+        mp[2..4].copy_from_slice(&22u16.to_ne_bytes());
+        let set = |flags: u8| {
+            let mut v = vec![0u8; 48];
+            v[..2].copy_from_slice(&5u16.to_ne_bytes());
+            v[2] = 1;
+            v[3] = flags;
+            v
+        };
+        let snap = |flags: u8| {
+            one_chain(vec![rule(
+                "c",
+                7,
+                vec![
+                    Meta { key: 16, dreg: 1 },
+                    Cmp {
+                        sreg: 1,
+                        op: 0,
+                        data: vec![6],
+                    },
+                    xt(false, "multiport", 1, mp.clone()),
+                    xt(false, "set", 4, set(flags)),
+                    Counter,
+                    xt(true, "REJECT", 0, 7u32.to_ne_bytes().to_vec()),
+                ],
+            )])
+        };
+        let asked = std::cell::RefCell::new(vec![]);
+        let mut ipset = |index: u16, a: IpAddr| {
+            asked.borrow_mut().push((index, a));
+            Ok(
+                (a == "198.18.0.10".parse::<IpAddr>().unwrap()).then(|| SetHit {
+                    set: Set {
+                        family: 2,
+                        table: String::new(),
+                        name: "f2b-sshd".into(),
+                        flags: 0,
+                        key_len: 4,
+                        timeout_ms: None,
+                        comment: None,
+                        elements: vec![],
+                    },
+                    element: Element {
+                        key: vec![198, 18, 0, 10],
+                        ..Default::default()
+                    },
+                }),
+            )
+        };
+        let mut none = |_: &Set, _: &[u8]| Ok(None);
+        let mut run = |flags: u8, src: &str, port: u16| {
+            evaluate_with(
+                &snap(flags),
+                &packet(src, port),
+                1,
+                Verdict::Reject,
+                &mut none,
+                &mut ipset,
+            )
+        };
+        // src (IPSET_DIM_ONE_SRC).
+        let hits = run(2, "198.18.0.10", 22);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!((hits[0].handle, hits[0].unknown.len()), (Some(7), 0));
+        assert_eq!(hits[0].set.as_ref().unwrap().set.name, "f2b-sshd");
+        assert!(run(2, "198.18.0.11", 22).is_empty());
+        // Another port: the set is not asked.
+        let before = asked.borrow().len();
+        assert!(run(2, "198.18.0.10", 80).is_empty());
+        assert_eq!(asked.borrow().len(), before);
+        // Inverted: everyone but the member.
+        assert!(run(3, "198.18.0.10", 22).is_empty());
+        assert_eq!(run(3, "198.18.0.11", 22).len(), 1);
+        // dst, and the answered packet's destination is not known.
+        let c = run(0, "198.18.0.10", 22);
+        assert_eq!(c[0].unknown, vec!["destination address".to_string()]);
+        assert_eq!(asked.borrow()[0], (5, "198.18.0.10".parse().unwrap()));
+        let text =
+            crate::attribution::nft::render::rule_ipset(None, &snap(2).rules[0], Some("f2b-sshd"));
+        assert_eq!(
+            text,
+            "meta l4proto tcp -m multiport --dports 22 -m set --match-set f2b-sshd src \
+             counter -j REJECT --reject-with tcp-reset"
+        );
+    }
+
     #[test]
     fn jumps_masks_unknown_facts_and_policies() {
         let snap = one_chain(vec![
