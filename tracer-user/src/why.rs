@@ -155,7 +155,7 @@ pub fn run(target: &Target, proto: Proto, netns: &str, output: OutputFormat) -> 
             .map(|p| format!(" port {p}"))
             .unwrap_or_default();
         println!(
-            "no nftables rule rejects or drops {}{port} ({} namespace{} read)",
+            "no nftables or iptables rule rejects or drops {}{port} ({} namespace{} read)",
             target.addr,
             spaces.len() - errors.len(),
             if spaces.len() - errors.len() == 1 {
@@ -181,9 +181,17 @@ fn text(label: &str, hook: u32, n: &Named, all: bool) -> String {
     } else {
         String::new()
     };
-    let handle = n
-        .handle
-        .map_or("policy".to_string(), |h| format!("handle {h}"));
+    // A legacy rule's handle is its number in the chain.
+    let legacy = n.backend == "iptables-legacy";
+    let handle = match n.handle {
+        None => "policy".to_string(),
+        Some(h) if legacy => format!("rule {h}"),
+        Some(h) => format!("handle {h}"),
+    };
+    let family = match legacy {
+        true => format!("iptables-legacy {}", n.family),
+        false => n.family.to_string(),
+    };
     let maybe = if n.unknown.is_empty() {
         String::new()
     } else {
@@ -201,7 +209,7 @@ fn text(label: &str, hook: u32, n: &Named, all: bool) -> String {
         "{}: {} {} {} chain {} {handle}{ns}{maybe}\n    {}\n",
         names::hook_name(hook),
         verdict(n),
-        n.family,
+        family,
         n.table,
         n.chain,
         n.rule
@@ -236,6 +244,7 @@ fn json(label: &str, hook: u32, n: &Named) -> serde_json::Value {
         "netns": Untrusted::from(label),
         "hook": names::hook_name(hook),
         "verdict": verdict(n),
+        "backend": n.backend,
         "family": n.family,
         "table": n.table,
         "chain": n.chain,

@@ -540,6 +540,160 @@ fn fail2ban_iptables_ipset_icmp_reject_predating_the_trace_is_counted_and_named(
     assert!(out.rsts_to("198.18.8.11").is_empty());
 }
 
+/// iptables-legacy, read from the kernel (IPT_SO_GET_ENTRIES): fail2ban's
+/// iptables-multiport action (action.d/iptables-multiport.conf: chain
+/// `f2b-<jail>` ending in RETURN, `-I INPUT -p tcp -m multiport --dports
+/// PORTS -j f2b-<jail>`, each ban `-I f2b-<jail> 1 -s IP -j REJECT`), here
+/// `-p tcp -j REJECT --reject-with tcp-reset` (xt_REJECT takes tcp-reset
+/// only for TCP rules), and its iptables-ipset action on legacy for
+/// a second jail with `-j DROP`. The RSTs, the drops and `why` name
+/// table `filter`, the chain, the rule's number in it (as `iptables -L
+/// --line-numbers` counts), the ipset member and fail2ban.
+#[test]
+fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
+    let (srv, peer) = setup("lg", 8, "");
+    let ipt = |args: &[&str]| {
+        let mut a = vec!["iptables-legacy"];
+        a.extend_from_slice(args);
+        srv.exec(&a);
+    };
+    ipt(&["-N", "f2b-sshd"]);
+    ipt(&["-A", "f2b-sshd", "-j", "RETURN"]);
+    ipt(&[
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "22",
+        "-j",
+        "f2b-sshd",
+    ]);
+    ipt(&[
+        "-I",
+        "f2b-sshd",
+        "1",
+        "-s",
+        "198.18.8.10",
+        "-p",
+        "tcp",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]);
+    // An earlier ban of another address: the rule named is the second.
+    ipt(&["-I", "f2b-sshd", "1", "-s", "198.18.8.99", "-j", "REJECT"]);
+    srv.exec(&[
+        "ipset", "-exist", "create", "f2b-web", "hash:ip", "timeout", "600",
+    ]);
+    srv.exec(&["ipset", "add", "f2b-web", "198.18.8.11", "timeout", "600"]);
+    ipt(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "80",
+        "-m",
+        "set",
+        "--match-set",
+        "f2b-web",
+        "src",
+        "-j",
+        "DROP",
+    ]);
+    // The rules' numbers and counters, as iptables-legacy lists them.
+    let listed = |chain: &str, needle: &str| -> (u64, u64) {
+        let l = srv.output(&[
+            "iptables-legacy",
+            "-L",
+            chain,
+            "-v",
+            "-x",
+            "-n",
+            "--line-numbers",
+        ]);
+        let line = l
+            .lines()
+            .find(|x| x.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{l}"));
+        let mut w = line.split_whitespace();
+        let num = w.next().unwrap().parse().unwrap();
+        (num, w.next().unwrap().parse().unwrap())
+    };
+    let (reject_num, _) = listed("f2b-sshd", "198.18.8.10");
+    let (drop_num, _) = listed("INPUT", "match-set f2b-web");
+    assert_eq!((reject_num, drop_num), (2, 2));
+    let reject = Named {
+        family: "ip",
+        table: "filter",
+        chain: "f2b-sshd",
+        handle: reject_num,
+        rule: "ip saddr 198.18.8.10 meta l4proto tcp -j REJECT --reject-with tcp-reset",
+        set: Value::Null,
+        agent: json!("fail2ban"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    let drop = Named {
+        family: "ip",
+        table: "filter",
+        chain: "INPUT",
+        handle: drop_num,
+        rule: "meta l4proto tcp -m multiport --dports 80 -m set --match-set f2b-web src drop",
+        set: json!({"name": "f2b-web", "element": "198.18.8.11",
+                    "timeout_s": 600, "comment": null}),
+        agent: json!("fail2ban"),
+        candidates: Value::Null,
+        unknown: Value::Null,
+    };
+    for (target, want, verdict) in [
+        ("198.18.8.10:22", &reject, "reject"),
+        ("198.18.8.11:80", &drop, "drop"),
+    ] {
+        let w = why(&srv, target);
+        assert_eq!(w.len(), 1, "{target}: {w:?}");
+        assert_eq!(w[0]["verdict"], verdict, "{target}");
+        assert_eq!(w[0]["backend"], "iptables-legacy", "{target}");
+        assert_named(&w[0], want);
+    }
+    assert!(why(&srv, "198.18.8.10:80").is_empty());
+    assert!(why(&srv, "198.18.8.11:22").is_empty());
+
+    let trace = Trace::watch(&srv, &[]);
+    refused(&peer, "198.18.8.10", "198.18.8.1:22", 3);
+    dropped(&peer, "198.18.8.11", "198.18.8.1:80", 2);
+    let out = trace.stop();
+    let (_, rejected) = listed("f2b-sshd", "198.18.8.10");
+    let (_, dropped_n) = listed("INPUT", "match-set f2b-web");
+    assert!(rejected >= 3 && dropped_n >= 2, "{rejected} {dropped_n}");
+    for e in out.assert_exactly(&srv, "198.18.8.10", rejected, "netfilter-reject") {
+        assert_eq!(e["netfilter"]["hook"], "input", "{e}");
+        assert_eq!(e["netfilter"]["backend"], "iptables-legacy", "{e}");
+        assert_named(&e["netfilter"], &reject);
+        assert_eq!(e["labels"], json!(["security-agent"]), "{e}");
+    }
+    if !support::kernel_names_netfilter_drops() {
+        return;
+    }
+    let d = out.drops_to("198.18.8.11");
+    assert_eq!(d["by_cause"], json!({"netfilter-drop": dropped_n}), "{d}");
+    assert_eq!(d["netfilter"]["backend"], "iptables-legacy", "{d}");
+    // Counted by remote address: the port the rule matches on is not known.
+    assert_named(
+        &d["netfilter"],
+        &Named {
+            unknown: json!(["destination port"]),
+            ..drop
+        },
+    );
+}
+
 /// fail2ban's nftables action with its default blocktype, `reject`: nft
 /// answers TCP with an ICMP port unreachable (ICMPv6 for `addr6-set-*`),
 /// no RST. A second jail here takes `blocktype = reject with icmp type

@@ -24,7 +24,7 @@ use crate::{
         netfilter,
         nft::{
             matcher::{self, Packet},
-            names::{Named, Namer},
+            names::{Backend, Named, Namer},
         },
         nftmon::{Author, SharedLog, Verdict},
         ustack::UserStacks,
@@ -71,8 +71,11 @@ impl Enricher {
     }
 
     /// Who added the rule the ruleset matcher named, if it was added while
-    /// we ran.
+    /// we ran (nftables only: iptables-legacy tells no one).
     pub fn author_of(&self, netns: u64, n: &Named) -> Option<Author> {
+        if n.backend == "iptables-legacy" {
+            return None;
+        }
         let mut a = self
             .ruleset
             .lock()
@@ -82,12 +85,22 @@ impl Enricher {
         Some(a)
     }
 
-    /// The rule that rejected or dropped `pkt` at `hook` in `netns`.
-    pub fn name_rule(&self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+    /// The rule that rejected or dropped `pkt` at `hook` in `netns`, in
+    /// `backend`'s ruleset.
+    pub fn name_rule(
+        &self,
+        netns: u64,
+        pkt: &Packet,
+        hook: u32,
+        want: Verdict,
+        backend: Backend,
+    ) -> Option<Named> {
         if netns == 0 {
             return None;
         }
-        self.namer.borrow_mut().name(netns, pkt, hook, want)
+        self.namer
+            .borrow_mut()
+            .name(netns, pkt, hook, want, backend)
     }
 
     /// The rule that silently dropped (`want` Drop) or rejected with an
@@ -122,7 +135,7 @@ impl Enricher {
             (4, &outbound),
         ]
         .into_iter()
-        .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, want)?)))
+        .find_map(|(hook, p)| Some((hook, self.name_rule(netns, p, hook, want, Backend::Either)?)))
     }
 
     /// A RST from its kernel record: decoded, then enriched. `stack` looks
@@ -169,10 +182,13 @@ impl Enricher {
                     .map(|f| netfilter::from_stack(f.iter().map(|(n, _)| n.as_str())))
             })
             .flatten();
-        // nftables backends: who added the rule, if it was added while we ran.
-        if let Some(nf) = netfilter.as_mut()
-            && nf.backend != Some("iptables-legacy")
-        {
+        if let Some(nf) = netfilter.as_mut() {
+            let legacy = nf.backend == Some("iptables-legacy");
+            let backend = match nf.backend {
+                Some("iptables-legacy") => Backend::Legacy,
+                Some(_) => Backend::Nftables,
+                None => Backend::Either,
+            };
             // The rule, by running the answered segment (the RST reversed)
             // through the ruleset.
             let netns = u64::from(ev.netns);
@@ -185,7 +201,7 @@ impl Enricher {
                     dport: Some(rst.local.port()),
                     l4proto: libc::IPPROTO_TCP as u8,
                 };
-                self.name_rule(netns, &pkt, hook, Verdict::Reject)
+                self.name_rule(netns, &pkt, hook, Verdict::Reject, backend)
             });
             // The base chain the kernel evaluated, where kprobes tell it.
             let kernel_chain = (ev.nft_chain != 0)
@@ -207,7 +223,9 @@ impl Enricher {
                 }
                 // Nothing in the ruleset explains it (or it could not be
                 // read): the newest reject rule added while tracing, the
-                // best guess left.
+                // best guess left (nftables follows its changes; legacy
+                // keeps the table and base chain the stack gave).
+                (None, None) if legacy => {}
                 (None, None) => {
                     nf.author = self.rule_author(netns, Verdict::Reject);
                     if let Some(a) = &nf.author {

@@ -82,7 +82,7 @@ pub fn report(
         d.netfilter = named.map(|(_, (hook, named))| {
             let mut nf = Netfilter {
                 hook: Some(hook_name(hook)),
-                backend: Some("nftables"),
+                backend: Some(named.backend),
                 ..Default::default()
             };
             nf.name_rule(&named);

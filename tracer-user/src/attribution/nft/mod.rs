@@ -6,6 +6,7 @@
 //! `rsttrace why`; `owners` knows which tool owns a table, chain or set.
 
 pub mod expr;
+pub mod legacy;
 pub mod matcher;
 pub mod names;
 pub mod netlink;

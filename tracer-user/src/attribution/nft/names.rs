@@ -15,6 +15,7 @@ use crate::{attribution::nftmon::Verdict, untrusted::Untrusted};
 use crate::attribution::ipset;
 
 use super::{
+    legacy,
     matcher::{self, Hit, Packet, SetHit},
     netlink::{Socket, netns_path},
     owners::Owners,
@@ -44,9 +45,20 @@ pub struct Candidate {
     pub unknown: Vec<Untrusted>,
 }
 
+/// The ruleset a rule is looked for in: where the kernel stack told the
+/// backend, only that one; else nftables', then iptables-legacy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Nftables,
+    Legacy,
+    Either,
+}
+
 /// A rule named by matching, with its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Named {
+    /// "nftables" (iptables-nft's rules included) or "iptables-legacy".
+    pub backend: &'static str,
     pub family: &'static str,
     pub table: Untrusted,
     pub chain: Untrusted,
@@ -70,8 +82,11 @@ struct Ns {
     path: std::path::PathBuf,
     sock: Socket,
     snap: Snapshot,
+    /// The iptables-legacy tables, as a snapshot of their own: they have
+    /// no generation, and are read again each RECHECK.
+    legacy: Snapshot,
     checked: Instant,
-    cache: HashMap<(Packet, u32, Verdict), (Instant, Option<Named>)>,
+    cache: HashMap<(Packet, u32, Verdict, Backend), (Instant, Option<Named>)>,
 }
 
 /// Per-namespace snapshots, re-read when the ruleset generation changes.
@@ -106,10 +121,12 @@ impl Namer {
             let path = netns_path(netns)?;
             let mut sock = Socket::open_in(Some(&path)).ok()?;
             let snap = Snapshot::read(&mut sock).ok()?;
+            let legacy = legacy::read(Some(&path)).unwrap_or_default();
             Some(Ns {
                 path,
                 sock,
                 snap,
+                legacy,
                 checked: Instant::now(),
                 cache: HashMap::new(),
             })
@@ -139,6 +156,12 @@ impl Namer {
                         ns.snap = s;
                         ns.cache.clear();
                     }
+                    if let Ok(l) = legacy::read(Some(&ns.path))
+                        && (l.chains != ns.legacy.chains || l.rules != ns.legacy.rules)
+                    {
+                        ns.legacy = l;
+                        ns.cache.clear();
+                    }
                     false
                 }
             }
@@ -153,8 +176,15 @@ impl Namer {
     }
 
     /// The rule that gave `pkt` the verdict `want` at `hook` (NF_INET_*)
-    /// in namespace `netns` (an inode).
-    pub fn name(&mut self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+    /// in namespace `netns` (an inode), in `backend`'s ruleset.
+    pub fn name(
+        &mut self,
+        netns: u64,
+        pkt: &Packet,
+        hook: u32,
+        want: Verdict,
+        backend: Backend,
+    ) -> Option<Named> {
         // Each connection has its own source port, and almost no rule
         // looks at it: matched without it, a flood of rejects costs one
         // evaluation per peer and second, not one per RST.
@@ -162,7 +192,7 @@ impl Namer {
             sport: None,
             ..pkt.clone()
         };
-        let named = self.cached(netns, &coarse, hook, want)?;
+        let named = self.cached(netns, &coarse, hook, want, backend)?;
         let needs_port = |u: &Vec<Untrusted>| u.iter().any(|f| *f == "source port");
         if pkt.sport.is_some()
             && (needs_port(&named.unknown)
@@ -170,23 +200,28 @@ impl Namer {
         {
             let owners = self.owners.clone();
             let ns = self.ns(netns)?;
-            let hits = evaluate(&mut ns.sock, &ns.snap, pkt, hook, want);
-            return choose(&owners, &mut ns.sock, &ns.snap, hits);
+            return ns.name(&owners, pkt, hook, want, backend);
         }
         Some(named)
     }
 
-    fn cached(&mut self, netns: u64, pkt: &Packet, hook: u32, want: Verdict) -> Option<Named> {
+    fn cached(
+        &mut self,
+        netns: u64,
+        pkt: &Packet,
+        hook: u32,
+        want: Verdict,
+        backend: Backend,
+    ) -> Option<Named> {
         let owners = self.owners.clone();
         let ns = self.ns(netns)?;
-        let key = (pkt.clone(), hook, want);
+        let key = (pkt.clone(), hook, want, backend);
         if let Some((at, n)) = ns.cache.get(&key)
             && at.elapsed() < REUSE
         {
             return n.clone();
         }
-        let hits = evaluate(&mut ns.sock, &ns.snap, pkt, hook, want);
-        let named = choose(&owners, &mut ns.sock, &ns.snap, hits);
+        let named = ns.name(&owners, pkt, hook, want, backend);
         // Bounded: entries older than REUSE are of no use.
         if ns.cache.len() >= 4096 {
             ns.cache.retain(|_, (at, _)| at.elapsed() < REUSE);
@@ -195,6 +230,37 @@ impl Namer {
         named
     }
 }
+
+impl Ns {
+    fn name(
+        &mut self,
+        owners: &Owners,
+        pkt: &Packet,
+        hook: u32,
+        want: Verdict,
+        backend: Backend,
+    ) -> Option<Named> {
+        let nft = matches!(backend, Backend::Nftables | Backend::Either);
+        let legacy = matches!(backend, Backend::Legacy | Backend::Either);
+        let named = if nft {
+            let hits = evaluate(&mut self.sock, &self.snap, pkt, hook, want);
+            choose(owners, &mut self.sock, &self.snap, hits, NFTABLES)
+        } else {
+            None
+        };
+        match named {
+            Some(n) => Some(n),
+            None if legacy => {
+                let hits = evaluate(&mut self.sock, &self.legacy, pkt, hook, want);
+                choose(owners, &mut self.sock, &self.legacy, hits, LEGACY)
+            }
+            None => None,
+        }
+    }
+}
+
+const NFTABLES: &str = "nftables";
+const LEGACY: &str = "iptables-legacy";
 
 fn evaluate(
     sock: &mut Socket,
@@ -273,10 +339,16 @@ fn ip_bytes(a: std::net::IpAddr) -> Vec<u8> {
 
 /// The first rule that certainly answered, else the first candidate;
 /// the others as candidates.
-fn choose(owners: &Owners, sock: &mut Socket, snap: &Snapshot, hits: Vec<Hit>) -> Option<Named> {
+fn choose(
+    owners: &Owners,
+    sock: &mut Socket,
+    snap: &Snapshot,
+    hits: Vec<Hit>,
+    backend: &'static str,
+) -> Option<Named> {
     let pick = hits.iter().position(|h| h.unknown.is_empty()).unwrap_or(0);
     let hit = hits.get(pick)?;
-    let mut named = describe(owners, sock, snap, hit);
+    let mut named = describe(owners, sock, snap, hit, backend);
     named.candidates = hits
         .iter()
         .enumerate()
@@ -310,7 +382,13 @@ fn rule_text(snap: &Snapshot, h: &Hit) -> String {
     }
 }
 
-fn describe(owners: &Owners, sock: &mut Socket, snap: &Snapshot, h: &Hit) -> Named {
+fn describe(
+    owners: &Owners,
+    sock: &mut Socket,
+    snap: &Snapshot,
+    h: &Hit,
+    backend: &'static str,
+) -> Named {
     let set = h.set.as_ref().map(|s| SetMatch {
         name: s.set.name.clone().into(),
         element: element_text(sock, &s.set, &s.element).into(),
@@ -326,6 +404,7 @@ fn describe(owners: &Owners, sock: &mut Socket, snap: &Snapshot, h: &Hit) -> Nam
         .filter(|n| !n.starts_with("__"));
     let owner = owners.of(&h.table, &h.chain, set_name);
     Named {
+        backend,
         family: render::family_name(h.family),
         table: h.table.clone().into(),
         chain: h.chain.clone().into(),
@@ -386,12 +465,16 @@ pub fn why(
             std::io::Error::from_raw_os_error(e)
         )
     })?;
+    // A namespace without ip_tables has no legacy tables: no error.
+    let legacy = legacy::read(path)?;
     let mut out = vec![];
-    for hook in [0, 1, 2] {
-        for want in [Verdict::Reject, Verdict::Drop] {
-            let hits = evaluate(&mut sock, &snap, pkt, hook, want);
-            for h in &hits {
-                out.push((hook, describe(owners, &mut sock, &snap, h)));
+    for (snap, backend) in [(&snap, NFTABLES), (&legacy, LEGACY)] {
+        for hook in [0, 1, 2] {
+            for want in [Verdict::Reject, Verdict::Drop] {
+                let hits = evaluate(&mut sock, snap, pkt, hook, want);
+                for h in &hits {
+                    out.push((hook, describe(owners, &mut sock, snap, h, backend)));
+                }
             }
         }
     }
