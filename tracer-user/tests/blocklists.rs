@@ -551,7 +551,7 @@ fn fail2ban_iptables_ipset_icmp_reject_predating_the_trace_is_counted_and_named(
 /// --line-numbers` counts), the ipset member and fail2ban.
 #[test]
 fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
-    let (srv, peer) = setup("lg", 8, "");
+    let (srv, peer) = setup("lg", 9, "");
     let ipt = |args: &[&str]| {
         let mut a = vec!["iptables-legacy"];
         a.extend_from_slice(args);
@@ -576,7 +576,7 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
         "f2b-sshd",
         "1",
         "-s",
-        "198.18.8.10",
+        "198.18.9.10",
         "-p",
         "tcp",
         "-j",
@@ -585,11 +585,11 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
         "tcp-reset",
     ]);
     // An earlier ban of another address: the rule named is the second.
-    ipt(&["-I", "f2b-sshd", "1", "-s", "198.18.8.99", "-j", "REJECT"]);
+    ipt(&["-I", "f2b-sshd", "1", "-s", "198.18.9.99", "-j", "REJECT"]);
     srv.exec(&[
         "ipset", "-exist", "create", "f2b-web", "hash:ip", "timeout", "600",
     ]);
-    srv.exec(&["ipset", "add", "f2b-web", "198.18.8.11", "timeout", "600"]);
+    srv.exec(&["ipset", "add", "f2b-web", "198.18.9.11", "timeout", "600"]);
     ipt(&[
         "-A",
         "INPUT",
@@ -626,7 +626,7 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
         let num = w.next().unwrap().parse().unwrap();
         (num, w.next().unwrap().parse().unwrap())
     };
-    let (reject_num, _) = listed("f2b-sshd", "198.18.8.10");
+    let (reject_num, _) = listed("f2b-sshd", "198.18.9.10");
     let (drop_num, _) = listed("INPUT", "match-set f2b-web");
     assert_eq!((reject_num, drop_num), (2, 2));
     let reject = Named {
@@ -634,7 +634,7 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
         table: "filter",
         chain: "f2b-sshd",
         handle: reject_num,
-        rule: "ip saddr 198.18.8.10 meta l4proto tcp -j REJECT --reject-with tcp-reset",
+        rule: "ip saddr 198.18.9.10 meta l4proto tcp -j REJECT --reject-with tcp-reset",
         set: Value::Null,
         agent: json!("fail2ban"),
         candidates: Value::Null,
@@ -646,15 +646,15 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
         chain: "INPUT",
         handle: drop_num,
         rule: "meta l4proto tcp -m multiport --dports 80 -m set --match-set f2b-web src drop",
-        set: json!({"name": "f2b-web", "element": "198.18.8.11",
+        set: json!({"name": "f2b-web", "element": "198.18.9.11",
                     "timeout_s": 600, "comment": null}),
         agent: json!("fail2ban"),
         candidates: Value::Null,
         unknown: Value::Null,
     };
     for (target, want, verdict) in [
-        ("198.18.8.10:22", &reject, "reject"),
-        ("198.18.8.11:80", &drop, "drop"),
+        ("198.18.9.10:22", &reject, "reject"),
+        ("198.18.9.11:80", &drop, "drop"),
     ] {
         let w = why(&srv, target);
         assert_eq!(w.len(), 1, "{target}: {w:?}");
@@ -662,17 +662,17 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
         assert_eq!(w[0]["backend"], "iptables-legacy", "{target}");
         assert_named(&w[0], want);
     }
-    assert!(why(&srv, "198.18.8.10:80").is_empty());
-    assert!(why(&srv, "198.18.8.11:22").is_empty());
+    assert!(why(&srv, "198.18.9.10:80").is_empty());
+    assert!(why(&srv, "198.18.9.11:22").is_empty());
 
     let trace = Trace::watch(&srv, &[]);
-    refused(&peer, "198.18.8.10", "198.18.8.1:22", 3);
-    dropped(&peer, "198.18.8.11", "198.18.8.1:80", 2);
+    refused(&peer, "198.18.9.10", "198.18.9.1:22", 3);
+    dropped(&peer, "198.18.9.11", "198.18.9.1:80", 2);
     let out = trace.stop();
-    let (_, rejected) = listed("f2b-sshd", "198.18.8.10");
+    let (_, rejected) = listed("f2b-sshd", "198.18.9.10");
     let (_, dropped_n) = listed("INPUT", "match-set f2b-web");
     assert!(rejected >= 3 && dropped_n >= 2, "{rejected} {dropped_n}");
-    for e in out.assert_exactly(&srv, "198.18.8.10", rejected, "netfilter-reject") {
+    for e in out.assert_exactly(&srv, "198.18.9.10", rejected, "netfilter-reject") {
         assert_eq!(e["netfilter"]["hook"], "input", "{e}");
         assert_eq!(e["netfilter"]["backend"], "iptables-legacy", "{e}");
         assert_named(&e["netfilter"], &reject);
@@ -681,7 +681,7 @@ fn fail2ban_iptables_legacy_rules_predating_the_trace_are_named() {
     if !support::kernel_names_netfilter_drops() {
         return;
     }
-    let d = out.drops_to("198.18.8.11");
+    let d = out.drops_to("198.18.9.11");
     assert_eq!(d["by_cause"], json!({"netfilter-drop": dropped_n}), "{d}");
     assert_eq!(d["netfilter"]["backend"], "iptables-legacy", "{d}");
     // Counted by remote address: the port the rule matches on is not known.
