@@ -534,15 +534,15 @@ impl Plan {
         if egress.is_some() {
             let what = "netfilter hook, backend, table, chain, rule, set element, owner and \
                         author of a REJECT";
-            let legacy = "iptables-legacy rules are named by table (filter) and base chain";
+            let legacy = "iptables-legacy rules have no author: their changes are told to no one";
             let unsure = "a rule that depends on what rsttrace does not know (ct state, mark, \
                           interfaces, xt matches other than set, multiport, tcp and udp) is \
                           named as a candidate; an ipset --match-set is resolved through ipset \
                           netlink";
             let matched = "hook and backend from the kernel stack; the rule, its set element \
                            and owner by matching the answered segment against the namespace's \
-                           nftables ruleset, author of rules added while tracing, both over \
-                           nftables netlink";
+                           nftables ruleset and iptables-legacy tables (IPT_SO_GET_ENTRIES), \
+                           author of rules added while tracing over nftables netlink";
             let nft = find(Hook::NftKprobes);
             match (nft, probed.netlink) {
                 (Some(kprobes), true) => self.partly(

@@ -479,3 +479,106 @@ fn cmp(invert: bool, data: Vec<u8>) -> Expr {
         data,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4 entry: source address/mask, protocol, then its target
+    /// (name, data) as the kernel lays them out.
+    fn entry(src: [u8; 4], mask: [u8; 4], proto: u16, target: &str, data: &[u8]) -> Vec<u8> {
+        let mut e = vec![0u8; V4.entry_size];
+        e[0..4].copy_from_slice(&src);
+        e[8..12].copy_from_slice(&mask);
+        e[80..82].copy_from_slice(&proto.to_ne_bytes());
+        let tsize = XT_HEADER + data.len().next_multiple_of(8);
+        let mut t = vec![0u8; tsize];
+        t[0..2].copy_from_slice(&(tsize as u16).to_ne_bytes());
+        t[2..2 + target.len()].copy_from_slice(target.as_bytes());
+        t[XT_HEADER..XT_HEADER + data.len()].copy_from_slice(data);
+        e[88..90].copy_from_slice(&(V4.entry_size as u16).to_ne_bytes());
+        e[90..92].copy_from_slice(&((V4.entry_size + tsize) as u16).to_ne_bytes());
+        e.extend(t);
+        e
+    }
+
+    fn standard(v: i32) -> Vec<u8> {
+        v.to_ne_bytes().to_vec()
+    }
+
+    fn error(name: &str) -> Vec<u8> {
+        let mut n = [0u8; 32];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        entry([0; 4], [0; 4], 0, "ERROR", &n)
+    }
+
+    /// filter: INPUT jumps tcp to chain f2b-sshd, which rejects one /32
+    /// and returns; INPUT's policy is drop.
+    #[test]
+    fn a_table_becomes_chains_and_rules() {
+        let mut blob = vec![];
+        let at = |e: Vec<u8>, blob: &mut Vec<u8>| {
+            let o = blob.len();
+            blob.extend(e);
+            o
+        };
+        // INPUT: the jump (offset patched below), then its policy.
+        let jump = at(entry([0; 4], [0; 4], 6, "", &standard(0)), &mut blob);
+        let policy = at(entry([0; 4], [0; 4], 0, "", &standard(-1)), &mut blob);
+        let head = at(error("f2b-sshd"), &mut blob);
+        let first = at(
+            entry([198, 18, 9, 10], [255; 4], 0, "REJECT", &[0; 4]),
+            &mut blob,
+        );
+        at(entry([0; 4], [0; 4], 0, "", &standard(-5)), &mut blob);
+        at(error("ERROR"), &mut blob);
+        assert_eq!(first, head + error("x").len());
+        let t = jump + V4.entry_size + XT_HEADER;
+        blob[t..t + 4].copy_from_slice(&(first as i32).to_ne_bytes());
+        let mut info = vec![0u8; INFO_SIZE];
+        info[32..36].copy_from_slice(&(1u32 << 1).to_ne_bytes());
+        info[40..44].copy_from_slice(&(jump as u32).to_ne_bytes());
+        info[60..64].copy_from_slice(&(policy as u32).to_ne_bytes());
+
+        let mut snap = Snapshot::default();
+        parse_table(&V4, "filter", &info, &blob, &mut snap);
+        let names: Vec<&str> = snap.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["INPUT", "f2b-sshd"]);
+        // Hook input, priority 0, policy drop; a user chain has no hook.
+        assert_eq!(snap.chains[0].hook, Some((1, 0, 0)));
+        assert_eq!(snap.chains[1].hook, None);
+        let rules: Vec<(&str, u64)> = snap
+            .rules
+            .iter()
+            .map(|r| (r.chain.as_str(), r.handle))
+            .collect();
+        assert_eq!(rules, [("INPUT", 1), ("f2b-sshd", 1)]);
+        assert_eq!(
+            snap.rules[0].exprs,
+            [
+                Expr::Meta { key: 16, dreg: 1 },
+                cmp(false, vec![6]),
+                Expr::Immediate {
+                    dreg: 0,
+                    data: Data::Verdict(expr::NFT_JUMP, Some("f2b-sshd".into())),
+                },
+            ]
+        );
+        assert_eq!(
+            snap.rules[1].exprs[..2],
+            [
+                Expr::Payload {
+                    base: 1,
+                    offset: 12,
+                    len: 4,
+                    dreg: 1
+                },
+                cmp(false, vec![198, 18, 9, 10]),
+            ]
+        );
+        assert!(matches!(
+            &snap.rules[1].exprs[2],
+            Expr::Xt { target: true, name, .. } if name == "REJECT"
+        ));
+    }
+}

@@ -76,6 +76,9 @@ pub struct Named {
     pub candidates: Vec<Candidate>,
 }
 
+/// A match asked: the packet, the hook, the verdict, the ruleset.
+type CacheKey = (Packet, u32, Verdict, Backend);
+
 struct Ns {
     /// The namespace's file, to notice it is gone: the socket would keep
     /// a deleted namespace alive.
@@ -86,7 +89,7 @@ struct Ns {
     /// no generation, and are read again each RECHECK.
     legacy: Snapshot,
     checked: Instant,
-    cache: HashMap<(Packet, u32, Verdict, Backend), (Instant, Option<Named>)>,
+    cache: HashMap<CacheKey, (Instant, Option<Named>)>,
 }
 
 /// Per-namespace snapshots, re-read when the ruleset generation changes.
