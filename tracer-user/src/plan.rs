@@ -537,12 +537,12 @@ impl Plan {
             let legacy = "iptables-legacy rules have no author: their changes are told to no one";
             let unsure = "a rule that depends on what rsttrace does not know (ct state, mark, \
                           interfaces, xt matches other than set, multiport, tcp and udp) is \
-                          named as a candidate; an ipset --match-set is resolved through ipset \
-                          netlink";
+                          named as a candidate";
             let matched = "hook and backend from the kernel stack; the rule, its set element \
                            and owner by matching the answered segment against the namespace's \
                            nftables ruleset and iptables-legacy tables (IPT_SO_GET_ENTRIES), \
-                           author of rules added while tracing over nftables netlink";
+                           ipset members (--match-set) over ipset netlink, author of rules \
+                           added while tracing over nftables netlink";
             let nft = find(Hook::NftKprobes);
             match (nft, probed.netlink) {
                 (Some(kprobes), true) => self.partly(
