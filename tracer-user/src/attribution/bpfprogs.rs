@@ -198,25 +198,9 @@ pub fn one_of(progs: &[BpfProgram]) -> Option<BpfProgram> {
 
 /// At `hooks`, on every device or only on device `only`.
 fn at(netns: &Path, hooks: &[Hook], only: Option<u32>) -> Result<Vec<BpfProgram>, String> {
-    let path = netns.to_path_buf();
     let cgroups = cgroup_programs(hooks);
     let hooks = hooks.to_vec();
-    // Entered on a thread of its own, which ends: the rest of rsttrace
-    // stays in its namespace.
-    let attached = std::thread::spawn(move || -> Result<Vec<Attached>, String> {
-        let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        // SAFETY: a valid namespace fd; affects only this thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "entering {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        attached_here(&hooks, only)
-    })
-    .join()
-    .map_err(|_| "a netlink thread died".to_string())??;
+    let attached = crate::kernel::netns::run_in(netns, move || attached_here(&hooks, only))?;
     let attached: Vec<Attached> = attached.into_iter().chain(cgroups).collect();
     if attached.is_empty() {
         return Ok(vec![]);

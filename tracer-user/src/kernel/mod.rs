@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod format;
 pub mod ksyms;
+pub mod netns;
 pub mod offsets;
 pub mod preflight;
 

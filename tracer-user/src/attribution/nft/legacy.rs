@@ -18,6 +18,8 @@ use std::{
     path::Path,
 };
 
+use crate::untrusted::Untrusted;
+
 use super::{
     expr::{self, Data, Expr},
     snapshot::{Chain, Rule, Snapshot, cstr},
@@ -117,22 +119,7 @@ pub fn read(path: Option<&Path>) -> Result<Snapshot, String> {
     let Some(path) = path else {
         return read_here();
     };
-    let path = path.to_path_buf();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path)
-            .map_err(|e| format!("{}: {e}", crate::untrusted::Untrusted::from(&*path)))?;
-        // SAFETY: a valid namespace fd; affects only this thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "entering {}: {}",
-                crate::untrusted::Untrusted::from(&*path),
-                std::io::Error::last_os_error()
-            ));
-        }
-        read_here()
-    })
-    .join()
-    .map_err(|_| "an iptables-legacy thread died".to_string())?
+    crate::kernel::netns::run_in(path, read_here)
 }
 
 fn read_here() -> Result<Snapshot, String> {
@@ -211,7 +198,12 @@ fn table_blob(fd: &OwnedFd, l: &Layout, table: &str) -> Result<Option<(Vec<u8>, 
         match getsockopt(fd, l, SO_GET_INFO, &mut info) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(format!("iptables-legacy table {table}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "iptables-legacy table {}: {e}",
+                    Untrusted::from(table)
+                ));
+            }
         }
         let size = u32_at(&info, 80) as usize;
         let mut buf = vec![0u8; ENTRIES_HEADER + size];
@@ -221,11 +213,17 @@ fn table_blob(fd: &OwnedFd, l: &Layout, table: &str) -> Result<Option<(Vec<u8>, 
             Ok(()) => return Ok(Some((info, buf.split_off(ENTRIES_HEADER)))),
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(format!("iptables-legacy table {table}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "iptables-legacy table {}: {e}",
+                    Untrusted::from(table)
+                ));
+            }
         }
     }
     Err(format!(
-        "iptables-legacy table {table}: changing while read"
+        "iptables-legacy table {}: changing while read",
+        Untrusted::from(table)
     ))
 }
 

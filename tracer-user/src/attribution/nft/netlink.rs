@@ -4,7 +4,6 @@
 //! thread that enters it is short-lived).
 
 use std::{
-    fs::File,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -43,22 +42,7 @@ impl Socket {
         let Some(path) = path else {
             return Self::open();
         };
-        let path = path.to_path_buf();
-        std::thread::spawn(move || {
-            let f = File::open(&path)
-                .map_err(|e| format!("{}: {e}", crate::untrusted::Untrusted::from(&*path)))?;
-            // SAFETY: a valid namespace fd; affects only this thread.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!(
-                    "entering {}: {}",
-                    crate::untrusted::Untrusted::from(&*path),
-                    std::io::Error::last_os_error()
-                ));
-            }
-            Self::open()
-        })
-        .join()
-        .map_err(|_| "a netlink thread died".to_string())?
+        crate::kernel::netns::run_in(path, Self::open)
     }
 
     fn open() -> Result<Self, String> {
